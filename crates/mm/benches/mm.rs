@@ -1,0 +1,245 @@
+//! Benchmarks of the memory manager, each beside its peer in the same run.
+//!
+//! - `va_window`: alloc+free with 1k/10k/100k live ranges, teeshm's `VaWindow` beside a first-fit
+//!   sorted linked list like OP-TEE's `tee_mm` and the `range-alloc` crate (best fit over a sorted
+//!   vector of free ranges).
+//! - `map_unmap`: map then unmap 1, 64 and 4096 scattered pages, through the whole `ShmWindow`
+//!   (VA + tables + reverse map + records) and through the translation tables alone.
+//! - `phys_to_virt`: lookups with 1k/10k/100k mapped pages, beside a scan of the mapping records
+//!   (what a core without a reverse map must do).
+//!
+//! Run with `cargo xtask bench` (which also prints the summary table).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use teeshm_abi::GuestId;
+use teeshm_mm::{
+    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
+    ShmWindowConfig, TranslationTables, VaWindow, VaWindowConfig, VirtAddr, VirtPages,
+};
+use teeshm_platform::RecordingTlb;
+
+/// A first-fit allocator over a sorted singly linked list of live blocks, as OP-TEE's `tee_mm`:
+/// alloc walks the gaps between consecutive blocks from the bottom; free walks to the block.
+struct FirstFitList {
+    head: Option<Box<Node>>,
+    size: u64,
+}
+
+struct Node {
+    offset: u64,
+    size: u64,
+    next: Option<Box<Node>>,
+}
+
+impl FirstFitList {
+    fn new(size: u64) -> Self {
+        Self { head: None, size }
+    }
+
+    fn alloc(&mut self, size: u64) -> Option<u64> {
+        let mut cursor = &mut self.head;
+        let mut end_of_previous = 0;
+        loop {
+            match cursor {
+                Some(node) if node.offset - end_of_previous < size => {
+                    end_of_previous = node.offset + node.size;
+                    cursor = &mut cursor.as_mut()?.next;
+                }
+                _ => break,
+            }
+        }
+        if cursor.is_none() && self.size - end_of_previous < size {
+            return None;
+        }
+        let next = cursor.take();
+        *cursor = Some(Box::new(Node { offset: end_of_previous, size, next }));
+        Some(end_of_previous)
+    }
+
+    fn free(&mut self, offset: u64) -> bool {
+        let mut cursor = &mut self.head;
+        loop {
+            match cursor {
+                Some(node) if node.offset == offset => {
+                    let next = node.next.take();
+                    *cursor = next;
+                    return true;
+                }
+                Some(_) => cursor = &mut cursor.as_mut().map(|n| &mut n.next).unwrap(),
+                None => return false,
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so every run measures the same work.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Sizes (pages) of the setup ranges and of the measured requests: a mix from 1 to 8 pages.
+fn size_of(i: u64) -> u64 {
+    1 + (i * 5 + i / 3) % 8
+}
+
+/// The fragmented steady state every allocator starts from: 2n ranges allocated, every other one
+/// freed, so n ranges are live with n holes of 1..8 pages between them.
+fn fragment<A>(n: u64, alloc: &mut impl FnMut(&mut A, u64) -> u64, free: &mut impl FnMut(&mut A, u64), a: &mut A) {
+    let mut starts = Vec::with_capacity(2 * n as usize);
+    for i in 0..2 * n {
+        starts.push(alloc(a, size_of(i)));
+    }
+    for (i, start) in starts.into_iter().enumerate() {
+        if i % 2 == 0 {
+            free(a, start);
+        }
+    }
+}
+
+fn va_window(c: &mut Criterion) {
+    let mut group = c.benchmark_group("va_window");
+    for &live in &[1_000u64, 10_000, 100_000] {
+        let pages = live * 2 * 9 + 4096;
+        // teeshm
+        let mut w = VaWindow::new(VaWindowConfig { base: VirtAddr(0x10_0000_0000), size: pages * PAGE_SIZE, guard_pages: 0 }).unwrap();
+        fragment(live, &mut |w: &mut VaWindow, s| w.alloc(s, PAGE_SIZE).unwrap().start().get(), &mut |w: &mut VaWindow, s| { w.free(VirtAddr(s)).unwrap(); }, &mut w);
+        let mut i = 0u64;
+        group.bench_function(BenchmarkId::new("teeshm", live), |b| {
+            b.iter(|| {
+                i += 1;
+                let r = w.alloc(black_box(size_of(i)), PAGE_SIZE).unwrap();
+                w.free(r.start()).unwrap();
+            })
+        });
+        // tee_mm-like first-fit list
+        let mut list = FirstFitList::new(pages);
+        fragment(live, &mut |l: &mut FirstFitList, s| l.alloc(s).unwrap(), &mut |l: &mut FirstFitList, s| { assert!(l.free(s)); }, &mut list);
+        group.bench_function(BenchmarkId::new("first_fit_list", live), |b| {
+            b.iter(|| {
+                i += 1;
+                let at = list.alloc(black_box(size_of(i))).unwrap();
+                assert!(list.free(at));
+            })
+        });
+        // range-alloc (frees by range, so the setup keeps the ranges)
+        let mut ra = range_alloc::RangeAllocator::new(0..pages);
+        let ranges: Vec<_> = (0..2 * live).map(|i| ra.allocate_range(size_of(i)).unwrap()).collect();
+        for (k, r) in ranges.into_iter().enumerate() {
+            if k % 2 == 0 {
+                ra.free_range(r);
+            }
+        }
+        group.bench_function(BenchmarkId::new("range_alloc", live), |b| {
+            b.iter(|| {
+                i += 1;
+                let r = ra.allocate_range(black_box(size_of(i))).unwrap();
+                ra.free_range(r);
+            })
+        });
+    }
+    group.finish();
+}
+
+const NS_RAM: u64 = 0x4000_0000;
+const NS_RAM_SIZE: u64 = 0x1_0000_0000;
+
+fn memory_map() -> MemoryMap {
+    MemoryMap::new(&[
+        Region { range: PhysRange::new(PhysAddr(NS_RAM), NS_RAM_SIZE).unwrap(), kind: RegionKind::NonSecureRam },
+        Region { range: PhysRange::new(PhysAddr(0x0e00_0000), 0x100_0000).unwrap(), kind: RegionKind::SecureRam },
+    ])
+    .unwrap()
+}
+
+/// `n` distinct-looking scattered non-secure pages.
+fn scattered(n: u64, rng: &mut Rng) -> Vec<PhysAddr> {
+    (0..n).map(|_| PhysAddr(NS_RAM + (rng.next() % (NS_RAM_SIZE / PAGE_SIZE)) * PAGE_SIZE)).collect()
+}
+
+fn window(pages: u64) -> ShmWindow<RecordingTlb> {
+    let config = ShmWindowConfig {
+        va: VaWindowConfig { base: VirtAddr(0x10_0000_0000), size: pages * PAGE_SIZE, guard_pages: 1 },
+        max_table_pages: 1 << 16,
+    };
+    ShmWindow::new(config, memory_map(), RecordingTlb::counting()).unwrap()
+}
+
+fn map_unmap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("map_unmap");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for &n in &[1u64, 64, 4096] {
+        group.throughput(Throughput::Elements(n));
+        let pages = scattered(n, &mut rng);
+        let mut w = window(1 << 16);
+        group.bench_function(BenchmarkId::new("window", n), |b| {
+            b.iter(|| {
+                let r = w.map(GuestId(1), black_box(&pages), MemKind::NonSecureShared).unwrap();
+                w.unmap(r.start()).unwrap();
+            })
+        });
+        let mut t = TranslationTables::new(1 << 16, RecordingTlb::counting()).unwrap();
+        let range = VirtPages::new(VirtAddr(0x10_0000_0000), n).unwrap();
+        group.bench_function(BenchmarkId::new("tables", n), |b| {
+            b.iter(|| {
+                t.map_pages(range, black_box(&pages), MemKind::NonSecureShared).unwrap();
+                t.unmap(range);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn phys_to_virt(c: &mut Criterion) {
+    let mut group = c.benchmark_group("phys_to_virt");
+    for &live in &[1_000u64, 10_000, 100_000] {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ live);
+        let mut w = window(live * 2 + 4096);
+        let mut mapped = Vec::new();
+        // 64-page mappings, four owners.
+        let mut records = Vec::new();
+        for chunk in 0..live / 64 {
+            let pages = scattered(64, &mut rng);
+            let owner = GuestId(1 + (chunk % 4) as u16);
+            let r = w.map(owner, &pages, MemKind::NonSecureShared).unwrap();
+            records.push((r, owner, pages.clone()));
+            mapped.extend(pages.into_iter().map(|p| (p, owner)));
+        }
+        let queries: Vec<(PhysAddr, GuestId)> = (0..4096).map(|_| mapped[(rng.next() % mapped.len() as u64) as usize]).collect();
+        let mut q = 0usize;
+        group.bench_function(BenchmarkId::new("reverse_map", live), |b| {
+            b.iter(|| {
+                q = (q + 1) % queries.len();
+                let (pa, owner) = queries[q];
+                black_box(w.phys_to_virt(black_box(PhysAddr(pa.get() + 0x10)), Some(owner)).unwrap());
+            })
+        });
+        if live <= 10_000 {
+            group.bench_function(BenchmarkId::new("record_scan", live), |b| {
+                b.iter(|| {
+                    q = (q + 1) % queries.len();
+                    let (pa, owner) = queries[q];
+                    let found = records.iter().filter(|(_, o, _)| *o == owner).find_map(|(r, _, pages)| {
+                        pages.iter().position(|p| *p == pa).map(|i| r.start().get() + i as u64 * PAGE_SIZE + 0x10)
+                    });
+                    black_box(found.unwrap());
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = va_window, map_unmap, phys_to_virt
+}
+criterion_main!(benches);

@@ -1,0 +1,146 @@
+//! `cargo xtask`: everything beyond `cargo run` and `cargo test`.
+//!
+//! - `cargo xtask bench [--quick]` runs the criterion benchmarks of the memory manager.
+//! - `cargo xtask tools` installs the bare-metal toolchain (Debian's rustc-web, cargo-web,
+//!   rust-web-src, lld, llvm tools, qemu-system-arm) when missing.
+//! - `cargo xtask no-std` builds the no_std crates for `aarch64-unknown-none` with that toolchain,
+//!   installing it first when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages of the bare-metal build (see shared/DESIGN.md, "Toolchain").
+const BARE_METAL_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld",
+    "llvm",
+    "qemu-system-arm",
+];
+
+/// The no_std crates that must build unchanged for the secure world.
+const NO_STD_CRATES: &[&str] = &["teeshm-abi", "teeshm-platform", "teeshm-mm"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        Some("tools") => ensure_debian_packages(BARE_METAL_PACKAGES),
+        Some("no-std") => no_std_build(),
+        _ => {
+            eprintln!("usage: cargo xtask <bench [--quick] | tools | no-std>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    eprintln!("xtask: running {shown}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+fn bench(quick: bool) -> Result<(), String> {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(workspace_root())
+        .args(["bench", "-p", "teeshm-mm", "--bench", "mm", "--"]);
+    if quick {
+        command.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    }
+    run(&mut command)
+}
+
+/// Installs the Debian packages of `packages` that are missing: `apt-get update` once, then one
+/// `apt-get install`. Uses sudo when not root.
+fn ensure_debian_packages(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: Debian packages present: {}", packages.join(" "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut command = if as_root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    run(&mut apt(&install))
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+/// Builds the no_std crates for aarch64-unknown-none with Debian's toolchain and build-std, in a
+/// target directory of its own so the host build is untouched.
+fn no_std_build() -> Result<(), String> {
+    ensure_debian_packages(&["rustc-web", "cargo-web", "rust-web-src"])?;
+    let root = workspace_root();
+    let mut command = Command::new("/usr/bin/cargo");
+    command
+        .current_dir(&root)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", "/usr/bin/rustc")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args([
+            "build",
+            "--release",
+            "-Zbuild-std=core,alloc",
+            "--target",
+            "aarch64-unknown-none",
+            "--target-dir",
+        ])
+        .arg(root.join("target").join("bare-metal"));
+    for krate in NO_STD_CRATES {
+        command.args(["-p", krate]);
+    }
+    run(&mut command)?;
+    eprintln!(
+        "xtask: {} build for aarch64-unknown-none",
+        NO_STD_CRATES.join(", ")
+    );
+    Ok(())
+}
