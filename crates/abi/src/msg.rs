@@ -92,10 +92,9 @@ pub const OPTEE_MSG_MAX_NUM_PARAMS: u32 = 127;
 // ---- Wire structs --------------------------------------------------------------------------
 
 /// Header of `struct optee_msg_arg` (32 bytes); `num_params` [`MsgParam`]s follow it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct MsgArgHeader {
     /// Command, `OPTEE_MSG_CMD_*` (or `OPTEE_RPC_CMD_*` in an RPC arg).
     pub cmd: U32,
@@ -118,10 +117,9 @@ pub struct MsgArgHeader {
 /// `struct optee_msg_param` (32 bytes): an attribute word and a 24-byte union whose meaning
 /// the attribute type selects; read it through the typed views ([`Tmem`], [`Rmem`], [`Fmem`],
 /// [`Value`]).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct MsgParam {
     /// Type, META/NONCONTIG flags and cache attributes.
     pub attr: U64,
@@ -130,10 +128,9 @@ pub struct MsgParam {
 }
 
 /// Temporary memory reference view of [`MsgParam::u`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct Tmem {
     /// PA of the buffer, or with NONCONTIG the PA of the first list page | offset in first page.
     pub buf_ptr: U64,
@@ -144,10 +141,9 @@ pub struct Tmem {
 }
 
 /// Registered memory reference view of [`MsgParam::u`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct Rmem {
     /// Offset into the registered buffer.
     pub offs: U64,
@@ -158,10 +154,9 @@ pub struct Rmem {
 }
 
 /// FF-A memory reference view of [`MsgParam::u`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct Fmem {
     /// Low 32 bits of the offset.
     pub offs_low: U32,
@@ -176,10 +171,9 @@ pub struct Fmem {
 }
 
 /// Value view of [`MsgParam::u`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct Value {
     /// First value.
     pub a: U64,
@@ -408,7 +402,10 @@ impl ParamType {
 
     /// A value (`a`, `b`, `c`) parameter.
     pub const fn is_value(self) -> bool {
-        matches!(self, Self::ValueInput | Self::ValueOutput | Self::ValueInout)
+        matches!(
+            self,
+            Self::ValueInput | Self::ValueOutput | Self::ValueInout
+        )
     }
 
     /// A registered (or FF-A) memory reference.
@@ -594,7 +591,10 @@ mod tests {
             0x20a
         );
         assert_eq!(OPTEE_MSG_ATTR_META, 0x100);
-        assert_eq!(OPTEE_MSG_ATTR_TYPE_FMEM_INOUT, OPTEE_MSG_ATTR_TYPE_RMEM_INOUT);
+        assert_eq!(
+            OPTEE_MSG_ATTR_TYPE_FMEM_INOUT,
+            OPTEE_MSG_ATTR_TYPE_RMEM_INOUT
+        );
         assert_eq!(OPTEE_MSG_CMD_ASSIGN_PROTMEM, 11);
         assert_eq!(OPTEE_MSG_CMD_REGISTER_SHM, 4);
         assert_eq!(OPTEE_MSG_CMD_UNREGISTER_SHM, 5);
@@ -688,7 +688,9 @@ mod tests {
     #[test]
     fn golden_value_param_bytes() {
         let p = MsgParam::from_value(
-            OPTEE_MSG_ATTR_TYPE_VALUE_INOUT | OPTEE_MSG_ATTR_META | (5 << OPTEE_MSG_ATTR_CACHE_SHIFT),
+            OPTEE_MSG_ATTR_TYPE_VALUE_INOUT
+                | OPTEE_MSG_ATTR_META
+                | (5 << OPTEE_MSG_ATTR_CACHE_SHIFT),
             Value::new(1, 0x0200, 0x0003_0000),
         );
         #[rustfmt::skip]
@@ -819,11 +821,17 @@ mod tests {
         buf[28] = 128;
         assert!(matches!(
             split_arg_mut(&mut buf),
-            Err(ArgError::TooManyParams { num_params: 128, .. })
+            Err(ArgError::TooManyParams {
+                num_params: 128,
+                ..
+            })
         ));
         assert!(matches!(
             split_arg_mut(&mut buf[..10]),
-            Err(ArgError::Truncated { needed: 32, available: 10 })
+            Err(ArgError::Truncated {
+                needed: 32,
+                available: 10
+            })
         ));
     }
 

@@ -173,7 +173,9 @@ impl<M: NsMemory + ?Sized> NsMemory for &mut M {
 /// A decoded page list: the data pages, held in secure memory, and the buffer they carry.
 ///
 /// Invariant: `pages().len() == num_pages(offset, size)`, every page is 4 KiB aligned and the
-/// vector's capacity is exactly its length.
+/// vector's capacity is exactly its length. Pages are *only* checked for alignment: the caller
+/// must still check that each lies in normal-world RAM the calling guest owns. Since this is the
+/// secure copy, that check and every later use see the same values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedPageList {
     pages: Vec<u64>,
@@ -217,7 +219,13 @@ pub fn decode<M: NsMemory>(
     size: u64,
     max_pages: u64,
 ) -> Result<DecodedPageList, PageListError<M::Error>> {
-    decode_parts(mem, buf_ptr & !PAGE_MASK, buf_ptr & PAGE_MASK, size, max_pages)
+    decode_parts(
+        mem,
+        buf_ptr & !PAGE_MASK,
+        buf_ptr & PAGE_MASK,
+        size,
+        max_pages,
+    )
 }
 
 /// [`decode`] with the first list page address and the offset given separately; refuses an
@@ -243,10 +251,11 @@ pub fn decode_parts<M: NsMemory>(
         });
     }
     let offset16 = u16::try_from(offset).map_err(|_| PageListError::OffsetTooLarge { offset })?;
-    let oom = PageListError::OutOfMemory { pages: count };
     let cap = usize::try_from(count).map_err(|_| PageListError::OutOfMemory { pages: count })?;
     let mut pages: Vec<u64> = Vec::new();
-    pages.try_reserve_exact(cap).map_err(|_| oom)?;
+    pages
+        .try_reserve_exact(cap)
+        .map_err(|_| PageListError::OutOfMemory { pages: count })?;
 
     // Secure copy of the current list page; each list page is read into it exactly once.
     let mut page = ListPage::new_zeroed();
@@ -264,14 +273,13 @@ pub fn decode_parts<M: NsMemory>(
             // here <= 511, so this is at most 4088.
             usize::try_from(here).map_or(NEXT_POINTER_OFFSET, |n| n.saturating_mul(8))
         };
-        let (dst, _) = page
-            .as_mut_bytes()
-            .split_at_mut(len.min(LIST_PAGE_SIZE));
-        mem.read(list_pa, dst).map_err(|error| PageListError::Read {
-            pa: list_pa,
-            len,
-            error,
-        })?;
+        let (dst, _) = page.as_mut_bytes().split_at_mut(len.min(LIST_PAGE_SIZE));
+        mem.read(list_pa, dst)
+            .map_err(|error| PageListError::Read {
+                pa: list_pa,
+                len,
+                error,
+            })?;
 
         let take = usize::try_from(here).unwrap_or(ENTRIES_PER_LIST_PAGE);
         for entry in page.entries.iter().take(take) {

@@ -13,7 +13,7 @@ pub const OPTEE_RPC_CMD_GET_TIME: u32 = 3;
 pub const OPTEE_RPC_CMD_NOTIFICATION: u32 = 4;
 /// Suspend the thread for a while.
 pub const OPTEE_RPC_CMD_SUSPEND: u32 = 5;
-/// Allocate SHM: `value[0].a` = [`RpcShmType`], `.b` = size, `.c` = alignment; out memref[0].
+/// Allocate SHM: `value[0].a` = [`RpcShmType`], `.b` = size, `.c` = alignment; out `memref[0]`.
 pub const OPTEE_RPC_CMD_SHM_ALLOC: u32 = 6;
 /// Free SHM: `value[0].a` = [`RpcShmType`], `.b` = cookie.
 pub const OPTEE_RPC_CMD_SHM_FREE: u32 = 7;

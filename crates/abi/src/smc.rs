@@ -44,17 +44,29 @@ pub const OPTEE_SMC_OWNER_TRUSTED_OS_API: u32 = 63;
 /// Builds an SMC function ID as `OPTEE_SMC_CALL_VAL` does; owner and function number are masked
 /// to their field widths, exactly like the C macro.
 pub const fn optee_smc_call_val(ty: u32, cc: u32, owner: u32, func: u32) -> u32 {
-    ty | cc | ((owner & OPTEE_SMC_OWNER_MASK) << OPTEE_SMC_OWNER_SHIFT) | (func & OPTEE_SMC_FUNC_MASK)
+    ty | cc
+        | ((owner & OPTEE_SMC_OWNER_MASK) << OPTEE_SMC_OWNER_SHIFT)
+        | (func & OPTEE_SMC_FUNC_MASK)
 }
 
 /// Builds a yielding (standard) SMC32 trusted-OS function ID (`OPTEE_SMC_STD_CALL_VAL`).
 pub const fn optee_smc_std_call_val(func: u32) -> u32 {
-    optee_smc_call_val(OPTEE_SMC_32, OPTEE_SMC_STD_CALL, OPTEE_SMC_OWNER_TRUSTED_OS, func)
+    optee_smc_call_val(
+        OPTEE_SMC_32,
+        OPTEE_SMC_STD_CALL,
+        OPTEE_SMC_OWNER_TRUSTED_OS,
+        func,
+    )
 }
 
 /// Builds a fast SMC32 trusted-OS function ID (`OPTEE_SMC_FAST_CALL_VAL`).
 pub const fn optee_smc_fast_call_val(func: u32) -> u32 {
-    optee_smc_call_val(OPTEE_SMC_32, OPTEE_SMC_FAST_CALL, OPTEE_SMC_OWNER_TRUSTED_OS, func)
+    optee_smc_call_val(
+        OPTEE_SMC_32,
+        OPTEE_SMC_FAST_CALL,
+        OPTEE_SMC_OWNER_TRUSTED_OS,
+        func,
+    )
 }
 
 /// True for a fast call: the dispatcher must answer without blocking or suspending.
@@ -336,11 +348,17 @@ mod tests {
         ] {
             assert!(is_fast_call(id), "{id:#x}");
         }
-        assert_eq!(optee_smc_owner_num(OPTEE_SMC_CALLS_UID), OPTEE_SMC_OWNER_TRUSTED_OS_API);
+        assert_eq!(
+            optee_smc_owner_num(OPTEE_SMC_CALLS_UID),
+            OPTEE_SMC_OWNER_TRUSTED_OS_API
+        );
         assert_eq!(optee_smc_func_num(OPTEE_SMC_VM_DESTROYED), 14);
         assert!(is_smc64(optee_smc_call_val(OPTEE_SMC_64, 0, 50, 4)));
         // Owner and function are masked to their field widths, like the C macro.
-        assert_eq!(optee_smc_call_val(0, 0, 0x40 | 50, 0x1_0004), OPTEE_SMC_CALL_WITH_ARG);
+        assert_eq!(
+            optee_smc_call_val(0, 0, 0x40 | 50, 0x1_0004),
+            OPTEE_SMC_CALL_WITH_ARG
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
 use teeshm_mm::{
     MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
@@ -53,7 +54,11 @@ impl FirstFitList {
             return None;
         }
         let next = cursor.take();
-        *cursor = Some(Box::new(Node { offset: end_of_previous, size, next }));
+        *cursor = Some(Box::new(Node {
+            offset: end_of_previous,
+            size,
+            next,
+        }));
         Some(end_of_previous)
     }
 
@@ -66,7 +71,7 @@ impl FirstFitList {
                     *cursor = next;
                     return true;
                 }
-                Some(_) => cursor = &mut cursor.as_mut().map(|n| &mut n.next).unwrap(),
+                Some(node) => cursor = &mut node.next,
                 None => return false,
             }
         }
@@ -90,62 +95,107 @@ fn size_of(i: u64) -> u64 {
     1 + (i * 5 + i / 3) % 8
 }
 
-/// The fragmented steady state every allocator starts from: 2n ranges allocated, every other one
-/// freed, so n ranges are live with n holes of 1..8 pages between them.
-fn fragment<A>(n: u64, alloc: &mut impl FnMut(&mut A, u64) -> u64, free: &mut impl FnMut(&mut A, u64), a: &mut A) {
-    let mut starts = Vec::with_capacity(2 * n as usize);
-    for i in 0..2 * n {
-        starts.push(alloc(a, size_of(i)));
+/// The two steady states every allocator is measured in, with `n` live ranges of 1..8 pages:
+/// - `packed`: n ranges allocated back to back (a long-running window whose low part is full);
+/// - `holes`: 2n allocated, every other one freed, so n holes of 1..8 pages lie between them.
+#[derive(Clone, Copy)]
+enum Layout {
+    Packed,
+    Holes,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Packed => "packed",
+            Layout::Holes => "holes",
+        }
     }
-    for (i, start) in starts.into_iter().enumerate() {
-        if i % 2 == 0 {
-            free(a, start);
+
+    /// Sets the allocator up; `alloc` returns a handle, `free` takes it back.
+    fn build<A, H>(
+        self,
+        n: u64,
+        a: &mut A,
+        alloc: impl Fn(&mut A, u64) -> H,
+        free: impl Fn(&mut A, H),
+    ) {
+        match self {
+            Layout::Packed => {
+                for i in 0..n {
+                    alloc(a, size_of(i));
+                }
+            }
+            Layout::Holes => {
+                let handles: Vec<H> = (0..2 * n).map(|i| alloc(a, size_of(i))).collect();
+                for (i, h) in handles.into_iter().enumerate() {
+                    if i % 2 == 0 {
+                        free(a, h);
+                    }
+                }
+            }
         }
     }
 }
 
 fn va_window(c: &mut Criterion) {
-    let mut group = c.benchmark_group("va_window");
-    for &live in &[1_000u64, 10_000, 100_000] {
-        let pages = live * 2 * 9 + 4096;
-        // teeshm
-        let mut w = VaWindow::new(VaWindowConfig { base: VirtAddr(0x10_0000_0000), size: pages * PAGE_SIZE, guard_pages: 0 }).unwrap();
-        fragment(live, &mut |w: &mut VaWindow, s| w.alloc(s, PAGE_SIZE).unwrap().start().get(), &mut |w: &mut VaWindow, s| { w.free(VirtAddr(s)).unwrap(); }, &mut w);
-        let mut i = 0u64;
-        group.bench_function(BenchmarkId::new("teeshm", live), |b| {
-            b.iter(|| {
-                i += 1;
-                let r = w.alloc(black_box(size_of(i)), PAGE_SIZE).unwrap();
-                w.free(r.start()).unwrap();
+    for layout in [Layout::Packed, Layout::Holes] {
+        let mut group = c.benchmark_group(format!("va_window_{}", layout.name()));
+        for &live in &[1_000u64, 10_000, 100_000] {
+            let pages = live * 2 * 9 + 4096;
+            let mut i = 0u64;
+            let mut w = VaWindow::new(VaWindowConfig {
+                base: VirtAddr(0x10_0000_0000),
+                size: pages * PAGE_SIZE,
+                guard_pages: 0,
             })
-        });
-        // tee_mm-like first-fit list
-        let mut list = FirstFitList::new(pages);
-        fragment(live, &mut |l: &mut FirstFitList, s| l.alloc(s).unwrap(), &mut |l: &mut FirstFitList, s| { assert!(l.free(s)); }, &mut list);
-        group.bench_function(BenchmarkId::new("first_fit_list", live), |b| {
-            b.iter(|| {
-                i += 1;
-                let at = list.alloc(black_box(size_of(i))).unwrap();
-                assert!(list.free(at));
-            })
-        });
-        // range-alloc (frees by range, so the setup keeps the ranges)
-        let mut ra = range_alloc::RangeAllocator::new(0..pages);
-        let ranges: Vec<_> = (0..2 * live).map(|i| ra.allocate_range(size_of(i)).unwrap()).collect();
-        for (k, r) in ranges.into_iter().enumerate() {
-            if k % 2 == 0 {
-                ra.free_range(r);
-            }
+            .unwrap();
+            layout.build(
+                live,
+                &mut w,
+                |w, s| w.alloc(s, PAGE_SIZE).unwrap().start(),
+                |w, s| {
+                    w.free(s).unwrap();
+                },
+            );
+            group.bench_function(BenchmarkId::new("teeshm", live), |b| {
+                b.iter(|| {
+                    i += 1;
+                    let r = w.alloc(black_box(size_of(i)), PAGE_SIZE).unwrap();
+                    w.free(r.start()).unwrap();
+                })
+            });
+            let mut list = FirstFitList::new(pages);
+            layout.build(
+                live,
+                &mut list,
+                |l, s| l.alloc(s).unwrap(),
+                |l, s| assert!(l.free(s)),
+            );
+            group.bench_function(BenchmarkId::new("first_fit_list", live), |b| {
+                b.iter(|| {
+                    i += 1;
+                    let at = list.alloc(black_box(size_of(i))).unwrap();
+                    assert!(list.free(at));
+                })
+            });
+            let mut ra = range_alloc::RangeAllocator::new(0..pages);
+            layout.build(
+                live,
+                &mut ra,
+                |r, s| r.allocate_range(s).unwrap(),
+                |r, range| r.free_range(range),
+            );
+            group.bench_function(BenchmarkId::new("range_alloc", live), |b| {
+                b.iter(|| {
+                    i += 1;
+                    let r = ra.allocate_range(black_box(size_of(i))).unwrap();
+                    ra.free_range(r);
+                })
+            });
         }
-        group.bench_function(BenchmarkId::new("range_alloc", live), |b| {
-            b.iter(|| {
-                i += 1;
-                let r = ra.allocate_range(black_box(size_of(i))).unwrap();
-                ra.free_range(r);
-            })
-        });
+        group.finish();
     }
-    group.finish();
 }
 
 const NS_RAM: u64 = 0x4000_0000;
@@ -153,44 +203,127 @@ const NS_RAM_SIZE: u64 = 0x1_0000_0000;
 
 fn memory_map() -> MemoryMap {
     MemoryMap::new(&[
-        Region { range: PhysRange::new(PhysAddr(NS_RAM), NS_RAM_SIZE).unwrap(), kind: RegionKind::NonSecureRam },
-        Region { range: PhysRange::new(PhysAddr(0x0e00_0000), 0x100_0000).unwrap(), kind: RegionKind::SecureRam },
+        Region {
+            range: PhysRange::new(PhysAddr(NS_RAM), NS_RAM_SIZE).unwrap(),
+            kind: RegionKind::NonSecureRam,
+        },
+        Region {
+            range: PhysRange::new(PhysAddr(0x0e00_0000), 0x100_0000).unwrap(),
+            kind: RegionKind::SecureRam,
+        },
     ])
     .unwrap()
 }
 
 /// `n` distinct-looking scattered non-secure pages.
 fn scattered(n: u64, rng: &mut Rng) -> Vec<PhysAddr> {
-    (0..n).map(|_| PhysAddr(NS_RAM + (rng.next() % (NS_RAM_SIZE / PAGE_SIZE)) * PAGE_SIZE)).collect()
+    (0..n)
+        .map(|_| PhysAddr(NS_RAM + (rng.next() % (NS_RAM_SIZE / PAGE_SIZE)) * PAGE_SIZE))
+        .collect()
 }
 
 fn window(pages: u64) -> ShmWindow<RecordingTlb> {
     let config = ShmWindowConfig {
-        va: VaWindowConfig { base: VirtAddr(0x10_0000_0000), size: pages * PAGE_SIZE, guard_pages: 1 },
+        va: VaWindowConfig {
+            base: VirtAddr(0x10_0000_0000),
+            size: pages * PAGE_SIZE,
+            guard_pages: 1,
+        },
         max_table_pages: 1 << 16,
     };
     ShmWindow::new(config, memory_map(), RecordingTlb::counting()).unwrap()
 }
 
+/// Times only the maps: `iters` maps of `pages`, in batches that are unmapped untimed between.
+fn time_maps(iters: u64, mut map: impl FnMut(usize), mut unmap_all: impl FnMut(usize)) -> Duration {
+    const BATCH: u64 = 64;
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let batch = BATCH.min(iters - done);
+        let start = Instant::now();
+        for k in 0..batch as usize {
+            map(k);
+        }
+        total += start.elapsed();
+        unmap_all(batch as usize);
+        done += batch;
+    }
+    total
+}
+
 fn map_unmap(c: &mut Criterion) {
-    let mut group = c.benchmark_group("map_unmap");
+    let mut group = c.benchmark_group("map");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for &n in &[1u64, 64, 4096] {
+    let sizes = [1u64, 64, 4096];
+    let lists: Vec<Vec<PhysAddr>> = sizes.iter().map(|&n| scattered(n, &mut rng)).collect();
+    for (&n, pages) in sizes.iter().zip(&lists) {
         group.throughput(Throughput::Elements(n));
-        let pages = scattered(n, &mut rng);
-        let mut w = window(1 << 16);
-        group.bench_function(BenchmarkId::new("window", n), |b| {
-            b.iter(|| {
-                let r = w.map(GuestId(1), black_box(&pages), MemKind::NonSecureShared).unwrap();
-                w.unmap(r.start()).unwrap();
+        // Translation tables alone: map at 64 distinct VA ranges, unmap them untimed.
+        let mut t = TranslationTables::new(1 << 16, RecordingTlb::counting()).unwrap();
+        let stride = (n + 1) * PAGE_SIZE;
+        let range =
+            |k: usize| VirtPages::new(VirtAddr(0x10_0000_0000 + k as u64 * stride), n).unwrap();
+        group.bench_function(BenchmarkId::new("tables", n), |b| {
+            b.iter_custom(|iters| {
+                let t = std::cell::RefCell::new(&mut t);
+                time_maps(
+                    iters,
+                    |k| {
+                        t.borrow_mut()
+                            .map_pages(range(k), black_box(pages), MemKind::NonSecureShared)
+                            .unwrap()
+                    },
+                    |count| (0..count).for_each(|k| t.borrow_mut().unmap(range(k))),
+                )
             })
         });
+        // The whole window: VA allocation, memory-map checks, tables, reverse map, record.
+        let mut w = window(1 << 20);
+        group.bench_function(BenchmarkId::new("window", n), |b| {
+            b.iter_custom(|iters| {
+                let w = std::cell::RefCell::new(&mut w);
+                let mut starts = Vec::new();
+                let starts_cell = std::cell::RefCell::new(&mut starts);
+                time_maps(
+                    iters,
+                    |_| {
+                        let r = w
+                            .borrow_mut()
+                            .map(GuestId(1), black_box(pages), MemKind::NonSecureShared)
+                            .unwrap();
+                        starts_cell.borrow_mut().push(r.start());
+                    },
+                    |_| {
+                        for s in starts_cell.borrow_mut().drain(..) {
+                            w.borrow_mut().unmap(s).unwrap();
+                        }
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+    // Map then unmap (one TLB request per unmap), so unmap cost = this minus the map above.
+    let mut group = c.benchmark_group("map_unmap");
+    for (&n, pages) in sizes.iter().zip(&lists) {
+        group.throughput(Throughput::Elements(n));
         let mut t = TranslationTables::new(1 << 16, RecordingTlb::counting()).unwrap();
         let range = VirtPages::new(VirtAddr(0x10_0000_0000), n).unwrap();
         group.bench_function(BenchmarkId::new("tables", n), |b| {
             b.iter(|| {
-                t.map_pages(range, black_box(&pages), MemKind::NonSecureShared).unwrap();
-                t.unmap(range);
+                t.map_pages(range, black_box(pages), MemKind::NonSecureShared)
+                    .unwrap();
+                t.unmap(black_box(range));
+            })
+        });
+        let mut w = window(1 << 16);
+        group.bench_function(BenchmarkId::new("window", n), |b| {
+            b.iter(|| {
+                let r = w
+                    .map(GuestId(1), black_box(pages), MemKind::NonSecureShared)
+                    .unwrap();
+                w.unmap(r.start()).unwrap();
             })
         });
     }
@@ -212,13 +345,18 @@ fn phys_to_virt(c: &mut Criterion) {
             records.push((r, owner, pages.clone()));
             mapped.extend(pages.into_iter().map(|p| (p, owner)));
         }
-        let queries: Vec<(PhysAddr, GuestId)> = (0..4096).map(|_| mapped[(rng.next() % mapped.len() as u64) as usize]).collect();
+        let queries: Vec<(PhysAddr, GuestId)> = (0..4096)
+            .map(|_| mapped[(rng.next() % mapped.len() as u64) as usize])
+            .collect();
         let mut q = 0usize;
         group.bench_function(BenchmarkId::new("reverse_map", live), |b| {
             b.iter(|| {
                 q = (q + 1) % queries.len();
                 let (pa, owner) = queries[q];
-                black_box(w.phys_to_virt(black_box(PhysAddr(pa.get() + 0x10)), Some(owner)).unwrap());
+                black_box(
+                    w.phys_to_virt(black_box(PhysAddr(pa.get() + 0x10)), Some(owner))
+                        .unwrap(),
+                );
             })
         });
         if live <= 10_000 {
@@ -226,9 +364,16 @@ fn phys_to_virt(c: &mut Criterion) {
                 b.iter(|| {
                     q = (q + 1) % queries.len();
                     let (pa, owner) = queries[q];
-                    let found = records.iter().filter(|(_, o, _)| *o == owner).find_map(|(r, _, pages)| {
-                        pages.iter().position(|p| *p == pa).map(|i| r.start().get() + i as u64 * PAGE_SIZE + 0x10)
-                    });
+                    let found =
+                        records
+                            .iter()
+                            .filter(|(_, o, _)| *o == owner)
+                            .find_map(|(r, _, pages)| {
+                                pages
+                                    .iter()
+                                    .position(|p| *p == pa)
+                                    .map(|i| r.start().get() + i as u64 * PAGE_SIZE + 0x10)
+                            });
                     black_box(found.unwrap());
                 })
             });

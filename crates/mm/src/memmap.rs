@@ -178,15 +178,41 @@ mod tests {
     #[test]
     fn classifies_regions() {
         let map = qemu_like();
-        assert_eq!(map.classify(range(0x4000_0000, 0x1000)), Some(RegionKind::NonSecureRam));
-        assert_eq!(map.classify(range(0x0e00_0000, 0x1000)), Some(RegionKind::SecureRam));
-        assert_eq!(map.classify(range(0x0900_0000, 4)), Some(RegionKind::Device));
-        assert_eq!(map.classify(range(0x0f00_0000, 0x1000)), None, "just past secure RAM");
-        assert_eq!(map.classify(range(0x7fff_f000, 0x2000)), None, "NS RAM then pool: a mix");
-        assert!(map.is_non_secure(range(0x7fff_f000, 0x2000)), "but all of it is non-secure");
+        assert_eq!(
+            map.classify(range(0x4000_0000, 0x1000)),
+            Some(RegionKind::NonSecureRam)
+        );
+        assert_eq!(
+            map.classify(range(0x0e00_0000, 0x1000)),
+            Some(RegionKind::SecureRam)
+        );
+        assert_eq!(
+            map.classify(range(0x0900_0000, 4)),
+            Some(RegionKind::Device)
+        );
+        assert_eq!(
+            map.classify(range(0x0f00_0000, 0x1000)),
+            None,
+            "just past secure RAM"
+        );
+        assert_eq!(
+            map.classify(range(0x7fff_f000, 0x2000)),
+            None,
+            "NS RAM then pool: a mix"
+        );
+        assert!(
+            map.is_non_secure(range(0x7fff_f000, 0x2000)),
+            "but all of it is non-secure"
+        );
         assert!(!map.is_non_secure(range(0x0e00_0000, 0x1000)));
-        assert!(!map.is_non_secure(range(0x801f_f000, 0x2000)), "runs off the end of the pool");
-        assert!(!map.is_non_secure(range(0x3fff_f000, 0x2000)), "starts in a hole");
+        assert!(
+            !map.is_non_secure(range(0x801f_f000, 0x2000)),
+            "runs off the end of the pool"
+        );
+        assert!(
+            !map.is_non_secure(range(0x3fff_f000, 0x2000)),
+            "starts in a hole"
+        );
         assert!(map.is_kind(range(0x8000_0000, 0x20_0000), RegionKind::ReservedShm));
     }
 

@@ -125,7 +125,11 @@ impl<T: TlbMaintenance> ShmWindow<T> {
     ///
     /// # Errors
     /// A bad VA configuration, or a table pool too small for the root table.
-    pub fn new(config: ShmWindowConfig, memory_map: MemoryMap, tlb: T) -> Result<Self, WindowError> {
+    pub fn new(
+        config: ShmWindowConfig,
+        memory_map: MemoryMap,
+        tlb: T,
+    ) -> Result<Self, WindowError> {
         let va = VaWindow::new(config.va)?;
         let window = va.window().ok_or(VaWindowError::BadConfig {
             base: config.va.base.get(),
@@ -183,7 +187,8 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             self.reverse.insert(ReverseEntry { pa, owner, va });
             va = VirtAddr(va.get() + PAGE_SIZE);
         }
-        self.mappings.insert(range.start(), Mapping { owner, range, kind });
+        self.mappings
+            .insert(range.start(), Mapping { owner, range, kind });
         self.mapped_pages += range.pages();
         Ok(range)
     }
@@ -200,13 +205,14 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             .ok_or(WindowError::UnknownMapping(start.get()))?;
         let reverse = &mut self.reverse;
         let owner = mapping.owner;
-        self.tables.for_each_mapping(mapping.range, &mut |va, translation| {
-            reverse.remove(ReverseEntry {
-                pa: translation.pa,
-                owner,
-                va,
+        self.tables
+            .for_each_mapping(mapping.range, &mut |va, translation| {
+                reverse.remove(ReverseEntry {
+                    pa: translation.pa,
+                    owner,
+                    va,
+                });
             });
-        });
         self.tables.unmap(mapping.range);
         let _ = self.va.free(start);
         self.mapped_pages -= mapping.range.pages();
@@ -308,41 +314,42 @@ impl<T: TlbMaintenance> ShmWindow<T> {
         let mut seen_pages = 0u64;
         let mut seen = BTreeMap::<VirtAddr, ()>::new();
         if let Some(window) = self.va.window() {
-            self.tables.for_each_mapping(window, &mut |va, translation| {
-                let Some(mapping) = self.mapping_at(va) else {
-                    found.push(Disagreement::StrayTableEntry {
-                        va,
+            self.tables
+                .for_each_mapping(window, &mut |va, translation| {
+                    let Some(mapping) = self.mapping_at(va) else {
+                        found.push(Disagreement::StrayTableEntry {
+                            va,
+                            pa: translation.pa,
+                        });
+                        return;
+                    };
+                    seen_pages += 1;
+                    seen.insert(va, ());
+                    if translation.kind != Some(mapping.kind) {
+                        found.push(Disagreement::WrongKind {
+                            va,
+                            expected: mapping.kind,
+                            found: translation.kind,
+                        });
+                    }
+                    let allowed = PhysRange::page(translation.pa)
+                        .is_ok_and(|page| self.allowed(page, mapping.kind));
+                    if !allowed {
+                        found.push(Disagreement::Isolation {
+                            va,
+                            pa: translation.pa,
+                            kind: mapping.kind,
+                        });
+                    }
+                    let entry = ReverseEntry {
                         pa: translation.pa,
-                    });
-                    return;
-                };
-                seen_pages += 1;
-                seen.insert(va, ());
-                if translation.kind != Some(mapping.kind) {
-                    found.push(Disagreement::WrongKind {
+                        owner: mapping.owner,
                         va,
-                        expected: mapping.kind,
-                        found: translation.kind,
-                    });
-                }
-                let allowed = PhysRange::page(translation.pa)
-                    .is_ok_and(|page| self.allowed(page, mapping.kind));
-                if !allowed {
-                    found.push(Disagreement::Isolation {
-                        va,
-                        pa: translation.pa,
-                        kind: mapping.kind,
-                    });
-                }
-                let entry = ReverseEntry {
-                    pa: translation.pa,
-                    owner: mapping.owner,
-                    va,
-                };
-                if !self.reverse.contains(entry) {
-                    found.push(Disagreement::MissingReverse(entry));
-                }
-            });
+                    };
+                    if !self.reverse.contains(entry) {
+                        found.push(Disagreement::MissingReverse(entry));
+                    }
+                });
         }
         if seen_pages != self.mapped_pages {
             for mapping in self.mappings.values() {
@@ -356,7 +363,9 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             }
         }
         for entry in self.reverse.iter() {
-            let matches = self.mapping_at(entry.va).is_some_and(|m| m.owner == entry.owner)
+            let matches = self
+                .mapping_at(entry.va)
+                .is_some_and(|m| m.owner == entry.owner)
                 && self
                     .tables
                     .translate_page(entry.va)
@@ -410,7 +419,10 @@ mod tests {
     }
 
     fn ns(pages: &[u64]) -> Vec<PhysAddr> {
-        pages.iter().map(|p| PhysAddr(NS_RAM + p * PAGE_SIZE)).collect()
+        pages
+            .iter()
+            .map(|p| PhysAddr(NS_RAM + p * PAGE_SIZE))
+            .collect()
     }
 
     #[test]
@@ -418,22 +430,45 @@ mod tests {
         let mut w = window(1024, 1);
         let g1 = GuestId(1);
         let g2 = GuestId(2);
-        let a = w.map(g1, &ns(&[7, 3, 9]), MemKind::NonSecureShared).unwrap();
+        let a = w
+            .map(g1, &ns(&[7, 3, 9]), MemKind::NonSecureShared)
+            .unwrap();
         // The same physical page mapped again, by another guest.
         let b = w.map(g2, &ns(&[3]), MemKind::NonSecureShared).unwrap();
         assert!(w.check_agreement().is_empty(), "{:?}", w.check_agreement());
         let pa3 = PhysAddr(NS_RAM + 3 * PAGE_SIZE + 0x10);
-        assert_eq!(w.phys_to_virt(pa3, Some(g1)), Some(VirtAddr(a.start().get() + PAGE_SIZE + 0x10)));
-        assert_eq!(w.phys_to_virt(pa3, Some(g2)), Some(VirtAddr(b.start().get() + 0x10)));
+        assert_eq!(
+            w.phys_to_virt(pa3, Some(g1)),
+            Some(VirtAddr(a.start().get() + PAGE_SIZE + 0x10))
+        );
+        assert_eq!(
+            w.phys_to_virt(pa3, Some(g2)),
+            Some(VirtAddr(b.start().get() + 0x10))
+        );
         assert_eq!(w.mappings_of(pa3).count(), 2);
-        assert_eq!(w.virt_to_phys(VirtAddr(a.start().get() + 2 * PAGE_SIZE + 5)), Some(PhysAddr(NS_RAM + 9 * PAGE_SIZE + 5)));
+        assert_eq!(
+            w.virt_to_phys(VirtAddr(a.start().get() + 2 * PAGE_SIZE + 5)),
+            Some(PhysAddr(NS_RAM + 9 * PAGE_SIZE + 5))
+        );
         w.tlb_mut().clear();
         let removed = w.unmap(a.start()).unwrap();
         assert_eq!(removed.owner, g1);
-        assert_eq!(w.tables().tlb().requests(), &[TlbRequest::Pages { va: a.start().get(), pages: 3 }]);
+        assert_eq!(
+            w.tables().tlb().requests(),
+            &[TlbRequest::Pages {
+                va: a.start().get(),
+                pages: 3
+            }]
+        );
         assert_eq!(w.phys_to_virt(pa3, Some(g1)), None);
-        assert_eq!(w.phys_to_virt(pa3, None), Some(VirtAddr(b.start().get() + 0x10)));
-        assert_eq!(w.unmap(a.start()), Err(WindowError::UnknownMapping(a.start().get())));
+        assert_eq!(
+            w.phys_to_virt(pa3, None),
+            Some(VirtAddr(b.start().get() + 0x10))
+        );
+        assert_eq!(
+            w.unmap(a.start()),
+            Err(WindowError::UnknownMapping(a.start().get()))
+        );
         w.unmap(b.start()).unwrap();
         assert!(w.check_agreement().is_empty());
         assert_eq!(w.mapped_pages(), 0);
@@ -451,26 +486,50 @@ mod tests {
             (NS_RAM, MemKind::Device),
         ] {
             let pages = [PhysAddr(NS_RAM), PhysAddr(pa)];
-            assert_eq!(w.map(GuestId(1), &pages, kind), Err(WindowError::Forbidden { pa, kind }));
+            assert_eq!(
+                w.map(GuestId(1), &pages, kind),
+                Err(WindowError::Forbidden { pa, kind })
+            );
         }
         assert_eq!(
-            w.map(GuestId(1), &[PhysAddr(NS_RAM + 1)], MemKind::NonSecureShared),
+            w.map(
+                GuestId(1),
+                &[PhysAddr(NS_RAM + 1)],
+                MemKind::NonSecureShared
+            ),
             Err(WindowError::UnalignedPage(NS_RAM + 1))
         );
-        assert_eq!(w.map(GuestId(1), &[], MemKind::NonSecureShared), Err(WindowError::Empty));
+        assert_eq!(
+            w.map(GuestId(1), &[], MemKind::NonSecureShared),
+            Err(WindowError::Empty)
+        );
         assert_eq!(w.va_window().live_count(), 0);
         assert_eq!(w.mapped_pages(), 0);
-        w.map(GuestId(0), &[PhysAddr(SECURE_RAM)], MemKind::SecureRam).unwrap();
-        w.map(GuestId(0), &[PhysAddr(0x0900_0000)], MemKind::Device).unwrap();
+        w.map(GuestId(0), &[PhysAddr(SECURE_RAM)], MemKind::SecureRam)
+            .unwrap();
+        w.map(GuestId(0), &[PhysAddr(0x0900_0000)], MemKind::Device)
+            .unwrap();
         assert!(w.check_agreement().is_empty());
     }
 
     #[test]
     fn window_full_is_an_error_with_state_kept() {
         let mut w = window(4, 0);
-        w.map(GuestId(1), &ns(&[1, 2, 3]), MemKind::NonSecureShared).unwrap();
-        let err = w.map(GuestId(1), &ns(&[4, 5]), MemKind::NonSecureShared).unwrap_err();
-        assert!(matches!(err, WindowError::Va(VaWindowError::NoSpace { largest_free: 1, .. })), "{err:?}");
+        w.map(GuestId(1), &ns(&[1, 2, 3]), MemKind::NonSecureShared)
+            .unwrap();
+        let err = w
+            .map(GuestId(1), &ns(&[4, 5]), MemKind::NonSecureShared)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WindowError::Va(VaWindowError::NoSpace {
+                    largest_free: 1,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
         assert_eq!(w.mapped_pages(), 3);
         assert!(w.check_agreement().is_empty());
     }
@@ -479,17 +538,30 @@ mod tests {
     fn table_memory_is_reclaimed_lazily_then_refused() {
         // Root + L2 + one L3 fit; a mapping in a second 2 MiB span needs another L3.
         let config = ShmWindowConfig {
-            va: VaWindowConfig { base: VirtAddr(WINDOW), size: 1024 * PAGE_SIZE, guard_pages: 0 },
+            va: VaWindowConfig {
+                base: VirtAddr(WINDOW),
+                size: 1024 * PAGE_SIZE,
+                guard_pages: 0,
+            },
             max_table_pages: 3,
         };
         let mut w = ShmWindow::new(config, memory_map(), RecordingTlb::new()).unwrap();
-        let a = w.map(GuestId(1), &ns(&[0; 500]), MemKind::NonSecureShared).unwrap();
-        let err = w.map(GuestId(1), &ns(&[1; 20]), MemKind::NonSecureShared).unwrap_err();
-        assert!(matches!(err, WindowError::Table(TableError::OutOfTableMemory { .. })), "{err:?}");
+        let a = w
+            .map(GuestId(1), &ns(&[0; 500]), MemKind::NonSecureShared)
+            .unwrap();
+        let err = w
+            .map(GuestId(1), &ns(&[1; 20]), MemKind::NonSecureShared)
+            .unwrap_err();
+        assert!(
+            matches!(err, WindowError::Table(TableError::OutOfTableMemory { .. })),
+            "{err:?}"
+        );
         assert!(w.check_agreement().is_empty());
         w.unmap(a.start()).unwrap();
         // The L3 table is now empty but still linked; the map reclaims it and succeeds.
-        let b = w.map(GuestId(1), &ns(&[1; 20]), MemKind::NonSecureShared).unwrap();
+        let b = w
+            .map(GuestId(1), &ns(&[1; 20]), MemKind::NonSecureShared)
+            .unwrap();
         assert!(b.start().get() >= WINDOW);
         assert!(w.check_agreement().is_empty(), "{:?}", w.check_agreement());
     }
@@ -497,32 +569,51 @@ mod tests {
     #[test]
     fn checker_sees_each_kind_of_disagreement() {
         let mut w = window(64, 0);
-        let a = w.map(GuestId(1), &ns(&[1, 2]), MemKind::NonSecureShared).unwrap();
+        let a = w
+            .map(GuestId(1), &ns(&[1, 2]), MemKind::NonSecureShared)
+            .unwrap();
         // A reverse entry lost.
-        let entry = ReverseEntry { pa: PhysAddr(NS_RAM + PAGE_SIZE), owner: GuestId(1), va: a.start() };
+        let entry = ReverseEntry {
+            pa: PhysAddr(NS_RAM + PAGE_SIZE),
+            owner: GuestId(1),
+            va: a.start(),
+        };
         w.reverse.remove(entry);
         assert_eq!(w.check_agreement(), [Disagreement::MissingReverse(entry)]);
         w.reverse.insert(entry);
         // A reverse entry for another owner that has no such mapping.
-        let stray = ReverseEntry { owner: GuestId(2), ..entry };
+        let stray = ReverseEntry {
+            owner: GuestId(2),
+            ..entry
+        };
         w.reverse.insert(stray);
         assert_eq!(w.check_agreement(), [Disagreement::StrayReverse(stray)]);
         w.reverse.remove(stray);
         // A table entry outside every mapping, pointing at secure RAM.
         let rogue = VirtPages::new(VirtAddr(WINDOW + 40 * PAGE_SIZE), 1).unwrap();
-        w.tables.map_pages(rogue, &[PhysAddr(SECURE_RAM)], MemKind::SecureRam).unwrap();
+        w.tables
+            .map_pages(rogue, &[PhysAddr(SECURE_RAM)], MemKind::SecureRam)
+            .unwrap();
         assert_eq!(
             w.check_agreement(),
-            [Disagreement::StrayTableEntry { va: rogue.start(), pa: PhysAddr(SECURE_RAM) }]
+            [Disagreement::StrayTableEntry {
+                va: rogue.start(),
+                pa: PhysAddr(SECURE_RAM)
+            }]
         );
         w.tables.unmap(rogue);
         // A page of a mapping unmapped behind the window's back.
         let second = VirtPages::new(VirtAddr(a.start().get() + PAGE_SIZE), 1).unwrap();
         w.tables.unmap(second);
         let found = w.check_agreement();
-        assert!(found.contains(&Disagreement::PageNotMapped(second.start())), "{found:?}");
+        assert!(
+            found.contains(&Disagreement::PageNotMapped(second.start())),
+            "{found:?}"
+        );
         // Mapped again with other attributes.
-        w.tables.map_pages(second, &ns(&[2]), MemKind::SecureRam).unwrap();
+        w.tables
+            .map_pages(second, &ns(&[2]), MemKind::SecureRam)
+            .unwrap();
         assert_eq!(
             w.check_agreement(),
             [Disagreement::WrongKind {
@@ -533,7 +624,9 @@ mod tests {
         );
         // Mapped again as shared memory, but pointing at secure RAM.
         w.tables.unmap(second);
-        w.tables.map_pages(second, &[PhysAddr(SECURE_RAM)], MemKind::NonSecureShared).unwrap();
+        w.tables
+            .map_pages(second, &[PhysAddr(SECURE_RAM)], MemKind::NonSecureShared)
+            .unwrap();
         let found = w.check_agreement();
         let isolation = Disagreement::Isolation {
             va: second.start(),
@@ -543,14 +636,25 @@ mod tests {
         assert!(found.contains(&isolation), "{found:?}");
         // The VA range freed behind the window's back.
         w.va.free(a.start()).unwrap();
-        assert!(w.check_agreement().contains(&Disagreement::MappingWithoutRange(a)));
+        assert!(
+            w.check_agreement()
+                .contains(&Disagreement::MappingWithoutRange(a))
+        );
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Map { owner: u16, pages: Vec<u64>, secure: bool },
-        Unmap { pick: usize },
-        UnmapBogus { page: u64 },
+        Map {
+            owner: u16,
+            pages: Vec<u64>,
+            secure: bool,
+        },
+        Unmap {
+            pick: usize,
+        },
+        UnmapBogus {
+            page: u64,
+        },
         Compact,
     }
 

@@ -5,11 +5,12 @@
 //! Mappings in the dynamic window are always 4 KiB pages (`NO_BLOCK_MAPPINGS`) so any page can be
 //! unmapped on its own. TLB maintenance is issued by this module through the platform's
 //! [`TlbMaintenance`], once per unmap batch; `aarch64-paging` itself is used without its own
-//! TLB handling (`RootTable`, never marked active).
+//! TLB handling (its `Mapping` is never marked active: the firmware programs TTBR0 itself).
 
 use crate::addr::{PAGE_SIZE, PhysAddr, VirtAddr, VirtPages};
+use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
-use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, RootTable, VaRange};
+use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, VaRange};
 use teeshm_platform::{TablePagePool, TablePoolError, TablePoolStats, TlbMaintenance};
 
 /// Level of the root table: level 1 gives a 39-bit (512 GiB) VA space, `TCR_EL1.T0SZ = 25`.
@@ -58,9 +59,13 @@ impl MemKind {
     /// The kind whose attributes are exactly `attributes` (ignoring `VALID`/`TABLE_OR_PAGE`).
     pub fn from_attributes(attributes: El1Attributes) -> Option<MemKind> {
         let bare = attributes - (El1Attributes::VALID | El1Attributes::TABLE_OR_PAGE);
-        [MemKind::NonSecureShared, MemKind::SecureRam, MemKind::Device]
-            .into_iter()
-            .find(|k| k.attributes() == bare)
+        [
+            MemKind::NonSecureShared,
+            MemKind::SecureRam,
+            MemKind::Device,
+        ]
+        .into_iter()
+        .find(|k| k.attributes() == bare)
     }
 }
 
@@ -119,7 +124,7 @@ pub struct Translation {
 
 /// The core's stage-1 translation tables with their table-page pool and TLB maintenance.
 pub struct TranslationTables<T: TlbMaintenance> {
-    root: RootTable<El1And0, TablePagePool>,
+    root: Mapping<TablePagePool, El1And0>,
     tlb: T,
 }
 
@@ -131,13 +136,13 @@ impl<T: TlbMaintenance> TranslationTables<T> {
     pub fn new(max_table_pages: usize, tlb: T) -> Result<Self, TableError> {
         let pool = TablePagePool::new(max_table_pages);
         pool.reserve(1)?;
-        let root = RootTable::with_va_range(pool, ROOT_LEVEL, El1And0, VaRange::Lower);
+        let root = Mapping::with_asid_and_va_range(pool, 0, ROOT_LEVEL, El1And0, VaRange::Lower);
         Ok(Self { root, tlb })
     }
 
     /// Physical address of the root table, for TTBR0_EL1.
     pub fn root_address(&self) -> PhysAddr {
-        PhysAddr(self.root.to_physical().0 as u64)
+        PhysAddr(self.root.root_address().0 as u64)
     }
 
     /// Table-page counters.
@@ -157,9 +162,10 @@ impl<T: TlbMaintenance> TranslationTables<T> {
 
     /// Maps `pages` (scattered physical pages, in order) at the consecutive pages of `range`.
     ///
-    /// The range must be unmapped (the VA window guarantees it). Physically consecutive pages are
-    /// written with one table update each run. No TLB maintenance is needed: the entries were
-    /// invalid, and invalid entries are never cached.
+    /// The range must be unmapped (the VA window guarantees it). Two passes: the first maps the
+    /// range's first page in each 2 MiB span, which creates that span's last-level table; the
+    /// second writes every page descriptor in one walk of the range. No TLB maintenance is needed:
+    /// the entries were invalid, and invalid entries are never cached.
     ///
     /// # Errors
     /// Misaligned pages, a length mismatch, a range outside the tables, or no table memory; on
@@ -181,31 +187,55 @@ impl<T: TlbMaintenance> TranslationTables<T> {
             return Err(TableError::UnalignedPage(bad.get()));
         }
         self.check_in_range(range)?;
-        let needed = tables_needed(range);
-        self.root.translation().reserve(needed)?;
-        let flags = kind.attributes() | El1Attributes::VALID;
-        let mut va = range.start().get();
-        let mut rest = pages;
-        while let Some((&first, _)) = rest.split_first() {
-            let run = physically_contiguous_run(rest);
-            let bytes = (run as u64) * PAGE_SIZE;
-            let region = region_of(va, bytes);
-            if let Err(e) = self.root.map_range(
-                &region,
-                PhysicalAddress(first.get() as usize),
-                flags,
-                Constraints::NO_BLOCK_MAPPINGS,
-            ) {
-                let done = (va - range.start().get()) / PAGE_SIZE;
-                if let Ok(mapped) = VirtPages::new(range.start(), done) {
-                    self.unmap(mapped);
-                }
-                return Err(TableError::Paging(map_error_name(&e)));
-            }
-            va += bytes;
-            rest = rest.get(run..).unwrap_or_default();
+        self.root.translation().reserve(tables_needed(range))?;
+        let result = self.write_pages(range, pages, kind.attributes() | El1Attributes::VALID);
+        if result.is_err() {
+            self.unmap(range);
         }
-        Ok(())
+        result
+    }
+
+    fn write_pages(
+        &mut self,
+        range: VirtPages,
+        pages: &[PhysAddr],
+        flags: El1Attributes,
+    ) -> Result<(), TableError> {
+        let start = range.start().get();
+        let end = range.end().get();
+        let span = granularity(2);
+        let mut va = start;
+        while va < end {
+            let index = usize::try_from((va - start) / PAGE_SIZE).unwrap_or(usize::MAX);
+            let pa = pages.get(index).ok_or(TableError::Paging("page index"))?;
+            self.root
+                .map_range(
+                    &region_of(va, PAGE_SIZE),
+                    PhysicalAddress(pa.get() as usize),
+                    flags,
+                    Constraints::NO_BLOCK_MAPPINGS,
+                )
+                .map_err(|e| TableError::Paging(map_error_name(&e)))?;
+            va = (va / span + 1) * span;
+        }
+        if range.pages() == 1 {
+            return Ok(());
+        }
+        let leaf_flags = flags | El1Attributes::TABLE_OR_PAGE;
+        self.root
+            .modify_range(
+                &region_of(start, range.len_bytes()),
+                &|chunk, descriptor| {
+                    if descriptor.level() != 3 {
+                        return Err(());
+                    }
+                    let offset = (chunk.start().0 as u64).wrapping_sub(start) / PAGE_SIZE;
+                    let index = usize::try_from(offset).map_err(|_| ())?;
+                    let pa = pages.get(index).ok_or(())?;
+                    descriptor.set(PhysicalAddress(pa.get() as usize), leaf_flags)
+                },
+            )
+            .map_err(|e| TableError::Paging(map_error_name(&e)))
     }
 
     /// Unmaps every page of `range` and then asks for one TLB invalidation of the whole batch.
@@ -224,7 +254,8 @@ impl<T: TlbMaintenance> TranslationTables<T> {
             El1Attributes::empty(),
             Constraints::empty(),
         );
-        self.tlb.invalidate_pages(range.start().get(), range.pages());
+        self.tlb
+            .invalidate_pages(range.start().get(), range.pages());
     }
 
     /// Frees translation tables left empty by unmaps, then invalidates the whole TLB (walk caches
@@ -267,30 +298,32 @@ impl<T: TlbMaintenance> TranslationTables<T> {
             return;
         }
         let region = region_of(range.start().get(), range.len_bytes());
-        let _ = self.root.walk_range(&region, &mut |chunk, descriptor, level| {
-            if !descriptor.is_valid() {
-                return Ok(());
-            }
-            let block_kind = if level == 3 {
-                MemKind::from_attributes(descriptor.flags())
-            } else {
-                None
-            };
-            let mut va = chunk.start().0 as u64;
-            while va < chunk.end().0 as u64 {
-                let offset_in_block = va % granularity(level);
-                let pa = (descriptor.output_address().0 as u64).wrapping_add(offset_in_block);
-                f(
-                    VirtAddr(va),
-                    Translation {
-                        pa: PhysAddr(pa),
-                        kind: block_kind,
-                    },
-                );
-                va += PAGE_SIZE;
-            }
-            Ok(())
-        });
+        let _ = self
+            .root
+            .walk_range(&region, &mut |chunk, descriptor, level| {
+                if !descriptor.is_valid() {
+                    return Ok(());
+                }
+                let block_kind = if level == 3 {
+                    MemKind::from_attributes(descriptor.flags())
+                } else {
+                    None
+                };
+                let mut va = chunk.start().0 as u64;
+                while va < chunk.end().0 as u64 {
+                    let offset_in_block = va % granularity(level);
+                    let pa = (descriptor.output_address().0 as u64).wrapping_add(offset_in_block);
+                    f(
+                        VirtAddr(va),
+                        Translation {
+                            pa: PhysAddr(pa),
+                            kind: block_kind,
+                        },
+                    );
+                    va += PAGE_SIZE;
+                }
+                Ok(())
+            });
     }
 
     fn check_in_range(&self, range: VirtPages) -> Result<(), TableError> {
@@ -318,18 +351,6 @@ fn tables_needed(range: VirtPages) -> usize {
 /// Bytes covered by one entry of a table at `level`.
 const fn granularity(level: usize) -> u64 {
     PAGE_SIZE << (9 * (3 - level))
-}
-
-/// How many pages from the start of `pages` are physically consecutive.
-fn physically_contiguous_run(pages: &[PhysAddr]) -> usize {
-    let mut run = 1;
-    for pair in pages.windows(2) {
-        match pair {
-            [a, b] if a.checked_add(PAGE_SIZE) == Some(*b) => run += 1,
-            _ => break,
-        }
-    }
-    run
 }
 
 fn region_of(va: u64, bytes: u64) -> MemoryRegion {
@@ -367,18 +388,35 @@ mod tests {
     fn scattered_pages_map_with_ns_attributes() {
         let mut t = tables();
         let range = VirtPages::new(VirtAddr(0x1_0000_0000), 3).unwrap();
-        t.map_pages(range, &pages(&[0x4000_5000, 0x4000_6000, 0x4123_0000]), MemKind::NonSecureShared)
-            .unwrap();
-        assert_eq!(t.virt_to_phys(VirtAddr(0x1_0000_0123)), Some(PhysAddr(0x4000_5123)));
-        assert_eq!(t.virt_to_phys(VirtAddr(0x1_0000_2fff)), Some(PhysAddr(0x4123_0fff)));
+        t.map_pages(
+            range,
+            &pages(&[0x4000_5000, 0x4000_6000, 0x4123_0000]),
+            MemKind::NonSecureShared,
+        )
+        .unwrap();
+        assert_eq!(
+            t.virt_to_phys(VirtAddr(0x1_0000_0123)),
+            Some(PhysAddr(0x4000_5123))
+        );
+        assert_eq!(
+            t.virt_to_phys(VirtAddr(0x1_0000_2fff)),
+            Some(PhysAddr(0x4123_0fff))
+        );
         assert_eq!(t.virt_to_phys(VirtAddr(0x1_0000_3000)), None);
         let tr = t.translate_page(VirtAddr(0x1_0000_1000)).unwrap();
         assert_eq!(tr.kind, Some(MemKind::NonSecureShared));
         let attrs = MemKind::NonSecureShared.attributes();
         assert!(attrs.contains(El1Attributes::NS | El1Attributes::UXN | El1Attributes::PXN));
         assert!(attrs.contains(El1Attributes::INNER_SHAREABLE | El1Attributes::ATTRIBUTE_INDEX_1));
-        assert!(!MemKind::Device.attributes().contains(El1Attributes::ATTRIBUTE_INDEX_1));
-        assert!(t.tlb().requests().is_empty(), "mapping invalid entries needs no TLB maintenance");
+        assert!(
+            !MemKind::Device
+                .attributes()
+                .contains(El1Attributes::ATTRIBUTE_INDEX_1)
+        );
+        assert!(
+            t.tlb().requests().is_empty(),
+            "mapping invalid entries needs no TLB maintenance"
+        );
     }
 
     #[test]
@@ -387,7 +425,9 @@ mod tests {
         // a single page can be unmapped later.
         let mut t = tables();
         let range = VirtPages::new(VirtAddr(0x20_0000), 512).unwrap();
-        let list: Vec<PhysAddr> = (0..512).map(|i| PhysAddr(0x4020_0000 + i * PAGE_SIZE)).collect();
+        let list: Vec<PhysAddr> = (0..512)
+            .map(|i| PhysAddr(0x4020_0000 + i * PAGE_SIZE))
+            .collect();
         t.map_pages(range, &list, MemKind::NonSecureShared).unwrap();
         let mut levels = Vec::new();
         t.for_each_mapping(range, &mut |_, tr| levels.push(tr.kind));
@@ -395,17 +435,28 @@ mod tests {
         assert!(levels.iter().all(|k| *k == Some(MemKind::NonSecureShared)));
         t.unmap(VirtPages::new(VirtAddr(0x20_1000), 1).unwrap());
         assert_eq!(t.virt_to_phys(VirtAddr(0x20_1000)), None);
-        assert_eq!(t.virt_to_phys(VirtAddr(0x20_2000)), Some(PhysAddr(0x4020_2000)));
+        assert_eq!(
+            t.virt_to_phys(VirtAddr(0x20_2000)),
+            Some(PhysAddr(0x4020_2000))
+        );
     }
 
     #[test]
     fn unmap_issues_one_tlb_request_per_batch() {
         let mut t = tables();
         let range = VirtPages::new(VirtAddr(0x40_0000), 64).unwrap();
-        let list: Vec<PhysAddr> = (0..64).map(|i| PhysAddr(0x5000_0000 + i * 3 * PAGE_SIZE)).collect();
+        let list: Vec<PhysAddr> = (0..64)
+            .map(|i| PhysAddr(0x5000_0000 + i * 3 * PAGE_SIZE))
+            .collect();
         t.map_pages(range, &list, MemKind::NonSecureShared).unwrap();
         t.unmap(range);
-        assert_eq!(t.tlb().requests(), &[TlbRequest::Pages { va: 0x40_0000, pages: 64 }]);
+        assert_eq!(
+            t.tlb().requests(),
+            &[TlbRequest::Pages {
+                va: 0x40_0000,
+                pages: 64
+            }]
+        );
         let mut any = false;
         t.for_each_mapping(range, &mut |_, _| any = true);
         assert!(!any);
@@ -416,16 +467,23 @@ mod tests {
         // Root + L2 + L3 = 3 pages; the second 2 MiB span needs a 4th.
         let mut t = TranslationTables::new(3, RecordingTlb::new()).unwrap();
         let r1 = VirtPages::new(VirtAddr(0x0), 1).unwrap();
-        t.map_pages(r1, &pages(&[0x4000_0000]), MemKind::NonSecureShared).unwrap();
+        t.map_pages(r1, &pages(&[0x4000_0000]), MemKind::NonSecureShared)
+            .unwrap();
         let r2 = VirtPages::new(VirtAddr(0x20_0000), 1).unwrap();
-        let err = t.map_pages(r2, &pages(&[0x4000_1000]), MemKind::NonSecureShared).unwrap_err();
-        assert!(matches!(err, TableError::OutOfTableMemory { .. }), "{err:?}");
+        let err = t
+            .map_pages(r2, &pages(&[0x4000_1000]), MemKind::NonSecureShared)
+            .unwrap_err();
+        assert!(
+            matches!(err, TableError::OutOfTableMemory { .. }),
+            "{err:?}"
+        );
         assert_eq!(t.virt_to_phys(VirtAddr(0x20_0000)), None);
         assert_eq!(t.pool_stats().unreserved_allocations, 0);
         // Freeing the first span's table makes room again.
         t.unmap(r1);
         t.compact();
-        t.map_pages(r2, &pages(&[0x4000_1000]), MemKind::NonSecureShared).unwrap();
+        t.map_pages(r2, &pages(&[0x4000_1000]), MemKind::NonSecureShared)
+            .unwrap();
     }
 
     #[test]
@@ -434,10 +492,17 @@ mod tests {
         let r = VirtPages::new(VirtAddr(0x1000), 2).unwrap();
         assert_eq!(
             t.map_pages(r, &pages(&[0x4000_0000]), MemKind::NonSecureShared),
-            Err(TableError::LengthMismatch { pages: 1, range_pages: 2 })
+            Err(TableError::LengthMismatch {
+                pages: 1,
+                range_pages: 2
+            })
         );
         assert_eq!(
-            t.map_pages(r, &pages(&[0x4000_0000, 0x4000_0010]), MemKind::NonSecureShared),
+            t.map_pages(
+                r,
+                &pages(&[0x4000_0000, 0x4000_0010]),
+                MemKind::NonSecureShared
+            ),
             Err(TableError::UnalignedPage(0x4000_0010))
         );
         let far = VirtPages::new(VirtAddr(VA_SPACE_SIZE - PAGE_SIZE), 2).unwrap();

@@ -44,7 +44,9 @@ pub enum VaWindowError {
     #[error("alignment {0:#x} is not a power of two of at least 4 KiB")]
     BadAlignment(u64),
     /// No free run can hold the request.
-    #[error("no room for {pages} pages (+{guard} guard) aligned to {align:#x}; largest free run is {largest_free} pages")]
+    #[error(
+        "no room for {pages} pages (+{guard} guard) aligned to {align:#x}; largest free run is {largest_free} pages"
+    )]
     NoSpace {
         /// Pages asked for.
         pages: u64,
@@ -138,9 +140,8 @@ impl VaWindow {
         // Alignment relative to the window base; the base itself may be less aligned.
         let align_pages = align / PAGE_SIZE;
         let base_pfn = self.config.base.page_number();
-        let (run_start, run_len, at) = self
-            .find_fit(need, align_pages, base_pfn)
-            .ok_or(no_space)?;
+        let (run_start, run_len, at) =
+            self.find_fit(need, align_pages, base_pfn).ok_or(no_space)?;
         self.remove_free(run_start, run_len);
         let head = at - run_start;
         let tail = run_len - head - need;
@@ -268,7 +269,9 @@ impl VaWindow {
                 ));
             }
             if is_free && previous_free && start == expected {
-                problems.push(format!("free run at page {start} not merged with its predecessor"));
+                problems.push(format!(
+                    "free run at page {start} not merged with its predecessor"
+                ));
             }
             if !is_free {
                 live_pages += len;
@@ -362,9 +365,19 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        for (base, size) in [(0x1001, 0x1000), (0x1000, 0), (0x1000, 0x1800), (u64::MAX & !0xfff, 0x2000)] {
+        for (base, size) in [
+            (0x1001, 0x1000),
+            (0x1000, 0),
+            (0x1000, 0x1800),
+            (!0xfff, 0x2000),
+        ] {
             assert_eq!(
-                VaWindow::new(VaWindowConfig { base: VirtAddr(base), size, guard_pages: 0 }).unwrap_err(),
+                VaWindow::new(VaWindowConfig {
+                    base: VirtAddr(base),
+                    size,
+                    guard_pages: 0
+                })
+                .unwrap_err(),
                 VaWindowError::BadConfig { base, size }
             );
         }
@@ -396,7 +409,10 @@ mod tests {
         let a = w.alloc(2, PAGE_SIZE).unwrap();
         w.free(a.start()).unwrap();
         assert_eq!(w.free(a.start()), Err(VaWindowError::UnknownRange(BASE)));
-        assert_eq!(w.free(VirtAddr(BASE + 0x800)), Err(VaWindowError::UnknownRange(BASE + 0x800)));
+        assert_eq!(
+            w.free(VirtAddr(BASE + 0x800)),
+            Err(VaWindowError::UnknownRange(BASE + 0x800))
+        );
         assert_eq!(w.free(VirtAddr(0)), Err(VaWindowError::UnknownRange(0)));
         let b = w.alloc(3, PAGE_SIZE).unwrap();
         // The middle of a live range is not its start.
@@ -411,9 +427,19 @@ mod tests {
         let a = w.alloc(2, PAGE_SIZE).unwrap();
         let b = w.alloc(2, PAGE_SIZE).unwrap();
         assert_eq!(b.start().get(), a.end().get() + PAGE_SIZE);
-        assert_eq!(w.range_containing(a.end()), None, "the guard page belongs to nobody");
+        assert_eq!(
+            w.range_containing(a.end()),
+            None,
+            "the guard page belongs to nobody"
+        );
         assert_eq!(w.free_pages(), 2);
-        assert!(matches!(w.alloc(2, PAGE_SIZE), Err(VaWindowError::NoSpace { largest_free: 2, .. })));
+        assert!(matches!(
+            w.alloc(2, PAGE_SIZE),
+            Err(VaWindowError::NoSpace {
+                largest_free: 2,
+                ..
+            })
+        ));
         w.alloc(1, PAGE_SIZE).unwrap();
     }
 
@@ -423,7 +449,10 @@ mod tests {
         w.alloc(1, PAGE_SIZE).unwrap();
         let big = w.alloc(4, 16 * PAGE_SIZE).unwrap();
         assert_eq!(big.start().get() % (16 * PAGE_SIZE), 0);
-        assert_eq!(w.alloc(1, 3 * PAGE_SIZE), Err(VaWindowError::BadAlignment(3 * PAGE_SIZE)));
+        assert_eq!(
+            w.alloc(1, 3 * PAGE_SIZE),
+            Err(VaWindowError::BadAlignment(3 * PAGE_SIZE))
+        );
         assert_eq!(w.alloc(1, 0x800), Err(VaWindowError::BadAlignment(0x800)));
         assert_eq!(w.alloc(0, PAGE_SIZE), Err(VaWindowError::ZeroSize));
         assert!(w.check().is_empty());
@@ -432,8 +461,14 @@ mod tests {
     #[test]
     fn huge_requests_fail_cleanly() {
         let mut w = window(8, 1);
-        assert!(matches!(w.alloc(u64::MAX, PAGE_SIZE), Err(VaWindowError::NoSpace { .. })));
-        assert!(matches!(w.alloc(5, 1 << 63), Err(VaWindowError::NoSpace { .. })));
+        assert!(matches!(
+            w.alloc(u64::MAX, PAGE_SIZE),
+            Err(VaWindowError::NoSpace { .. })
+        ));
+        assert!(matches!(
+            w.alloc(5, 1 << 63),
+            Err(VaWindowError::NoSpace { .. })
+        ));
         assert!(w.check().is_empty());
     }
 

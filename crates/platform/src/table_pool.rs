@@ -88,7 +88,11 @@ impl TablePagePool {
         result
     }
 
-    fn reserve_into(&self, spare: &mut Vec<NonNull<Table>>, pages: usize) -> Result<(), TablePoolError> {
+    fn reserve_into(
+        &self,
+        spare: &mut Vec<NonNull<Table>>,
+        pages: usize,
+    ) -> Result<(), TablePoolError> {
         let missing = pages.saturating_sub(spare.len());
         if missing == 0 {
             return Ok(());
@@ -242,7 +246,10 @@ mod tests {
         )
         .unwrap();
         let stats = root.translation().stats();
-        assert_eq!((stats.live, stats.spare, stats.unreserved_allocations), (3, 0, 0));
+        assert_eq!(
+            (stats.live, stats.spare, stats.unreserved_allocations),
+            (3, 0, 0)
+        );
         let mut found = None;
         root.walk_range(&region, &mut |_, d, level| {
             if level == 3 {

@@ -98,7 +98,13 @@ mod tests {
         tlb.invalidate_all();
         assert_eq!(
             tlb.requests(),
-            &[TlbRequest::Pages { va: 0x1000, pages: 3 }, TlbRequest::All]
+            &[
+                TlbRequest::Pages {
+                    va: 0x1000,
+                    pages: 3
+                },
+                TlbRequest::All
+            ]
         );
         assert_eq!(tlb.count(), 2);
         let mut quiet = RecordingTlb::counting();

@@ -43,7 +43,10 @@ impl NsMemory for MockMem {
         if off + buf.len() > LIST_PAGE_SIZE {
             return Err(MockError::CrossesPage { pa, len: buf.len() });
         }
-        let page = self.pages.get(&(pa & !0xfff)).ok_or(MockError::Unmapped(pa))?;
+        let page = self
+            .pages
+            .get(&(pa & !0xfff))
+            .ok_or(MockError::Unmapped(pa))?;
         buf.copy_from_slice(&page[off..off + buf.len()]);
         Ok(())
     }
@@ -238,7 +241,10 @@ fn cyclic_list_decodes_exactly_num_pages() {
     for (i, &p) in dec.pages().iter().enumerate() {
         assert_eq!(p, data_pa(i % 511));
     }
-    assert_eq!(mem.reads, vec![(a, 4096), (a, 4096), (a, (1500 - 1022) * 8)]);
+    assert_eq!(
+        mem.reads,
+        vec![(a, 4096), (a, 4096), (a, (1500 - 1022) * 8)]
+    );
 }
 
 #[test]
@@ -280,7 +286,8 @@ fn full_last_page_does_not_read_next() {
 #[test]
 fn decode_errors_before_reading() {
     let mut mem = MockMem::default();
-    let cases: Vec<(Result<DecodedPageList, PageListError<MockError>>, PageListError<MockError>)> = vec![
+    type Outcome = Result<DecodedPageList, PageListError<MockError>>;
+    let cases: Vec<(Outcome, PageListError<MockError>)> = vec![
         (decode(&mut mem, 0x1000, 0, 10), PageListError::ZeroSize),
         (
             decode_parts(&mut mem, 0x1000, 4096, 1, 10),
@@ -306,7 +313,7 @@ fn decode_errors_before_reading() {
             PageListError::ListPageUnaligned { pa: 0x1008 },
         ),
         (
-            decode(&mut mem, 0, u64::MAX - 4095, u64::MAX),
+            decode(&mut mem, 0, u64::MAX, u64::MAX),
             PageListError::OutOfMemory { pages: 1 << 52 },
         ),
     ];
@@ -382,7 +389,10 @@ fn error_messages_name_values() {
         index: 3,
         value: 0x1234,
     };
-    assert_eq!(e.to_string(), "data page entry 3 = 0x1234 is not 4 KiB aligned");
+    assert_eq!(
+        e.to_string(),
+        "data page entry 3 = 0x1234 is not 4 KiB aligned"
+    );
     let e: PageListError<MockError> = PageListError::TooManyPages { count: 9, max: 8 };
     assert_eq!(e.to_string(), "9 data pages exceed the limit of 8");
     let e = EncodeError::<()>::Layout(PageListError::ZeroSize);
@@ -458,7 +468,11 @@ fn encode_errors() {
     assert_eq!(writes, 0);
     let r = encode_with(&many, 0, 600 * 4096, &[list_pa(0), list_pa(1)], |pa, _| {
         writes += 1;
-        if pa == list_pa(1) { Err("full") } else { Ok(()) }
+        if pa == list_pa(1) {
+            Err("full")
+        } else {
+            Ok(())
+        }
     });
     assert_eq!(
         r,
