@@ -11,7 +11,7 @@ use crate::memmap::{MemoryMap, RegionKind};
 use crate::reverse_map::{ReverseEntry, ReverseMap};
 use crate::tables::{MemKind, TableError, TranslationTables};
 use crate::va_window::{VaWindow, VaWindowConfig, VaWindowError};
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
@@ -312,7 +312,7 @@ impl<T: TlbMaintenance> ShmWindow<T> {
         }
         // One walk over the whole window: each valid entry must belong to a mapping.
         let mut seen_pages = 0u64;
-        let mut seen = BTreeMap::<VirtAddr, ()>::new();
+        let mut seen = BTreeSet::<VirtAddr>::new();
         if let Some(window) = self.va.window() {
             self.tables
                 .for_each_mapping(window, &mut |va, translation| {
@@ -324,7 +324,7 @@ impl<T: TlbMaintenance> ShmWindow<T> {
                         return;
                     };
                     seen_pages += 1;
-                    seen.insert(va, ());
+                    seen.insert(va);
                     if translation.kind != Some(mapping.kind) {
                         found.push(Disagreement::WrongKind {
                             va,
@@ -355,7 +355,7 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             for mapping in self.mappings.values() {
                 let mut va = mapping.range.start();
                 while va < mapping.range.end() {
-                    if !seen.contains_key(&va) {
+                    if !seen.contains(&va) {
                         found.push(Disagreement::PageNotMapped(va));
                     }
                     va = VirtAddr(va.get() + PAGE_SIZE);
