@@ -130,18 +130,20 @@ impl VaWindow {
             return Err(VaWindowError::BadAlignment(align));
         }
         let guard = self.config.guard_pages;
-        let no_space = VaWindowError::NoSpace {
+        // Built only on failure: the largest free run costs a tree lookup.
+        let no_space = |window: &Self| VaWindowError::NoSpace {
             pages,
             guard,
             align,
-            largest_free: self.largest_free_run(),
+            largest_free: window.largest_free_run(),
         };
-        let need = pages.checked_add(guard).ok_or(no_space)?;
+        let need = pages.checked_add(guard).ok_or_else(|| no_space(self))?;
         // Alignment relative to the window base; the base itself may be less aligned.
         let align_pages = align / PAGE_SIZE;
         let base_pfn = self.config.base.page_number();
-        let (run_start, run_len, at) =
-            self.find_fit(need, align_pages, base_pfn).ok_or(no_space)?;
+        let (run_start, run_len, at) = self
+            .find_fit(need, align_pages, base_pfn)
+            .ok_or_else(|| no_space(self))?;
         self.remove_free(run_start, run_len);
         let head = at - run_start;
         let tail = run_len - head - need;
@@ -159,7 +161,7 @@ impl VaWindow {
             },
         );
         self.live_pages += need;
-        self.range_of(at, pages).ok_or(no_space)
+        self.range_of(at, pages).ok_or_else(|| no_space(self))
     }
 
     /// Frees the live range that starts at `start`, merging it with free neighbours.
