@@ -134,14 +134,10 @@ impl ReverseMap {
         let slots = self.frames.get(&(page >> FRAME_SHIFT))?;
         let page_in_frame = page & FRAME_MASK;
         let first = slot(page_in_frame, owner.unwrap_or(GuestId(0)), 0);
-        let at = slots.partition_point(|s| *s < first);
-        let found = join(page >> FRAME_SHIFT, *slots.get(at)?)?;
-        let wanted =
-            slot_page(*slots.get(at)?) == page_in_frame && owner.is_none_or(|o| o == found.owner);
-        if !wanted {
-            return None;
-        }
-        found.va.checked_add(pa.page_offset())
+        let &found = slots.get(slots.partition_point(|s| *s < first))?;
+        let entry = join(page >> FRAME_SHIFT, found)?;
+        let wanted = slot_page(found) == page_in_frame && owner.is_none_or(|o| o == entry.owner);
+        wanted.then_some(entry.va)?.checked_add(pa.page_offset())
     }
 
     /// Every mapping of the page holding `pa`, ordered by owner then address.
