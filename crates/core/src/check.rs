@@ -1,0 +1,258 @@
+//! The agreement checker of the whole core: the memory manager's own check, plus the registry,
+//! the mapping cache, the threads and every guest's counters against each other.
+//!
+//! Call it between SMCs (no call running on another CPU): counters are compared with the
+//! objects they count, which a running call may be changing.
+
+use crate::entry::Tee;
+use crate::mobj::{Mobj, MobjId, MobjKind};
+use crate::platform::Platform;
+use crate::thread::ThreadState;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use teeshm_abi::GuestId;
+use teeshm_mm::{Disagreement, PAGE_SIZE, PhysAddr, VirtAddr};
+
+/// A way the core's structures disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreDisagreement {
+    /// The memory manager's structures disagree.
+    Window(Disagreement),
+    /// A cache entry's range is not a mapping of the window.
+    EntryNotMapped {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A mapping of the window belongs to no object.
+    MappingWithoutObject {
+        /// Where it starts.
+        start: VirtAddr,
+    },
+    /// A mapping's owner is not its object's owner.
+    WrongOwner {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A mapped page is not the object's page.
+    WrongPage {
+        /// The object.
+        mobj: MobjId,
+        /// Page index in the object.
+        index: u64,
+        /// The object's page.
+        expected: Option<PhysAddr>,
+        /// What the tables translate to.
+        found: Option<PhysAddr>,
+    },
+    /// The cache's idle index and its entries disagree.
+    IdleIndex {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A mapping has guards but its object no use.
+    GuardWithoutUse {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A retired object nobody uses is still mapped or held: it was never released.
+    NotReleased {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A registered buffer in a cookie table is retired or has the wrong cookie or owner.
+    BadRegistration {
+        /// The guest.
+        guest: GuestId,
+        /// The cookie.
+        cookie: u64,
+    },
+    /// An object is owned by a guest that no longer exists.
+    Orphan {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// A guest's counter differs from what its objects add up to.
+    Counter {
+        /// The guest.
+        guest: GuestId,
+        /// Which counter.
+        counter: &'static str,
+        /// What the counter says.
+        recorded: u64,
+        /// What the objects add up to.
+        recomputed: u64,
+    },
+    /// Objects wait for a release that should have happened at the end of the last SMC.
+    PendingReleases,
+}
+
+#[derive(Default)]
+struct Recount {
+    objects: BTreeMap<MobjId, Arc<Mobj>>,
+    threads: u64,
+}
+
+impl<P: Platform> Tee<P> {
+    /// Walks the whole core and returns every disagreement (empty when all agree).
+    /// Cost: linear in objects, mapped pages and threads.
+    pub fn check_agreement(&self) -> Vec<CoreDisagreement> {
+        let mut found = Vec::new();
+        if !self.releases.is_empty() {
+            found.push(CoreDisagreement::PendingReleases);
+        }
+        let guests = self.guests();
+        let mut recount: BTreeMap<GuestId, Recount> = BTreeMap::new();
+        let mut sessions = BTreeMap::new();
+        for guest in &guests {
+            let state = guest.state.lock();
+            let r = recount.entry(guest.id()).or_default();
+            for (&cookie, mobj) in &state.registered {
+                if mobj.uses().is_retired()
+                    || mobj.cookie() != Some(cookie)
+                    || mobj.owner() != guest.id()
+                    || mobj.kind() != MobjKind::Registered
+                {
+                    found.push(CoreDisagreement::BadRegistration {
+                        guest: guest.id(),
+                        cookie,
+                    });
+                }
+                r.objects.insert(mobj.id(), mobj.clone());
+            }
+            for cached in &state.cached_rpc_args {
+                r.objects.insert(cached.mobj.id(), cached.mobj.clone());
+            }
+            sessions.insert(guest.id(), state.sessions.len() as u64);
+        }
+        {
+            let threads = self.threads.lock();
+            for state in threads.states() {
+                let g = match state {
+                    ThreadState::Free => continue,
+                    ThreadState::Running(g) | ThreadState::Suspended(g) => g,
+                };
+                recount.entry(g).or_default().threads += 1;
+            }
+            for call in threads.suspended() {
+                let r = recount.entry(call.guest_id()).or_default();
+                for mobj in call.objects() {
+                    if mobj.kind() != MobjKind::StaticPool {
+                        r.objects.insert(mobj.id(), mobj.clone());
+                    }
+                }
+            }
+        }
+        let window = self.window.lock();
+        found.extend(
+            window
+                .shm()
+                .check_agreement()
+                .into_iter()
+                .map(CoreDisagreement::Window),
+        );
+        let mut mapped: BTreeMap<GuestId, u64> = BTreeMap::new();
+        let mut starts = BTreeMap::new();
+        let (idle, idle_by_guest) = window.idle_index();
+        for (&id, entry) in window.entries() {
+            let mobj = &entry.mobj;
+            starts.insert(entry.range.start(), id);
+            match window.shm().mapping_at(entry.range.start()) {
+                Some(m) if m.range == entry.range => {
+                    if m.owner != mobj.owner() {
+                        found.push(CoreDisagreement::WrongOwner { mobj: id });
+                    }
+                }
+                _ => found.push(CoreDisagreement::EntryNotMapped { mobj: id }),
+            }
+            for index in 0..entry.range.pages() {
+                let va = VirtAddr(entry.range.start().get() + index * PAGE_SIZE);
+                let (expected, found_pa) = (mobj.page(index), window.shm().virt_to_phys(va));
+                if expected != found_pa {
+                    found.push(CoreDisagreement::WrongPage {
+                        mobj: id,
+                        index,
+                        expected,
+                        found: found_pa,
+                    });
+                }
+            }
+            let idle_ok = match entry.idle_since {
+                Some(stamp) => {
+                    entry.guards == 0
+                        && idle.get(&stamp) == Some(&id)
+                        && idle_by_guest.contains(&(mobj.owner(), stamp))
+                        && !mobj.uses().is_retired()
+                }
+                None => entry.guards > 0,
+            };
+            if !idle_ok {
+                found.push(CoreDisagreement::IdleIndex { mobj: id });
+            }
+            if mobj.kind() == MobjKind::StaticPool {
+                continue;
+            }
+            if entry.guards > 0 && mobj.uses().users() == 0 {
+                found.push(CoreDisagreement::GuardWithoutUse { mobj: id });
+            }
+            *mapped.entry(mobj.owner()).or_default() += entry.range.pages();
+            match recount.get_mut(&mobj.owner()) {
+                Some(r) => {
+                    r.objects.insert(id, mobj.clone());
+                }
+                None => found.push(CoreDisagreement::Orphan { mobj: id }),
+            }
+        }
+        if idle.len() != idle_by_guest.len()
+            || idle.values().any(|id| !window.entries().any(|(e, _)| e == id))
+        {
+            found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
+        }
+        for m in window.shm().mappings() {
+            if !starts.contains_key(&m.range.start()) {
+                found.push(CoreDisagreement::MappingWithoutObject {
+                    start: m.range.start(),
+                });
+            }
+        }
+        drop(window);
+
+        for guest in &guests {
+            let id = guest.id();
+            let r = recount.remove(&id).unwrap_or_default();
+            for (&mobj_id, mobj) in &r.objects {
+                if mobj.uses().is_retired() && mobj.uses().users() == 0 {
+                    found.push(CoreDisagreement::NotReleased { mobj: mobj_id });
+                }
+            }
+            let objects = r.objects.len() as u64;
+            let registered: u64 = r
+                .objects
+                .values()
+                .filter(|m| m.kind() == MobjKind::Registered)
+                .map(|m| m.num_pages())
+                .sum();
+            let bytes: u64 = r.objects.values().map(|m| m.heap_bytes() as u64).sum();
+            let c = guest.counters();
+            let checks = [
+                ("objects", c.objects(), objects),
+                ("registered_pages", c.registered_pages(), registered),
+                ("mapped_pages", c.mapped_pages(), mapped.get(&id).copied().unwrap_or(0)),
+                ("threads", c.threads(), r.threads),
+                ("sessions", c.sessions(), sessions.get(&id).copied().unwrap_or(0)),
+                ("secure_bytes", c.secure_bytes(), bytes),
+            ];
+            for (counter, recorded, recomputed) in checks {
+                if recorded != recomputed {
+                    found.push(CoreDisagreement::Counter {
+                        guest: id,
+                        counter,
+                        recorded,
+                        recomputed,
+                    });
+                }
+            }
+        }
+        found
+    }
+}

@@ -1,0 +1,767 @@
+//! Where every call enters: the SMC front end ([`Tee::handle_smc`]), fast calls, the start and
+//! resumption of yielding calls, and guest creation and destruction.
+
+use crate::arg::{APPENDED_RPC_ARG, ArgCopy, ArgReadError, NsRef};
+use crate::config::CoreConfig;
+use crate::error::{CallError, TeeError};
+use crate::guest::{GuestPartition, GuestSnapshot};
+use crate::mobj::{Backing, Mobj, MobjId, MobjKind, MobjUse, PageFrames, ReleaseQueue};
+use crate::msg::{Call, MemrefBuf, RpcArgAt, RpcRequest, Step, reg_pair};
+use crate::platform::{AccessFault, Platform};
+use crate::thread::{ThreadState, ThreadTable};
+use crate::window::{MapGuard, SharedWindow};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_abi::GuestId;
+use teeshm_abi::caps::{NonSecureCaps, SecureCaps, THREAD_RPC_MAX_NUM_PARAMS};
+use teeshm_abi::page_list::{self, NsMemory};
+use teeshm_abi::smc::*;
+use teeshm_abi::uid;
+use teeshm_mm::{
+    MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, RegionKind, ShmWindow, WindowError,
+};
+
+/// The eight argument registers of an SMC (`a0`..`a7`), in and out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmcRegs {
+    /// `a0`..`a7`.
+    pub a: [u64; 8],
+}
+
+impl SmcRegs {
+    /// Registers with `a0 = func` and the given `a1`.. values.
+    pub fn call(func: u32, args: &[u64]) -> Self {
+        let mut a = [0u64; 8];
+        a[0] = u64::from(func);
+        for (dst, src) in a.iter_mut().skip(1).zip(args) {
+            *dst = *src;
+        }
+        Self { a }
+    }
+
+    /// The same registers with `a7` (the client id) set.
+    pub fn from_client(mut self, guest: GuestId) -> Self {
+        self.a[7] = u64::from(guest.raw());
+        self
+    }
+
+    fn ret(code: u32) -> Self {
+        Self::call(code, &[])
+    }
+}
+
+/// Why a core could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    /// The window could not be set up.
+    #[error("SHM window: {0}")]
+    Window(#[from] WindowError),
+    /// A configuration value is unusable.
+    #[error("configuration: {0}")]
+    Config(&'static str),
+    /// The static pool could not be mapped.
+    #[error("static pool: {0}")]
+    Pool(TeeError),
+}
+
+/// The TEE core: guests, threads, memory objects and the SHM window, behind the SMC interface.
+pub struct Tee<P: Platform> {
+    pub(crate) config: CoreConfig,
+    pub(crate) platform: P,
+    memory_map: MemoryMap,
+    pub(crate) window: spin::Mutex<SharedWindow<P::Tlb>>,
+    guests: spin::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
+    pub(crate) threads: spin::Mutex<ThreadTable>,
+    pub(crate) releases: Arc<ReleaseQueue>,
+    next_mobj: AtomicU64,
+    pool: Option<(PhysRange, Arc<Mobj>)>,
+}
+
+/// Reads page-list pages for the decoder through one-page mappings of the window, owned by
+/// the calling guest, so a list page outside normal-world memory can never be read.
+struct ListReader<'a, P: Platform> {
+    tee: &'a Tee<P>,
+    guest: GuestId,
+}
+
+impl<P: Platform> NsMemory for ListReader<'_, P> {
+    type Error = AccessFault;
+
+    fn read(&mut self, pa: u64, buf: &mut [u8]) -> Result<(), AccessFault> {
+        let page = PhysAddr(pa);
+        let mut window = self.tee.window.lock();
+        let platform = &self.tee.platform;
+        match window.with_transient_page(self.guest, page, |shm, va| {
+            platform.read(shm, va, buf)
+        }) {
+            Ok(read) => read,
+            Err(_) => Err(AccessFault::Permission(pa)),
+        }
+    }
+}
+
+impl<P: Platform> Tee<P> {
+    /// A core over `memory_map`, with `platform` for memory access and `tlb` for the tables.
+    ///
+    /// # Errors
+    /// A bad configuration, or a static pool that is not a `ReservedShm` region.
+    pub fn new(
+        config: CoreConfig,
+        memory_map: MemoryMap,
+        platform: P,
+        tlb: P::Tlb,
+    ) -> Result<Self, BootError> {
+        if config.threads == 0 {
+            return Err(BootError::Config("at least one thread is needed"));
+        }
+        let shm = ShmWindow::new(config.window, memory_map.clone(), tlb)?;
+        let mut tee = Self {
+            config,
+            platform,
+            memory_map,
+            window: spin::Mutex::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
+            guests: spin::RwLock::new(BTreeMap::new()),
+            threads: spin::Mutex::new(ThreadTable::new(config.threads as usize)),
+            releases: Arc::new(ReleaseQueue::default()),
+            next_mobj: AtomicU64::new(1),
+            pool: None,
+        };
+        if config.guest_zero {
+            let zero = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
+            tee.guests.write().insert(GuestId::HYPERVISOR, zero);
+        }
+        if let Some(range) = config.static_pool {
+            if !tee.memory_map.is_kind(range, RegionKind::ReservedShm) {
+                return Err(BootError::Config(
+                    "the static pool must be a ReservedShm region",
+                ));
+            }
+            let pages = range.len() / PAGE_SIZE;
+            let mobj = Arc::new(Mobj::new(
+                tee.next_id(),
+                MobjKind::StaticPool,
+                GuestId::HYPERVISOR,
+                None,
+                range.len(),
+                0,
+                Backing::Contiguous {
+                    first: range.start(),
+                    pages,
+                },
+                Arc::default(),
+            ));
+            tee.window.lock().pin(&mobj).map_err(BootError::Pool)?;
+            tee.pool = Some((range, mobj));
+        }
+        Ok(tee)
+    }
+
+    /// Handles one SMC and returns the registers for the caller. Never panics, never blocks:
+    /// whatever the registers and normal-world memory hold, the answer is an OP-TEE code.
+    pub fn handle_smc(&self, regs: SmcRegs) -> SmcRegs {
+        let func = (regs.a[0] & 0xffff_ffff) as u32;
+        let out = if is_fast_call(func) {
+            self.fast_call(func, &regs)
+        } else {
+            match func {
+                OPTEE_SMC_CALL_WITH_ARG
+                | OPTEE_SMC_CALL_WITH_RPC_ARG
+                | OPTEE_SMC_CALL_WITH_REGD_ARG => self.start_call(func, &regs),
+                OPTEE_SMC_CALL_RETURN_FROM_RPC => self.return_from_rpc(&regs),
+                _ => SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION),
+            }
+        };
+        self.drain_releases();
+        out
+    }
+
+    // ---- fast calls --------------------------------------------------------------------
+
+    fn fast_call(&self, func: u32, regs: &SmcRegs) -> SmcRegs {
+        let words = |w: [u32; 4]| SmcRegs::call(w[0], &[w[1].into(), w[2].into(), w[3].into()]);
+        match func {
+            OPTEE_SMC_CALLS_UID => words(uid::OPTEE_MSG_UID),
+            OPTEE_SMC_CALLS_REVISION => SmcRegs::call(
+                uid::OPTEE_MSG_REVISION_MAJOR,
+                &[uid::OPTEE_MSG_REVISION_MINOR.into()],
+            ),
+            OPTEE_SMC_CALLS_COUNT => SmcRegs::ret(uid::TEESHM_API_CALL_COUNT),
+            OPTEE_SMC_CALL_GET_OS_UUID => words(uid::OPTEE_MSG_OS_OPTEE_UUID),
+            OPTEE_SMC_CALL_GET_OS_REVISION => SmcRegs::call(
+                uid::TEESHM_OS_REVISION_MAJOR,
+                &[uid::TEESHM_OS_REVISION_MINOR.into(), 0],
+            ),
+            OPTEE_SMC_EXCHANGE_CAPABILITIES => self.exchange_capabilities(regs.a[1]),
+            OPTEE_SMC_GET_SHM_CONFIG => match &self.pool {
+                Some((range, _)) => SmcRegs::call(
+                    OPTEE_SMC_RETURN_OK,
+                    &[
+                        range.start().get(),
+                        range.len(),
+                        OPTEE_SMC_SHM_CACHED.into(),
+                    ],
+                ),
+                None => SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL),
+            },
+            OPTEE_SMC_ENABLE_SHM_CACHE => self.enable_shm_cache(regs.a[7]),
+            OPTEE_SMC_DISABLE_SHM_CACHE => self.disable_shm_cache(regs.a[7]),
+            OPTEE_SMC_GET_THREAD_COUNT => {
+                SmcRegs::call(OPTEE_SMC_RETURN_OK, &[self.config.threads.into()])
+            }
+            OPTEE_SMC_VM_CREATED => self.vm_created(regs.a[1], regs.a[7]),
+            OPTEE_SMC_VM_DESTROYED => self.vm_destroyed(regs.a[1], regs.a[7]),
+            _ => SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION),
+        }
+    }
+
+    /// The capabilities this core reports.
+    pub fn capabilities(&self) -> SecureCaps {
+        let mut caps = SecureCaps::DYNAMIC_SHM
+            | SecureCaps::VIRTUALIZATION
+            | SecureCaps::MEMREF_NULL
+            | SecureCaps::RPC_ARG;
+        if self.pool.is_some() {
+            caps |= SecureCaps::HAVE_RESERVED_SHM;
+        }
+        caps
+    }
+
+    fn exchange_capabilities(&self, a1: u64) -> SmcRegs {
+        if a1 & !u64::from(NonSecureCaps::UNIPROCESSOR.bits()) != 0 {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
+        }
+        SmcRegs::call(
+            OPTEE_SMC_RETURN_OK,
+            &[
+                self.capabilities().bits().into(),
+                0,
+                THREAD_RPC_MAX_NUM_PARAMS.into(),
+            ],
+        )
+    }
+
+    fn enable_shm_cache(&self, a7: u64) -> SmcRegs {
+        let Ok(guest) = self.calling_guest(a7) else {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
+        };
+        if self.threads.lock().any_of(guest.id()) {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_EBUSY);
+        }
+        guest.state.lock().shm_cache_enabled = true;
+        SmcRegs::ret(OPTEE_SMC_RETURN_OK)
+    }
+
+    fn disable_shm_cache(&self, a7: u64) -> SmcRegs {
+        let Ok(guest) = self.calling_guest(a7) else {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
+        };
+        if self.threads.lock().any_of(guest.id()) {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_EBUSY);
+        }
+        let cached = {
+            let mut state = guest.state.lock();
+            state.shm_cache_enabled = false;
+            state.cached_rpc_args.pop()
+        };
+        match cached {
+            Some(cached) => {
+                self.discard(&cached.mobj);
+                SmcRegs::call(
+                    OPTEE_SMC_RETURN_OK,
+                    &[cached.cookie >> 32, cached.cookie & 0xffff_ffff],
+                )
+            }
+            None => SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL),
+        }
+    }
+
+    // ---- guests ------------------------------------------------------------------------
+
+    fn vm_created(&self, a1: u64, a7: u64) -> SmcRegs {
+        if a7 != u64::from(HYP_CLNT_ID) {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
+        }
+        match self.create_guest(a1) {
+            Ok(()) => SmcRegs::ret(OPTEE_SMC_RETURN_OK),
+            Err(()) => SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL),
+        }
+    }
+
+    fn create_guest(&self, a1: u64) -> Result<(), ()> {
+        let id = GuestId::from_client_id(a1).map_err(|_| ())?;
+        if id.is_hypervisor() {
+            return Err(());
+        }
+        let mut guests = self.guests.write();
+        if guests.contains_key(&id) || guests.len() >= self.config.max_guests as usize {
+            return Err(());
+        }
+        guests.insert(id, Arc::new(GuestPartition::new(id)));
+        Ok(())
+    }
+
+    fn vm_destroyed(&self, a1: u64, a7: u64) -> SmcRegs {
+        if a7 != u64::from(HYP_CLNT_ID) {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
+        }
+        match GuestId::from_client_id(a1) {
+            Ok(id) if !id.is_hypervisor() => {
+                self.destroy_guest(id);
+                SmcRegs::ret(OPTEE_SMC_RETURN_OK)
+            }
+            _ => SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL),
+        }
+    }
+
+    /// Sweeps `id`: its calls waiting in RPCs are ended, its registered buffers, sessions and
+    /// cached RPC args are retired, its mappings go. Visits only that guest's own objects.
+    /// A call of it still running on another CPU finishes, and what it holds is released when
+    /// it ends. Destroying an unknown guest does nothing (OP-TEE answers OK too).
+    pub fn destroy_guest(&self, id: GuestId) {
+        let Some(guest) = self.guests.write().remove(&id) else {
+            return;
+        };
+        let ended = {
+            let mut threads = self.threads.lock();
+            threads.end_suspended_of(id)
+        };
+        for _ in &ended {
+            guest.counters().refund_thread();
+        }
+        drop(ended);
+        let (registered, sessions, cached) = {
+            let mut state = guest.state.lock();
+            guest.mark_dying();
+            (
+                core::mem::take(&mut state.registered),
+                core::mem::take(&mut state.sessions),
+                core::mem::take(&mut state.cached_rpc_args),
+            )
+        };
+        for mobj in registered.values() {
+            self.discard(mobj);
+        }
+        for _ in 0..sessions.len() {
+            guest.counters().refund_session();
+        }
+        for c in &cached {
+            self.discard(&c.mobj);
+        }
+        self.drain_releases();
+    }
+
+    /// The guest making a call with client id `a7`.
+    fn calling_guest(&self, a7: u64) -> Result<Arc<GuestPartition>, CallError> {
+        let id = GuestId::from_client_id(a7).map_err(|_| CallError::UnknownGuest)?;
+        self.guest(id)
+            .filter(|g| !g.is_dying())
+            .ok_or(CallError::UnknownGuest)
+    }
+
+    /// The live guest `id`.
+    pub fn guest(&self, id: GuestId) -> Option<Arc<GuestPartition>> {
+        self.guests.read().get(&id).cloned()
+    }
+
+    /// Every live guest.
+    pub fn guests(&self) -> Vec<Arc<GuestPartition>> {
+        self.guests.read().values().cloned().collect()
+    }
+
+    /// A picture of every live guest.
+    pub fn snapshots(&self) -> Vec<GuestSnapshot> {
+        self.guests().iter().map(|g| g.snapshot()).collect()
+    }
+
+    /// What each thread is doing.
+    pub fn thread_states(&self) -> Vec<ThreadState> {
+        self.threads.lock().states()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The memory map.
+    pub fn memory_map(&self) -> &MemoryMap {
+        &self.memory_map
+    }
+
+    /// The window, locked (for reports and tests; hold it briefly).
+    pub fn window(&self) -> spin::MutexGuard<'_, SharedWindow<P::Tlb>> {
+        self.window.lock()
+    }
+
+    /// The static pool's range, if configured.
+    pub fn static_pool(&self) -> Option<PhysRange> {
+        self.pool.as_ref().map(|(range, _)| *range)
+    }
+
+    // ---- yielding calls ----------------------------------------------------------------
+
+    fn start_call(&self, func: u32, regs: &SmcRegs) -> SmcRegs {
+        let guest = match self.calling_guest(regs.a[7]) {
+            Ok(g) => g,
+            Err(e) => return SmcRegs::ret(e.smc_code()),
+        };
+        if guest
+            .counters()
+            .charge_thread(self.config.quotas.max_threads)
+            .is_err()
+        {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
+        }
+        let Some(thread) = self.threads.lock().claim(guest.id()) else {
+            guest.counters().refund_thread();
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
+        };
+        let located = self.locate_arg(&guest, func, regs);
+        let (arg_at, arg, rpc_at) = match located {
+            Ok(found) => found,
+            Err(e) => {
+                self.end_thread(thread, &guest);
+                return SmcRegs::ret(e.smc_code());
+            }
+        };
+        let mut call = Box::new(Call {
+            guest,
+            thread,
+            arg_at,
+            arg,
+            rpc_at,
+            params: Vec::new(),
+            params_base: 0,
+            waiting: None,
+        });
+        let step = self.run_message(&mut call);
+        self.continue_call(call, step)
+    }
+
+    fn return_from_rpc(&self, regs: &SmcRegs) -> SmcRegs {
+        let Ok(guest) = GuestId::from_client_id(regs.a[7]) else {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
+        };
+        let Ok(thread) = usize::try_from(regs.a[3]) else {
+            return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
+        };
+        let Some(mut call) = self.threads.lock().resume(thread, guest) else {
+            return SmcRegs::ret(CallError::NotSuspended.smc_code());
+        };
+        let answer = [regs.a[1], regs.a[2], regs.a[3], regs.a[4], regs.a[5]];
+        let step = self.resume_message(&mut call, answer);
+        self.continue_call(call, step)
+    }
+
+    fn continue_call(&self, mut call: Box<Call>, step: Step) -> SmcRegs {
+        match step {
+            Step::Rpc(request, waiting) => {
+                call.waiting = Some(waiting);
+                let thread = call.thread as u64;
+                let regs = match request {
+                    RpcRequest::Alloc(size) => {
+                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[size, 0, thread])
+                    }
+                    RpcRequest::Free(cookie) => SmcRegs::call(
+                        OPTEE_SMC_RETURN_RPC_FREE,
+                        &[cookie >> 32, cookie & 0xffff_ffff, thread],
+                    ),
+                    RpcRequest::Cmd(cookie) => SmcRegs::call(
+                        OPTEE_SMC_RETURN_RPC_CMD,
+                        &[cookie >> 32, cookie & 0xffff_ffff, thread],
+                    ),
+                };
+                let id = call.thread;
+                self.threads.lock().suspend(id, call);
+                regs
+            }
+            Step::Done => {
+                // A write-back that faults leaves the normal world without results; the call
+                // itself has run, so its SMC still succeeds, as in OP-TEE.
+                let _ = call
+                    .arg
+                    .write_back(&call.arg_at, &self.window, &self.platform);
+                let (thread, guest) = (call.thread, call.guest.clone());
+                drop(call);
+                self.end_thread(thread, &guest);
+                SmcRegs::ret(OPTEE_SMC_RETURN_OK)
+            }
+        }
+    }
+
+    fn end_thread(&self, thread: usize, guest: &GuestPartition) {
+        self.threads.lock().free(thread);
+        guest.counters().refund_thread();
+    }
+
+    /// Finds the arg of a new call and copies it (see [`crate::arg`]).
+    fn locate_arg(
+        &self,
+        guest: &Arc<GuestPartition>,
+        func: u32,
+        regs: &SmcRegs,
+    ) -> Result<(NsRef, ArgCopy, RpcArgAt), CallError> {
+        let at = if func == OPTEE_SMC_CALL_WITH_REGD_ARG {
+            let cookie = reg_pair(regs.a[1], regs.a[2]);
+            let offset = regs.a[3] & 0xffff_ffff;
+            let state = guest.state.lock();
+            let mobj = state
+                .registered
+                .get(&cookie)
+                .ok_or(CallError::BadAddress)?;
+            let used = MobjUse::try_new(mobj, &self.releases).ok_or(CallError::BadAddress)?;
+            NsRef { used, offset }
+        } else {
+            let pa = reg_pair(regs.a[1], regs.a[2]);
+            if pa == 0 {
+                return Err(CallError::BadAddress);
+            }
+            self.ns_ref_at(guest, pa, MobjKind::Temporary, None)
+                .map_err(|e| match e {
+                    TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
+                    _ => CallError::BadAddress,
+                })?
+        };
+        let reserve = if func == OPTEE_SMC_CALL_WITH_ARG {
+            0
+        } else {
+            APPENDED_RPC_ARG
+        };
+        let arg = ArgCopy::read(&at, &self.window, &self.platform, reserve).map_err(
+            |e| match e {
+                ArgReadError::BadAddress => CallError::BadAddress,
+                ArgReadError::BadCommand => CallError::BadCommand,
+            },
+        )?;
+        let rpc_at = if reserve == 0 {
+            RpcArgAt::Missing
+        } else {
+            RpcArgAt::Appended(NsRef {
+                used: at.used.clone(),
+                offset: at.offset + arg.as_bytes().len() as u64,
+            })
+        };
+        Ok((at, arg, rpc_at))
+    }
+
+    // ---- memory objects ----------------------------------------------------------------
+
+    fn next_id(&self) -> MobjId {
+        MobjId(self.next_mobj.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new object of `guest`, charged to its quotas.
+    fn new_mobj(
+        &self,
+        guest: &GuestPartition,
+        kind: MobjKind,
+        cookie: Option<u64>,
+        size: u64,
+        page_offset: u16,
+        backing: Backing,
+    ) -> Result<Arc<Mobj>, TeeError> {
+        let mobj = Mobj::new(
+            self.next_id(),
+            kind,
+            guest.id(),
+            cookie,
+            size,
+            page_offset,
+            backing,
+            guest.counters().clone(),
+        );
+        let registered = if kind == MobjKind::Registered {
+            mobj.num_pages()
+        } else {
+            0
+        };
+        guest.counters().charge_object(
+            &self.config.quotas,
+            registered,
+            mobj.heap_bytes() as u64,
+        )?;
+        Ok(Arc::new(mobj))
+    }
+
+    /// Decodes a NONCONTIG page list of `guest` (`buf_ptr` = first list page | offset) into a
+    /// new object, after checking that every data page is normal-world memory.
+    pub(crate) fn page_list_mobj(
+        &self,
+        guest: &GuestPartition,
+        buf_ptr: u64,
+        size: u64,
+        kind: MobjKind,
+        cookie: Option<u64>,
+    ) -> Result<Arc<Mobj>, TeeError> {
+        let mut reader = ListReader {
+            tee: self,
+            guest: guest.id(),
+        };
+        let list = page_list::decode(&mut reader, buf_ptr, size, self.config.max_buffer_pages)?;
+        let offset = list.offset();
+        let size = list.size();
+        let pages = list.into_pages();
+        self.check_non_secure(&pages)?;
+        let frames = PageFrames::from_pages(pages).ok_or(TeeError::OutOfMemory)?;
+        self.new_mobj(guest, kind, cookie, size, offset, Backing::Pages(frames))
+    }
+
+    /// Every page must be normal-world RAM (invariant 1), checked before the object exists.
+    fn check_non_secure(&self, pages: &[u64]) -> Result<(), TeeError> {
+        for &pa in pages {
+            let ok = PhysRange::page(PhysAddr(pa))
+                .map(|page| self.memory_map.is_non_secure(page))
+                .unwrap_or(false);
+            if !ok {
+                return Err(TeeError::NotNonSecure(pa));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes from physical address `pa` to the end of its page as a place the call uses:
+    /// inside the static pool when it lies there, else a new one-page object of `kind`.
+    pub(crate) fn ns_ref_at(
+        &self,
+        guest: &GuestPartition,
+        pa: u64,
+        kind: MobjKind,
+        cookie: Option<u64>,
+    ) -> Result<NsRef, TeeError> {
+        if let Some(MemrefBuf { used, offs }) = self.pool_ref(pa, 1) {
+            return Ok(NsRef {
+                used,
+                offset: offs,
+            });
+        }
+        let page = pa & !(PAGE_SIZE - 1);
+        let offset = pa - page;
+        self.check_non_secure(&[page])?;
+        let mobj = self.new_mobj(
+            guest,
+            kind,
+            cookie,
+            PAGE_SIZE - offset,
+            offset as u16,
+            Backing::Contiguous {
+                first: PhysAddr(page),
+                pages: 1,
+            },
+        )?;
+        let used = if kind == MobjKind::Temporary {
+            self.use_retired(&mobj)?
+        } else {
+            MobjUse::try_new(&mobj, &self.releases).ok_or(TeeError::OutOfMemory)?
+        };
+        Ok(NsRef { used, offset: 0 })
+    }
+
+    /// A contiguous buffer the normal world named by physical address (an RPC SHM_ALLOC
+    /// answer without NONCONTIG), for the running call only: the static pool if it lies there,
+    /// else a new object over its pages (all normal-world memory), retired at once so it is
+    /// released with the returned use.
+    pub(crate) fn contiguous_mobj(
+        &self,
+        guest: &GuestPartition,
+        pa: u64,
+        size: u64,
+        kind: MobjKind,
+        cookie: Option<u64>,
+    ) -> Result<MemrefBuf, TeeError> {
+        if let Some(buf) = self.pool_ref(pa, size) {
+            return Ok(buf);
+        }
+        let offset = pa & (PAGE_SIZE - 1);
+        let pages = page_list::num_pages(offset, size).map_err(|_| TeeError::OutOfMemory)?;
+        if pages > self.config.max_buffer_pages {
+            return Err(TeeError::BadParameters("buffer too large"));
+        }
+        let first = PhysAddr(pa - offset);
+        let range = PhysRange::new(first, pages * PAGE_SIZE)
+            .map_err(|_| TeeError::NotNonSecure(pa))?;
+        if !self.memory_map.is_non_secure(range) {
+            return Err(TeeError::NotNonSecure(pa));
+        }
+        let mobj = self.new_mobj(
+            guest,
+            kind,
+            cookie,
+            size,
+            offset as u16,
+            Backing::Contiguous { first, pages },
+        )?;
+        Ok(MemrefBuf {
+            used: self.use_retired(&mobj)?,
+            offs: 0,
+        })
+    }
+
+    /// `size` bytes at `pa` inside the static pool, if they lie there.
+    pub(crate) fn pool_ref(&self, pa: u64, size: u64) -> Option<MemrefBuf> {
+        let (range, mobj) = self.pool.as_ref()?;
+        let offs = pa.checked_sub(range.start().get())?;
+        let end = offs.checked_add(size)?;
+        if end > range.len() {
+            return None;
+        }
+        let used = MobjUse::try_new(mobj, &self.releases)?;
+        Some(MemrefBuf { used, offs })
+    }
+
+    /// A use of a fresh object that nobody else will ever find: it is retired at once and
+    /// released with this use.
+    pub(crate) fn use_retired(&self, mobj: &Arc<Mobj>) -> Result<MobjUse, TeeError> {
+        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        mobj.uses().retire();
+        Ok(used)
+    }
+
+    /// Retires `mobj` and releases it now if nobody uses it.
+    pub(crate) fn discard(&self, mobj: &Arc<Mobj>) {
+        if mobj.uses().retire() == crate::lifecycle::Retire::ReleaseNow {
+            self.release(mobj);
+        }
+    }
+
+    /// Releases a retired object nobody uses: its mapping goes and its charge is refunded.
+    pub(crate) fn release(&self, mobj: &Arc<Mobj>) {
+        self.window.lock().forget(mobj.id());
+        let registered = if mobj.kind() == MobjKind::Registered {
+            mobj.num_pages()
+        } else {
+            0
+        };
+        mobj.counters()
+            .refund_object(registered, mobj.heap_bytes() as u64);
+    }
+
+    /// Releases the objects whose last use ended during this SMC.
+    pub fn drain_releases(&self) {
+        for mobj in self.releases.take() {
+            self.release(&mobj);
+        }
+    }
+
+    /// Maps `used` for access (see [`MapGuard`]).
+    ///
+    /// # Errors
+    /// The window or the guest's mapped-pages quota has no room even after eviction.
+    pub fn map<'a>(&'a self, used: &'a MobjUse) -> Result<MapGuard<'a, P>, TeeError> {
+        MapGuard::new(&self.window, &self.platform, used)
+    }
+
+    /// A use of `guest`'s registered buffer `cookie` (for tests and tools).
+    pub fn use_registered(&self, guest: GuestId, cookie: u64) -> Option<MobjUse> {
+        let guest = self.guest(guest)?;
+        let state = guest.state.lock();
+        MobjUse::try_new(state.registered.get(&cookie)?, &self.releases)
+    }
+}

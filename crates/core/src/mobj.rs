@@ -1,0 +1,413 @@
+//! Memory objects (MOBJs): one abstraction for every shared buffer the core reaches.
+//!
+//! A [`Mobj`] knows its owner, size, physical pages, memory type and cookie; it has no virtual
+//! address of its own. A call that needs the bytes holds a [`MobjUse`] (a counted reference that
+//! keeps the pages from being released) and asks the window for a
+//! [`MapGuard`](crate::window::MapGuard). The object is released exactly once
+//! ([`crate::lifecycle`]): when its owner has retired it and its last use is dropped.
+
+use crate::guest::GuestCounters;
+use crate::lifecycle::UseCount;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use teeshm_abi::GuestId;
+use teeshm_mm::{PAGE_SIZE, PhysAddr};
+
+/// Identity of a memory object, unique for the life of the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MobjId(pub u64);
+
+/// What a memory object is for; decides how long it lives and whether its mapping is cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MobjKind {
+    /// The static SHM pool: contiguous, mapped at boot, never released.
+    StaticPool,
+    /// A buffer registered with `REGISTER_SHM`; found by cookie until unregistered. Its mapping
+    /// is cached between calls.
+    Registered,
+    /// A NONCONTIG page list or argument page that lives for one call.
+    Temporary,
+    /// A buffer the normal world gave in answer to an RPC; lives until the matching free.
+    RpcBuffer,
+}
+
+impl MobjKind {
+    /// Whether a mapping of this kind stays in the window after its last guard (until the
+    /// object is released or the space is needed).
+    pub const fn mapping_is_cached(self) -> bool {
+        matches!(self, Self::Registered)
+    }
+}
+
+/// The memory type of a buffer, as asked for by OP-TEE's `mobj_matches`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemType {
+    /// Normal-world RAM shared page by page (registered, temporary, RPC).
+    NonSecure,
+    /// The static SHM pool (also non-secure).
+    StaticShm,
+}
+
+/// Physical frames of a page-list buffer, stored as compactly as the addresses allow:
+/// 4 bytes a page while every page lies below 16 TiB (44-bit physical addresses), else 8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageFrames {
+    /// Page frame numbers (`pa >> 12`).
+    Narrow(Box<[u32]>),
+    /// Full page addresses.
+    Wide(Box<[u64]>),
+}
+
+impl PageFrames {
+    /// Stores `pages` (4 KiB aligned physical addresses), narrowing when all fit.
+    ///
+    /// # Errors
+    /// `None` when the heap refuses the array.
+    pub fn from_pages(pages: Vec<u64>) -> Option<Self> {
+        const NARROW_LIMIT: u64 = 1 << 44;
+        if pages.iter().all(|&pa| pa < NARROW_LIMIT) {
+            let mut narrow: Vec<u32> = Vec::new();
+            narrow.try_reserve_exact(pages.len()).ok()?;
+            narrow.extend(pages.iter().map(|&pa| (pa >> 12) as u32));
+            Some(Self::Narrow(narrow.into_boxed_slice()))
+        } else {
+            Some(Self::Wide(pages.into_boxed_slice()))
+        }
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Narrow(p) => p.len(),
+            Self::Wide(p) => p.len(),
+        }
+    }
+
+    /// Whether there is no page.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `index`th page.
+    pub fn get(&self, index: usize) -> Option<PhysAddr> {
+        match self {
+            Self::Narrow(p) => p.get(index).map(|&pfn| PhysAddr(u64::from(pfn) << 12)),
+            Self::Wide(p) => p.get(index).map(|&pa| PhysAddr(pa)),
+        }
+    }
+
+    /// Bytes of secure memory the array takes.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Narrow(p) => p.len() * 4,
+            Self::Wide(p) => p.len() * 8,
+        }
+    }
+}
+
+/// Where a buffer's bytes lie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    /// `pages` physically contiguous pages from `first`.
+    Contiguous {
+        /// First page.
+        first: PhysAddr,
+        /// Number of pages.
+        pages: u64,
+    },
+    /// Scattered pages in buffer order.
+    Pages(PageFrames),
+}
+
+/// A memory object.
+#[derive(Debug)]
+pub struct Mobj {
+    id: MobjId,
+    kind: MobjKind,
+    owner: GuestId,
+    cookie: Option<u64>,
+    size: u64,
+    page_offset: u16,
+    backing: Backing,
+    uses: UseCount,
+    counters: Arc<GuestCounters>,
+}
+
+impl Mobj {
+    /// A new, live object. The caller has already charged it to `counters` (see
+    /// [`GuestCounters::charge_object`]); the release refunds it.
+    ///
+    /// Invariant the caller keeps: `page_offset < 4096`, `size > 0`, and the pages cover
+    /// `page_offset + size` bytes.
+    pub(crate) fn new(
+        id: MobjId,
+        kind: MobjKind,
+        owner: GuestId,
+        cookie: Option<u64>,
+        size: u64,
+        page_offset: u16,
+        backing: Backing,
+        counters: Arc<GuestCounters>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            owner,
+            cookie,
+            size,
+            page_offset,
+            backing,
+            uses: UseCount::new(),
+            counters,
+        }
+    }
+
+    /// Its identity.
+    pub fn id(&self) -> MobjId {
+        self.id
+    }
+
+    /// What it is for.
+    pub fn kind(&self) -> MobjKind {
+        self.kind
+    }
+
+    /// The guest that owns it.
+    pub fn owner(&self) -> GuestId {
+        self.owner
+    }
+
+    /// The normal world's cookie (registered and RPC buffers).
+    pub fn cookie(&self) -> Option<u64> {
+        self.cookie
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Offset of the first byte in the first page.
+    pub fn page_offset(&self) -> u64 {
+        u64::from(self.page_offset)
+    }
+
+    /// Number of physical pages.
+    pub fn num_pages(&self) -> u64 {
+        match &self.backing {
+            Backing::Contiguous { pages, .. } => *pages,
+            Backing::Pages(frames) => frames.len() as u64,
+        }
+    }
+
+    /// The `index`th physical page.
+    pub fn page(&self, index: u64) -> Option<PhysAddr> {
+        match &self.backing {
+            Backing::Contiguous { first, pages } => {
+                if index < *pages {
+                    first.checked_add_pages(index)
+                } else {
+                    None
+                }
+            }
+            Backing::Pages(frames) => frames.get(usize::try_from(index).ok()?),
+        }
+    }
+
+    /// Every physical page, in buffer order.
+    pub fn pages(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        (0..self.num_pages()).filter_map(|i| self.page(i))
+    }
+
+    /// Physical address of the byte at `offset`, if inside the buffer.
+    pub fn pa_at(&self, offset: u64) -> Option<PhysAddr> {
+        if offset >= self.size {
+            return None;
+        }
+        let at = offset.checked_add(self.page_offset())?;
+        self.page(at / PAGE_SIZE)?.checked_add(at % PAGE_SIZE)
+    }
+
+    /// Its memory type.
+    pub fn mem_type(&self) -> MemType {
+        match self.kind {
+            MobjKind::StaticPool => MemType::StaticShm,
+            _ => MemType::NonSecure,
+        }
+    }
+
+    /// Whether it may serve where memory of type `wanted` is required. Every shared buffer is
+    /// non-secure; only the pool is static SHM.
+    pub fn matches(&self, wanted: MemType) -> bool {
+        wanted == MemType::NonSecure || self.mem_type() == wanted
+    }
+
+    /// Users and retirement.
+    pub fn uses(&self) -> &UseCount {
+        &self.uses
+    }
+
+    /// The counters of the owning guest.
+    pub(crate) fn counters(&self) -> &Arc<GuestCounters> {
+        &self.counters
+    }
+
+    /// Secure memory this object keeps: the struct and its page array.
+    pub fn heap_bytes(&self) -> usize {
+        let frames = match &self.backing {
+            Backing::Contiguous { .. } => 0,
+            Backing::Pages(frames) => frames.heap_bytes(),
+        };
+        size_of::<Self>() + frames
+    }
+}
+
+/// Objects whose last use ended after they were retired; the core releases them at the end of
+/// the SMC in which that happened (a use may end where no lock may be taken).
+#[derive(Debug, Default)]
+pub struct ReleaseQueue(spin::Mutex<Vec<Arc<Mobj>>>);
+
+impl ReleaseQueue {
+    fn push(&self, mobj: Arc<Mobj>) {
+        self.0.lock().push(mobj);
+    }
+
+    /// Takes everything queued.
+    pub(crate) fn take(&self) -> Vec<Arc<Mobj>> {
+        core::mem::take(&mut *self.0.lock())
+    }
+
+    /// Whether nothing waits for release.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+}
+
+/// A counted use of a memory object: while it lives, the object's pages are not released.
+#[derive(Debug)]
+pub struct MobjUse {
+    mobj: Arc<Mobj>,
+    releases: Arc<ReleaseQueue>,
+}
+
+impl MobjUse {
+    /// A use of `mobj`, unless it is retired.
+    pub(crate) fn try_new(mobj: &Arc<Mobj>, releases: &Arc<ReleaseQueue>) -> Option<Self> {
+        mobj.uses.try_acquire().then(|| Self {
+            mobj: mobj.clone(),
+            releases: releases.clone(),
+        })
+    }
+
+    /// The object used.
+    pub fn mobj(&self) -> &Arc<Mobj> {
+        &self.mobj
+    }
+}
+
+impl Clone for MobjUse {
+    /// A second use of the same object; valid even when it is retired, since this one keeps it
+    /// from being released.
+    fn clone(&self) -> Self {
+        self.mobj.uses.add_user();
+        Self {
+            mobj: self.mobj.clone(),
+            releases: self.releases.clone(),
+        }
+    }
+}
+
+impl Drop for MobjUse {
+    fn drop(&mut self) {
+        if self.mobj.uses.drop_user() {
+            self.releases.push(self.mobj.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn obj(size: u64, offset: u16, backing: Backing) -> Mobj {
+        Mobj::new(
+            MobjId(1),
+            MobjKind::Registered,
+            GuestId(1),
+            Some(7),
+            size,
+            offset,
+            backing,
+            Arc::new(GuestCounters::default()),
+        )
+    }
+
+    #[test]
+    fn pa_at_walks_scattered_pages() {
+        let frames = PageFrames::from_pages(std::vec![0x8000_3000, 0x8000_1000]).unwrap();
+        assert!(matches!(frames, PageFrames::Narrow(_)));
+        let m = obj(5000, 0x10, Backing::Pages(frames));
+        assert_eq!(m.pa_at(0), Some(PhysAddr(0x8000_3010)));
+        assert_eq!(m.pa_at(4095 - 0x10), Some(PhysAddr(0x8000_3fff)));
+        assert_eq!(m.pa_at(4096 - 0x10), Some(PhysAddr(0x8000_1000)));
+        assert_eq!(m.pa_at(4999), Some(PhysAddr(0x8000_1000 + 4999 + 0x10 - 4096)));
+        assert_eq!(m.pa_at(5000), None);
+        assert_eq!(m.pa_at(u64::MAX), None);
+        assert!(m.matches(MemType::NonSecure));
+        assert!(!m.matches(MemType::StaticShm));
+    }
+
+    #[test]
+    fn wide_frames_above_16_tib() {
+        let frames = PageFrames::from_pages(std::vec![1 << 44, 0x1000]).unwrap();
+        assert!(matches!(frames, PageFrames::Wide(_)));
+        assert_eq!(frames.get(0), Some(PhysAddr(1 << 44)));
+        assert_eq!(frames.heap_bytes(), 16);
+    }
+
+    #[test]
+    fn contiguous_backing() {
+        let m = obj(
+            8192,
+            0,
+            Backing::Contiguous {
+                first: PhysAddr(0x4000_0000),
+                pages: 2,
+            },
+        );
+        assert_eq!(
+            m.pages().collect::<std::vec::Vec<_>>(),
+            [PhysAddr(0x4000_0000), PhysAddr(0x4000_1000)]
+        );
+        assert_eq!(m.page(2), None);
+    }
+
+    #[test]
+    fn last_use_of_retired_object_is_queued_once() {
+        let q = Arc::new(ReleaseQueue::default());
+        let m = Arc::new(obj(1, 0, Backing::Contiguous { first: PhysAddr(0), pages: 1 }));
+        let a = MobjUse::try_new(&m, &q).unwrap();
+        let b = MobjUse::try_new(&m, &q).unwrap();
+        assert_eq!(m.uses().retire(), crate::lifecycle::Retire::InUse { users: 2 });
+        assert!(MobjUse::try_new(&m, &q).is_none());
+        drop(a);
+        assert!(q.is_empty());
+        drop(b);
+        assert_eq!(q.take().len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(pfns in proptest::collection::vec(0u64..(1 << 40), 1..64), wide in any::<bool>()) {
+            let pages: std::vec::Vec<u64> = pfns.iter().map(|p| (p + if wide { 1 << 32 } else { 0 }) << 12).collect();
+            let frames = PageFrames::from_pages(pages.clone()).unwrap();
+            prop_assert_eq!(frames.len(), pages.len());
+            for (i, pa) in pages.iter().enumerate() {
+                prop_assert_eq!(frames.get(i), Some(PhysAddr(*pa)));
+            }
+            prop_assert_eq!(frames.get(pages.len()), None);
+        }
+    }
+}

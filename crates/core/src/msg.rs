@@ -1,0 +1,545 @@
+//! The messages of yielding calls: REGISTER_SHM, UNREGISTER_SHM, OPEN_SESSION, INVOKE_COMMAND,
+//! CLOSE_SESSION, CANCEL; their parameters; and the state a call keeps across RPCs.
+
+use crate::arg::{ArgCopy, NsRef};
+use crate::entry::Tee;
+use crate::error::TeeError;
+use crate::guest::{CachedRpcArg, GuestPartition};
+use crate::mobj::{Mobj, MobjKind, MobjUse};
+use crate::platform::Platform;
+use crate::pta::{self, PtaWait};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use teeshm_abi::GuestId;
+use teeshm_abi::gp::{TEE_ORIGIN_TEE, TEE_ORIGIN_TRUSTED_APP, TEE_SUCCESS};
+use teeshm_abi::msg::{
+    MsgParam, OPTEE_MSG_ATTR_META, OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_MASK,
+    OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, OPTEE_MSG_CMD_CANCEL,
+    OPTEE_MSG_CMD_CLOSE_SESSION, OPTEE_MSG_CMD_INVOKE_COMMAND, OPTEE_MSG_CMD_OPEN_SESSION,
+    OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM, ParamType, TEE_NUM_PARAMS,
+};
+use teeshm_abi::msg::{Rmem, Tmem, Value};
+
+/// A memory reference parameter's buffer: an object in use and the offset of the memref in it.
+#[derive(Debug)]
+pub struct MemrefBuf {
+    /// The object.
+    pub used: MobjUse,
+    /// Offset of the memref's first byte in the object.
+    pub offs: u64,
+}
+
+/// A parameter of a call, decoded from the secure copy and resolved to objects.
+#[derive(Debug)]
+pub enum CallParam {
+    /// No parameter.
+    None,
+    /// A value parameter.
+    Value {
+        /// Its type (input, output, inout).
+        ty: ParamType,
+        /// `a`, `b`, `c`; outputs are written back from here.
+        value: [u64; 3],
+    },
+    /// A memory reference (temporary, registered or NULL).
+    Memref {
+        /// Its type.
+        ty: ParamType,
+        /// The buffer; `None` for a NULL memref.
+        buf: Option<MemrefBuf>,
+        /// Size in bytes; for outputs, the size written back.
+        size: u64,
+    },
+}
+
+/// Where a call's RPC arg lies.
+#[derive(Debug)]
+pub(crate) enum RpcArgAt {
+    /// None yet: the first RPC needs `RPC_FUNC_ALLOC`.
+    Missing,
+    /// After the call's own arg (`CALL_WITH_RPC_ARG`, `CALL_WITH_REGD_ARG`).
+    Appended(NsRef),
+    /// A buffer the normal world allocated; `cookie` names it in `RPC_FUNC_FREE`.
+    Allocated {
+        /// The normal world's cookie.
+        cookie: u64,
+        /// The buffer.
+        at: NsRef,
+    },
+}
+
+/// What a suspended call waits for.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// `RPC_FUNC_ALLOC` of an RPC arg buffer; then the pseudo-TA goes on.
+    RpcArgAlloc(PtaWait),
+    /// The answer to an `RPC_CMD` of the pseudo-TA.
+    Pta(PtaWait),
+    /// `RPC_FUNC_FREE` of the RPC arg buffer; then the call ends.
+    RpcArgFree,
+}
+
+/// What the secure world asks of the normal world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RpcRequest {
+    /// `OPTEE_SMC_RETURN_RPC_ALLOC` of `size` bytes.
+    Alloc(u64),
+    /// `OPTEE_SMC_RETURN_RPC_FREE` of a cookie.
+    Free(u64),
+    /// `OPTEE_SMC_RETURN_RPC_CMD`, the RPC arg at the buffer with this cookie (0 when it is
+    /// appended to the call's arg).
+    Cmd(u64),
+}
+
+/// How a step of a call ended.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The message is done; its result is in the copy.
+    Done,
+    /// The call suspends until the normal world answers.
+    Rpc(RpcRequest, Waiting),
+}
+
+/// A yielding call in progress: its guest, its arg (where it lies and the secure copy), its
+/// RPC arg, its resolved parameters, and what it waits for.
+#[derive(Debug)]
+pub struct Call {
+    pub(crate) guest: Arc<GuestPartition>,
+    pub(crate) thread: usize,
+    pub(crate) arg_at: NsRef,
+    pub(crate) arg: ArgCopy,
+    pub(crate) rpc_at: RpcArgAt,
+    pub(crate) params: Vec<CallParam>,
+    /// Index in the message of `params[0]` (2 for OPEN_SESSION, after the meta params).
+    pub(crate) params_base: usize,
+    pub(crate) waiting: Option<Waiting>,
+}
+
+impl Call {
+    pub(crate) fn guest_id(&self) -> GuestId {
+        self.guest.id()
+    }
+
+    /// Every object the call holds a use of.
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &Arc<Mobj>> {
+        let rpc = match &self.rpc_at {
+            RpcArgAt::Missing => None,
+            RpcArgAt::Appended(at) | RpcArgAt::Allocated { at, .. } => Some(at.used.mobj()),
+        };
+        let params = self.params.iter().filter_map(|p| match p {
+            CallParam::Memref { buf: Some(b), .. } => Some(b.used.mobj()),
+            _ => None,
+        });
+        core::iter::once(self.arg_at.used.mobj())
+            .chain(rpc)
+            .chain(params)
+    }
+
+    /// The `i`th parameter of the pseudo-TA.
+    pub(crate) fn param(&self, i: usize) -> Option<&CallParam> {
+        self.params.get(i)
+    }
+
+    pub(crate) fn param_mut(&mut self, i: usize) -> Option<&mut CallParam> {
+        self.params.get_mut(i)
+    }
+}
+
+impl<P: Platform> Tee<P> {
+    /// Runs the message of a new call up to its end or its first RPC.
+    pub(crate) fn run_message(&self, call: &mut Call) -> Step {
+        let header = call.arg.header();
+        let result = match header.cmd.get() {
+            OPTEE_MSG_CMD_REGISTER_SHM => self.register_shm(call).map(|()| Step::Done),
+            OPTEE_MSG_CMD_UNREGISTER_SHM => self.unregister_shm(call).map(|()| Step::Done),
+            OPTEE_MSG_CMD_OPEN_SESSION => self.open_session(call).map(|()| Step::Done),
+            OPTEE_MSG_CMD_CLOSE_SESSION => self.close_session(call).map(|()| Step::Done),
+            OPTEE_MSG_CMD_INVOKE_COMMAND => match self.invoke_prepare(call) {
+                Ok(()) => {
+                    let step = pta::invoke(self, call, header.func.get());
+                    return self.after_pta(call, step);
+                }
+                Err(e) => Err(e),
+            },
+            OPTEE_MSG_CMD_CANCEL => Ok(Step::Done),
+            other => Err(TeeError::UnknownCommand(other)),
+        };
+        self.after_message(call, result, TEE_ORIGIN_TEE)
+    }
+
+    /// Goes on with a suspended call after the normal world answered (`a1`..`a5` of
+    /// `RETURN_FROM_RPC`).
+    pub(crate) fn resume_message(&self, call: &mut Call, answer: [u64; 5]) -> Step {
+        match call.waiting.take() {
+            Some(Waiting::RpcArgAlloc(then)) => match self.adopt_rpc_arg(call, answer) {
+                Ok(()) => {
+                    let step = pta::resume(self, call, then);
+                    self.after_pta(call, step)
+                }
+                Err(e) => self.after_pta(call, Err(e)),
+            },
+            Some(Waiting::Pta(wait)) => {
+                let step = pta::resume(self, call, wait);
+                self.after_pta(call, step)
+            }
+            Some(Waiting::RpcArgFree) | None => Step::Done,
+        }
+    }
+
+    fn after_pta(&self, call: &mut Call, step: Result<Step, TeeError>) -> Step {
+        if step.is_ok() {
+            self.write_back_params(call);
+        }
+        self.after_message(call, step, TEE_ORIGIN_TRUSTED_APP)
+    }
+
+    /// Records the message's result; when it is done, gives back an RPC arg buffer that the
+    /// SHM cache does not keep.
+    fn after_message(&self, call: &mut Call, step: Result<Step, TeeError>, origin: u32) -> Step {
+        match step {
+            Ok(Step::Rpc(request, waiting)) => return Step::Rpc(request, waiting),
+            Ok(Step::Done) => {
+                if call.arg.header().ret.get() == TEE_SUCCESS {
+                    call.arg.set_result(TEE_SUCCESS, TEE_ORIGIN_TEE);
+                }
+            }
+            Err(e) => {
+                let origin = match e {
+                    TeeError::ShortBuffer { .. } | TeeError::UnknownFunction(_) => origin,
+                    TeeError::BadParameters(_) if origin == TEE_ORIGIN_TRUSTED_APP => origin,
+                    _ => TEE_ORIGIN_TEE,
+                };
+                if let TeeError::ShortBuffer { .. } = e {
+                    self.write_back_params(call);
+                }
+                call.arg.set_result(e.code(), origin);
+            }
+        }
+        self.give_back_rpc_arg(call)
+    }
+
+    fn give_back_rpc_arg(&self, call: &mut Call) -> Step {
+        let RpcArgAt::Allocated { cookie, .. } = call.rpc_at else {
+            return Step::Done;
+        };
+        let rpc_at = core::mem::replace(&mut call.rpc_at, RpcArgAt::Missing);
+        let RpcArgAt::Allocated { at, .. } = rpc_at else {
+            return Step::Done;
+        };
+        let mut state = call.guest.state.lock();
+        if state.shm_cache_enabled && !call.guest.is_dying() {
+            state.cached_rpc_args.push(CachedRpcArg {
+                cookie,
+                mobj: at.used.mobj().clone(),
+            });
+            return Step::Done;
+        }
+        drop(state);
+        at.used.mobj().uses().retire();
+        Step::Rpc(RpcRequest::Free(cookie), Waiting::RpcArgFree)
+    }
+
+    /// Takes the buffer the normal world allocated for RPC args (`a1:a2` = PA, `a4:a5` =
+    /// cookie).
+    fn adopt_rpc_arg(&self, call: &mut Call, answer: [u64; 5]) -> Result<(), TeeError> {
+        let [a1, a2, _, a4, a5] = answer;
+        let pa = reg_pair(a1, a2);
+        let cookie = reg_pair(a4, a5);
+        if pa == 0 {
+            return Err(TeeError::OutOfMemory);
+        }
+        let at = self
+            .ns_ref_at(&call.guest, pa, MobjKind::RpcBuffer, Some(cookie))
+            .map_err(|_| TeeError::Rpc("RPC arg buffer unusable"))?;
+        if at.available() < crate::arg::APPENDED_RPC_ARG {
+            return Err(TeeError::Rpc("RPC arg buffer too small"));
+        }
+        call.rpc_at = RpcArgAt::Allocated { cookie, at };
+        Ok(())
+    }
+
+    /// The call's RPC arg, taking one from the guest's SHM cache if it has none; `None` when
+    /// the normal world must allocate one first.
+    pub(crate) fn rpc_arg<'c>(&self, call: &'c mut Call) -> Option<(&'c NsRef, u64)> {
+        if matches!(call.rpc_at, RpcArgAt::Missing) {
+            let cached = call.guest.state.lock().cached_rpc_args.pop();
+            if let Some(cached) = cached {
+                match MobjUse::try_new(&cached.mobj, &self.releases) {
+                    Some(used) => {
+                        let offset = 0;
+                        call.rpc_at = RpcArgAt::Allocated {
+                            cookie: cached.cookie,
+                            at: NsRef { used, offset },
+                        };
+                    }
+                    None => return None,
+                }
+            }
+        }
+        match &call.rpc_at {
+            RpcArgAt::Missing => None,
+            RpcArgAt::Appended(at) => Some((at, 0)),
+            RpcArgAt::Allocated { cookie, at } => Some((at, *cookie)),
+        }
+    }
+
+    fn register_shm(&self, call: &mut Call) -> Result<(), TeeError> {
+        let (_, params) = call.arg.split();
+        let [param] = params else {
+            return Err(TeeError::BadParameters("REGISTER_SHM takes one parameter"));
+        };
+        if param.attr() != OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG {
+            return Err(TeeError::BadParam {
+                index: 0,
+                problem: "REGISTER_SHM needs a TMEM_OUTPUT | NONCONTIG page list",
+            });
+        }
+        let Tmem {
+            buf_ptr,
+            size,
+            shm_ref,
+        } = param.tmem();
+        let cookie = shm_ref.get();
+        if call.guest.state.lock().registered.contains_key(&cookie) {
+            return Err(TeeError::DuplicateCookie(cookie));
+        }
+        let mobj = self.page_list_mobj(
+            &call.guest,
+            buf_ptr.get(),
+            size.get(),
+            MobjKind::Registered,
+            Some(cookie),
+        )?;
+        let mut state = call.guest.state.lock();
+        if call.guest.is_dying() || state.registered.contains_key(&cookie) {
+            drop(state);
+            self.discard(&mobj);
+            return Err(TeeError::DuplicateCookie(cookie));
+        }
+        state.registered.insert(cookie, mobj);
+        Ok(())
+    }
+
+    fn unregister_shm(&self, call: &mut Call) -> Result<(), TeeError> {
+        let (_, params) = call.arg.split();
+        let [param] = params else {
+            return Err(TeeError::BadParameters("UNREGISTER_SHM takes one parameter"));
+        };
+        let cookie = param.rmem().shm_ref.get();
+        let mobj = call
+            .guest
+            .state
+            .lock()
+            .registered
+            .remove(&cookie)
+            .ok_or(TeeError::UnknownCookie(cookie))?;
+        match mobj.uses().retire() {
+            crate::lifecycle::Retire::ReleaseNow => {
+                self.release(&mobj);
+                Ok(())
+            }
+            crate::lifecycle::Retire::InUse { .. } | crate::lifecycle::Retire::AlreadyRetired => {
+                Err(TeeError::Busy(cookie))
+            }
+        }
+    }
+
+    fn open_session(&self, call: &mut Call) -> Result<(), TeeError> {
+        let (_, params) = call.arg.split();
+        let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
+        let (Some(uuid), Some(client)) = (params.first(), params.get(1)) else {
+            return Err(TeeError::BadParameters("OPEN_SESSION needs two meta parameters"));
+        };
+        if uuid.attr() != meta || client.attr() != meta {
+            return Err(TeeError::BadParameters("OPEN_SESSION meta parameters malformed"));
+        }
+        let v = uuid.value();
+        let mut octets = [0u8; 16];
+        octets[..8].copy_from_slice(&v.a.get().to_le_bytes());
+        octets[8..].copy_from_slice(&v.b.get().to_le_bytes());
+        if octets != pta::MEMTEST_UUID {
+            return Err(TeeError::UnknownTa);
+        }
+        self.resolve_params(call, 2)?;
+        call.guest
+            .counters()
+            .charge_session(self.config.quotas.max_sessions)?;
+        let mut state = call.guest.state.lock();
+        let mut id = state.next_session;
+        while id == 0 || state.sessions.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        state.next_session = id.wrapping_add(1);
+        state.sessions.insert(id, pta::PtaSession);
+        drop(state);
+        if let Some((header, _)) = call.arg.split_mut() {
+            header.session.set(id);
+        }
+        Ok(())
+    }
+
+    fn close_session(&self, call: &mut Call) -> Result<(), TeeError> {
+        let id = call.arg.header().session.get();
+        call.guest
+            .state
+            .lock()
+            .sessions
+            .remove(&id)
+            .ok_or(TeeError::UnknownSession(id))?;
+        call.guest.counters().refund_session();
+        Ok(())
+    }
+
+    fn invoke_prepare(&self, call: &mut Call) -> Result<(), TeeError> {
+        let id = call.arg.header().session.get();
+        if !call.guest.state.lock().sessions.contains_key(&id) {
+            return Err(TeeError::UnknownSession(id));
+        }
+        self.resolve_params(call, 0)
+    }
+
+    /// Decodes the pseudo-TA's parameters from index `base` of the copy and resolves their
+    /// buffers: registered by cookie, temporary page lists, the static pool, NULL.
+    fn resolve_params(&self, call: &mut Call, base: usize) -> Result<(), TeeError> {
+        let (_, all) = call.arg.split();
+        let params = all.get(base..).unwrap_or(&[]);
+        if params.len() > TEE_NUM_PARAMS as usize {
+            return Err(TeeError::BadParameters("more than four parameters"));
+        }
+        let mut resolved = Vec::new();
+        resolved
+            .try_reserve_exact(params.len())
+            .map_err(|_| TeeError::OutOfMemory)?;
+        for (i, p) in params.iter().enumerate() {
+            let index = base + i;
+            resolved.push(self.resolve_param(&call.guest, index, p)?);
+        }
+        call.params = resolved;
+        call.params_base = base;
+        Ok(())
+    }
+
+    fn resolve_param(
+        &self,
+        guest: &Arc<GuestPartition>,
+        index: usize,
+        p: &MsgParam,
+    ) -> Result<CallParam, TeeError> {
+        let bad = |problem| TeeError::BadParam { index, problem };
+        let attr = p.attr();
+        if attr & OPTEE_MSG_ATTR_META != 0 {
+            return Err(bad("meta parameter where none belongs"));
+        }
+        let ty = ParamType::try_from(attr).map_err(|_| bad("unknown parameter type"))?;
+        if attr & OPTEE_MSG_ATTR_NONCONTIG != 0 && !ty.is_tmem() {
+            return Err(bad("NONCONTIG on a parameter that is not a tmem"));
+        }
+        if ty == ParamType::None {
+            return Ok(CallParam::None);
+        }
+        if ty.is_value() {
+            let Value { a, b, c } = p.value();
+            return Ok(CallParam::Value {
+                ty,
+                value: [a.get(), b.get(), c.get()],
+            });
+        }
+        if ty.is_rmem() {
+            let Rmem { offs, size, shm_ref } = p.rmem();
+            let (offs, size, cookie) = (offs.get(), size.get(), shm_ref.get());
+            let used = {
+                let state = guest.state.lock();
+                let mobj = state
+                    .registered
+                    .get(&cookie)
+                    .ok_or(TeeError::UnknownCookie(cookie))?;
+                MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::UnknownCookie(cookie))?
+            };
+            check_bounds(offs, size, used.mobj().size())?;
+            return Ok(CallParam::Memref {
+                ty,
+                buf: Some(MemrefBuf { used, offs }),
+                size,
+            });
+        }
+        // A temporary memref.
+        let Tmem { buf_ptr, size, .. } = p.tmem();
+        let (buf_ptr, size) = (buf_ptr.get(), size.get());
+        if attr & OPTEE_MSG_ATTR_NONCONTIG != 0 {
+            let mobj = self.page_list_mobj(guest, buf_ptr, size, MobjKind::Temporary, None)?;
+            let used = self.use_retired(&mobj)?;
+            return Ok(CallParam::Memref {
+                ty,
+                buf: Some(MemrefBuf { used, offs: 0 }),
+                size,
+            });
+        }
+        if buf_ptr == 0 {
+            return Ok(CallParam::Memref {
+                ty,
+                buf: None,
+                size,
+            });
+        }
+        let pool = self.pool_ref(buf_ptr, size).ok_or(bad(
+            "contiguous tmem outside the static pool (only NONCONTIG lists may lie elsewhere)",
+        ))?;
+        Ok(CallParam::Memref {
+            ty,
+            buf: Some(pool),
+            size,
+        })
+    }
+
+    /// Writes output values and memref sizes into the arg copy.
+    fn write_back_params(&self, call: &mut Call) {
+        let base = call.params_base;
+        let Call { arg, params, .. } = call;
+        let Some((_, out)) = arg.split_mut() else {
+            return;
+        };
+        for (i, p) in params.iter().enumerate() {
+            let Some(slot) = out.get_mut(base + i) else {
+                continue;
+            };
+            match p {
+                CallParam::Value { ty, value } if ty.is_output() => {
+                    slot.set_value(Value::new(value[0], value[1], value[2]));
+                }
+                CallParam::Memref { ty, size, .. } if ty.is_output() => {
+                    if ty.is_rmem() {
+                        slot.rmem_mut().size.set(*size);
+                    } else {
+                        slot.tmem_mut().size.set(*size);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `offs + size` must stay inside a buffer of `buf_size` bytes (with overflow checks).
+pub(crate) fn check_bounds(offs: u64, size: u64, buf_size: u64) -> Result<(), TeeError> {
+    match offs.checked_add(size) {
+        Some(end) if end <= buf_size => Ok(()),
+        _ => Err(TeeError::OutOfBounds {
+            offs,
+            size,
+            buf_size,
+        }),
+    }
+}
+
+/// A 64-bit value from a pair of 32-bit registers (high word first), as OP-TEE's `reg_pair_to_64`.
+pub(crate) fn reg_pair(hi: u64, lo: u64) -> u64 {
+    ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
+}
+
+/// The attr of an RPC SHM_ALLOC request param: one VALUE_INPUT.
+pub(crate) const RPC_VALUE_INPUT: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT;
+
+/// Type bits of an attr.
+pub(crate) fn attr_type(attr: u64) -> u64 {
+    attr & OPTEE_MSG_ATTR_TYPE_MASK
+}

@@ -1,0 +1,170 @@
+//! The host platform: sparse simulated physical memory, reached by the core only through a
+//! software walk of the core's own translation tables.
+//!
+//! This is the test platform of the core (and the base of the whole-system simulator): an
+//! access through a missing mapping, or a mapping of the wrong kind, faults exactly as the MMU
+//! would make it fault on the machine.
+
+use crate::platform::{AccessFault, Platform, Translate};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use teeshm_mm::{
+    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, VirtAddr,
+};
+use teeshm_platform::RecordingTlb;
+
+/// Physical memory that costs only what is touched: 4 KiB pages made on first write; an
+/// untouched page reads as zeros.
+#[derive(Debug, Default)]
+pub struct PhysMemory {
+    pages: spin::Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>>,
+}
+
+impl PhysMemory {
+    /// Empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Copies from physical memory (the normal world's or the machine's view: no checks).
+    pub fn read(&self, pa: u64, buf: &mut [u8]) {
+        let pages = self.pages.lock();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = pa.wrapping_add(done as u64);
+            let in_page = (at % PAGE_SIZE) as usize;
+            let n = (buf.len() - done).min(PAGE_SIZE as usize - in_page);
+            if let Some(dst) = buf.get_mut(done..done + n) {
+                match pages.get(&(at / PAGE_SIZE)) {
+                    Some(page) => dst.copy_from_slice(page.get(in_page..in_page + n).unwrap_or(&[])),
+                    None => dst.fill(0),
+                }
+            }
+            done += n;
+        }
+    }
+
+    /// Copies into physical memory.
+    pub fn write(&self, pa: u64, data: &[u8]) {
+        let mut pages = self.pages.lock();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = pa.wrapping_add(done as u64);
+            let in_page = (at % PAGE_SIZE) as usize;
+            let n = (data.len() - done).min(PAGE_SIZE as usize - in_page);
+            let page = pages
+                .entry(at / PAGE_SIZE)
+                .or_insert_with(|| Box::new([0; PAGE_SIZE as usize]));
+            if let (Some(dst), Some(src)) =
+                (page.get_mut(in_page..in_page + n), data.get(done..done + n))
+            {
+                dst.copy_from_slice(src);
+            }
+            done += n;
+        }
+    }
+
+    /// Pages that have been written.
+    pub fn touched_pages(&self) -> usize {
+        self.pages.lock().len()
+    }
+}
+
+/// The host [`Platform`]: every access is translated page by page through the core's tables
+/// and faults unless the page is mapped as normal-world shared memory or secure RAM.
+#[derive(Debug, Clone, Default)]
+pub struct SimPlatform {
+    memory: Arc<PhysMemory>,
+}
+
+impl SimPlatform {
+    /// A platform over `memory` (which the simulated normal world shares).
+    pub fn new(memory: Arc<PhysMemory>) -> Self {
+        Self { memory }
+    }
+
+    /// The physical memory.
+    pub fn memory(&self) -> &Arc<PhysMemory> {
+        &self.memory
+    }
+
+    /// Calls `f(pa, range)` for each page-sized piece of an access of `len` bytes at `va`.
+    fn walk(
+        map: &dyn Translate,
+        va: VirtAddr,
+        len: usize,
+        mut f: impl FnMut(u64, core::ops::Range<usize>),
+    ) -> Result<(), AccessFault> {
+        let mut done = 0usize;
+        while done < len {
+            let at = va
+                .get()
+                .checked_add(done as u64)
+                .ok_or(AccessFault::Wrap(va.get()))?;
+            let page = VirtAddr(at).page_base();
+            let translation = map.translate_page(page).ok_or(AccessFault::NotMapped(at))?;
+            match translation.kind {
+                Some(MemKind::NonSecureShared | MemKind::SecureRam) => {}
+                _ => return Err(AccessFault::Permission(at)),
+            }
+            let in_page = at % PAGE_SIZE;
+            let n = (len - done).min((PAGE_SIZE - in_page) as usize);
+            f(translation.pa.get() + in_page, done..done + n);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Platform for SimPlatform {
+    type Tlb = RecordingTlb;
+
+    fn read(&self, map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
+        // Translate everything first, so a fault leaves `buf` untouched by later pages.
+        Self::walk(map, va, buf.len(), |_, _| {})?;
+        Self::walk(map, va, buf.len(), |pa, range| {
+            if let Some(dst) = buf.get_mut(range) {
+                self.memory.read(pa, dst);
+            }
+        })
+    }
+
+    fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
+        Self::walk(map, va, data.len(), |_, _| {})?;
+        Self::walk(map, va, data.len(), |pa, range| {
+            if let Some(src) = data.get(range) {
+                self.memory.write(pa, src);
+            }
+        })
+    }
+}
+
+/// Secure RAM of the simulated machine (as on QEMU `virt`): 16 MiB at 0x0e00_0000.
+pub const SECURE_RAM: (u64, u64) = (0x0e00_0000, 16 << 20);
+/// Device registers (the UART page and around): 16 MiB at 0x0900_0000.
+pub const DEVICES: (u64, u64) = (0x0900_0000, 16 << 20);
+/// Normal-world RAM: 4 GiB at 0x4000_0000.
+pub const NS_RAM: (u64, u64) = (0x4000_0000, 4 << 30);
+/// The static SHM pool, when a test configures one: 4 MiB at 0x1_4000_0000 (just above RAM).
+pub const STATIC_POOL: (u64, u64) = (0x1_4000_0000, 4 << 20);
+
+/// The memory map of the simulated machine: secure RAM, devices, NS RAM and the static pool
+/// region.
+pub fn sim_memory_map() -> MemoryMap {
+    let regions: alloc::vec::Vec<Region> = [
+        (SECURE_RAM, RegionKind::SecureRam),
+        (DEVICES, RegionKind::Device),
+        (NS_RAM, RegionKind::NonSecureRam),
+        (STATIC_POOL, RegionKind::ReservedShm),
+    ]
+    .into_iter()
+    .filter_map(|((start, len), kind)| {
+        Some(Region {
+            range: PhysRange::new(PhysAddr(start), len).ok()?,
+            kind,
+        })
+    })
+    .collect();
+    MemoryMap::new(&regions).unwrap_or_default()
+}

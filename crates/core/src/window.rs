@@ -1,0 +1,364 @@
+//! The core's side of the SHM window: which memory object is mapped where, the mapping cache,
+//! and the map guards through which the core reaches shared bytes.
+//!
+//! A registered buffer that a call mapped stays mapped after its last guard goes, *idle*, so
+//! the next call finds it at once; idle mappings are evicted least recently used first when the
+//! window (or the guest's mapped-pages quota) needs the space. A mapping with a guard, or whose
+//! object a call still uses, is never evicted. Temporary and RPC buffers are unmapped with their
+//! last guard.
+
+use crate::error::{QuotaKind, TeeError};
+use crate::mobj::{Mobj, MobjId, MobjUse};
+use crate::platform::Platform;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use teeshm_abi::GuestId;
+use teeshm_mm::{
+    MemKind, PhysAddr, ShmWindow, TableError, VaWindowError, VirtAddr, VirtPages,
+    WindowError,
+};
+use teeshm_platform::TlbMaintenance;
+
+/// One object's mapping.
+#[derive(Debug)]
+pub(crate) struct WindowEntry {
+    pub(crate) mobj: Arc<Mobj>,
+    pub(crate) range: VirtPages,
+    /// Live map guards (the static pool holds one for ever).
+    pub(crate) guards: u32,
+    /// When the last guard went, for a cached mapping now idle.
+    pub(crate) idle_since: Option<u64>,
+}
+
+/// Counters of the mapping cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Guards served by a mapping that already existed.
+    pub hits: u64,
+    /// Guards that had to map.
+    pub misses: u64,
+    /// Idle mappings removed to make room.
+    pub evictions: u64,
+}
+
+/// The window with the record of which object each mapping serves.
+pub struct SharedWindow<T: TlbMaintenance> {
+    shm: ShmWindow<T>,
+    entries: BTreeMap<MobjId, WindowEntry>,
+    /// Idle cached mappings by the time they went idle, oldest first.
+    idle: BTreeMap<u64, MobjId>,
+    /// The same, per guest, for evicting within a guest's quota.
+    idle_by_guest: BTreeSet<(GuestId, u64)>,
+    clock: u64,
+    max_mapped_pages: u64,
+    stats: CacheStats,
+}
+
+impl<T: TlbMaintenance> SharedWindow<T> {
+    /// Wraps an empty window; each guest may map at most `max_mapped_pages` pages.
+    pub fn new(shm: ShmWindow<T>, max_mapped_pages: u64) -> Self {
+        Self {
+            shm,
+            entries: BTreeMap::new(),
+            idle: BTreeMap::new(),
+            idle_by_guest: BTreeSet::new(),
+            clock: 0,
+            max_mapped_pages,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The memory manager's window (read only).
+    pub fn shm(&self) -> &ShmWindow<T> {
+        &self.shm
+    }
+
+    /// The memory manager's window, for the platform's TLB and for tests.
+    pub fn shm_mut(&mut self) -> &mut ShmWindow<T> {
+        &mut self.shm
+    }
+
+    /// Cache counters.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Mapped objects (with or without guards).
+    pub fn mapped_objects(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Idle cached mappings.
+    pub fn idle_mappings(&self) -> usize {
+        self.idle.len()
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&MobjId, &WindowEntry)> {
+        self.entries.iter()
+    }
+
+    pub(crate) fn idle_index(&self) -> (&BTreeMap<u64, MobjId>, &BTreeSet<(GuestId, u64)>) {
+        (&self.idle, &self.idle_by_guest)
+    }
+
+    /// A guard's worth of mapping for `mobj`: the existing one (a cache hit) or a new one.
+    /// Returns the range and whether it existed.
+    pub(crate) fn acquire(&mut self, mobj: &Arc<Mobj>) -> Result<(VirtPages, bool), TeeError> {
+        if let Some(entry) = self.entries.get_mut(&mobj.id()) {
+            entry.guards = entry.guards.saturating_add(1);
+            if let Some(stamp) = entry.idle_since.take() {
+                self.idle.remove(&stamp);
+                self.idle_by_guest.remove(&(mobj.owner(), stamp));
+            }
+            self.stats.hits += 1;
+            return Ok((entry.range, true));
+        }
+        let range = self.map_object(mobj)?;
+        self.entries.insert(
+            mobj.id(),
+            WindowEntry {
+                mobj: mobj.clone(),
+                range,
+                guards: 1,
+                idle_since: None,
+            },
+        );
+        self.stats.misses += 1;
+        Ok((range, false))
+    }
+
+    /// Maps `mobj` for ever (the static pool): one guard that is never dropped.
+    pub(crate) fn pin(&mut self, mobj: &Arc<Mobj>) -> Result<VirtPages, TeeError> {
+        self.acquire(mobj).map(|(range, _)| range)
+    }
+
+    /// Drops a guard of `id`. A cached kind goes idle; any other is unmapped.
+    pub(crate) fn release_guard(&mut self, id: MobjId) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.guards = entry.guards.saturating_sub(1);
+        if entry.guards > 0 {
+            return;
+        }
+        if entry.mobj.kind().mapping_is_cached() && !entry.mobj.uses().is_retired() {
+            let stamp = self.clock;
+            self.clock += 1;
+            entry.idle_since = Some(stamp);
+            self.idle.insert(stamp, id);
+            self.idle_by_guest.insert((entry.mobj.owner(), stamp));
+        } else {
+            self.unmap_entry(id);
+        }
+    }
+
+    /// Removes the mapping of a released object, if it has one.
+    pub(crate) fn forget(&mut self, id: MobjId) {
+        self.unmap_entry(id);
+    }
+
+    /// Maps one normal-world page for the duration of `f` (reading a page-list page); nothing
+    /// of it remains afterwards.
+    pub(crate) fn with_transient_page<R>(
+        &mut self,
+        owner: GuestId,
+        page: PhysAddr,
+        f: impl FnOnce(&ShmWindow<T>, VirtAddr) -> R,
+    ) -> Result<R, TeeError> {
+        let range = self.map_with_eviction(owner, &[page])?;
+        let result = f(&self.shm, range.start());
+        // Cannot fail: the range was mapped just above.
+        let _ = self.shm.unmap(range.start());
+        Ok(result)
+    }
+
+    fn map_object(&mut self, mobj: &Arc<Mobj>) -> Result<VirtPages, TeeError> {
+        let n = mobj.num_pages();
+        let counters = mobj.counters();
+        let wanted = counters.mapped_pages().saturating_add(n);
+        if wanted > self.max_mapped_pages && !mobj.owner().is_hypervisor() {
+            self.evict_own(mobj.owner(), wanted - self.max_mapped_pages);
+            let wanted = counters.mapped_pages().saturating_add(n);
+            if wanted > self.max_mapped_pages {
+                return Err(TeeError::Quota {
+                    kind: QuotaKind::MappedPages,
+                    wanted,
+                    limit: self.max_mapped_pages,
+                });
+            }
+        }
+        let mut pages: Vec<PhysAddr> = Vec::new();
+        pages
+            .try_reserve_exact(usize::try_from(n).map_err(|_| TeeError::OutOfMemory)?)
+            .map_err(|_| TeeError::OutOfMemory)?;
+        pages.extend(mobj.pages());
+        let range = self.map_with_eviction(mobj.owner(), &pages)?;
+        counters.add_mapped(range.pages());
+        Ok(range)
+    }
+
+    /// Maps `pages`, evicting idle mappings (oldest first) while the window or its tables are
+    /// short.
+    fn map_with_eviction(
+        &mut self,
+        owner: GuestId,
+        pages: &[PhysAddr],
+    ) -> Result<VirtPages, TeeError> {
+        loop {
+            match self.shm.map(owner, pages, MemKind::NonSecureShared) {
+                Ok(range) => return Ok(range),
+                Err(
+                    e @ (WindowError::Va(VaWindowError::NoSpace { .. })
+                    | WindowError::Table(TableError::OutOfTableMemory { .. })),
+                ) => {
+                    if !self.evict_oldest(None) {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Evicts `guest`'s idle mappings, oldest first, until `pages` pages are freed or none is
+    /// left.
+    fn evict_own(&mut self, guest: GuestId, pages: u64) {
+        let mut freed = 0;
+        while freed < pages {
+            let before = self.shm.mapped_pages();
+            if !self.evict_oldest(Some(guest)) {
+                return;
+            }
+            freed += before.saturating_sub(self.shm.mapped_pages());
+        }
+    }
+
+    /// Evicts the oldest idle mapping (of `guest`, if given) whose object no call uses.
+    /// Returns false when there is none.
+    fn evict_oldest(&mut self, guest: Option<GuestId>) -> bool {
+        let candidate = match guest {
+            None => self
+                .idle
+                .values()
+                .copied()
+                .find(|id| self.is_evictable(*id)),
+            Some(g) => self
+                .idle_by_guest
+                .range((g, 0)..=(g, u64::MAX))
+                .filter_map(|&(_, stamp)| self.idle.get(&stamp).copied())
+                .find(|id| self.is_evictable(*id)),
+        };
+        match candidate {
+            Some(id) => {
+                self.unmap_entry(id);
+                self.stats.evictions += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_evictable(&self, id: MobjId) -> bool {
+        self.entries
+            .get(&id)
+            .is_some_and(|e| e.guards == 0 && e.mobj.uses().users() == 0)
+    }
+
+    fn unmap_entry(&mut self, id: MobjId) {
+        let Some(entry) = self.entries.remove(&id) else {
+            return;
+        };
+        if let Some(stamp) = entry.idle_since {
+            self.idle.remove(&stamp);
+            self.idle_by_guest.remove(&(entry.mobj.owner(), stamp));
+        }
+        // Cannot fail: every entry's range is a live mapping of the window.
+        let _ = self.shm.unmap(entry.range.start());
+        entry.mobj.counters().sub_mapped(entry.range.pages());
+    }
+}
+
+/// The only way to the bytes of a memory object: a mapping held for as long as the guard
+/// lives. The mapping is made on first need and, for a registered buffer, kept after the last
+/// guard until the object is released or the space is needed.
+pub struct MapGuard<'a, P: Platform> {
+    window: &'a spin::Mutex<SharedWindow<P::Tlb>>,
+    platform: &'a P,
+    mobj: &'a Arc<Mobj>,
+    range: VirtPages,
+    was_cached: bool,
+}
+
+impl<'a, P: Platform> MapGuard<'a, P> {
+    pub(crate) fn new(
+        window: &'a spin::Mutex<SharedWindow<P::Tlb>>,
+        platform: &'a P,
+        used: &'a MobjUse,
+    ) -> Result<Self, TeeError> {
+        let mobj = used.mobj();
+        let (range, was_cached) = window.lock().acquire(mobj)?;
+        Ok(Self {
+            window,
+            platform,
+            mobj,
+            range,
+            was_cached,
+        })
+    }
+
+    /// Virtual address of the buffer's first byte.
+    pub fn va(&self) -> VirtAddr {
+        VirtAddr(self.range.start().get() + self.mobj.page_offset())
+    }
+
+    /// The pages mapped.
+    pub fn range(&self) -> VirtPages {
+        self.range
+    }
+
+    /// Whether the mapping existed before this guard (a cache hit).
+    pub fn was_cached(&self) -> bool {
+        self.was_cached
+    }
+
+    fn va_of(&self, offset: u64, len: usize) -> Result<VirtAddr, TeeError> {
+        let size = self.mobj.size();
+        let out = TeeError::OutOfBounds {
+            offs: offset,
+            size: len as u64,
+            buf_size: size,
+        };
+        let end = offset.checked_add(len as u64).ok_or(out.clone())?;
+        if end > size {
+            return Err(out);
+        }
+        Ok(VirtAddr(self.va().get() + offset))
+    }
+
+    /// Copies `buf.len()` bytes at `offset` of the buffer into secure memory.
+    ///
+    /// # Errors
+    /// Out of the buffer's bounds, or a fault of the access.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), TeeError> {
+        let va = self.va_of(offset, buf.len())?;
+        let window = self.window.lock();
+        Ok(self.platform.read(window.shm(), va, buf)?)
+    }
+
+    /// Copies `data` to `offset` of the buffer.
+    ///
+    /// # Errors
+    /// Out of the buffer's bounds, or a fault of the access.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), TeeError> {
+        let va = self.va_of(offset, data.len())?;
+        let window = self.window.lock();
+        Ok(self.platform.write(window.shm(), va, data)?)
+    }
+}
+
+impl<P: Platform> Drop for MapGuard<'_, P> {
+    fn drop(&mut self) {
+        self.window.lock().release_guard(self.mobj.id());
+    }
+}
