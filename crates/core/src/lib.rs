@@ -27,6 +27,8 @@
 )]
 
 extern crate alloc;
+// Lets the test world (shared with the benches) name this crate the same way from both.
+extern crate self as teeshm_core;
 #[cfg(test)]
 extern crate std;
 
