@@ -5,7 +5,7 @@ use crate::arg::{APPENDED_RPC_ARG, ArgCopy, ArgReadError, NsRef};
 use crate::config::CoreConfig;
 use crate::error::{CallError, TeeError};
 use crate::guest::{GuestPartition, GuestSnapshot};
-use crate::mobj::{Backing, Mobj, MobjId, MobjKind, MobjUse, PageFrames, ReleaseQueue};
+use crate::mobj::{Backing, Mobj, MobjId, MobjKind, MobjSpec, MobjUse, PageFrames, ReleaseQueue};
 use crate::msg::{Call, MemrefBuf, RpcArgAt, RpcRequest, Step, reg_pair};
 use crate::platform::{AccessFault, Platform};
 use crate::thread::{ThreadState, ThreadTable};
@@ -140,19 +140,18 @@ impl<P: Platform> Tee<P> {
                 ));
             }
             let pages = range.len() / PAGE_SIZE;
-            let mobj = Arc::new(Mobj::new(
-                tee.next_id(),
-                MobjKind::StaticPool,
-                GuestId::HYPERVISOR,
-                None,
-                range.len(),
-                0,
-                Backing::Contiguous {
+            let spec = MobjSpec {
+                kind: MobjKind::StaticPool,
+                owner: GuestId::HYPERVISOR,
+                cookie: None,
+                size: range.len(),
+                page_offset: 0,
+                backing: Backing::Contiguous {
                     first: range.start(),
                     pages,
                 },
-                Arc::default(),
-            ));
+            };
+            let mobj = Arc::new(Mobj::new(tee.next_id(), spec, Arc::default()));
             tee.window.lock().pin(&mobj).map_err(BootError::Pool)?;
             tee.pool = Some((range, mobj));
         }
@@ -559,25 +558,9 @@ impl<P: Platform> Tee<P> {
     }
 
     /// A new object of `guest`, charged to its quotas.
-    fn new_mobj(
-        &self,
-        guest: &GuestPartition,
-        kind: MobjKind,
-        cookie: Option<u64>,
-        size: u64,
-        page_offset: u16,
-        backing: Backing,
-    ) -> Result<Arc<Mobj>, TeeError> {
-        let mobj = Mobj::new(
-            self.next_id(),
-            kind,
-            guest.id(),
-            cookie,
-            size,
-            page_offset,
-            backing,
-            guest.counters().clone(),
-        );
+    fn new_mobj(&self, guest: &GuestPartition, spec: MobjSpec) -> Result<Arc<Mobj>, TeeError> {
+        let kind = spec.kind;
+        let mobj = Mobj::new(self.next_id(), spec, guest.counters().clone());
         let registered = if kind == MobjKind::Registered {
             mobj.num_pages()
         } else {
@@ -611,7 +594,17 @@ impl<P: Platform> Tee<P> {
         let pages = list.into_pages();
         self.check_non_secure(&pages)?;
         let frames = PageFrames::from_pages(pages).ok_or(TeeError::OutOfMemory)?;
-        self.new_mobj(guest, kind, cookie, size, offset, Backing::Pages(frames))
+        self.new_mobj(
+            guest,
+            MobjSpec {
+                kind,
+                owner: guest.id(),
+                cookie,
+                size,
+                page_offset: offset,
+                backing: Backing::Pages(frames),
+            },
+        )
     }
 
     /// Every page must be normal-world RAM (invariant 1), checked before the object exists.
@@ -645,17 +638,18 @@ impl<P: Platform> Tee<P> {
         let page = pa & !(PAGE_SIZE - 1);
         let offset = pa - page;
         self.check_non_secure(&[page])?;
-        let mobj = self.new_mobj(
-            guest,
+        let spec = MobjSpec {
             kind,
+            owner: guest.id(),
             cookie,
-            PAGE_SIZE - offset,
-            offset as u16,
-            Backing::Contiguous {
+            size: PAGE_SIZE - offset,
+            page_offset: offset as u16,
+            backing: Backing::Contiguous {
                 first: PhysAddr(page),
                 pages: 1,
             },
-        )?;
+        };
+        let mobj = self.new_mobj(guest, spec)?;
         let used = if kind == MobjKind::Temporary {
             self.use_retired(&mobj)?
         } else {
@@ -690,14 +684,15 @@ impl<P: Platform> Tee<P> {
         if !self.memory_map.is_non_secure(range) {
             return Err(TeeError::NotNonSecure(pa));
         }
-        let mobj = self.new_mobj(
-            guest,
+        let spec = MobjSpec {
             kind,
+            owner: guest.id(),
             cookie,
             size,
-            offset as u16,
-            Backing::Contiguous { first, pages },
-        )?;
+            page_offset: offset as u16,
+            backing: Backing::Contiguous { first, pages },
+        };
+        let mobj = self.new_mobj(guest, spec)?;
         Ok(MemrefBuf {
             used: self.use_retired(&mobj)?,
             offs: 0,

@@ -52,7 +52,7 @@ pub use config::{CoreConfig, GuestQuotas};
 pub use entry::{SmcRegs, Tee};
 pub use error::{CallError, TeeError};
 pub use guest::{GuestCounters, GuestPartition, GuestSnapshot};
-pub use mobj::{MemType, Mobj, MobjId, MobjKind, MobjUse};
+pub use mobj::{MemType, Mobj, MobjId, MobjKind, MobjSpec, MobjUse};
 pub use platform::{AccessFault, Platform, Translate};
 pub use window::{MapGuard, SharedWindow};
 

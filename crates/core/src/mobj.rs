@@ -120,6 +120,23 @@ pub enum Backing {
     Pages(PageFrames),
 }
 
+/// What a new memory object is: everything but its identity and its guest's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MobjSpec {
+    /// What it is for.
+    pub kind: MobjKind,
+    /// The owning guest.
+    pub owner: GuestId,
+    /// The normal world's cookie, if it has one.
+    pub cookie: Option<u64>,
+    /// Size in bytes (> 0).
+    pub size: u64,
+    /// Offset of the first byte in the first page (< 4096).
+    pub page_offset: u16,
+    /// The pages; they cover `page_offset + size` bytes.
+    pub backing: Backing,
+}
+
 /// A memory object.
 #[derive(Debug)]
 pub struct Mobj {
@@ -135,21 +152,17 @@ pub struct Mobj {
 }
 
 impl Mobj {
-    /// A new, live object. The caller has already charged it to `counters` (see
+    /// A new, live object. The caller charges it to `counters` (see
     /// [`GuestCounters::charge_object`]); the release refunds it.
-    ///
-    /// Invariant the caller keeps: `page_offset < 4096`, `size > 0`, and the pages cover
-    /// `page_offset + size` bytes.
-    pub(crate) fn new(
-        id: MobjId,
-        kind: MobjKind,
-        owner: GuestId,
-        cookie: Option<u64>,
-        size: u64,
-        page_offset: u16,
-        backing: Backing,
-        counters: Arc<GuestCounters>,
-    ) -> Self {
+    pub(crate) fn new(id: MobjId, spec: MobjSpec, counters: Arc<GuestCounters>) -> Self {
+        let MobjSpec {
+            kind,
+            owner,
+            cookie,
+            size,
+            page_offset,
+            backing,
+        } = spec;
         Self {
             id,
             kind,
@@ -331,17 +344,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn obj(size: u64, offset: u16, backing: Backing) -> Mobj {
-        Mobj::new(
-            MobjId(1),
-            MobjKind::Registered,
-            GuestId(1),
-            Some(7),
+    fn obj(size: u64, page_offset: u16, backing: Backing) -> Mobj {
+        let spec = MobjSpec {
+            kind: MobjKind::Registered,
+            owner: GuestId(1),
+            cookie: Some(7),
             size,
-            offset,
+            page_offset,
             backing,
-            Arc::new(GuestCounters::default()),
-        )
+        };
+        Mobj::new(MobjId(1), spec, Arc::new(GuestCounters::default()))
     }
 
     #[test]

@@ -65,11 +65,11 @@ pub struct PtaSession;
 #[derive(Debug)]
 pub(crate) enum PtaWait {
     /// RPC_BUFFER before its SHM_ALLOC was sent (waiting for an RPC arg buffer).
-    RpcBufferStart,
+    BeforeAlloc,
     /// RPC_BUFFER waiting for the SHM_ALLOC answer.
-    RpcBufferAllocated { size: u64, shm_type: RpcShmType },
+    AfterAlloc { size: u64, shm_type: RpcShmType },
     /// RPC_BUFFER waiting for the SHM_FREE answer; then it reports `result`.
-    RpcBufferFreed {
+    AfterFree {
         result: Result<(u64, u64), TeeError>,
     },
 }
@@ -100,11 +100,11 @@ pub(crate) fn resume<P: Platform>(
     wait: PtaWait,
 ) -> Result<Step, TeeError> {
     match wait {
-        PtaWait::RpcBufferStart => rpc_buffer_start(tee, call),
-        PtaWait::RpcBufferAllocated { size, shm_type } => {
+        PtaWait::BeforeAlloc => rpc_buffer_start(tee, call),
+        PtaWait::AfterAlloc { size, shm_type } => {
             rpc_buffer_allocated(tee, call, size, shm_type)
         }
-        PtaWait::RpcBufferFreed { result } => {
+        PtaWait::AfterFree { result } => {
             let reply = read_rpc_reply(tee, call, 1)?;
             let (a, b) = result?;
             if reply.header().ret.get() != TEE_SUCCESS {
@@ -292,8 +292,8 @@ fn rpc_buffer_start<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, 
             p.set_value(Value::new(shm_type.raw(), size, 4096));
         }
     }
-    send_rpc(tee, call, request, PtaWait::RpcBufferAllocated { size, shm_type }, || {
-        PtaWait::RpcBufferStart
+    send_rpc(tee, call, request, PtaWait::AfterAlloc { size, shm_type }, || {
+        PtaWait::BeforeAlloc
     })
 }
 
@@ -349,8 +349,8 @@ fn rpc_buffer_allocated<P: Platform>(
             p.set_value(Value::new(shm_type.raw(), cookie, 0));
         }
     }
-    send_rpc(tee, call, request, PtaWait::RpcBufferFreed { result }, || {
-        PtaWait::RpcBufferStart
+    send_rpc(tee, call, request, PtaWait::AfterFree { result }, || {
+        PtaWait::BeforeAlloc
     })
 }
 

@@ -89,12 +89,12 @@ impl ThreadTable {
 
     /// Ends every call of `guest` that waits in an RPC; the slots become free. Returns the
     /// calls, so the caller drops them (and their uses) outside the lock.
-    pub(crate) fn end_suspended_of(&mut self, guest: GuestId) -> Vec<Box<Call>> {
+    pub(crate) fn end_suspended_of(&mut self, guest: GuestId) -> Vec<Call> {
         let mut ended = Vec::new();
         for slot in &mut self.slots {
             if matches!(slot, Slot::Suspended(call) if call.guest_id() == guest) {
                 if let Slot::Suspended(call) = core::mem::replace(slot, Slot::Free) {
-                    ended.push(call);
+                    ended.push(*call);
                 }
             }
         }

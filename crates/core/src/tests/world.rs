@@ -114,7 +114,7 @@ impl World {
         assert!(n < NS_PAGES / 2, "simulated NS RAM exhausted");
         // An odd multiplier is a bijection modulo 2^19: scattered over the lower half of RAM,
         // never repeated. The upper half is for contiguous runs.
-        let index = n.wrapping_mul(0x9E37_7) % (NS_PAGES / 2);
+        let index = n.wrapping_mul(0x0009_E377) % (NS_PAGES / 2);
         NS_RAM.0 + index * PAGE
     }
 
@@ -126,8 +126,7 @@ impl World {
     pub fn alloc_contiguous(&self, n: u64) -> u64 {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let first = NEXT.fetch_add(n, Ordering::Relaxed);
-        let base = NS_RAM.0 + NS_RAM.1 / 2 + (first % (NS_PAGES / 4)) * PAGE;
-        base
+        NS_RAM.0 + NS_RAM.1 / 2 + (first % (NS_PAGES / 4)) * PAGE
     }
 
     pub fn free_pages(&self, pages: &[u64]) {
