@@ -19,6 +19,8 @@ use teeshm_platform::RecordingTlb;
 #[derive(Debug, Default)]
 pub struct PhysMemory {
     pages: spin::Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>>,
+    /// Reads per page, while tracing (tests of the read-once rule).
+    traced: spin::Mutex<Option<BTreeMap<u64, u64>>>,
 }
 
 impl PhysMemory {
@@ -27,8 +29,28 @@ impl PhysMemory {
         Self::default()
     }
 
+    /// Starts counting reads per page (forgetting earlier counts), or stops.
+    pub fn trace_reads(&self, on: bool) {
+        *self.traced.lock() = on.then(BTreeMap::new);
+    }
+
+    /// Reads of the page holding `pa` since tracing started.
+    pub fn reads_of(&self, pa: u64) -> u64 {
+        self.traced
+            .lock()
+            .as_ref()
+            .and_then(|t| t.get(&(pa / PAGE_SIZE)).copied())
+            .unwrap_or(0)
+    }
+
     /// Copies from physical memory (the normal world's or the machine's view: no checks).
     pub fn read(&self, pa: u64, buf: &mut [u8]) {
+        if let Some(traced) = self.traced.lock().as_mut() {
+            let last = pa.saturating_add(buf.len().saturating_sub(1) as u64);
+            for page in pa / PAGE_SIZE..=last / PAGE_SIZE {
+                *traced.entry(page).or_default() += 1;
+            }
+        }
         let pages = self.pages.lock();
         let mut done = 0usize;
         while done < buf.len() {

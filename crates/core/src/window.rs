@@ -8,7 +8,7 @@
 //! last guard.
 
 use crate::error::{QuotaKind, TeeError};
-use crate::mobj::{Mobj, MobjId, MobjUse};
+use crate::mobj::{Mobj, MobjId, MobjKind, MobjUse};
 use crate::platform::Platform;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
@@ -177,7 +177,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         let n = mobj.num_pages();
         let counters = mobj.counters();
         let wanted = counters.mapped_pages().saturating_add(n);
-        if wanted > self.max_mapped_pages && !mobj.owner().is_hypervisor() {
+        if wanted > self.max_mapped_pages && mobj.kind() != MobjKind::StaticPool {
             self.evict_own(mobj.owner(), wanted - self.max_mapped_pages);
             let wanted = counters.mapped_pages().saturating_add(n);
             if wanted > self.max_mapped_pages {

@@ -1,0 +1,327 @@
+//! Life cycles: unregister of a buffer in use, guest destruction mid-call, the mapping cache's
+//! eviction, quotas, and calls from several CPUs at once.
+
+#[allow(unused_imports)]
+use std::prelude::rust_2024::*;
+#[allow(unused_imports)]
+use std::{format, vec};
+
+use super::world::*;
+use crate::pta::cmd;
+use crate::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_abi::GuestId;
+use teeshm_abi::gp::*;
+use teeshm_abi::msg::*;
+use teeshm_abi::smc::*;
+use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
+use zerocopy::IntoBytes;
+
+const G0: GuestId = GuestId::HYPERVISOR;
+
+/// Starts RPC_BUFFER (CALL_WITH_ARG, so it first asks for an RPC arg) with a registered memref
+/// as an extra parameter, and leaves it suspended. Returns the registers of the RPC and the
+/// arg page.
+fn start_suspended(w: &World, guest: GuestId, session: u32, cookie: u64) -> (SmcRegs, u64) {
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(session);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(3);
+    let params = [
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 64, 1, 3),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, 100),
+    ];
+    let page = w.alloc_page();
+    w.mem.write(page, h.as_bytes());
+    for (i, p) in params.iter().enumerate() {
+        w.mem.write(page + 32 + 32 * i as u64, p.as_bytes());
+    }
+    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
+    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_ALLOC);
+    (out, page)
+}
+
+fn finish(w: &World, guest: GuestId, mut out: SmcRegs) -> SmcRegs {
+    while is_rpc_return(out.a[0] as u32) {
+        let answer = w.answer_rpc(&out, None);
+        out = w.tee.handle_smc(answer.from_client(guest));
+    }
+    out
+}
+
+fn arg_ret(w: &World, page: u64) -> u32 {
+    let mut hdr = [0u8; 32];
+    w.mem.read(page, &mut hdr);
+    u32::from_le_bytes(hdr[20..24].try_into().unwrap())
+}
+
+#[test]
+fn unregister_of_a_buffer_in_use_is_busy_and_released_by_the_last_user() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let buf = w.buffer(8192, 0);
+    let cookie = w.cookie();
+    assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    let (out, page) = start_suspended(&w, G0, s, cookie);
+    // Promptly busy, and the cookie is gone from lookup at once.
+    assert_eq!(w.unregister(G0, cookie), TEE_ERROR_BUSY);
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::TOUCH,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, 1),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.unregister(G0, cookie), TEE_ERROR_BAD_PARAMETERS);
+    // The cookie may be used again at once for a new buffer.
+    let other = w.buffer(100, 0);
+    assert_eq!(w.register(G0, cookie, &other), TEE_SUCCESS);
+    assert_eq!(w.unregister(G0, cookie), TEE_SUCCESS);
+    w.check();
+    let mid = w.tee.guest(G0).unwrap().snapshot();
+    assert_eq!(mid.registered_buffers, before.registered_buffers - 1);
+    assert!(mid.registered_pages >= 2, "still held by the call");
+    let out = finish(&w, G0, out);
+    assert_eq!(out.a[0], 0);
+    assert_eq!(arg_ret(&w, page), TEE_SUCCESS);
+    let after = w.tee.guest(G0).unwrap().snapshot();
+    assert_eq!(after.registered_pages, before.registered_pages - 2);
+    assert_eq!(after.objects, before.objects - 1);
+    assert_eq!(after.mapped_pages, 0);
+    w.check();
+}
+
+#[test]
+fn destroying_a_guest_ends_its_suspended_call_and_touches_no_one_else() {
+    let w = World::default_world();
+    assert_eq!(w.create_guest(3), 0);
+    assert_eq!(w.create_guest(4), 0);
+    let (g3, g4) = (GuestId(3), GuestId(4));
+    let mut cookies = Vec::new();
+    for g in [g3, g4] {
+        for _ in 0..5 {
+            let buf = w.buffer(20_000, 9);
+            let c = w.cookie();
+            assert_eq!(w.register(g, c, &buf), TEE_SUCCESS);
+            cookies.push((g, c));
+        }
+    }
+    let s3 = w.open_session(g3);
+    let s4 = w.open_session(g4);
+    // Map two of guest 4's buffers so it has cached mappings.
+    for &(g, c) in cookies.iter().filter(|(g, _)| *g == g4).take(2) {
+        let r = w.invoke(
+            g,
+            s4,
+            cmd::TOUCH,
+            &[
+                rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, c, 0, 20_000),
+                value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            ],
+        );
+        assert_eq!(r.ret(), TEE_SUCCESS);
+    }
+    let (_, c3) = cookies[0];
+    let (out, _) = start_suspended(&w, g3, s3, c3);
+    let thread = out.a[3];
+    let g4_before = w.tee.guest(g4).unwrap().snapshot();
+    let mappings_before: Vec<_> = w.tee.window().shm().mappings().copied().collect();
+    assert_eq!(w.destroy_guest(3), 0);
+    assert!(w.tee.guest(g3).is_none());
+    w.check();
+    // Nothing of guest 3 is left: no thread, no mapping, no object.
+    assert!(
+        w.tee
+            .thread_states()
+            .iter()
+            .all(|t| *t == crate::thread::ThreadState::Free)
+    );
+    assert!(w.tee.window().shm().mappings().all(|m| m.owner != g3));
+    // Guest 4 is exactly as it was.
+    assert_eq!(w.tee.guest(g4).unwrap().snapshot(), g4_before);
+    let mappings_after: Vec<_> = w.tee.window().shm().mappings().copied().collect();
+    assert_eq!(mappings_before.into_iter().filter(|m| m.owner != g3).collect::<Vec<_>>(), mappings_after);
+    // The ended call cannot be resumed.
+    let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread])
+        .from_client(g3);
+    assert_eq!(w.tee.handle_smc(resume).a[0] as u32, OPTEE_SMC_RETURN_ERESUME);
+    // A guest with the same id starts empty.
+    assert_eq!(w.create_guest(3), 0);
+    let fresh = w.tee.guest(g3).unwrap().snapshot();
+    assert_eq!((fresh.objects, fresh.registered_pages, fresh.sessions), (0, 0, 0));
+    w.check();
+}
+
+fn small_window(pages: u64, mapped_quota: u64) -> CoreConfig {
+    CoreConfig {
+        window: ShmWindowConfig {
+            va: VaWindowConfig {
+                base: VirtAddr(0x40_0000_0000),
+                size: pages * PAGE,
+                guard_pages: 1,
+            },
+            max_table_pages: 64,
+        },
+        quotas: GuestQuotas {
+            max_mapped_pages: mapped_quota,
+            ..GuestQuotas::default()
+        },
+        ..CoreConfig::default()
+    }
+}
+
+fn where_cached(w: &World, s: u32, cookie: u64, size: u64) -> (u32, u64) {
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::WHERE,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, size),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    (r.ret(), r.value(2)[0])
+}
+
+#[test]
+fn the_cache_evicts_least_recently_used_and_never_a_buffer_in_use() {
+    // Room for 3 buffers of 20 pages (+1 guard each), plus arg pages.
+    let w = World::new(small_window(70, 1 << 20));
+    let s = w.open_session(G0);
+    let size = 20 * PAGE;
+    let cookies: Vec<u64> = (0..4)
+        .map(|_| {
+            let c = w.cookie();
+            assert_eq!(w.register(G0, c, &w.buffer(size, 0)), TEE_SUCCESS);
+            c
+        })
+        .collect();
+    for &c in &cookies[..3] {
+        assert_eq!(where_cached(&w, s, c, size), (TEE_SUCCESS, 0));
+    }
+    // Touch 0 again, so 1 is the least recently used.
+    assert_eq!(where_cached(&w, s, cookies[0], size), (TEE_SUCCESS, 1));
+    assert_eq!(where_cached(&w, s, cookies[3], size), (TEE_SUCCESS, 0));
+    assert_eq!(w.tee.window().stats().evictions, 1);
+    assert_eq!(where_cached(&w, s, cookies[0], size).1, 1, "0 stayed");
+    assert_eq!(where_cached(&w, s, cookies[1], size).1, 0, "1 was evicted");
+    w.check();
+    // A call suspended with buffer 1 in use: it may not be evicted while the call waits.
+    let (out, _) = start_suspended(&w, G0, s, cookies[1]);
+    let before = w.tee.window().stats().evictions;
+    for &c in &[cookies[2], cookies[3], cookies[0]] {
+        let _ = where_cached(&w, s, c, size);
+    }
+    let window = w.tee.window();
+    let still: Vec<_> = window.entries().filter(|(_, e)| e.mobj.cookie() == Some(cookies[1])).collect();
+    assert_eq!(still.len(), 1, "buffer in use never evicted");
+    assert!(window.stats().evictions > before);
+    drop(window);
+    w.check();
+    assert_eq!(finish(&w, G0, out).a[0], 0);
+    w.check();
+}
+
+#[test]
+fn mapped_quota_evicts_own_idle_mappings_then_refuses() {
+    let w = World::new(small_window(1 << 16, 30));
+    let s = w.open_session(G0);
+    let size = 20 * PAGE;
+    let (a, b) = (w.cookie(), w.cookie());
+    assert_eq!(w.register(G0, a, &w.buffer(size, 0)), TEE_SUCCESS);
+    assert_eq!(w.register(G0, b, &w.buffer(size, 0)), TEE_SUCCESS);
+    assert_eq!(where_cached(&w, s, a, size), (TEE_SUCCESS, 0));
+    assert_eq!(where_cached(&w, s, b, size), (TEE_SUCCESS, 0));
+    assert_eq!(w.tee.guest(G0).unwrap().counters().mapped_pages(), 20);
+    // Two 20-page memrefs in one call cannot both be mapped under a 30-page quota.
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::COPY,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, a, 0, size),
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, b, 0, size),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_ERROR_OUT_OF_MEMORY);
+    w.check();
+}
+
+#[test]
+fn quotas_refuse_cleanly() {
+    let config = CoreConfig {
+        quotas: GuestQuotas {
+            max_objects: 3,
+            max_registered_pages: 10,
+            max_sessions: 1,
+            ..GuestQuotas::default()
+        },
+        ..CoreConfig::default()
+    };
+    let w = World::new(config);
+    let big = w.buffer(11 * PAGE, 0);
+    assert_eq!(w.register(G0, 1, &big), TEE_ERROR_OUT_OF_MEMORY, "pages");
+    assert_eq!(w.register(G0, 1, &w.buffer(PAGE, 0)), TEE_SUCCESS);
+    // The arg page of each call is an object too: 1 registered + arg = 2, so one more fits.
+    assert_eq!(w.register(G0, 2, &w.buffer(PAGE, 0)), TEE_SUCCESS);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    assert_eq!(w.register(G0, 3, &w.buffer(PAGE, 0)), TEE_ERROR_OUT_OF_MEMORY, "objects");
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before, "state kept");
+    assert_eq!(w.unregister(G0, 2), TEE_SUCCESS);
+    w.open_session(G0);
+    let r = w.open_session_uuid(G0, crate::pta::MEMTEST_UUID);
+    assert_eq!(r.ret(), TEE_ERROR_OUT_OF_MEMORY, "sessions");
+    w.check();
+}
+
+#[test]
+fn calls_from_several_cpus_at_once() {
+    use std::sync::Arc;
+    let w = Arc::new(World::default_world());
+    for g in 1..=3u16 {
+        assert_eq!(w.create_guest(g), 0);
+    }
+    let mut handles = Vec::new();
+    for t in 0..6u64 {
+        let w = w.clone();
+        handles.push(std::thread::spawn(move || {
+            let g = GuestId(1 + (t % 3) as u16);
+            let s = w.open_session(g);
+            for i in 0..40u64 {
+                let cookie = (t << 32) | i;
+                let buf = w.buffer(3 * PAGE + 100, 100);
+                assert_eq!(w.register(g, cookie, &buf), TEE_SUCCESS);
+                let r = w.invoke(
+                    g,
+                    s,
+                    cmd::FILL,
+                    &[
+                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, 0, buf.size),
+                        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, i, 0, 0),
+                    ],
+                );
+                // Another CPU may hold every thread for a moment.
+                assert!(r.a0 == 0 || r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT, "{:#x}", r.a0);
+                if r.a0 == 0 {
+                    assert_eq!(r.ret(), TEE_SUCCESS);
+                    assert_eq!(w.read_buf(&buf, buf.size - 1, 1)[0], crate::pta::pattern_byte(i, buf.size - 1));
+                }
+                assert_eq!(w.unregister(g, cookie), TEE_SUCCESS);
+                w.free_buffer(&buf);
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    w.check();
+    for g in 1..=3u16 {
+        let s = w.tee.guest(GuestId(g)).unwrap().snapshot();
+        assert_eq!((s.objects, s.registered_pages, s.mapped_pages, s.threads), (0, 0, 0, 0));
+    }
+}
