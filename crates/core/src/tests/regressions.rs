@@ -1,0 +1,716 @@
+//! One named regression test per bug class of OP-TEE (shared/reference/optee-os-study.md §6 and
+//! the problems listed after it) and of the Xen mediator (normal-world-hypervisor-ffa.md §1.9),
+//! each showing that teeshm does not have it. Every test ends with the agreement checker.
+
+#[allow(unused_imports)]
+use std::prelude::rust_2024::*;
+#[allow(unused_imports)]
+use std::{format, vec};
+
+use super::world::*;
+use crate::pta::{cmd, pattern_byte};
+use crate::testing::SECURE_RAM;
+use crate::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_abi::GuestId;
+use teeshm_abi::caps::SecureCaps;
+use teeshm_abi::gp::*;
+use teeshm_abi::msg::*;
+use teeshm_abi::smc::*;
+use zerocopy::IntoBytes;
+
+const G0: GuestId = GuestId::HYPERVISOR;
+
+/// Writes `bytes` at the start of a fresh page and makes a CALL_WITH_ARG with it.
+fn raw_call(w: &World, guest: GuestId, bytes: &[u8]) -> (u32, u64) {
+    let page = w.alloc_page();
+    w.mem.write(page, &[0u8; 4096]);
+    w.mem.write(page, bytes);
+    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff]);
+    (out.a[0] as u32, page)
+}
+
+fn arg_bytes(header: MsgArgHeader, params: &[MsgParam]) -> Vec<u8> {
+    let mut b = header.as_bytes().to_vec();
+    for p in params {
+        b.extend_from_slice(p.as_bytes());
+    }
+    b
+}
+
+fn ret_at(w: &World, page: u64) -> u32 {
+    let mut h = [0u8; 32];
+    w.mem.read(page, &mut h);
+    u32::from_le_bytes(h[20..24].try_into().unwrap())
+}
+
+fn noncontig_register(buf_ptr: u64, size: u64, cookie: u64) -> MsgParam {
+    MsgParam::from_tmem(
+        OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+        Tmem::new(buf_ptr, size, cookie),
+    )
+}
+
+fn register_raw(w: &World, buf_ptr: u64, size: u64, cookie: u64) -> u32 {
+    let r = w.call(
+        G0,
+        ArgMode::RpcArg,
+        World::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        &[noncontig_register(buf_ptr, size, cookie)],
+    );
+    assert_eq!(r.a0, 0);
+    r.ret()
+}
+
+/// OP-TEE bdc5282e7 (2017): the page list was validated before it was copied. teeshm reads each
+/// list page once into secure memory and checks only the copy: every list page of a 1100-page
+/// buffer (3 list pages) is read exactly once, and a data page in secure RAM is refused.
+#[test]
+fn regression_bdc5282e7_page_list_read_once_then_validated() {
+    let w = World::default_world();
+    let buf = w.buffer(1100 * PAGE, 0);
+    let (buf_ptr, lists) = w.page_list(&buf);
+    w.mem.trace_reads(true);
+    assert_eq!(register_raw(&w, buf_ptr, buf.size, 1), TEE_SUCCESS);
+    for &l in &lists {
+        assert_eq!(w.mem.reads_of(l), 1, "list page {l:#x} read once");
+    }
+    w.mem.trace_reads(false);
+    let mut bad = buf.clone();
+    bad.pages[700] = SECURE_RAM.0;
+    let (buf_ptr, _) = w.page_list(&bad);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    assert_eq!(register_raw(&w, buf_ptr, bad.size, 2), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    w.check();
+}
+
+/// OP-TEE a0c3590b4 (2018): the NONCONTIG offset was added twice. A temporary memref starting
+/// 0x123 bytes into its first page is copied byte for byte.
+#[test]
+fn regression_a0c3590b4_noncontig_offset_applied_once() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let input = w.buffer(9000, 0x123);
+    w.fill_buf(&input, |i| pattern_byte(1, i));
+    let output = w.buffer(9000, 0xfff);
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::COPY,
+        &[
+            w.tmem_list(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, &input),
+            w.tmem_list(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &output),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    assert_eq!(w.read_buf(&output, 0, 9000), w.read_buf(&input, 0, 9000));
+    w.check();
+}
+
+/// OP-TEE eecd6bd23 / 19cae8dc8 (2018): fields of the arg were read from normal-world memory
+/// more than once. The arg page is read twice in all — the header, then the params — and never
+/// again, however the call goes.
+#[test]
+fn regression_eecd6bd23_arg_read_once() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::FILL);
+    h.num_params.set(2);
+    let out = w.buffer(100, 0);
+    let params = [
+        w.tmem_list(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &out),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 4, 0, 0),
+    ];
+    let page = w.alloc_page();
+    w.mem.write(page, &arg_bytes(h, &params));
+    w.mem.trace_reads(true);
+    let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
+    assert_eq!(w.mem.reads_of(page), 2);
+    w.mem.trace_reads(false);
+    assert_eq!(r.a[0], 0);
+    assert_eq!(ret_at(&w, page), TEE_SUCCESS);
+    w.check();
+}
+
+/// OP-TEE fa152a4ec (2018): uninitialised param types were copied back. Inputs come back as
+/// they were sent; only outputs change.
+#[test]
+fn regression_fa152a4ec_inputs_written_back_unchanged() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let buf = w.buffer(64, 0);
+    let p0 = w.tmem_list(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, &buf);
+    let p1 = value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 11, 22, 33);
+    let r = w.invoke(G0, s, cmd::TOUCH, &[p0, p1]);
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    assert_eq!(r.params[0], p0);
+    assert_eq!(r.value(1)[2], 0, "output value written by the TA");
+    w.check();
+}
+
+/// OP-TEE c6edc12ac (2018, Riscure): num_params unchecked before the arg size computation.
+/// 128, 0x8000_0000 and u32::MAX params are refused with EBADCMD and change nothing.
+#[test]
+fn regression_c6edc12ac_num_params_bounded() {
+    let w = World::default_world();
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    for n in [128u32, 0x8000_0000, u32::MAX] {
+        let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+        h.num_params.set(n);
+        let (a0, _) = raw_call(&w, G0, h.as_bytes());
+        assert_eq!(a0, OPTEE_SMC_RETURN_EBADCMD, "num_params {n}");
+    }
+    // 127 params fit a page only at offset 0: at offset 8 the arg runs past its page.
+    let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+    h.num_params.set(127);
+    let page = w.alloc_page();
+    w.mem.write(page + 8, h.as_bytes());
+    let out = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page + 8]);
+    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_EBADADDR);
+    let (a0, _) = raw_call(&w, G0, h.as_bytes());
+    assert_eq!(a0, 0);
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    w.check();
+}
+
+/// OP-TEE e1509d6e6 (2019, Netflix): buffer offset + size overflowed in the NONCONTIG path.
+/// OP-TEE 8ad7af502: the registered size computation overflowed. Both are refused before any
+/// normal-world memory is read.
+#[test]
+fn regression_e1509d6e6_8ad7af502_size_overflow() {
+    let w = World::default_world();
+    let list = w.alloc_page();
+    w.mem.trace_reads(true);
+    for (offset, size) in [(0xfff, u64::MAX), (1, u64::MAX - 1), (0, u64::MAX), (0x800, 1 << 63)] {
+        assert_eq!(register_raw(&w, list | offset, size, 5), TEE_ERROR_BAD_PARAMETERS);
+    }
+    assert_eq!(w.mem.reads_of(list), 0, "nothing read for a hopeless size");
+    w.mem.trace_reads(false);
+    w.check();
+}
+
+/// OP-TEE d5147581f (2019): SEC_CAP_VIRTUALIZATION had DYNAMIC_SHM's bit.
+#[test]
+fn regression_d5147581f_capability_bits_distinct() {
+    let w = World::default_world();
+    let caps = w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]).a[1];
+    assert_eq!(caps & (1 << 2), 1 << 2, "DYNAMIC_SHM is bit 2");
+    assert_eq!(caps & (1 << 3), 1 << 3, "VIRTUALIZATION is bit 3");
+    assert_eq!(SecureCaps::VIRTUALIZATION.bits(), 8);
+}
+
+/// OP-TEE cffe74d24 (2020): the registered size ignored the page offset, so memrefs could reach
+/// up to 4095 bytes past the buffer. OP-TEE 4befaadc3 / 9c4aaf67f / 2667e1359: offset and
+/// length checks of memrefs. A 6001-byte buffer at offset 0x321 (as xtest 1018) allows exactly
+/// its bytes.
+#[test]
+fn regression_cffe74d24_memref_bounds_exact() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let buf = w.buffer(6001, 0x321);
+    assert_eq!(w.register(G0, 9, &buf), TEE_SUCCESS);
+    let touch = |offs: u64, size: u64| {
+        w.invoke(
+            G0,
+            s,
+            cmd::TOUCH,
+            &[
+                rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 9, offs, size),
+                value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            ],
+        )
+        .ret()
+    };
+    assert_eq!(touch(0, 6001), TEE_SUCCESS);
+    assert_eq!(touch(6000, 1), TEE_SUCCESS);
+    assert_eq!(touch(0, 6002), TEE_ERROR_SECURITY);
+    assert_eq!(touch(6001, 1), TEE_ERROR_SECURITY);
+    assert_eq!(touch(1, u64::MAX), TEE_ERROR_SECURITY);
+    assert_eq!(touch(u64::MAX, 2), TEE_ERROR_SECURITY);
+    assert_eq!(w.tee.use_registered(G0, 9).unwrap().mobj().size(), 6001);
+    w.check();
+}
+
+/// OP-TEE d627f5569 (2021, RPC path) and 51d99cd24 (2026, NONCONTIG tmem params leaked their
+/// object on every call): after a thousand calls with temporary memrefs and RPC buffers, the
+/// guest holds exactly what it held before.
+#[test]
+fn regression_51d99cd24_d627f5569_no_leak_per_call() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    let buf = w.buffer(5000, 3);
+    for i in 0..500u64 {
+        for ty in [0x209u64, 0x20a, 0x20b] {
+            let r = w.invoke(
+                G0,
+                s,
+                cmd::FILL,
+                &[
+                    w.tmem_list(ty & 0xff, &buf),
+                    value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, i, 0, 0),
+                ],
+            );
+            let expected = if ty == 0x209 { TEE_ERROR_BAD_PARAMETERS } else { TEE_SUCCESS };
+            assert_eq!(r.ret(), expected);
+        }
+    }
+    for _ in 0..100 {
+        let r = w.invoke(
+            G0,
+            s,
+            cmd::RPC_BUFFER,
+            &[
+                value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 5000, 1, 0),
+                value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            ],
+        );
+        assert_eq!(r.ret(), TEE_SUCCESS);
+    }
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    assert_eq!(w.tee.window().mapped_objects(), 0);
+    w.check();
+}
+
+/// OP-TEE 42bb9a861 (2021): vm_pa2va looped for ever on an unknown PA. teeshm's reverse lookup
+/// answers None for a PA nobody mapped, at once.
+#[test]
+fn regression_42bb9a861_phys_to_virt_of_unknown_pa() {
+    let w = World::default_world();
+    let window = w.tee.window();
+    assert_eq!(window.shm().phys_to_virt(teeshm_mm::PhysAddr(0x4000_0000), None), None);
+    assert_eq!(window.shm().phys_to_virt(teeshm_mm::PhysAddr(u64::MAX), None), None);
+}
+
+/// OP-TEE 06ea466f9 / 83a3d56a2 / 3d02add2d (map-count races) and 7c04952c7 (reference taken
+/// after the list lock was dropped): four CPUs map, use and unregister the same cookies
+/// concurrently; nothing panics, every answer is one of the expected ones, and everything
+/// agrees afterwards.
+#[test]
+fn regression_06ea466f9_7c04952c7_map_count_and_lookup_races() {
+    use std::sync::Arc;
+    let w = Arc::new(World::default_world());
+    let s = w.open_session(G0);
+    let mut handles = Vec::new();
+    for t in 0..4u64 {
+        let w = w.clone();
+        handles.push(std::thread::spawn(move || {
+            for i in 0..60u64 {
+                let cookie = i % 4;
+                if t == 0 {
+                    let _ = w.unregister(G0, cookie);
+                    let buf = w.buffer(2 * PAGE, 0);
+                    let _ = w.register(G0, cookie, &buf);
+                } else {
+                    let r = w.invoke(
+                        G0,
+                        s,
+                        cmd::TOUCH,
+                        &[
+                            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, 100),
+                            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+                        ],
+                    );
+                    assert!(
+                        r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT
+                            || [TEE_SUCCESS, TEE_ERROR_BAD_PARAMETERS].contains(&r.ret()),
+                        "{:#x} {:#x}",
+                        r.a0,
+                        r.ret()
+                    );
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    w.check();
+}
+
+/// OP-TEE 728616b28 (2022): cleanup read saved attrs out of bounds when num_params > 4. More
+/// than four TA params are refused, and nothing of the resolved ones leaks.
+#[test]
+fn regression_728616b28_more_than_four_params() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let buf = w.buffer(100, 0);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    let params: Vec<MsgParam> = (0..6)
+        .map(|_| w.tmem_list(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, &buf))
+        .collect();
+    let r = w.invoke(G0, s, cmd::TOUCH, &params);
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    w.check();
+}
+
+/// OP-TEE 2429722ff (2024): VM_CREATED with id 0 corrupted the heap and panicked.
+#[test]
+fn regression_2429722ff_vm_created_zero() {
+    let w = World::default_world();
+    assert_eq!(w.create_guest(0), OPTEE_SMC_RETURN_ENOTAVAIL);
+    assert_eq!(w.tee.guests().len(), 1);
+    w.check();
+}
+
+/// OP-TEE 3bb5c167a (2026): an overlap check missed a buffer's last page. A buffer whose last
+/// page (only) is secure RAM, or a device, is refused.
+#[test]
+fn regression_3bb5c167a_last_page_checked() {
+    let w = World::default_world();
+    for bad_page in [SECURE_RAM.0 + SECURE_RAM.1 - PAGE, crate::testing::DEVICES.0] {
+        let mut buf = w.buffer(5 * PAGE, 0);
+        *buf.pages.last_mut().unwrap() = bad_page;
+        let (buf_ptr, _) = w.page_list(&buf);
+        assert_eq!(register_raw(&w, buf_ptr, buf.size, 77), TEE_ERROR_BAD_PARAMETERS);
+    }
+    // The list page itself in secure RAM is refused too, without reading it.
+    assert_eq!(register_raw(&w, SECURE_RAM.0, 100, 78), TEE_ERROR_BAD_PARAMETERS);
+    w.check();
+}
+
+/// Possible panic race seen in OP-TEE's reg_shm_find_unlocked: a lookup of a cookie being
+/// released. In teeshm an unregistered cookie is gone from lookup at once, even while a call
+/// still holds the buffer; a lookup gets BAD_PARAMETERS.
+#[test]
+fn regression_lookup_of_releasing_cookie() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let buf = w.buffer(PAGE, 0);
+    assert_eq!(w.register(G0, 3, &buf), TEE_SUCCESS);
+    let held = w.tee.use_registered(G0, 3).unwrap();
+    assert_eq!(w.unregister(G0, 3), TEE_ERROR_BUSY);
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::TOUCH,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 3, 0, 1),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    drop(held);
+    w.tee.drain_releases();
+    w.check();
+}
+
+/// OP-TEE accepts duplicate cookies and lets the newest shadow the older buffer. teeshm refuses
+/// the second registration and keeps the first.
+#[test]
+fn regression_duplicate_cookie_refused() {
+    let w = World::default_world();
+    let first = w.buffer(PAGE, 0);
+    assert_eq!(w.register(G0, 8, &first), TEE_SUCCESS);
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    assert_eq!(w.register(G0, 8, &w.buffer(2 * PAGE, 0)), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    assert_eq!(w.tee.use_registered(G0, 8).unwrap().mobj().size(), PAGE);
+    w.check();
+}
+
+/// OP-TEE's tee_mm_find kept offsets in 16 bits; a pool of more than 65536 granules would
+/// truncate. teeshm's window maps and finds buffers beyond page 65536 of the window.
+#[test]
+fn regression_tee_mm_find_16_bit_offsets() {
+    let w = World::new(CoreConfig {
+        quotas: GuestQuotas {
+            max_mapped_pages: 1 << 20,
+            ..GuestQuotas::default()
+        },
+        ..CoreConfig::default()
+    });
+    let s = w.open_session(G0);
+    let big = w.buffer(70_000 * PAGE, 0);
+    assert_eq!(w.register(G0, 1, &big), TEE_SUCCESS);
+    let small = w.buffer(PAGE, 0);
+    assert_eq!(w.register(G0, 2, &small), TEE_SUCCESS);
+    for (cookie, size) in [(1, big.size), (2, PAGE)] {
+        let r = w.invoke(
+            G0,
+            s,
+            cmd::TOUCH,
+            &[
+                rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, size),
+                value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            ],
+        );
+        assert_eq!(r.ret(), TEE_SUCCESS);
+    }
+    let window = w.tee.window();
+    let pa = teeshm_mm::PhysAddr(w.buf_pa(&small, 0));
+    let va = window.shm().phys_to_virt(pa, Some(G0)).unwrap();
+    assert!(va.get() - 0x40_0000_0000 >= 70_000 * PAGE, "beyond page 65536 of the window");
+    assert_eq!(window.shm().virt_to_phys(va), Some(pa));
+    drop(window);
+    w.check();
+}
+
+/// linaro-swg/linux#72: OP-TEE's unregister blocked a thread until the buffer's users were
+/// done, and deadlocked when the user waited on the normal world. teeshm answers BUSY at once
+/// while the user waits in an RPC, with a thread to spare.
+#[test]
+fn regression_linux72_unregister_never_blocks() {
+    let w = World::new(CoreConfig {
+        threads: 2,
+        ..CoreConfig::default()
+    });
+    let s = w.open_session(G0);
+    let buf = w.buffer(PAGE, 0);
+    assert_eq!(w.register(G0, 4, &buf), TEE_SUCCESS);
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::RPC_BUFFER);
+    let params = [
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 10, 1, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 4, 0, 1),
+    ];
+    h.num_params.set(3);
+    let (a0, page) = raw_call(&w, G0, &arg_bytes(h, &params));
+    assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
+    assert_eq!(w.unregister(G0, 4), TEE_ERROR_BUSY);
+    let _ = page;
+    w.check();
+}
+
+/// Xen 847c18e681 (unbounded buffer size): a buffer above `max_buffer_pages` is refused before
+/// anything is read or allocated.
+#[test]
+fn regression_xen_847c18e681_buffer_size_bounded() {
+    let w = World::new(CoreConfig {
+        max_buffer_pages: 129,
+        ..CoreConfig::default()
+    });
+    let list = w.alloc_page();
+    w.mem.trace_reads(true);
+    assert_eq!(register_raw(&w, list, 130 * PAGE, 1), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.mem.reads_of(list), 0);
+    w.mem.trace_reads(false);
+    assert_eq!(w.register(G0, 2, &w.buffer(129 * PAGE, 0)), TEE_SUCCESS);
+    w.check();
+}
+
+/// Xen 96383955f6 ("zillions of one-byte buffers"): a guest's object quota bounds what it can
+/// make the TEE allocate; past it, OUT_OF_MEMORY and nothing changes. Another guest is not
+/// affected.
+#[test]
+fn regression_xen_96383955f6_buffer_count_bounded() {
+    let w = World::new(CoreConfig {
+        quotas: GuestQuotas {
+            max_objects: 17,
+            ..GuestQuotas::default()
+        },
+        ..CoreConfig::default()
+    });
+    w.create_guest(1);
+    let one = w.buffer(1, 0);
+    let mut ok = 0;
+    for c in 0..40 {
+        if w.register(G0, c, &one) == TEE_SUCCESS {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 16, "16 buffers + the arg page of the call");
+    assert_eq!(w.register(GuestId(1), 0, &one), TEE_SUCCESS);
+    w.check();
+}
+
+/// Xen 208bef44c6 (relinquish not preemptible) has no twin in teeshm: destroying a guest visits
+/// only its own objects. Destroying one of two guests leaves the other's mappings and counters
+/// as they were (the cost side is the VM_DESTROYED benchmark).
+#[test]
+fn regression_xen_208bef44c6_destroy_touches_only_own() {
+    let w = World::default_world();
+    w.create_guest(1);
+    w.create_guest(2);
+    let s2 = w.open_session(GuestId(2));
+    for g in [1u16, 2] {
+        for c in 0..50 {
+            assert_eq!(w.register(GuestId(g), c, &w.buffer(3 * PAGE, 0)), TEE_SUCCESS);
+        }
+    }
+    let r = w.invoke(
+        GuestId(2),
+        s2,
+        cmd::TOUCH,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 7, 0, 10),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    let other = w.tee.guest(GuestId(2)).unwrap().snapshot();
+    assert_eq!(w.destroy_guest(1), 0);
+    assert_eq!(w.tee.guest(GuestId(2)).unwrap().snapshot(), other);
+    w.check();
+}
+
+/// Xen c2c141f0f4: a failed RPC SHM_ALLOC must end cleanly. A normal world that answers
+/// SHM_ALLOC with a buffer in secure RAM gets the buffer freed (SHM_FREE with its cookie), and
+/// the call fails; nothing of the secure page was mapped.
+#[test]
+fn regression_xen_c2c141f0f4_bad_shm_alloc_answer() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(2);
+    let params = [
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+    ];
+    let page = w.alloc_page();
+    w.mem.write(page, &arg_bytes(h, &params));
+    let rpc_at = page + 32 + 64;
+    let out = w.smc(G0, OPTEE_SMC_CALL_WITH_RPC_ARG, &[0, page]);
+    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_CMD);
+    let thread = out.a[3];
+    // Hostile answer: a contiguous buffer in secure RAM.
+    let mut rpc = [0u8; 160];
+    w.mem.read(rpc_at, &mut rpc);
+    let answer = MsgParam::from_tmem(
+        OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
+        Tmem::new(SECURE_RAM.0, 4096, 0xc0ffee),
+    );
+    rpc[32..64].copy_from_slice(answer.as_bytes());
+    w.mem.write(rpc_at, &rpc);
+    let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).from_client(G0);
+    let out = w.tee.handle_smc(resume);
+    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_CMD, "SHM_FREE follows");
+    w.mem.read(rpc_at, &mut rpc);
+    let (hdr, rest) = <MsgArgHeader as zerocopy::FromBytes>::read_from_prefix(&rpc).unwrap();
+    assert_eq!(hdr.cmd.get(), teeshm_abi::rpc::OPTEE_RPC_CMD_SHM_FREE);
+    let p = <MsgParam as zerocopy::FromBytes>::read_from_prefix(rest).unwrap().0;
+    assert_eq!(p.value().b.get(), 0xc0ffee);
+    assert!(w.tee.window().shm().mappings().all(|m| !m.range.contains(teeshm_mm::VirtAddr(0))));
+    let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).from_client(G0);
+    assert_eq!(w.tee.handle_smc(resume).a[0], 0);
+    assert_eq!(ret_at(&w, page), TEE_ERROR_BAD_PARAMETERS);
+    w.check();
+}
+
+/// Xen 664cc3c3d3 (leaks in translate_noncontig error paths): a registration that fails at
+/// its last page leaves every counter where it was.
+#[test]
+fn regression_xen_664cc3c3d3_error_paths_do_not_leak() {
+    let w = World::default_world();
+    let before = w.tee.guest(G0).unwrap().snapshot();
+    let buf = w.buffer(600 * PAGE, 0);
+    let (buf_ptr, lists) = w.page_list(&buf);
+    // Entry 599 (list page 1, slot 88) made unaligned behind the encoder's back.
+    w.mem.write(lists[1] + 88 * 8, &0x10u64.to_le_bytes());
+    assert_eq!(register_raw(&w, buf_ptr, buf.size, 1), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
+    assert_eq!(w.tee.window().mapped_objects(), 0);
+    w.check();
+}
+
+/// Xen 1c3ed9c908: DISABLE_SHM_CACHE was forwarded as ENABLE, and Linux looped for ever. In
+/// teeshm the DISABLE loop ends with ENOTAVAIL after handing back every cached buffer once.
+#[test]
+fn regression_xen_1c3ed9c908_disable_shm_cache_terminates() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    assert_eq!(w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0], 0);
+    let params = [
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 10, 1, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+    ];
+    assert_eq!(w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params).ret(), TEE_SUCCESS);
+    let mut cookies = Vec::new();
+    for _ in 0..10 {
+        let r = w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
+        if r.a[0] as u32 == OPTEE_SMC_RETURN_ENOTAVAIL {
+            break;
+        }
+        assert_eq!(r.a[0], 0);
+        cookies.push((r.a[1] << 32) | r.a[2]);
+    }
+    assert_eq!(cookies.len(), 1);
+    w.check();
+}
+
+/// Xen 5b13eb1d97 / 5d2d5365ff (free ordering): the core lets go of an RPC buffer before it
+/// asks the normal world to free it, so the pages may be reused at once. When SHM_FREE goes
+/// out, no mapping of the buffer remains.
+#[test]
+fn regression_xen_5b13eb1d97_release_before_free_request() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(2);
+    let params = [
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 3 * PAGE, 1, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+    ];
+    let page = w.alloc_page();
+    w.mem.write(page, &arg_bytes(h, &params));
+    let rpc_at = page + 32 + 64;
+    let mut out = w.smc(G0, OPTEE_SMC_CALL_WITH_RPC_ARG, &[0, page]);
+    let mut saw_free = false;
+    while is_rpc_return(out.a[0] as u32) {
+        let mut hdr = [0u8; 4];
+        w.mem.read(rpc_at, &mut hdr);
+        if u32::from_le_bytes(hdr) == teeshm_abi::rpc::OPTEE_RPC_CMD_SHM_FREE {
+            saw_free = true;
+            // Only the arg page (the call's own) is mapped, if anything.
+            let window = w.tee.window();
+            assert!(window.entries().all(|(_, e)| e.mobj.kind() != crate::MobjKind::RpcBuffer));
+        }
+        let answer = w.answer_rpc(&out, Some(rpc_at));
+        out = w.tee.handle_smc(answer.from_client(G0));
+    }
+    assert!(saw_free);
+    assert_eq!(ret_at(&w, page), TEE_SUCCESS);
+    w.check();
+}
+
+/// Unverified Xen observation: a contiguous SHM_ALLOC answer was used without a check that it
+/// is the guest's normal-world memory. teeshm checks every page of a contiguous answer against
+/// the memory map (covered with secure RAM in the c2c141f0f4 test); a good contiguous answer
+/// works.
+#[test]
+fn regression_xen_contiguous_rpc_answer_checked() {
+    let w = World::default_world();
+    w.contiguous_rpc.store(true, std::sync::atomic::Ordering::Relaxed);
+    let s = w.open_session(G0);
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::RPC_BUFFER,
+        &[
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 3 * PAGE + 5, 1, 2),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    assert_eq!(r.value(1)[0], 3 * PAGE + 5);
+    w.check();
+}
+
+/// Xen: IPA 0 is ambiguous with NULL. A tmem with buf_ptr 0 is a NULL memref (MEMREF_NULL), a
+/// CALL_WITH_ARG at PA 0 is a bad address.
+#[test]
+fn regression_xen_null_memref_and_pa_zero() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::TOUCH,
+        &[
+            MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, Tmem::new(0, 0, 0)),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS, "TOUCH needs a buffer");
+    assert_eq!(w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, 0]).a[0] as u32, OPTEE_SMC_RETURN_EBADADDR);
+    w.check();
+}
