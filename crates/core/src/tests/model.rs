@@ -102,11 +102,14 @@ fn run(ops: Vec<Op>) {
                 }
                 let ret = w.register(GuestId(guest), cookie, &buf);
                 let m = model.get_mut(&guest).unwrap();
-                if m.registered.contains_key(&cookie) {
-                    assert_eq!(ret, TEE_ERROR_BAD_PARAMETERS, "step {step}: duplicate");
-                } else {
-                    assert_eq!(ret, TEE_SUCCESS, "step {step}");
-                    m.registered.insert(cookie, pages_of(offset, pages));
+                match m.registered.entry(cookie) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert_eq!(ret, TEE_ERROR_BAD_PARAMETERS, "step {step}: duplicate");
+                    }
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        assert_eq!(ret, TEE_SUCCESS, "step {step}");
+                        slot.insert(pages_of(offset, pages));
+                    }
                 }
             }
             Op::Unregister { guest, cookie } => {
