@@ -294,6 +294,48 @@ pub const fn optee_smc_return_get_rpc_func(a0: u32) -> u32 {
 /// `OPTEE_SMC_VM_CREATED` / `OPTEE_SMC_VM_DESTROYED`. See [`crate::GuestId`].
 pub const HYP_CLNT_ID: u16 = 0;
 
+/// The eight argument registers of an SMC (`a0`..`a7`), in and out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmcRegs {
+    /// `a0`..`a7`.
+    pub a: [u64; 8],
+}
+
+impl SmcRegs {
+    /// Registers with `a0 = func` and the given `a1`.. values.
+    pub fn call(func: u32, args: &[u64]) -> Self {
+        let mut a = [0u64; 8];
+        a[0] = u64::from(func);
+        for (dst, src) in a.iter_mut().skip(1).zip(args) {
+            *dst = *src;
+        }
+        Self { a }
+    }
+
+    /// The same registers with `a7` (the client id) set.
+    pub fn from_client(mut self, guest: crate::GuestId) -> Self {
+        self.a[7] = u64::from(guest.raw());
+        self
+    }
+
+    /// Registers carrying only the return code `code` in `a0`.
+    pub fn ret(code: u32) -> Self {
+        Self::call(code, &[])
+    }
+
+    /// `a0` as the 32-bit function id or return code it carries.
+    pub fn a0(&self) -> u32 {
+        (self.a[0] & 0xffff_ffff) as u32
+    }
+}
+
+/// Where SMCs go: the instruction on the machine, a function call in the simulator, or the next
+/// layer down (a hypervisor forwarding to the TEE).
+pub trait SmcConduit {
+    /// Issues one SMC and returns the registers the callee answered with.
+    fn smc(&mut self, regs: SmcRegs) -> SmcRegs;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,39 +19,11 @@ use teeshm_abi::GuestId;
 use teeshm_abi::caps::{NonSecureCaps, SecureCaps, THREAD_RPC_MAX_NUM_PARAMS};
 use teeshm_abi::page_list::{self, NsMemory};
 use teeshm_abi::smc::*;
+pub use teeshm_abi::smc::SmcRegs;
 use teeshm_abi::uid;
 use teeshm_mm::{
     MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, RegionKind, ShmWindow, WindowError,
 };
-
-/// The eight argument registers of an SMC (`a0`..`a7`), in and out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SmcRegs {
-    /// `a0`..`a7`.
-    pub a: [u64; 8],
-}
-
-impl SmcRegs {
-    /// Registers with `a0 = func` and the given `a1`.. values.
-    pub fn call(func: u32, args: &[u64]) -> Self {
-        let mut a = [0u64; 8];
-        a[0] = u64::from(func);
-        for (dst, src) in a.iter_mut().skip(1).zip(args) {
-            *dst = *src;
-        }
-        Self { a }
-    }
-
-    /// The same registers with `a7` (the client id) set.
-    pub fn from_client(mut self, guest: GuestId) -> Self {
-        self.a[7] = u64::from(guest.raw());
-        self
-    }
-
-    fn ret(code: u32) -> Self {
-        Self::call(code, &[])
-    }
-}
 
 /// Why a core could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
