@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything beyond `cargo run` and `cargo test`.
 //!
-//! - `cargo xtask bench [--quick]` runs the criterion benchmarks of the memory manager.
+//! - `cargo xtask bench [--quick]` runs the criterion benchmarks of the memory manager, then
+//!   those of the core.
 //! - `cargo xtask tools` installs the bare-metal toolchain (Debian's rustc-web, cargo-web,
 //!   rust-web-src, lld, llvm tools, qemu-system-arm) when missing.
 //! - `cargo xtask no-std` builds the no_std crates for `aarch64-unknown-none` with that toolchain,
@@ -63,14 +64,17 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 fn bench(quick: bool) -> Result<(), String> {
-    let mut command = Command::new(env!("CARGO"));
-    command
-        .current_dir(workspace_root())
-        .args(["bench", "-p", "teeshm-mm", "--bench", "mm", "--"]);
-    if quick {
-        command.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    for (package, bench) in [("teeshm-mm", "mm"), ("teeshm-core", "core")] {
+        let mut command = Command::new(env!("CARGO"));
+        command
+            .current_dir(workspace_root())
+            .args(["bench", "-p", package, "--bench", bench, "--"]);
+        if quick {
+            command.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+        }
+        run(&mut command)?;
     }
-    run(&mut command)
+    Ok(())
 }
 
 /// Installs the Debian packages of `packages` that are missing: `apt-get update` once, then one

@@ -33,8 +33,8 @@ use teeshm_abi::GuestId;
 use teeshm_abi::gp::TEE_SUCCESS;
 use teeshm_abi::msg::{
     MsgArgHeader, MsgParam, OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
-    OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT,
-    OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM, Rmem, Tmem,
+    OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, OPTEE_MSG_CMD_REGISTER_SHM,
+    OPTEE_MSG_CMD_UNREGISTER_SHM, Rmem, Tmem,
 };
 use teeshm_abi::page_list::ENTRIES_PER_LIST_PAGE;
 use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK};
@@ -51,7 +51,13 @@ const G0: GuestId = GuestId::HYPERVISOR;
 /// Writes a `CALL_WITH_ARG` message (`header` with `params`) at the start of NS page `page`
 /// and returns the registers of the SMC that passes it. No RPC arg is appended: the messages
 /// used here need none.
-fn write_arg(w: &World, guest: GuestId, page: u64, header: MsgArgHeader, params: &[MsgParam]) -> SmcRegs {
+fn write_arg(
+    w: &World,
+    guest: GuestId,
+    page: u64,
+    header: MsgArgHeader,
+    params: &[MsgParam],
+) -> SmcRegs {
     let mut bytes = header.as_bytes().to_vec();
     for p in params {
         bytes.extend_from_slice(p.as_bytes());
@@ -70,12 +76,25 @@ fn arg_ret(w: &World, page: u64) -> u32 {
 }
 
 /// The SMC registers of `REGISTER_SHM` of the page list at `buf_ptr`, the arg written at `page`.
-fn register_regs(w: &World, guest: GuestId, page: u64, buf_ptr: u64, size: u64, cookie: u64) -> SmcRegs {
+fn register_regs(
+    w: &World,
+    guest: GuestId,
+    page: u64,
+    buf_ptr: u64,
+    size: u64,
+    cookie: u64,
+) -> SmcRegs {
     let p = MsgParam::from_tmem(
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, size, cookie),
     );
-    write_arg(w, guest, page, World::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p])
+    write_arg(
+        w,
+        guest,
+        page,
+        World::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        &[p],
+    )
 }
 
 /// Runs one message whose arg is at `page` and checks that it succeeded.
@@ -86,12 +105,22 @@ fn run_ok(w: &World, regs: SmcRegs, page: u64) {
 }
 
 fn register_raw(w: &World, guest: GuestId, page: u64, buf_ptr: u64, size: u64, cookie: u64) {
-    run_ok(w, register_regs(w, guest, page, buf_ptr, size, cookie), page);
+    run_ok(
+        w,
+        register_regs(w, guest, page, buf_ptr, size, cookie),
+        page,
+    );
 }
 
 fn unregister_raw(w: &World, guest: GuestId, page: u64, cookie: u64) {
     let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
-    let regs = write_arg(w, guest, page, World::header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
+    let regs = write_arg(
+        w,
+        guest,
+        page,
+        World::header(OPTEE_MSG_CMD_UNREGISTER_SHM),
+        &[p],
+    );
     run_ok(w, regs, page);
 }
 
@@ -273,7 +302,16 @@ fn register(c: &mut Criterion) {
                 while done < iters {
                     let batch = batch_max.min(iters - done) as usize;
                     let regs: Vec<SmcRegs> = (0..batch)
-                        .map(|k| register_regs(&w, G0, arg_pages[k], buf_ptr, size, next_cookie + k as u64))
+                        .map(|k| {
+                            register_regs(
+                                &w,
+                                G0,
+                                arg_pages[k],
+                                buf_ptr,
+                                size,
+                                next_cookie + k as u64,
+                            )
+                        })
                         .collect();
                     outs.clear();
                     let start = Instant::now();
@@ -315,7 +353,10 @@ fn register(c: &mut Criterion) {
         });
     }
     group.finish();
-    assert_eq!(w.tee.guest(G0).unwrap().snapshot().registered_buffers, BACKGROUND);
+    assert_eq!(
+        w.tee.guest(G0).unwrap().snapshot().registered_buffers,
+        BACKGROUND
+    );
     w.check();
 }
 
@@ -374,8 +415,12 @@ fn touch_group(c: &mut Criterion) {
     assert!(!was_cached(&uncached, su, 1, MIB));
 
     let mut group = c.benchmark_group("touch");
-    group.bench_function("cached_4k", |b| b.iter(|| touch(&cached, s, 2, black_box(PAGE))));
-    group.bench_function("cached_1m", |b| b.iter(|| touch(&cached, s, 1, black_box(MIB))));
+    group.bench_function("cached_4k", |b| {
+        b.iter(|| touch(&cached, s, 2, black_box(PAGE)))
+    });
+    group.bench_function("cached_1m", |b| {
+        b.iter(|| touch(&cached, s, 1, black_box(MIB)))
+    });
     let mut turn = 0u64;
     let misses_before = uncached.tee.window().stats().misses;
     let mut calls = 0u64;
