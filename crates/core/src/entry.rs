@@ -395,10 +395,14 @@ impl<P: Platform> Tee<P> {
             guest.counters().refund_thread();
             return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
         };
-        let located = self.locate_arg(&guest, func, regs);
+        let mut owned = Vec::new();
+        let located = self.locate_arg(&guest, func, regs, &mut owned);
         let (arg_at, arg, rpc_at) = match located {
             Ok(found) => found,
             Err(e) => {
+                for mobj in &owned {
+                    self.discard(mobj);
+                }
                 self.end_thread(thread, &guest);
                 return SmcRegs::ret(e.smc_code());
             }
@@ -412,6 +416,8 @@ impl<P: Platform> Tee<P> {
             params: Vec::new(),
             params_base: 0,
             waiting: None,
+            owned,
+            releases: self.releases.clone(),
         });
         let step = self.run_message(&mut call);
         self.continue_call(call, step)
@@ -479,6 +485,7 @@ impl<P: Platform> Tee<P> {
         guest: &Arc<GuestPartition>,
         func: u32,
         regs: &SmcRegs,
+        owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<(NsRef, ArgCopy, RpcArgAt), CallError> {
         let at = if func == OPTEE_SMC_CALL_WITH_REGD_ARG {
             let cookie = reg_pair(regs.a[1], regs.a[2]);
@@ -495,7 +502,7 @@ impl<P: Platform> Tee<P> {
             if pa == 0 {
                 return Err(CallError::BadAddress);
             }
-            self.ns_ref_at(guest, pa, MobjKind::Temporary, None)
+            self.ns_ref_at(guest, pa, MobjKind::Temporary, None, owned)
                 .map_err(|e| match e {
                     TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
                     _ => CallError::BadAddress,
@@ -563,9 +570,7 @@ impl<P: Platform> Tee<P> {
         let list = page_list::decode(&mut reader, buf_ptr, size, self.config.max_buffer_pages)?;
         let offset = list.offset();
         let size = list.size();
-        let pages = list.into_pages();
-        self.check_non_secure(&pages)?;
-        let frames = PageFrames::from_pages(pages).ok_or(TeeError::OutOfMemory)?;
+        let frames = self.frames_of(list.into_pages())?;
         self.new_mobj(
             guest,
             MobjSpec {
@@ -579,17 +584,32 @@ impl<P: Platform> Tee<P> {
         )
     }
 
-    /// Every page must be normal-world RAM (invariant 1), checked before the object exists.
-    fn check_non_secure(&self, pages: &[u64]) -> Result<(), TeeError> {
-        for &pa in pages {
-            let ok = PhysRange::page(PhysAddr(pa))
-                .map(|page| self.memory_map.is_non_secure(page))
-                .unwrap_or(false);
-            if !ok {
-                return Err(TeeError::NotNonSecure(pa));
+    /// The page frames of a new object, after checking that every page is normal-world RAM
+    /// (invariant 1). One pass: a page inside the region of the page before it needs no lookup.
+    fn frames_of(&self, pages: Vec<u64>) -> Result<PageFrames, TeeError> {
+        let mut region: Option<PhysRange> = None;
+        PageFrames::from_pages_checked(pages, |pa| {
+            let page = PhysRange::page(PhysAddr(pa)).map_err(|_| TeeError::NotNonSecure(pa))?;
+            if region.is_some_and(|r| r.contains_range(page)) {
+                return Ok(());
             }
+            region = Some(self.non_secure_region(page)?);
+            Ok(())
+        })
+    }
+
+    /// The normal-world region holding `page`.
+    fn non_secure_region(&self, page: PhysRange) -> Result<PhysRange, TeeError> {
+        match self.memory_map.region_of(page.start()) {
+            Some(r) if r.kind.is_non_secure_memory() && r.range.contains_range(page) => Ok(r.range),
+            _ => Err(TeeError::NotNonSecure(page.start().get())),
         }
-        Ok(())
+    }
+
+    /// One page must be normal-world RAM.
+    fn check_non_secure(&self, pa: u64) -> Result<(), TeeError> {
+        let page = PhysRange::page(PhysAddr(pa)).map_err(|_| TeeError::NotNonSecure(pa))?;
+        self.non_secure_region(page).map(|_| ())
     }
 
     /// The bytes from physical address `pa` to the end of its page as a place the call uses:
@@ -600,6 +620,7 @@ impl<P: Platform> Tee<P> {
         pa: u64,
         kind: MobjKind,
         cookie: Option<u64>,
+        owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<NsRef, TeeError> {
         if let Some(MemrefBuf { used, offs }) = self.pool_ref(pa, 1) {
             return Ok(NsRef {
@@ -609,7 +630,7 @@ impl<P: Platform> Tee<P> {
         }
         let page = pa & !(PAGE_SIZE - 1);
         let offset = pa - page;
-        self.check_non_secure(&[page])?;
+        self.check_non_secure(page)?;
         let spec = MobjSpec {
             kind,
             owner: guest.id(),
@@ -623,7 +644,7 @@ impl<P: Platform> Tee<P> {
         };
         let mobj = self.new_mobj(guest, spec)?;
         let used = if kind == MobjKind::Temporary {
-            self.use_retired(&mobj)?
+            self.use_owned(&mobj, owned)?
         } else {
             MobjUse::try_new(&mobj, &self.releases).ok_or(TeeError::OutOfMemory)?
         };
@@ -688,6 +709,18 @@ impl<P: Platform> Tee<P> {
     pub(crate) fn use_retired(&self, mobj: &Arc<Mobj>) -> Result<MobjUse, TeeError> {
         let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
         mobj.uses().retire();
+        Ok(used)
+    }
+
+    /// A use of a fresh object owned by a call, which retires it when it ends.
+    pub(crate) fn use_owned(
+        &self,
+        mobj: &Arc<Mobj>,
+        owned: &mut Vec<Arc<Mobj>>,
+    ) -> Result<MobjUse, TeeError> {
+        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        owned.try_reserve(1).map_err(|_| TeeError::OutOfMemory)?;
+        owned.push(mobj.clone());
         Ok(used)
     }
 

@@ -6,6 +6,7 @@
 //! [`MapGuard`](crate::window::MapGuard). The object is released exactly once
 //! ([`crate::lifecycle`]): when its owner has retired it and its last use is dropped.
 
+use crate::error::TeeError;
 use crate::guest::GuestCounters;
 use crate::lifecycle::UseCount;
 use alloc::boxed::Box;
@@ -23,21 +24,12 @@ pub struct MobjId(pub u64);
 pub enum MobjKind {
     /// The static SHM pool: contiguous, mapped at boot, never released.
     StaticPool,
-    /// A buffer registered with `REGISTER_SHM`; found by cookie until unregistered. Its mapping
-    /// is cached between calls.
+    /// A buffer registered with `REGISTER_SHM`; found by cookie until unregistered.
     Registered,
     /// A NONCONTIG page list or argument page that lives for one call.
     Temporary,
     /// A buffer the normal world gave in answer to an RPC; lives until the matching free.
     RpcBuffer,
-}
-
-impl MobjKind {
-    /// Whether a mapping of this kind stays in the window after its last guard (until the
-    /// object is released or the space is needed).
-    pub const fn mapping_is_cached(self) -> bool {
-        matches!(self, Self::Registered)
-    }
 }
 
 /// The memory type of a buffer, as asked for by OP-TEE's `mobj_matches`.
@@ -60,20 +52,42 @@ pub enum PageFrames {
 }
 
 impl PageFrames {
-    /// Stores `pages` (4 KiB aligned physical addresses), narrowing when all fit.
+    /// Stores `pages` (4 KiB aligned physical addresses), narrowing when all fit, after
+    /// `check` accepted each one; one pass over the pages.
+    ///
+    /// # Errors
+    /// The first error of `check`, or [`TeeError::OutOfMemory`] when the heap refuses.
+    pub fn from_pages_checked(
+        pages: Vec<u64>,
+        mut check: impl FnMut(u64) -> Result<(), TeeError>,
+    ) -> Result<Self, TeeError> {
+        const NARROW_LIMIT: u64 = 1 << 44;
+        let mut narrow: Vec<u32> = Vec::new();
+        narrow
+            .try_reserve_exact(pages.len())
+            .map_err(|_| TeeError::OutOfMemory)?;
+        let mut wide = false;
+        for &pa in &pages {
+            check(pa)?;
+            if pa < NARROW_LIMIT {
+                narrow.push((pa >> 12) as u32);
+            } else {
+                wide = true;
+            }
+        }
+        Ok(if wide {
+            Self::Wide(pages.into_boxed_slice())
+        } else {
+            Self::Narrow(narrow.into_boxed_slice())
+        })
+    }
+
+    /// Stores `pages` unchecked.
     ///
     /// # Errors
     /// `None` when the heap refuses the array.
     pub fn from_pages(pages: Vec<u64>) -> Option<Self> {
-        const NARROW_LIMIT: u64 = 1 << 44;
-        if pages.iter().all(|&pa| pa < NARROW_LIMIT) {
-            let mut narrow: Vec<u32> = Vec::new();
-            narrow.try_reserve_exact(pages.len()).ok()?;
-            narrow.extend(pages.iter().map(|&pa| (pa >> 12) as u32));
-            Some(Self::Narrow(narrow.into_boxed_slice()))
-        } else {
-            Some(Self::Wide(pages.into_boxed_slice()))
-        }
+        Self::from_pages_checked(pages, |_| Ok(())).ok()
     }
 
     /// Number of pages.
@@ -284,6 +298,13 @@ pub struct ReleaseQueue(spin::Mutex<Vec<Arc<Mobj>>>);
 impl ReleaseQueue {
     fn push(&self, mobj: Arc<Mobj>) {
         self.0.lock().push(mobj);
+    }
+
+    /// Retires `mobj` for its owner; when nobody uses it, it is queued for release now.
+    pub(crate) fn retire(&self, mobj: &Arc<Mobj>) {
+        if mobj.uses.retire() == crate::lifecycle::Retire::ReleaseNow {
+            self.push(mobj.clone());
+        }
     }
 
     /// Takes everything queued.

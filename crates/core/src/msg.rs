@@ -5,7 +5,7 @@ use crate::arg::{ArgCopy, NsRef};
 use crate::entry::Tee;
 use crate::error::TeeError;
 use crate::guest::{CachedRpcArg, GuestPartition};
-use crate::mobj::{Mobj, MobjKind, MobjUse};
+use crate::mobj::{Mobj, MobjKind, MobjUse, ReleaseQueue};
 use crate::platform::Platform;
 use crate::pta::{self, PtaWait};
 use alloc::sync::Arc;
@@ -113,6 +113,23 @@ pub struct Call {
     /// Index in the message of `params[0]` (2 for OPEN_SESSION, after the meta params).
     pub(crate) params_base: usize,
     pub(crate) waiting: Option<Waiting>,
+    /// Temporary objects the call made (its arg page, NONCONTIG params); retired when it ends,
+    /// so their mappings serve every access of the call and go with it.
+    pub(crate) owned: Vec<Arc<Mobj>>,
+    pub(crate) releases: Arc<ReleaseQueue>,
+}
+
+impl Drop for Call {
+    /// The call's end, however it comes (its last step, or its guest's destruction): what it
+    /// made is retired, and released with the uses the call still holds.
+    fn drop(&mut self) {
+        for mobj in &self.owned {
+            self.releases.retire(mobj);
+        }
+        if let RpcArgAt::Allocated { at, .. } = &self.rpc_at {
+            self.releases.retire(at.used.mobj());
+        }
+    }
 }
 
 impl Call {
@@ -198,11 +215,8 @@ impl<P: Platform> Tee<P> {
     fn after_message(&self, call: &mut Call, step: Result<Step, TeeError>, origin: u32) -> Step {
         match step {
             Ok(Step::Rpc(request, waiting)) => return Step::Rpc(request, waiting),
-            Ok(Step::Done) => {
-                if call.arg.header().ret.get() == TEE_SUCCESS {
-                    call.arg.set_result(TEE_SUCCESS, TEE_ORIGIN_TEE);
-                }
-            }
+            // `ret` is set on success too: the normal world's copy may hold anything.
+            Ok(Step::Done) => call.arg.set_result(TEE_SUCCESS, origin),
             Err(e) => {
                 let origin = match e {
                     TeeError::ShortBuffer { .. } | TeeError::UnknownFunction(_) => origin,
@@ -249,7 +263,7 @@ impl<P: Platform> Tee<P> {
             return Err(TeeError::OutOfMemory);
         }
         let at = self
-            .ns_ref_at(&call.guest, pa, MobjKind::RpcBuffer, Some(cookie))
+            .ns_ref_at(&call.guest, pa, MobjKind::RpcBuffer, Some(cookie), &mut call.owned)
             .map_err(|_| TeeError::Rpc("RPC arg buffer unusable"))?;
         if at.available() < crate::arg::APPENDED_RPC_ARG {
             return Err(TeeError::Rpc("RPC arg buffer too small"));
@@ -412,7 +426,7 @@ impl<P: Platform> Tee<P> {
             .map_err(|_| TeeError::OutOfMemory)?;
         for (i, p) in params.iter().enumerate() {
             let index = base + i;
-            resolved.push(self.resolve_param(&call.guest, index, p)?);
+            resolved.push(self.resolve_param(&call.guest, index, p, &mut call.owned)?);
         }
         call.params = resolved;
         call.params_base = base;
@@ -424,6 +438,7 @@ impl<P: Platform> Tee<P> {
         guest: &Arc<GuestPartition>,
         index: usize,
         p: &MsgParam,
+        owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<CallParam, TeeError> {
         let bad = |problem| TeeError::BadParam { index, problem };
         let attr = p.attr();
@@ -467,7 +482,7 @@ impl<P: Platform> Tee<P> {
         let (buf_ptr, size) = (buf_ptr.get(), size.get());
         if attr & OPTEE_MSG_ATTR_NONCONTIG != 0 {
             let mobj = self.page_list_mobj(guest, buf_ptr, size, MobjKind::Temporary, None)?;
-            let used = self.use_retired(&mobj)?;
+            let used = self.use_owned(&mobj, owned)?;
             return Ok(CallParam::Memref {
                 ty,
                 buf: Some(MemrefBuf { used, offs: 0 }),

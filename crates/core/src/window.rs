@@ -1,10 +1,11 @@
 //! The core's side of the SHM window: which memory object is mapped where, the mapping cache,
 //! and the map guards through which the core reaches shared bytes.
 //!
-//! A registered buffer that a call mapped stays mapped after its last guard goes, *idle*, so
-//! the next call finds it at once; idle mappings are evicted least recently used first when the
-//! window (or the guest's mapped-pages quota) needs the space. A mapping with a guard, or whose
-//! object a call still uses, is never evicted. Temporary and RPC buffers are unmapped with their
+//! A mapping stays after its last guard goes, *idle*, for as long as its object lives: a
+//! registered buffer until it is unregistered (so the next call finds it at once), a call's
+//! temporary buffers until the call ends. Idle mappings are evicted least recently used first
+//! when the window (or the guest's mapped-pages quota) needs the space. A mapping with a guard,
+//! or whose object a call still uses, is never evicted. A retired object's mapping goes with its
 //! last guard.
 
 use crate::error::{QuotaKind, TeeError};
@@ -142,7 +143,9 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         if entry.guards > 0 {
             return;
         }
-        if entry.mobj.kind().mapping_is_cached() && !entry.mobj.uses().is_retired() {
+        // A live object's mapping stays for its next use (a registered buffer's next call, a
+        // call's own temporaries until the call ends); a retired one's goes now.
+        if !entry.mobj.uses().is_retired() {
             let stamp = self.clock;
             self.clock += 1;
             entry.idle_since = Some(stamp);

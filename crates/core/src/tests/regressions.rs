@@ -714,3 +714,20 @@ fn regression_xen_null_memref_and_pa_zero() {
     assert_eq!(w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, 0]).a[0] as u32, OPTEE_SMC_RETURN_EBADADDR);
     w.check();
 }
+
+/// Found by the benchmark work: a successful message must set `ret` itself. The normal world's
+/// copy may hold anything there; a REGISTER_SHM whose arg came with `ret = 0x1234` must answer
+/// TEE_SUCCESS, or the normal world believes it failed while the buffer stays registered.
+#[test]
+fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
+    let w = World::default_world();
+    let buf = w.buffer(PAGE, 0);
+    let (buf_ptr, _) = w.page_list(&buf);
+    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
+    h.ret.set(0x1234);
+    h.ret_origin.set(0x99);
+    let r = w.call(G0, ArgMode::RpcArg, h, &[noncontig_register(buf_ptr, buf.size, 5)]);
+    assert_eq!((r.a0, r.ret()), (0, TEE_SUCCESS));
+    assert_eq!(r.header.ret_origin.get(), TEE_ORIGIN_TEE);
+    w.check();
+}
