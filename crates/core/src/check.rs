@@ -121,7 +121,9 @@ impl<P: Platform> Tee<P> {
                 r.objects.insert(mobj.id(), mobj.clone());
             }
             for cached in &state.cached_rpc_args {
-                r.objects.insert(cached.mobj.id(), cached.mobj.clone());
+                if cached.mobj.kind() != MobjKind::StaticPool {
+                    r.objects.insert(cached.mobj.id(), cached.mobj.clone());
+                }
             }
             sessions.insert(guest.id(), state.sessions.len() as u64);
         }

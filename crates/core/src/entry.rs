@@ -726,7 +726,9 @@ impl<P: Platform> Tee<P> {
 
     /// Retires `mobj` and releases it now if nobody uses it.
     pub(crate) fn discard(&self, mobj: &Arc<Mobj>) {
-        if mobj.uses().retire() == crate::lifecycle::Retire::ReleaseNow {
+        if mobj.kind() != MobjKind::StaticPool
+            && mobj.uses().retire() == crate::lifecycle::Retire::ReleaseNow
+        {
             self.release(mobj);
         }
     }

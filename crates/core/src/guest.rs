@@ -151,6 +151,8 @@ impl GuestCounters {
 pub(crate) struct CachedRpcArg {
     pub(crate) cookie: u64,
     pub(crate) mobj: Arc<Mobj>,
+    /// Where in `mobj` the buffer starts (non-zero inside the static pool).
+    pub(crate) offset: u64,
 }
 
 /// What one guest holds, behind its lock.

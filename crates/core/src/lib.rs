@@ -54,7 +54,7 @@ pub use error::{CallError, TeeError};
 pub use guest::{GuestCounters, GuestPartition, GuestSnapshot};
 pub use mobj::{MemType, Mobj, MobjId, MobjKind, MobjSpec, MobjUse};
 pub use platform::{AccessFault, Platform, Translate};
-pub use window::{MapGuard, SharedWindow};
+pub use window::{CacheStats, MapGuard, ObjectMapping, SharedWindow};
 
 #[cfg(test)]
 mod tests;

@@ -302,6 +302,11 @@ impl ReleaseQueue {
 
     /// Retires `mobj` for its owner; when nobody uses it, it is queued for release now.
     pub(crate) fn retire(&self, mobj: &Arc<Mobj>) {
+        // The static pool lives as long as the core: a buffer inside it is retired by its
+        // owner, never the pool.
+        if mobj.kind == MobjKind::StaticPool {
+            return;
+        }
         if mobj.uses.retire() == crate::lifecycle::Retire::ReleaseNow {
             self.push(mobj.clone());
         }

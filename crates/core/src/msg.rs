@@ -245,11 +245,12 @@ impl<P: Platform> Tee<P> {
             state.cached_rpc_args.push(CachedRpcArg {
                 cookie,
                 mobj: at.used.mobj().clone(),
+                offset: at.offset,
             });
             return Step::Done;
         }
         drop(state);
-        at.used.mobj().uses().retire();
+        self.releases.retire(at.used.mobj());
         Step::Rpc(RpcRequest::Free(cookie), Waiting::RpcArgFree)
     }
 
@@ -280,10 +281,12 @@ impl<P: Platform> Tee<P> {
             if let Some(cached) = cached {
                 match MobjUse::try_new(&cached.mobj, &self.releases) {
                     Some(used) => {
-                        let offset = 0;
                         call.rpc_at = RpcArgAt::Allocated {
                             cookie: cached.cookie,
-                            at: NsRef { used, offset },
+                            at: NsRef {
+                                used,
+                                offset: cached.offset,
+                            },
                         };
                     }
                     None => return None,

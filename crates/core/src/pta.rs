@@ -217,7 +217,16 @@ fn sha256<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> 
         (None, ..) => return Err(TeeError::BadParameters("NULL input with a size")),
     }
     let digest = hasher.finalize();
-    let (out, out_size) = output(call, 1)?;
+    let (out, out_size) = match memref(call, 1)? {
+        // A NULL output asks how big the output must be.
+        (None, _, ty) if ty.is_output() => {
+            set_size(call, 1, digest.len() as u64);
+            return Err(TeeError::ShortBuffer {
+                needed: digest.len() as u64,
+            });
+        }
+        _ => output(call, 1)?,
+    };
     if out_size < digest.len() as u64 {
         set_size(call, 1, digest.len() as u64);
         return Err(TeeError::ShortBuffer {

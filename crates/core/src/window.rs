@@ -43,6 +43,25 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+/// One object's mapping, as reports show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMapping {
+    /// The object.
+    pub mobj: MobjId,
+    /// Its owner.
+    pub owner: GuestId,
+    /// What it is.
+    pub kind: MobjKind,
+    /// Its cookie, if any.
+    pub cookie: Option<u64>,
+    /// Where it is mapped.
+    pub range: VirtPages,
+    /// Live map guards.
+    pub guards: u32,
+    /// Whether it is idle (kept for the next use, evictable when its object is unused).
+    pub idle: bool,
+}
+
 /// The window with the record of which object each mapping serves.
 pub struct SharedWindow<T: TlbMaintenance> {
     shm: ShmWindow<T>,
@@ -93,6 +112,19 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     /// Idle cached mappings.
     pub fn idle_mappings(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Every object's mapping, by object id.
+    pub fn object_mappings(&self) -> impl Iterator<Item = ObjectMapping> + '_ {
+        self.entries.iter().map(|(&id, e)| ObjectMapping {
+            mobj: id,
+            owner: e.mobj.owner(),
+            kind: e.mobj.kind(),
+            cookie: e.mobj.cookie(),
+            range: e.range,
+            guards: e.guards,
+            idle: e.idle_since.is_some(),
+        })
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&MobjId, &WindowEntry)> {
