@@ -1,0 +1,67 @@
+//! Per-guest limits of the mediator, and what a guest holds.
+
+/// Per-guest limits of the mediator.
+///
+/// They bound what one guest can make the *hypervisor* hold (call records, shadow pages, pin
+/// counts, page arrays), whatever the TEE would allow. Passing one refuses the request and
+/// changes nothing: a new call gets `OPTEE_SMC_RETURN_ETHREAD_LIMIT`; a buffer, a pin or an
+/// oversized buffer gets `TEE_ERROR_OUT_OF_MEMORY` in its message (as Xen), or a PA of 0 in an
+/// `RPC_FUNC_ALLOC` answer, so the TEE fails that request cleanly.
+///
+/// Xen's limits (129 pages a buffer, 16 buffers, 16384 pages) were chosen to bound
+/// non-preemptible loops and the Xen heap of a Tech-Preview feature; they make a guest fail
+/// with buffers over 512 KiB. teeshm's defaults instead match the core's own per-guest quotas
+/// (`teeshm_core::GuestQuotas`, `CoreConfig::max_buffer_pages`), so the mediator never refuses
+/// what the TEE would accept; a platform that needs a shorter worst case per SMC lowers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HypLimits {
+    /// Calls of one guest in flight at once (running or suspended in an RPC). Each costs a call
+    /// record with a copy of the arg (≤ 4 KiB) and a shadow page. Default 16: at least as many
+    /// threads as TEEs usually have (OP-TEE platforms run 2–16, the core 8), so the TEE's own
+    /// thread limit is the one guests meet. `GET_THREAD_COUNT` reports no more than this.
+    pub max_calls: u32,
+    /// Buffers one guest holds pinned at once: registered buffers (also those unregistered with
+    /// `BUSY` and not yet let go), temporary page lists of calls in flight, buffers obtained by
+    /// RPC `SHM_ALLOC`, and RPC argument buffers. Default 4096, the core's object quota.
+    pub max_buffers: u32,
+    /// Pin references one guest holds at once (a page in two buffers counts twice). Bounds the
+    /// pin table. Default 2^20 (4 GiB worth of pages): room for the core's 1 GiB of registered
+    /// pages and every temporary and RPC buffer on top.
+    pub max_pinned_pages: u64,
+    /// Pages of one buffer. The mediator translates a buffer in one go (O(pages · log pages)),
+    /// so this bounds the work of one SMC. Default 2^18 (1 GiB), the core's own limit.
+    pub max_buffer_pages: u64,
+}
+
+impl Default for HypLimits {
+    /// 16 calls, 4096 buffers, 2^20 pinned pages, 2^18 pages a buffer (see each field).
+    fn default() -> Self {
+        Self {
+            max_calls: 16,
+            max_buffers: 4096,
+            max_pinned_pages: 1 << 20,
+            max_buffer_pages: 1 << 18,
+        }
+    }
+}
+
+/// What the mediator holds for one guest, for leak checks and `teeshm inspect`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    /// Calls suspended in an RPC (a call that is running is inside `handle_guest_smc`).
+    pub calls_in_flight: u32,
+    /// Buffers held, of every kind (the quantity [`HypLimits::max_buffers`] bounds).
+    pub buffers: u64,
+    /// Registered buffers known by cookie.
+    pub registered: u64,
+    /// Buffers unregistered with `BUSY`, pinned until the TEE can no longer use them.
+    pub draining: u64,
+    /// Buffers handed to the TEE by RPC `SHM_ALLOC`, until its `SHM_FREE`.
+    pub rpc_buffers: u64,
+    /// RPC argument buffers (`RPC_FUNC_ALLOC`), until `RPC_FUNC_FREE` or `DISABLE_SHM_CACHE`.
+    pub rpc_args: u64,
+    /// Pin references held (what [`HypLimits::max_pinned_pages`] bounds).
+    pub pinned_pages: u64,
+    /// Hypervisor pages held as shadows (args, page lists, RPC args).
+    pub shadow_pages: u64,
+}
