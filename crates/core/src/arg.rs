@@ -68,7 +68,9 @@ impl ArgCopy {
         if available < MSG_ARG_HEADER_SIZE as u64 {
             return Err(ArgReadError::BadAddress);
         }
-        let guard = at.map(window, platform).map_err(|_| ArgReadError::BadAddress)?;
+        let guard = at
+            .map(window, platform)
+            .map_err(|_| ArgReadError::BadAddress)?;
         let mut header = MsgArgHeader::default();
         guard
             .read(at.offset, header.as_mut_bytes())
@@ -156,13 +158,16 @@ impl ArgCopy {
     ) -> Result<Self, TeeError> {
         let mut raw = [0u8; RPC_ARG_SIZE];
         at.map(window, platform)?.read(at.offset, &mut raw)?;
-        let (header, _) = MsgArgHeader::read_from_prefix(&raw)
-            .map_err(|_| TeeError::Rpc("short RPC arg"))?;
+        let (header, _) =
+            MsgArgHeader::read_from_prefix(&raw).map_err(|_| TeeError::Rpc("short RPC arg"))?;
         if header.num_params.get() != sent_params {
             return Err(TeeError::Rpc("RPC reply changed num_params"));
         }
         let size = arg_size_checked(sent_params).map_err(|_| TeeError::Rpc("bad num_params"))?;
-        let bytes = raw.get(..size).ok_or(TeeError::Rpc("RPC arg too big"))?.to_vec();
+        let bytes = raw
+            .get(..size)
+            .ok_or(TeeError::Rpc("RPC arg too big"))?
+            .to_vec();
         Ok(Self { bytes })
     }
 }

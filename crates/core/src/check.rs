@@ -206,7 +206,9 @@ impl<P: Platform> Tee<P> {
             }
         }
         if idle.len() != idle_by_guest.len()
-            || idle.values().any(|id| !window.entries().any(|(e, _)| e == id))
+            || idle
+                .values()
+                .any(|id| !window.entries().any(|(e, _)| e == id))
         {
             found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
         }
@@ -239,9 +241,17 @@ impl<P: Platform> Tee<P> {
             let checks = [
                 ("objects", c.objects(), objects),
                 ("registered_pages", c.registered_pages(), registered),
-                ("mapped_pages", c.mapped_pages(), mapped.get(&id).copied().unwrap_or(0)),
+                (
+                    "mapped_pages",
+                    c.mapped_pages(),
+                    mapped.get(&id).copied().unwrap_or(0),
+                ),
                 ("threads", c.threads(), r.threads),
-                ("sessions", c.sessions(), sessions.get(&id).copied().unwrap_or(0)),
+                (
+                    "sessions",
+                    c.sessions(),
+                    sessions.get(&id).copied().unwrap_or(0),
+                ),
                 ("secure_bytes", c.secure_bytes(), bytes),
             ];
             for (counter, recorded, recomputed) in checks {

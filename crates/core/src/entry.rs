@@ -18,12 +18,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::{NonSecureCaps, SecureCaps, THREAD_RPC_MAX_NUM_PARAMS};
 use teeshm_abi::page_list::{self, NsMemory};
-use teeshm_abi::smc::*;
 pub use teeshm_abi::smc::SmcRegs;
+use teeshm_abi::smc::*;
 use teeshm_abi::uid;
-use teeshm_mm::{
-    MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, RegionKind, ShmWindow, WindowError,
-};
+use teeshm_mm::{MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, RegionKind, ShmWindow, WindowError};
 
 /// Why a core could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,9 +64,7 @@ impl<P: Platform> NsMemory for ListReader<'_, P> {
         let page = PhysAddr(pa);
         let mut window = self.tee.window.lock();
         let platform = &self.tee.platform;
-        match window.with_transient_page(self.guest, page, |shm, va| {
-            platform.read(shm, va, buf)
-        }) {
+        match window.with_transient_page(self.guest, page, |shm, va| platform.read(shm, va, buf)) {
             Ok(read) => read,
             Err(_) => Err(AccessFault::Permission(pa)),
         }
@@ -491,10 +487,7 @@ impl<P: Platform> Tee<P> {
             let cookie = reg_pair(regs.a[1], regs.a[2]);
             let offset = regs.a[3] & 0xffff_ffff;
             let state = guest.state.lock();
-            let mobj = state
-                .registered
-                .get(&cookie)
-                .ok_or(CallError::BadAddress)?;
+            let mobj = state.registered.get(&cookie).ok_or(CallError::BadAddress)?;
             let used = MobjUse::try_new(mobj, &self.releases).ok_or(CallError::BadAddress)?;
             NsRef { used, offset }
         } else {
@@ -513,12 +506,11 @@ impl<P: Platform> Tee<P> {
         } else {
             APPENDED_RPC_ARG
         };
-        let arg = ArgCopy::read(&at, &self.window, &self.platform, reserve).map_err(
-            |e| match e {
+        let arg =
+            ArgCopy::read(&at, &self.window, &self.platform, reserve).map_err(|e| match e {
                 ArgReadError::BadAddress => CallError::BadAddress,
                 ArgReadError::BadCommand => CallError::BadCommand,
-            },
-        )?;
+            })?;
         let rpc_at = if reserve == 0 {
             RpcArgAt::Missing
         } else {
@@ -623,10 +615,7 @@ impl<P: Platform> Tee<P> {
         owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<NsRef, TeeError> {
         if let Some(MemrefBuf { used, offs }) = self.pool_ref(pa, 1) {
-            return Ok(NsRef {
-                used,
-                offset: offs,
-            });
+            return Ok(NsRef { used, offset: offs });
         }
         let page = pa & !(PAGE_SIZE - 1);
         let offset = pa - page;
@@ -672,8 +661,8 @@ impl<P: Platform> Tee<P> {
             return Err(TeeError::BadParameters("buffer too large"));
         }
         let first = PhysAddr(pa - offset);
-        let range = PhysRange::new(first, pages * PAGE_SIZE)
-            .map_err(|_| TeeError::NotNonSecure(pa))?;
+        let range =
+            PhysRange::new(first, pages * PAGE_SIZE).map_err(|_| TeeError::NotNonSecure(pa))?;
         if !self.memory_map.is_non_secure(range) {
             return Err(TeeError::NotNonSecure(pa));
         }

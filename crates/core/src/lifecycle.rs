@@ -48,9 +48,11 @@ impl UseCount {
     /// Adds a user beside one the caller already holds (so the object cannot have been
     /// released), retired or not.
     pub fn add_user(&self) {
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            (v & USERS < USERS).then_some(v + 1)
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & USERS < USERS).then_some(v + 1)
+            });
     }
 
     /// Drops a user. Returns true when the caller was the last user of a retired object and

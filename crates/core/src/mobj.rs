@@ -390,7 +390,10 @@ mod tests {
         assert_eq!(m.pa_at(0), Some(PhysAddr(0x8000_3010)));
         assert_eq!(m.pa_at(4095 - 0x10), Some(PhysAddr(0x8000_3fff)));
         assert_eq!(m.pa_at(4096 - 0x10), Some(PhysAddr(0x8000_1000)));
-        assert_eq!(m.pa_at(4999), Some(PhysAddr(0x8000_1000 + 4999 + 0x10 - 4096)));
+        assert_eq!(
+            m.pa_at(4999),
+            Some(PhysAddr(0x8000_1000 + 4999 + 0x10 - 4096))
+        );
         assert_eq!(m.pa_at(5000), None);
         assert_eq!(m.pa_at(u64::MAX), None);
         assert!(m.matches(MemType::NonSecure));
@@ -425,10 +428,20 @@ mod tests {
     #[test]
     fn last_use_of_retired_object_is_queued_once() {
         let q = Arc::new(ReleaseQueue::default());
-        let m = Arc::new(obj(1, 0, Backing::Contiguous { first: PhysAddr(0), pages: 1 }));
+        let m = Arc::new(obj(
+            1,
+            0,
+            Backing::Contiguous {
+                first: PhysAddr(0),
+                pages: 1,
+            },
+        ));
         let a = MobjUse::try_new(&m, &q).unwrap();
         let b = MobjUse::try_new(&m, &q).unwrap();
-        assert_eq!(m.uses().retire(), crate::lifecycle::Retire::InUse { users: 2 });
+        assert_eq!(
+            m.uses().retire(),
+            crate::lifecycle::Retire::InUse { users: 2 }
+        );
         assert!(MobjUse::try_new(&m, &q).is_none());
         drop(a);
         assert!(q.is_empty());

@@ -264,7 +264,13 @@ impl<P: Platform> Tee<P> {
             return Err(TeeError::OutOfMemory);
         }
         let at = self
-            .ns_ref_at(&call.guest, pa, MobjKind::RpcBuffer, Some(cookie), &mut call.owned)
+            .ns_ref_at(
+                &call.guest,
+                pa,
+                MobjKind::RpcBuffer,
+                Some(cookie),
+                &mut call.owned,
+            )
             .map_err(|_| TeeError::Rpc("RPC arg buffer unusable"))?;
         if at.available() < crate::arg::APPENDED_RPC_ARG {
             return Err(TeeError::Rpc("RPC arg buffer too small"));
@@ -340,7 +346,9 @@ impl<P: Platform> Tee<P> {
     fn unregister_shm(&self, call: &mut Call) -> Result<(), TeeError> {
         let (_, params) = call.arg.split();
         let [param] = params else {
-            return Err(TeeError::BadParameters("UNREGISTER_SHM takes one parameter"));
+            return Err(TeeError::BadParameters(
+                "UNREGISTER_SHM takes one parameter",
+            ));
         };
         let cookie = param.rmem().shm_ref.get();
         let mobj = call
@@ -365,10 +373,14 @@ impl<P: Platform> Tee<P> {
         let (_, params) = call.arg.split();
         let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
         let (Some(uuid), Some(client)) = (params.first(), params.get(1)) else {
-            return Err(TeeError::BadParameters("OPEN_SESSION needs two meta parameters"));
+            return Err(TeeError::BadParameters(
+                "OPEN_SESSION needs two meta parameters",
+            ));
         };
         if uuid.attr() != meta || client.attr() != meta {
-            return Err(TeeError::BadParameters("OPEN_SESSION meta parameters malformed"));
+            return Err(TeeError::BadParameters(
+                "OPEN_SESSION meta parameters malformed",
+            ));
         }
         let v = uuid.value();
         let mut octets = [0u8; 16];
@@ -463,7 +475,11 @@ impl<P: Platform> Tee<P> {
             });
         }
         if ty.is_rmem() {
-            let Rmem { offs, size, shm_ref } = p.rmem();
+            let Rmem {
+                offs,
+                size,
+                shm_ref,
+            } = p.rmem();
             let (offs, size, cookie) = (offs.get(), size.get(), shm_ref.get());
             let used = {
                 let state = guest.state.lock();

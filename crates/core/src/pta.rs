@@ -101,9 +101,7 @@ pub(crate) fn resume<P: Platform>(
 ) -> Result<Step, TeeError> {
     match wait {
         PtaWait::BeforeAlloc => rpc_buffer_start(tee, call),
-        PtaWait::AfterAlloc { size, shm_type } => {
-            rpc_buffer_allocated(tee, call, size, shm_type)
-        }
+        PtaWait::AfterAlloc { size, shm_type } => rpc_buffer_allocated(tee, call, size, shm_type),
         PtaWait::AfterFree { result } => {
             let reply = read_rpc_reply(tee, call, 1)?;
             let (a, b) = result?;
@@ -128,7 +126,9 @@ fn memref(call: &Call, i: usize) -> Result<(Option<&MemrefBuf>, u64, ParamType),
 fn buffer(call: &Call, i: usize) -> Result<(&MemrefBuf, u64), TeeError> {
     match memref(call, i)? {
         (Some(buf), size, _) => Ok((buf, size)),
-        (None, ..) => Err(TeeError::BadParameters("NULL memref where a buffer is needed")),
+        (None, ..) => Err(TeeError::BadParameters(
+            "NULL memref where a buffer is needed",
+        )),
     }
 }
 
@@ -289,21 +289,26 @@ fn touch<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
 
 fn rpc_buffer_start<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
     let [size, shm_type, _] = value_in(call, 0)?;
-    let shm_type = RpcShmType::try_from(shm_type)
-        .map_err(|_| TeeError::BadParameters("unknown SHM type"))?;
+    let shm_type =
+        RpcShmType::try_from(shm_type).map_err(|_| TeeError::BadParameters("unknown SHM type"))?;
     if size == 0 {
         return Err(TeeError::BadParameters("a buffer of 0 bytes"));
     }
-    let mut request = ArgCopy::new(OPTEE_RPC_CMD_SHM_ALLOC, 1).map_err(|_| TeeError::OutOfMemory)?;
+    let mut request =
+        ArgCopy::new(OPTEE_RPC_CMD_SHM_ALLOC, 1).map_err(|_| TeeError::OutOfMemory)?;
     if let Some((_, params)) = request.split_mut() {
         if let Some(p) = params.first_mut() {
             p.attr.set(RPC_VALUE_INPUT);
             p.set_value(Value::new(shm_type.raw(), size, 4096));
         }
     }
-    send_rpc(tee, call, request, PtaWait::AfterAlloc { size, shm_type }, || {
-        PtaWait::BeforeAlloc
-    })
+    send_rpc(
+        tee,
+        call,
+        request,
+        PtaWait::AfterAlloc { size, shm_type },
+        || PtaWait::BeforeAlloc,
+    )
 }
 
 /// Writes `request` to the call's RPC arg and suspends; when the call has no RPC arg yet, asks
@@ -350,7 +355,16 @@ fn rpc_buffer_allocated<P: Platform>(
         return Err(TeeError::OutOfMemory);
     }
     let [_, _, seed] = value_in(call, 0)?;
-    let result = check_rpc_buffer(tee, call, param.attr(), t.buf_ptr.get(), t.size.get(), size, cookie, seed);
+    let result = check_rpc_buffer(
+        tee,
+        call,
+        param.attr(),
+        t.buf_ptr.get(),
+        t.size.get(),
+        size,
+        cookie,
+        seed,
+    );
     let mut request = ArgCopy::new(OPTEE_RPC_CMD_SHM_FREE, 1).map_err(|_| TeeError::OutOfMemory)?;
     if let Some((_, params)) = request.split_mut() {
         if let Some(p) = params.first_mut() {
@@ -385,7 +399,8 @@ fn check_rpc_buffer<P: Platform>(
         return Err(TeeError::Rpc("SHM_ALLOC answer smaller than asked"));
     }
     let buf = if attr & OPTEE_MSG_ATTR_NONCONTIG != 0 {
-        let mobj = tee.page_list_mobj(&call.guest, buf_ptr, got, MobjKind::RpcBuffer, Some(cookie))?;
+        let mobj =
+            tee.page_list_mobj(&call.guest, buf_ptr, got, MobjKind::RpcBuffer, Some(cookie))?;
         MemrefBuf {
             used: tee.use_retired(&mobj)?,
             offs: 0,

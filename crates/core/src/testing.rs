@@ -9,9 +9,7 @@ use crate::platform::{AccessFault, Platform, Translate};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use teeshm_mm::{
-    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, VirtAddr,
-};
+use teeshm_mm::{MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, VirtAddr};
 use teeshm_platform::RecordingTlb;
 
 /// Physical memory that costs only what is touched: 4 KiB pages made on first write; an
@@ -59,7 +57,9 @@ impl PhysMemory {
             let n = (buf.len() - done).min(PAGE_SIZE as usize - in_page);
             if let Some(dst) = buf.get_mut(done..done + n) {
                 match pages.get(&(at / PAGE_SIZE)) {
-                    Some(page) => dst.copy_from_slice(page.get(in_page..in_page + n).unwrap_or(&[])),
+                    Some(page) => {
+                        dst.copy_from_slice(page.get(in_page..in_page + n).unwrap_or(&[]))
+                    }
                     None => dst.fill(0),
                 }
             }

@@ -16,8 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
 use teeshm_mm::{
-    MemKind, PhysAddr, ShmWindow, TableError, VaWindowError, VirtAddr, VirtPages,
-    WindowError,
+    MemKind, PhysAddr, ShmWindow, TableError, VaWindowError, VirtAddr, VirtPages, WindowError,
 };
 use teeshm_platform::TlbMaintenance;
 

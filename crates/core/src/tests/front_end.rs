@@ -1,11 +1,11 @@
 //! Fast calls, sessions, every memref kind, the three call forms, and RPC.
 
+use super::world::*;
+use crate::pta::{cmd, pattern_byte};
 #[allow(unused_imports)]
 use std::prelude::rust_2024::*;
 #[allow(unused_imports)]
 use std::{format, vec};
-use super::world::*;
-use crate::pta::{cmd, pattern_byte};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::gp::*;
@@ -66,7 +66,11 @@ fn identity_and_capabilities() {
 fn vm_lifecycle_rules() {
     let w = World::default_world();
     assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
-    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_ENOTAVAIL, "second VM_CREATED");
+    assert_eq!(
+        w.create_guest(1),
+        OPTEE_SMC_RETURN_ENOTAVAIL,
+        "second VM_CREATED"
+    );
     assert_eq!(w.create_guest(0), OPTEE_SMC_RETURN_ENOTAVAIL, "guest id 0");
     // Only client id 0 may create or destroy.
     let r = w.smc(GuestId(1), OPTEE_SMC_VM_CREATED, &[2]);
@@ -75,13 +79,20 @@ fn vm_lifecycle_rules() {
     assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ENOTAVAIL);
     assert!(w.tee.guest(GuestId(1)).is_some());
     // An id above 16 bits is refused, not truncated.
-    assert_eq!(w.smc(G0, OPTEE_SMC_VM_CREATED, &[0x1_0002]).a[0] as u32, OPTEE_SMC_RETURN_ENOTAVAIL);
+    assert_eq!(
+        w.smc(G0, OPTEE_SMC_VM_CREATED, &[0x1_0002]).a[0] as u32,
+        OPTEE_SMC_RETURN_ENOTAVAIL
+    );
     assert!(w.tee.guest(GuestId(2)).is_none());
     // Calls from a guest that was never created.
     let r = w.smc(GuestId(9), OPTEE_SMC_CALL_WITH_ARG, &[0, 0x4000_0000]);
     assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ENOTAVAIL);
     assert_eq!(w.destroy_guest(1), OPTEE_SMC_RETURN_OK);
-    assert_eq!(w.destroy_guest(1), OPTEE_SMC_RETURN_OK, "unknown guest: OK as OP-TEE");
+    assert_eq!(
+        w.destroy_guest(1),
+        OPTEE_SMC_RETURN_OK,
+        "unknown guest: OK as OP-TEE"
+    );
     assert_eq!(w.destroy_guest(0), OPTEE_SMC_RETURN_ENOTAVAIL);
     w.check();
 }
@@ -92,7 +103,11 @@ fn sixty_four_guests_at_once() {
     for id in 1..=64u16 {
         assert_eq!(w.create_guest(id), OPTEE_SMC_RETURN_OK, "guest {id}");
     }
-    assert_eq!(w.create_guest(65), OPTEE_SMC_RETURN_ENOTAVAIL, "max_guests = 65 with guest 0");
+    assert_eq!(
+        w.create_guest(65),
+        OPTEE_SMC_RETURN_ENOTAVAIL,
+        "max_guests = 65 with guest 0"
+    );
     for id in 1..=64u16 {
         let buf = w.buffer(5000, 7);
         assert_eq!(w.register(GuestId(id), 42, &buf), TEE_SUCCESS);
@@ -141,7 +156,10 @@ fn every_memref_kind_and_call_form() {
             ],
         );
         assert_eq!((r.a0, r.ret()), (0, TEE_SUCCESS), "{mode:?}");
-        assert_eq!(w.read_buf(&output, 0, 10_000), w.read_buf(&input, 0, 10_000));
+        assert_eq!(
+            w.read_buf(&output, 0, 10_000),
+            w.read_buf(&input, 0, 10_000)
+        );
         // Partial registered memrefs.
         let r = w.invoke_as(
             G0,
@@ -154,8 +172,15 @@ fn every_memref_kind_and_call_form() {
             ],
         );
         assert_eq!(r.ret(), TEE_SUCCESS);
-        assert_eq!(r.params[1].rmem().size.get(), 100, "output size written back");
-        assert_eq!(w.read_buf(&output, 9000, 100), w.read_buf(&input, 4000, 100));
+        assert_eq!(
+            r.params[1].rmem().size.get(),
+            100,
+            "output size written back"
+        );
+        assert_eq!(
+            w.read_buf(&output, 9000, 100),
+            w.read_buf(&input, 4000, 100)
+        );
         // Temporary NONCONTIG memrefs, both directions.
         let tmp_out = w.buffer(3000, 17);
         let r = w.invoke_as(
@@ -198,7 +223,10 @@ fn every_memref_kind_and_call_form() {
             ],
         );
         assert_eq!(r.ret(), TEE_SUCCESS, "NULL memref");
-        assert_eq!(w.read_buf(&output, 0, 32), sha2::Sha256::digest(b"").as_slice());
+        assert_eq!(
+            w.read_buf(&output, 0, 32),
+            sha2::Sha256::digest(b"").as_slice()
+        );
         // Short output buffer: the needed size comes back.
         let r = w.invoke_as(
             G0,
@@ -248,7 +276,11 @@ fn where_reports_cached_mapping_and_addresses() {
     ];
     let first = w.invoke(G0, s, cmd::WHERE, &params);
     assert_eq!(first.ret(), TEE_SUCCESS);
-    assert_eq!(first.value(1)[1], w.buf_pa(&buf, 4096 + 5), "PA of the first byte");
+    assert_eq!(
+        first.value(1)[1],
+        w.buf_pa(&buf, 4096 + 5),
+        "PA of the first byte"
+    );
     assert_eq!(first.value(2), [0, 256, 0], "first use maps all 256 pages");
     let again = w.invoke(G0, s, cmd::WHERE, &params);
     assert_eq!(again.value(2)[0], 1, "second use hits the cache");
@@ -261,7 +293,10 @@ fn where_reports_cached_mapping_and_addresses() {
     );
     w.check();
     assert_eq!(w.unregister(G0, cookie), TEE_SUCCESS);
-    assert!(w.tee.window().shm().virt_to_phys(va).is_none(), "unregister unmaps");
+    assert!(
+        w.tee.window().shm().virt_to_phys(va).is_none(),
+        "unregister unmaps"
+    );
     w.check();
 }
 
@@ -278,10 +313,18 @@ fn sessions_and_unknown_things() {
     let mut h = World::header(OPTEE_MSG_CMD_CLOSE_SESSION);
     h.session.set(s);
     assert_eq!(w.call(G0, ArgMode::RpcArg, h, &[]).ret(), TEE_SUCCESS);
-    assert_eq!(w.call(G0, ArgMode::RpcArg, h, &[]).ret(), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        w.call(G0, ArgMode::RpcArg, h, &[]).ret(),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     let r = w.call(G0, ArgMode::RpcArg, World::header(77), &[]);
     assert_eq!(r.ret(), TEE_ERROR_NOT_IMPLEMENTED);
-    let r = w.call(G0, ArgMode::RpcArg, World::header(OPTEE_MSG_CMD_CANCEL), &[]);
+    let r = w.call(
+        G0,
+        ArgMode::RpcArg,
+        World::header(OPTEE_MSG_CMD_CANCEL),
+        &[],
+    );
     assert_eq!(r.ret(), TEE_SUCCESS);
     w.check();
 }
@@ -297,7 +340,10 @@ fn static_pool_when_configured() {
     };
     let w = World::new(config);
     let r = w.smc(G0, OPTEE_SMC_GET_SHM_CONFIG, &[]);
-    assert_eq!((r.a[0], r.a[1], r.a[2], r.a[3]), (0, STATIC_POOL.0, STATIC_POOL.1, 1));
+    assert_eq!(
+        (r.a[0], r.a[1], r.a[2], r.a[3]),
+        (0, STATIC_POOL.0, STATIC_POOL.1, 1)
+    );
     let r = w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]);
     assert!(SecureCaps::from_bits_truncate(r.a[1] as u32).contains(SecureCaps::HAVE_RESERVED_SHM));
     let s = w.open_session(G0);
@@ -385,15 +431,24 @@ fn thread_limit_and_shm_cache() {
     let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
     assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ETHREAD_LIMIT);
     // The cache cannot be toggled while threads are in use.
-    assert_eq!(w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32, OPTEE_SMC_RETURN_EBUSY);
+    assert_eq!(
+        w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
+        OPTEE_SMC_RETURN_EBUSY
+    );
     // Resuming with a wrong thread id, or from another guest, is refused.
     w.create_guest(5);
     let thread = suspended[0].0.a[3];
     let wrong = crate::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, 7]);
-    assert_eq!(w.tee.handle_smc(wrong).a[0] as u32, OPTEE_SMC_RETURN_ERESUME);
+    assert_eq!(
+        w.tee.handle_smc(wrong).a[0] as u32,
+        OPTEE_SMC_RETURN_ERESUME
+    );
     let other = crate::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread])
         .from_client(GuestId(5));
-    assert_eq!(w.tee.handle_smc(other).a[0] as u32, OPTEE_SMC_RETURN_ERESUME);
+    assert_eq!(
+        w.tee.handle_smc(other).a[0] as u32,
+        OPTEE_SMC_RETURN_ERESUME
+    );
     // Finish both calls.
     for (out, page) in suspended {
         let mut out = out;
@@ -404,7 +459,10 @@ fn thread_limit_and_shm_cache() {
         assert_eq!(out.a[0], 0);
         let mut hdr = [0u8; 32];
         w.mem.read(page, &mut hdr);
-        assert_eq!(u32::from_le_bytes(hdr[20..24].try_into().unwrap()), TEE_SUCCESS);
+        assert_eq!(
+            u32::from_le_bytes(hdr[20..24].try_into().unwrap()),
+            TEE_SUCCESS
+        );
     }
     assert_eq!(w.rpc_buffers_held(), 0, "RPC args freed without the cache");
     // With the cache on, the RPC arg buffer stays for the next call; disabling hands it back.
@@ -414,11 +472,17 @@ fn thread_limit_and_shm_cache() {
     assert_eq!(r.rpcs.first(), Some(&OPTEE_SMC_RETURN_RPC_ALLOC));
     assert!(!r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_FREE));
     let r = w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params);
-    assert!(!r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_ALLOC), "cached RPC arg reused");
+    assert!(
+        !r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_ALLOC),
+        "cached RPC arg reused"
+    );
     assert_eq!(w.rpc_buffers_held(), 1);
     w.check();
     let r = w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
     assert_eq!(r.a[0], 0);
-    assert_eq!(w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a[0] as u32, OPTEE_SMC_RETURN_ENOTAVAIL);
+    assert_eq!(
+        w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a[0] as u32,
+        OPTEE_SMC_RETURN_ENOTAVAIL
+    );
     w.check();
 }

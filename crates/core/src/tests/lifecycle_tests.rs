@@ -144,15 +144,27 @@ fn destroying_a_guest_ends_its_suspended_call_and_touches_no_one_else() {
     // Guest 4 is exactly as it was.
     assert_eq!(w.tee.guest(g4).unwrap().snapshot(), g4_before);
     let mappings_after: Vec<_> = w.tee.window().shm().mappings().copied().collect();
-    assert_eq!(mappings_before.into_iter().filter(|m| m.owner != g3).collect::<Vec<_>>(), mappings_after);
+    assert_eq!(
+        mappings_before
+            .into_iter()
+            .filter(|m| m.owner != g3)
+            .collect::<Vec<_>>(),
+        mappings_after
+    );
     // The ended call cannot be resumed.
-    let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread])
-        .from_client(g3);
-    assert_eq!(w.tee.handle_smc(resume).a[0] as u32, OPTEE_SMC_RETURN_ERESUME);
+    let resume =
+        SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread]).from_client(g3);
+    assert_eq!(
+        w.tee.handle_smc(resume).a[0] as u32,
+        OPTEE_SMC_RETURN_ERESUME
+    );
     // A guest with the same id starts empty.
     assert_eq!(w.create_guest(3), 0);
     let fresh = w.tee.guest(g3).unwrap().snapshot();
-    assert_eq!((fresh.objects, fresh.registered_pages, fresh.sessions), (0, 0, 0));
+    assert_eq!(
+        (fresh.objects, fresh.registered_pages, fresh.sessions),
+        (0, 0, 0)
+    );
     w.check();
 }
 
@@ -218,7 +230,10 @@ fn the_cache_evicts_least_recently_used_and_never_a_buffer_in_use() {
         let _ = where_cached(&w, s, c, size);
     }
     let window = w.tee.window();
-    let still: Vec<_> = window.entries().filter(|(_, e)| e.mobj.cookie() == Some(cookies[1])).collect();
+    let still: Vec<_> = window
+        .entries()
+        .filter(|(_, e)| e.mobj.cookie() == Some(cookies[1]))
+        .collect();
     assert_eq!(still.len(), 1, "buffer in use never evicted");
     assert!(window.stats().evictions > before);
     drop(window);
@@ -270,7 +285,11 @@ fn quotas_refuse_cleanly() {
     // The arg page of each call is an object too: 1 registered + arg = 2, so one more fits.
     assert_eq!(w.register(G0, 2, &w.buffer(PAGE, 0)), TEE_SUCCESS);
     let before = w.tee.guest(G0).unwrap().snapshot();
-    assert_eq!(w.register(G0, 3, &w.buffer(PAGE, 0)), TEE_ERROR_OUT_OF_MEMORY, "objects");
+    assert_eq!(
+        w.register(G0, 3, &w.buffer(PAGE, 0)),
+        TEE_ERROR_OUT_OF_MEMORY,
+        "objects"
+    );
     assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before, "state kept");
     assert_eq!(w.unregister(G0, 2), TEE_SUCCESS);
     w.open_session(G0);
@@ -306,10 +325,17 @@ fn calls_from_several_cpus_at_once() {
                     ],
                 );
                 // Another CPU may hold every thread for a moment.
-                assert!(r.a0 == 0 || r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT, "{:#x}", r.a0);
+                assert!(
+                    r.a0 == 0 || r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT,
+                    "{:#x}",
+                    r.a0
+                );
                 if r.a0 == 0 {
                     assert_eq!(r.ret(), TEE_SUCCESS);
-                    assert_eq!(w.read_buf(&buf, buf.size - 1, 1)[0], crate::pta::pattern_byte(i, buf.size - 1));
+                    assert_eq!(
+                        w.read_buf(&buf, buf.size - 1, 1)[0],
+                        crate::pta::pattern_byte(i, buf.size - 1)
+                    );
                 }
                 assert_eq!(w.unregister(g, cookie), TEE_SUCCESS);
                 w.free_buffer(&buf);
@@ -322,6 +348,9 @@ fn calls_from_several_cpus_at_once() {
     w.check();
     for g in 1..=3u16 {
         let s = w.tee.guest(GuestId(g)).unwrap().snapshot();
-        assert_eq!((s.objects, s.registered_pages, s.mapped_pages, s.threads), (0, 0, 0, 0));
+        assert_eq!(
+            (s.objects, s.registered_pages, s.mapped_pages, s.threads),
+            (0, 0, 0, 0)
+        );
     }
 }

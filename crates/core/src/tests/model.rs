@@ -23,12 +23,32 @@ use zerocopy::IntoBytes;
 enum Op {
     Create(u16),
     Destroy(u16),
-    Register { guest: u16, cookie: u64, pages: u64, offset: u64 },
-    Unregister { guest: u16, cookie: u64 },
-    Touch { guest: u16, cookie: u64 },
-    TmemFill { guest: u16, pages: u64 },
-    RpcBuffer { guest: u16, bytes: u64 },
-    Suspend { guest: u16, cookie: u64 },
+    Register {
+        guest: u16,
+        cookie: u64,
+        pages: u64,
+        offset: u64,
+    },
+    Unregister {
+        guest: u16,
+        cookie: u64,
+    },
+    Touch {
+        guest: u16,
+        cookie: u64,
+    },
+    TmemFill {
+        guest: u16,
+        pages: u64,
+    },
+    RpcBuffer {
+        guest: u16,
+        bytes: u64,
+    },
+    Suspend {
+        guest: u16,
+        cookie: u64,
+    },
     ResumeOldest,
 }
 
@@ -38,8 +58,14 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u16..4).prop_map(Op::Create),
         (1u16..4).prop_map(Op::Destroy),
-        (g.clone(), c.clone(), 1u64..20, 0u64..4096)
-            .prop_map(|(guest, cookie, pages, offset)| Op::Register { guest, cookie, pages, offset }),
+        (g.clone(), c.clone(), 1u64..20, 0u64..4096).prop_map(|(guest, cookie, pages, offset)| {
+            Op::Register {
+                guest,
+                cookie,
+                pages,
+                offset,
+            }
+        }),
         (g.clone(), c.clone()).prop_map(|(guest, cookie)| Op::Unregister { guest, cookie }),
         (g.clone(), c.clone()).prop_map(|(guest, cookie)| Op::Touch { guest, cookie }),
         (g.clone(), 1u64..10).prop_map(|(guest, pages)| Op::TmemFill { guest, pages }),
@@ -75,7 +101,13 @@ fn pages_of(offset: u64, pages: u64) -> u64 {
 fn run(ops: Vec<Op>) {
     let w = World::default_world();
     let mut model: BTreeMap<u16, GuestModel> = BTreeMap::new();
-    model.insert(0, GuestModel { session: w.open_session(GuestId(0)), ..Default::default() });
+    model.insert(
+        0,
+        GuestModel {
+            session: w.open_session(GuestId(0)),
+            ..Default::default()
+        },
+    );
     let mut suspended: Vec<Suspended> = Vec::new();
     for (step, op) in ops.into_iter().enumerate() {
         let live = |id: u16, m: &BTreeMap<u16, GuestModel>| m.contains_key(&id);
@@ -87,7 +119,13 @@ fn run(ops: Vec<Op>) {
                 } else {
                     assert_eq!(a0, 0);
                     let session = w.open_session(GuestId(id));
-                    model.insert(id, GuestModel { session, ..Default::default() });
+                    model.insert(
+                        id,
+                        GuestModel {
+                            session,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             Op::Destroy(id) => {
@@ -95,7 +133,12 @@ fn run(ops: Vec<Op>) {
                 model.remove(&id);
                 suspended.retain(|s| s.guest != id);
             }
-            Op::Register { guest, cookie, pages, offset } => {
+            Op::Register {
+                guest,
+                cookie,
+                pages,
+                offset,
+            } => {
                 let buf = w.buffer(pages * PAGE - offset, offset);
                 if !live(guest, &model) {
                     continue;
@@ -151,7 +194,10 @@ fn run(ops: Vec<Op>) {
                 } else {
                     TEE_ERROR_BAD_PARAMETERS
                 };
-                assert!(r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT || r.ret() == expected, "step {step}");
+                assert!(
+                    r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT || r.ret() == expected,
+                    "step {step}"
+                );
             }
             Op::TmemFill { guest, pages } => {
                 let Some(m) = model.get(&guest) else { continue };
@@ -183,7 +229,9 @@ fn run(ops: Vec<Op>) {
             }
             Op::Suspend { guest, cookie } => {
                 let Some(m) = model.get(&guest) else { continue };
-                let Some(&pages) = m.registered.get(&cookie) else { continue };
+                let Some(&pages) = m.registered.get(&cookie) else {
+                    continue;
+                };
                 let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
                 h.session.set(m.session);
                 h.func.set(cmd::RPC_BUFFER);
@@ -204,7 +252,11 @@ fn run(ops: Vec<Op>) {
                     continue;
                 }
                 assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_ALLOC, "step {step}");
-                suspended.push(Suspended { guest, out, held: Some((cookie, pages)) });
+                suspended.push(Suspended {
+                    guest,
+                    out,
+                    held: Some((cookie, pages)),
+                });
             }
             Op::ResumeOldest => {
                 if suspended.is_empty() {
@@ -228,7 +280,11 @@ fn run(ops: Vec<Op>) {
         assert_eq!(live_ids, model.keys().copied().collect(), "step {step}");
         for (&id, m) in &model {
             let snap = w.tee.guest(GuestId(id)).unwrap().snapshot();
-            assert_eq!(snap.registered_buffers, m.registered.len() as u64, "step {step} guest {id}");
+            assert_eq!(
+                snap.registered_buffers,
+                m.registered.len() as u64,
+                "step {step} guest {id}"
+            );
             let pages: u64 = m.registered.values().sum::<u64>() + m.retired_in_use;
             assert_eq!(snap.registered_pages, pages, "step {step} guest {id}");
             let held = suspended.iter().filter(|s| s.guest == id).count() as u64;
@@ -290,14 +346,20 @@ fn garbage(seed_ops: Vec<(u8, [u64; 6], Vec<u8>)>) {
             bytes[28..32].copy_from_slice(&u32::from(f % 5).to_le_bytes());
             let mut at = 32;
             while at + 8 <= bytes.len() {
-                let attr = [0x1u64, 0x2, 0x3, 0x5, 0x6, 0x7, 0x9, 0xa, 0x20a, 0x209, 0x101][(regs[0] as usize + at) % 11];
+                let attr = [
+                    0x1u64, 0x2, 0x3, 0x5, 0x6, 0x7, 0x9, 0xa, 0x20a, 0x209, 0x101,
+                ][(regs[0] as usize + at) % 11];
                 bytes[at..at + 8].copy_from_slice(&attr.to_le_bytes());
                 at += 32;
             }
         }
         w.mem.write(page, &bytes);
         let func = funcs[f as usize % funcs.len()];
-        let (a1, a2) = if f % 3 == 0 { (page >> 32, page & 0xffff_ffff) } else { (regs[0], regs[1]) };
+        let (a1, a2) = if f % 3 == 0 {
+            (page >> 32, page & 0xffff_ffff)
+        } else {
+            (regs[0], regs[1])
+        };
         let guest = [0u64, 1, 2, regs[5]][(f / 16) as usize % 4];
         let mut regs_in = SmcRegs::call(func, &[a1, a2, regs[2], regs[3], regs[4], 0]);
         regs_in.a[7] = guest;
@@ -308,7 +370,10 @@ fn garbage(seed_ops: Vec<(u8, [u64; 6], Vec<u8>)>) {
             rounds += 1;
             let answer = if rounds < 3 {
                 w.mem.write(page, &bytes);
-                SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[regs[1], regs[2], out.a[3], regs[3], regs[4], 0])
+                SmcRegs::call(
+                    OPTEE_SMC_CALL_RETURN_FROM_RPC,
+                    &[regs[1], regs[2], out.a[3], regs[3], regs[4], 0],
+                )
             } else {
                 w.answer_rpc(&out, Some(page))
             };

@@ -25,7 +25,11 @@ fn raw_call(w: &World, guest: GuestId, bytes: &[u8]) -> (u32, u64) {
     let page = w.alloc_page();
     w.mem.write(page, &[0u8; 4096]);
     w.mem.write(page, bytes);
-    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff]);
+    let out = w.smc(
+        guest,
+        OPTEE_SMC_CALL_WITH_ARG,
+        &[page >> 32, page & 0xffff_ffff],
+    );
     (out.a[0] as u32, page)
 }
 
@@ -79,7 +83,10 @@ fn regression_bdc5282e7_page_list_read_once_then_validated() {
     bad.pages[700] = SECURE_RAM.0;
     let (buf_ptr, _) = w.page_list(&bad);
     let before = w.tee.guest(G0).unwrap().snapshot();
-    assert_eq!(register_raw(&w, buf_ptr, bad.size, 2), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        register_raw(&w, buf_ptr, bad.size, 2),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
     w.check();
 }
@@ -183,8 +190,16 @@ fn regression_e1509d6e6_8ad7af502_size_overflow() {
     let w = World::default_world();
     let list = w.alloc_page();
     w.mem.trace_reads(true);
-    for (offset, size) in [(0xfff, u64::MAX), (1, u64::MAX - 1), (0, u64::MAX), (0x800, 1 << 63)] {
-        assert_eq!(register_raw(&w, list | offset, size, 5), TEE_ERROR_BAD_PARAMETERS);
+    for (offset, size) in [
+        (0xfff, u64::MAX),
+        (1, u64::MAX - 1),
+        (0, u64::MAX),
+        (0x800, 1 << 63),
+    ] {
+        assert_eq!(
+            register_raw(&w, list | offset, size, 5),
+            TEE_ERROR_BAD_PARAMETERS
+        );
     }
     assert_eq!(w.mem.reads_of(list), 0, "nothing read for a hopeless size");
     w.mem.trace_reads(false);
@@ -253,7 +268,11 @@ fn regression_51d99cd24_d627f5569_no_leak_per_call() {
                     value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, i, 0, 0),
                 ],
             );
-            let expected = if ty == 0x209 { TEE_ERROR_BAD_PARAMETERS } else { TEE_SUCCESS };
+            let expected = if ty == 0x209 {
+                TEE_ERROR_BAD_PARAMETERS
+            } else {
+                TEE_SUCCESS
+            };
             assert_eq!(r.ret(), expected);
         }
     }
@@ -280,8 +299,18 @@ fn regression_51d99cd24_d627f5569_no_leak_per_call() {
 fn regression_42bb9a861_phys_to_virt_of_unknown_pa() {
     let w = World::default_world();
     let window = w.tee.window();
-    assert_eq!(window.shm().phys_to_virt(teeshm_mm::PhysAddr(0x4000_0000), None), None);
-    assert_eq!(window.shm().phys_to_virt(teeshm_mm::PhysAddr(u64::MAX), None), None);
+    assert_eq!(
+        window
+            .shm()
+            .phys_to_virt(teeshm_mm::PhysAddr(0x4000_0000), None),
+        None
+    );
+    assert_eq!(
+        window
+            .shm()
+            .phys_to_virt(teeshm_mm::PhysAddr(u64::MAX), None),
+        None
+    );
 }
 
 /// OP-TEE 06ea466f9 / 83a3d56a2 / 3d02add2d (map-count races) and 7c04952c7 (reference taken
@@ -361,14 +390,23 @@ fn regression_2429722ff_vm_created_zero() {
 #[test]
 fn regression_3bb5c167a_last_page_checked() {
     let w = World::default_world();
-    for bad_page in [SECURE_RAM.0 + SECURE_RAM.1 - PAGE, crate::testing::DEVICES.0] {
+    for bad_page in [
+        SECURE_RAM.0 + SECURE_RAM.1 - PAGE,
+        crate::testing::DEVICES.0,
+    ] {
         let mut buf = w.buffer(5 * PAGE, 0);
         *buf.pages.last_mut().unwrap() = bad_page;
         let (buf_ptr, _) = w.page_list(&buf);
-        assert_eq!(register_raw(&w, buf_ptr, buf.size, 77), TEE_ERROR_BAD_PARAMETERS);
+        assert_eq!(
+            register_raw(&w, buf_ptr, buf.size, 77),
+            TEE_ERROR_BAD_PARAMETERS
+        );
     }
     // The list page itself in secure RAM is refused too, without reading it.
-    assert_eq!(register_raw(&w, SECURE_RAM.0, 100, 78), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        register_raw(&w, SECURE_RAM.0, 100, 78),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     w.check();
 }
 
@@ -406,7 +444,10 @@ fn regression_duplicate_cookie_refused() {
     let first = w.buffer(PAGE, 0);
     assert_eq!(w.register(G0, 8, &first), TEE_SUCCESS);
     let before = w.tee.guest(G0).unwrap().snapshot();
-    assert_eq!(w.register(G0, 8, &w.buffer(2 * PAGE, 0)), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        w.register(G0, 8, &w.buffer(2 * PAGE, 0)),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
     assert_eq!(w.tee.use_registered(G0, 8).unwrap().mobj().size(), PAGE);
     w.check();
@@ -443,7 +484,10 @@ fn regression_tee_mm_find_16_bit_offsets() {
     let window = w.tee.window();
     let pa = teeshm_mm::PhysAddr(w.buf_pa(&small, 0));
     let va = window.shm().phys_to_virt(pa, Some(G0)).unwrap();
-    assert!(va.get() - 0x40_0000_0000 >= 70_000 * PAGE, "beyond page 65536 of the window");
+    assert!(
+        va.get() - 0x40_0000_0000 >= 70_000 * PAGE,
+        "beyond page 65536 of the window"
+    );
     assert_eq!(window.shm().virt_to_phys(va), Some(pa));
     drop(window);
     w.check();
@@ -487,7 +531,10 @@ fn regression_xen_847c18e681_buffer_size_bounded() {
     });
     let list = w.alloc_page();
     w.mem.trace_reads(true);
-    assert_eq!(register_raw(&w, list, 130 * PAGE, 1), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        register_raw(&w, list, 130 * PAGE, 1),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     assert_eq!(w.mem.reads_of(list), 0);
     w.mem.trace_reads(false);
     assert_eq!(w.register(G0, 2, &w.buffer(129 * PAGE, 0)), TEE_SUCCESS);
@@ -530,7 +577,10 @@ fn regression_xen_208bef44c6_destroy_touches_only_own() {
     let s2 = w.open_session(GuestId(2));
     for g in [1u16, 2] {
         for c in 0..50 {
-            assert_eq!(w.register(GuestId(g), c, &w.buffer(3 * PAGE, 0)), TEE_SUCCESS);
+            assert_eq!(
+                w.register(GuestId(g), c, &w.buffer(3 * PAGE, 0)),
+                TEE_SUCCESS
+            );
         }
     }
     let r = w.invoke(
@@ -581,13 +631,24 @@ fn regression_xen_c2c141f0f4_bad_shm_alloc_answer() {
     w.mem.write(rpc_at, &rpc);
     let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).from_client(G0);
     let out = w.tee.handle_smc(resume);
-    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_CMD, "SHM_FREE follows");
+    assert_eq!(
+        out.a[0] as u32, OPTEE_SMC_RETURN_RPC_CMD,
+        "SHM_FREE follows"
+    );
     w.mem.read(rpc_at, &mut rpc);
     let (hdr, rest) = <MsgArgHeader as zerocopy::FromBytes>::read_from_prefix(&rpc).unwrap();
     assert_eq!(hdr.cmd.get(), teeshm_abi::rpc::OPTEE_RPC_CMD_SHM_FREE);
-    let p = <MsgParam as zerocopy::FromBytes>::read_from_prefix(rest).unwrap().0;
+    let p = <MsgParam as zerocopy::FromBytes>::read_from_prefix(rest)
+        .unwrap()
+        .0;
     assert_eq!(p.value().b.get(), 0xc0ffee);
-    assert!(w.tee.window().shm().mappings().all(|m| !m.range.contains(teeshm_mm::VirtAddr(0))));
+    assert!(
+        w.tee
+            .window()
+            .shm()
+            .mappings()
+            .all(|m| !m.range.contains(teeshm_mm::VirtAddr(0)))
+    );
     let resume = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).from_client(G0);
     assert_eq!(w.tee.handle_smc(resume).a[0], 0);
     assert_eq!(ret_at(&w, page), TEE_ERROR_BAD_PARAMETERS);
@@ -604,7 +665,10 @@ fn regression_xen_664cc3c3d3_error_paths_do_not_leak() {
     let (buf_ptr, lists) = w.page_list(&buf);
     // Entry 599 (list page 1, slot 88) made unaligned behind the encoder's back.
     w.mem.write(lists[1] + 88 * 8, &0x10u64.to_le_bytes());
-    assert_eq!(register_raw(&w, buf_ptr, buf.size, 1), TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(
+        register_raw(&w, buf_ptr, buf.size, 1),
+        TEE_ERROR_BAD_PARAMETERS
+    );
     assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before);
     assert_eq!(w.tee.window().mapped_objects(), 0);
     w.check();
@@ -621,7 +685,11 @@ fn regression_xen_1c3ed9c908_disable_shm_cache_terminates() {
         value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 10, 1, 0),
         value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
     ];
-    assert_eq!(w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params).ret(), TEE_SUCCESS);
+    assert_eq!(
+        w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params)
+            .ret(),
+        TEE_SUCCESS
+    );
     let mut cookies = Vec::new();
     for _ in 0..10 {
         let r = w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
@@ -662,7 +730,11 @@ fn regression_xen_5b13eb1d97_release_before_free_request() {
             saw_free = true;
             // Only the arg page (the call's own) is mapped, if anything.
             let window = w.tee.window();
-            assert!(window.entries().all(|(_, e)| e.mobj.kind() != crate::MobjKind::RpcBuffer));
+            assert!(
+                window
+                    .entries()
+                    .all(|(_, e)| e.mobj.kind() != crate::MobjKind::RpcBuffer)
+            );
         }
         let answer = w.answer_rpc(&out, Some(rpc_at));
         out = w.tee.handle_smc(answer.from_client(G0));
@@ -679,7 +751,8 @@ fn regression_xen_5b13eb1d97_release_before_free_request() {
 #[test]
 fn regression_xen_contiguous_rpc_answer_checked() {
     let w = World::default_world();
-    w.contiguous_rpc.store(true, std::sync::atomic::Ordering::Relaxed);
+    w.contiguous_rpc
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let s = w.open_session(G0);
     let r = w.invoke(
         G0,
@@ -711,7 +784,10 @@ fn regression_xen_null_memref_and_pa_zero() {
         ],
     );
     assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS, "TOUCH needs a buffer");
-    assert_eq!(w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, 0]).a[0] as u32, OPTEE_SMC_RETURN_EBADADDR);
+    assert_eq!(
+        w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, 0]).a[0] as u32,
+        OPTEE_SMC_RETURN_EBADADDR
+    );
     w.check();
 }
 
@@ -726,7 +802,12 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
     let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
     h.ret.set(0x1234);
     h.ret_origin.set(0x99);
-    let r = w.call(G0, ArgMode::RpcArg, h, &[noncontig_register(buf_ptr, buf.size, 5)]);
+    let r = w.call(
+        G0,
+        ArgMode::RpcArg,
+        h,
+        &[noncontig_register(buf_ptr, buf.size, 5)],
+    );
     assert_eq!((r.a0, r.ret()), (0, TEE_SUCCESS));
     assert_eq!(r.header.ret_origin.get(), TEE_ORIGIN_TEE);
     w.check();

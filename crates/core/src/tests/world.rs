@@ -2,16 +2,22 @@
 //! scattering page allocator, page lists, args in all three call forms, and an RPC responder.
 //! (The full normal-world driver model is the `nw` crate's job; this one exists so the core can
 //! be tested alone.)
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
+use std::collections::HashMap;
 #[allow(unused_imports)]
 use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[allow(unused_imports)]
+use std::{format, vec};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp;
 use teeshm_abi::msg::*;
@@ -166,7 +172,8 @@ impl World {
         while done < buf.size {
             let pa = self.buf_pa(buf, done);
             let n = (PAGE - pa % PAGE).min(buf.size - done);
-            self.mem.write(pa, &bytes[done as usize..(done + n) as usize]);
+            self.mem
+                .write(pa, &bytes[done as usize..(done + n) as usize]);
             done += n;
         }
     }
@@ -177,7 +184,8 @@ impl World {
         while done < len {
             let pa = self.buf_pa(buf, at + done);
             let n = (PAGE - pa % PAGE).min(len - done);
-            self.mem.read(pa, &mut out[done as usize..(done + n) as usize]);
+            self.mem
+                .read(pa, &mut out[done as usize..(done + n) as usize]);
             done += n;
         }
         out
@@ -192,28 +200,42 @@ impl World {
     pub fn page_list(&self, buf: &NwBuf) -> (u64, Vec<u64>) {
         let lists = self.alloc_pages(page_list::list_pages_needed(buf.pages.len() as u64));
         let mem = &self.mem;
-        let buf_ptr = page_list::encode_with::<()>(&buf.pages, buf.offset, buf.size, &lists, |pa, bytes| {
-            mem.write(pa, bytes);
-            Ok(())
-        })
-        .unwrap();
+        let buf_ptr =
+            page_list::encode_with::<()>(&buf.pages, buf.offset, buf.size, &lists, |pa, bytes| {
+                mem.write(pa, bytes);
+                Ok(())
+            })
+            .unwrap();
         (buf_ptr, lists)
     }
 
     pub fn smc(&self, guest: GuestId, func: u32, args: &[u64]) -> SmcRegs {
-        self.tee.handle_smc(SmcRegs::call(func, args).from_client(guest))
+        self.tee
+            .handle_smc(SmcRegs::call(func, args).from_client(guest))
     }
 
     pub fn create_guest(&self, id: u16) -> u32 {
-        self.smc(GuestId::HYPERVISOR, OPTEE_SMC_VM_CREATED, &[u64::from(id)]).a[0] as u32
+        self.smc(GuestId::HYPERVISOR, OPTEE_SMC_VM_CREATED, &[u64::from(id)])
+            .a[0] as u32
     }
 
     pub fn destroy_guest(&self, id: u16) -> u32 {
-        self.smc(GuestId::HYPERVISOR, OPTEE_SMC_VM_DESTROYED, &[u64::from(id)]).a[0] as u32
+        self.smc(
+            GuestId::HYPERVISOR,
+            OPTEE_SMC_VM_DESTROYED,
+            &[u64::from(id)],
+        )
+        .a[0] as u32
     }
 
     /// Runs a message to its end, answering every RPC as a well-behaved driver would.
-    pub fn call(&self, guest: GuestId, mode: ArgMode, header: MsgArgHeader, params: &[MsgParam]) -> Reply {
+    pub fn call(
+        &self,
+        guest: GuestId,
+        mode: ArgMode,
+        header: MsgArgHeader,
+        params: &[MsgParam],
+    ) -> Reply {
         let mut bytes = header.as_bytes().to_vec();
         for p in params {
             bytes.extend_from_slice(p.as_bytes());
@@ -237,7 +259,14 @@ impl World {
                 let buf = self.registered.lock().unwrap()[&(guest.raw(), cookie)].clone();
                 let pa = self.buf_pa(&buf, offset);
                 self.write_buf(&buf, offset, &bytes);
-                (OPTEE_SMC_CALL_WITH_REGD_ARG, cookie >> 32, cookie & 0xffff_ffff, offset, pa, None)
+                (
+                    OPTEE_SMC_CALL_WITH_REGD_ARG,
+                    cookie >> 32,
+                    cookie & 0xffff_ffff,
+                    offset,
+                    pa,
+                    None,
+                )
             }
         };
         let regd = match mode {
@@ -295,11 +324,24 @@ impl World {
                 let cookie = self.cookie();
                 self.rpc_bufs.lock().unwrap().insert(
                     cookie,
-                    (NwBuf { pages: vec![page], offset: 0, size: PAGE }, vec![]),
+                    (
+                        NwBuf {
+                            pages: vec![page],
+                            offset: 0,
+                            size: PAGE,
+                        },
+                        vec![],
+                    ),
                 );
                 SmcRegs::call(
                     OPTEE_SMC_CALL_RETURN_FROM_RPC,
-                    &[page >> 32, page & 0xffff_ffff, thread, cookie >> 32, cookie & 0xffff_ffff],
+                    &[
+                        page >> 32,
+                        page & 0xffff_ffff,
+                        thread,
+                        cookie >> 32,
+                        cookie & 0xffff_ffff,
+                    ],
                 )
             }
             OPTEE_SMC_RETURN_RPC_FREE => {
@@ -336,8 +378,21 @@ impl World {
                 if self.contiguous_rpc.load(Ordering::Relaxed) {
                     let pages = size.div_ceil(PAGE);
                     let first = self.alloc_contiguous(pages);
-                    params[0] = MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, Tmem::new(first, size, cookie));
-                    self.rpc_bufs.lock().unwrap().insert(cookie, (NwBuf { pages: vec![], offset: 0, size }, vec![]));
+                    params[0] = MsgParam::from_tmem(
+                        OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
+                        Tmem::new(first, size, cookie),
+                    );
+                    self.rpc_bufs.lock().unwrap().insert(
+                        cookie,
+                        (
+                            NwBuf {
+                                pages: vec![],
+                                offset: 0,
+                                size,
+                            },
+                            vec![],
+                        ),
+                    );
                 } else {
                     let buf = self.buffer(size, 0);
                     let (buf_ptr, lists) = self.page_list(&buf);
@@ -359,7 +414,11 @@ impl World {
                     }
                     None => false,
                 };
-                hdr.ret.set(if ok { gp::TEE_SUCCESS } else { gp::TEE_ERROR_BAD_PARAMETERS });
+                hdr.ret.set(if ok {
+                    gp::TEE_SUCCESS
+                } else {
+                    gp::TEE_ERROR_BAD_PARAMETERS
+                });
             }
             _ => hdr.ret.set(gp::TEE_ERROR_NOT_IMPLEMENTED),
         }
@@ -387,7 +446,10 @@ impl World {
         self.free_pages(&lists);
         assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
         if r.ret() == gp::TEE_SUCCESS {
-            self.registered.lock().unwrap().insert((guest.raw(), cookie), buf.clone());
+            self.registered
+                .lock()
+                .unwrap()
+                .insert((guest.raw(), cookie), buf.clone());
         }
         r.ret()
     }
@@ -398,10 +460,18 @@ impl World {
 
     pub fn unregister(&self, guest: GuestId, cookie: u64) -> u32 {
         let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
-        let r = self.call(guest, ArgMode::RpcArg, Self::header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
+        let r = self.call(
+            guest,
+            ArgMode::RpcArg,
+            Self::header(OPTEE_MSG_CMD_UNREGISTER_SHM),
+            &[p],
+        );
         assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
         if r.ret() == gp::TEE_SUCCESS || r.ret() == gp::TEE_ERROR_BUSY {
-            self.registered.lock().unwrap().remove(&(guest.raw(), cookie));
+            self.registered
+                .lock()
+                .unwrap()
+                .remove(&(guest.raw(), cookie));
         }
         r.ret()
     }
@@ -420,10 +490,22 @@ impl World {
             MsgParam::from_value(meta, Value::new(a, b, 0)),
             MsgParam::from_value(meta, Value::new(0, 0, 0)),
         ];
-        self.call(guest, ArgMode::RpcArg, Self::header(OPTEE_MSG_CMD_OPEN_SESSION), &params)
+        self.call(
+            guest,
+            ArgMode::RpcArg,
+            Self::header(OPTEE_MSG_CMD_OPEN_SESSION),
+            &params,
+        )
     }
 
-    pub fn invoke_as(&self, guest: GuestId, mode: ArgMode, session: u32, func: u32, params: &[MsgParam]) -> Reply {
+    pub fn invoke_as(
+        &self,
+        guest: GuestId,
+        mode: ArgMode,
+        session: u32,
+        func: u32,
+        params: &[MsgParam],
+    ) -> Reply {
         let mut h = Self::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
         h.session.set(session);
         h.func.set(func);
@@ -437,7 +519,10 @@ impl World {
     /// A NONCONTIG tmem param for `buf` (its list pages are left allocated: tests are short).
     pub fn tmem_list(&self, ty: u64, buf: &NwBuf) -> MsgParam {
         let (buf_ptr, _) = self.page_list(buf);
-        MsgParam::from_tmem(ty | OPTEE_MSG_ATTR_NONCONTIG, Tmem::new(buf_ptr, buf.size, 0))
+        MsgParam::from_tmem(
+            ty | OPTEE_MSG_ATTR_NONCONTIG,
+            Tmem::new(buf_ptr, buf.size, 0),
+        )
     }
 
     pub fn check(&self) {

@@ -1,0 +1,386 @@
+//! Random operations over several guests with the agreement checker after every step.
+//!
+//! A step is one operation per worker thread, run at the same time (each thread drives its own
+//! guests, so calls of different guests overlap in the core); then the whole system is checked
+//! while nothing runs. The operations of every step are kept, so a failing run can be written as
+//! a replay file (docs/replay.md).
+
+use crate::scenario::{Dir, Op, OpResult, ParamSpec, Runner, buffer_byte, read_buffer};
+use crate::system::System;
+use std::sync::{Arc, Barrier, Mutex};
+use teeshm_core::pta::{cmd, pattern_byte};
+
+/// A small, fast, seedable generator (SplitMix64), so a run is reproduced from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// The first thing that went wrong.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Step (0-based) at which it was seen.
+    pub step: u64,
+    /// What was wrong.
+    pub what: String,
+}
+
+/// The outcome of a stress run.
+#[derive(Debug, Clone)]
+pub struct StressOutcome {
+    /// Steps run.
+    pub steps: u64,
+    /// Operations run.
+    pub ops: u64,
+    /// Operations whose answer was a success.
+    pub succeeded: u64,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+    /// Every operation run, in order (the replay of the run).
+    pub log: Vec<Op>,
+}
+
+/// Picks a random operation for `guest`, given what the runner knows it holds.
+fn random_op(
+    rng: &mut Rng,
+    runner: &Runner,
+    guest: u16,
+    running: bool,
+    next_cookie: &mut u64,
+) -> Op {
+    if !running {
+        return Op::CreateGuest { guest };
+    }
+    let cookies = runner.cookies(guest);
+    let pick = |rng: &mut Rng| {
+        cookies
+            .get(rng.below(cookies.len() as u64) as usize)
+            .copied()
+    };
+    let roll = rng.below(100);
+    // Keep each guest's registered buffers bounded, so long runs stay within its RAM.
+    let roll = if roll < 25 && cookies.len() >= 32 {
+        30
+    } else {
+        roll
+    };
+    match roll {
+        0..=24 => {
+            *next_cookie += 1;
+            let size = match rng.below(4) {
+                0 => 1 + rng.below(64),
+                1 => 1 + rng.below(16 << 10),
+                2 => 1 + rng.below(256 << 10),
+                _ => 1 + rng.below(1 << 20),
+            };
+            Op::Register {
+                guest,
+                cookie: *next_cookie,
+                size,
+                offset: rng.below(4096),
+            }
+        }
+        25..=39 => Op::Unregister {
+            guest,
+            cookie: pick(rng).unwrap_or(0xdead),
+        },
+        40..=59 => match pick(rng) {
+            Some(cookie) => {
+                let size = runner.buffer(guest, cookie).map_or(1, |b| b.size);
+                let offset = rng.below(size);
+                Op::Invoke {
+                    guest,
+                    cmd: cmd::FILL,
+                    params: vec![
+                        ParamSpec::Registered {
+                            dir: Dir::Out,
+                            cookie,
+                            offset,
+                            size: 1 + rng.below(size - offset),
+                        },
+                        ParamSpec::Value {
+                            dir: Dir::In,
+                            a: rng.next_u64(),
+                            b: 0,
+                            c: 0,
+                        },
+                    ],
+                }
+            }
+            None => Op::Invoke {
+                guest,
+                cmd: cmd::SHA256,
+                params: vec![
+                    ParamSpec::Temp {
+                        dir: Dir::In,
+                        size: 1 + rng.below(100_000),
+                        offset: rng.below(4096),
+                        seed: rng.next_u64(),
+                    },
+                    ParamSpec::Temp {
+                        dir: Dir::Out,
+                        size: 32,
+                        offset: 0,
+                        seed: 0,
+                    },
+                ],
+            },
+        },
+        60..=74 => Op::Invoke {
+            guest,
+            cmd: cmd::COPY,
+            params: vec![
+                ParamSpec::Temp {
+                    dir: Dir::In,
+                    size: 1 + rng.below(50_000),
+                    offset: rng.below(4096),
+                    seed: rng.next_u64(),
+                },
+                ParamSpec::Temp {
+                    dir: Dir::Out,
+                    size: 50_000,
+                    offset: rng.below(4096),
+                    seed: 0,
+                },
+            ],
+        },
+        75..=89 => Op::Invoke {
+            guest,
+            cmd: cmd::RPC_BUFFER,
+            params: vec![
+                ParamSpec::Value {
+                    dir: Dir::In,
+                    a: 1 + rng.below(200_000),
+                    b: rng.below(3),
+                    c: rng.next_u64(),
+                },
+                ParamSpec::Value {
+                    dir: Dir::Out,
+                    a: 0,
+                    b: 0,
+                    c: 0,
+                },
+            ],
+        },
+        90..=95 => Op::Invoke {
+            guest,
+            cmd: cmd::TOUCH,
+            params: vec![
+                match pick(rng) {
+                    Some(cookie) => ParamSpec::Registered {
+                        dir: Dir::In,
+                        cookie,
+                        offset: 0,
+                        size: runner.buffer(guest, cookie).map_or(1, |b| b.size),
+                    },
+                    None => ParamSpec::Null {
+                        dir: Dir::In,
+                        size: 0,
+                    },
+                },
+                ParamSpec::Value {
+                    dir: Dir::Out,
+                    a: 0,
+                    b: 0,
+                    c: 0,
+                },
+            ],
+        },
+        _ => Op::DestroyGuest { guest },
+    }
+}
+
+/// Whether `result` of `op` is what a correct system answers, given what the runner holds.
+/// Operations whose outcome may legitimately vary (a hostile or unknown cookie) only need to
+/// fail cleanly.
+fn judge(runner: &Runner, guest_known: bool, op: &Op, result: &OpResult) -> Result<(), String> {
+    let expect_ok = match op {
+        Op::CreateGuest { .. } | Op::DestroyGuest { .. } => true,
+        Op::Register { .. } => true,
+        Op::Unregister { cookie, .. } => *cookie != 0xdead,
+        Op::Invoke { cmd: c, params, .. } => match params.first() {
+            Some(ParamSpec::Null { .. }) => *c != cmd::TOUCH,
+            _ => true,
+        },
+        _ => true,
+    };
+    if !guest_known {
+        return Ok(());
+    }
+    if expect_ok && !result.ok {
+        return Err(format!("{op:?} failed: {result:?}"));
+    }
+    if !expect_ok && result.ok {
+        return Err(format!("{op:?} succeeded but should not: {result:?}"));
+    }
+    let _ = runner;
+    Ok(())
+}
+
+/// After a FILL of a registered buffer, the guest's own memory must hold the pattern.
+fn verify(runner: &Runner, op: &Op) -> Result<(), String> {
+    let Op::Invoke {
+        guest,
+        cmd: c,
+        params,
+    } = op
+    else {
+        return Ok(());
+    };
+    if *c != cmd::FILL {
+        return Ok(());
+    }
+    let (
+        Some(ParamSpec::Registered {
+            cookie,
+            offset,
+            size,
+            ..
+        }),
+        Some(ParamSpec::Value { a: seed, .. }),
+    ) = (params.first(), params.get(1))
+    else {
+        return Ok(());
+    };
+    let Some(buf) = runner.buffer(*guest, *cookie) else {
+        return Ok(());
+    };
+    let Some(g) = runner.system.guest(*guest) else {
+        return Ok(());
+    };
+    let ctx = g.context();
+    let len = (*size).min(4096);
+    let got = read_buffer(ctx.driver().ram(), buf, *offset, len).map_err(|e| e.to_string())?;
+    for (i, b) in got.iter().enumerate() {
+        if *b != pattern_byte(*seed, i as u64) {
+            return Err(format!(
+                "cookie {cookie:#x} byte {} is {b:#x}, the pseudo-TA wrote {:#x}",
+                offset + i as u64,
+                pattern_byte(*seed, i as u64)
+            ));
+        }
+    }
+    let _ = buffer_byte;
+    Ok(())
+}
+
+/// Runs `ops` operations over `guests` guests with `threads` threads from `seed`, calling
+/// `progress(steps_done)` after every step.
+pub fn run(
+    system: Arc<System>,
+    guests: u16,
+    ops: u64,
+    seed: u64,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> StressOutcome {
+    let threads = threads.clamp(1, usize::from(guests.max(1)));
+    let steps = ops.div_ceil(threads as u64);
+    let barrier = Barrier::new(threads + 1);
+    let log: Mutex<Vec<(u64, usize, Op)>> = Mutex::new(Vec::new());
+    let violation: Mutex<Option<Violation>> = Mutex::new(None);
+    let succeeded = std::sync::atomic::AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (system, barrier, log, violation, succeeded, stop) = (
+                system.clone(),
+                &barrier,
+                &log,
+                &violation,
+                &succeeded,
+                &stop,
+            );
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+                let mut runner = Runner::new(system.clone());
+                let mine: Vec<u16> = (1..=guests)
+                    .filter(|g| usize::from(*g - 1) % threads == t)
+                    .collect();
+                let mut next_cookie = (t as u64) << 48;
+                for step in 0..steps {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        barrier.wait();
+                        barrier.wait();
+                        continue;
+                    }
+                    let guest = mine[rng.below(mine.len() as u64) as usize];
+                    let running = system.guest(guest).is_some();
+                    let op = random_op(&mut rng, &runner, guest, running, &mut next_cookie);
+                    let result = runner.run(&op);
+                    if result.ok {
+                        succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let verdict =
+                        judge(&runner, running, &op, &result).and_then(|()| verify(&runner, &op));
+                    if let Err(what) = verdict {
+                        let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
+                        if v.is_none() {
+                            *v = Some(Violation { step, what });
+                        }
+                    }
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((step, t, op));
+                    barrier.wait(); // everyone's step is done
+                    barrier.wait(); // the check is done
+                }
+            });
+        }
+        for step in 0..steps {
+            barrier.wait();
+            if !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let found = system.check();
+                let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
+                if v.is_none() {
+                    if let Some(first) = found.first() {
+                        *v = Some(Violation {
+                            step,
+                            what: first.clone(),
+                        });
+                    }
+                }
+                if v.is_some() {
+                    stop.store(true, std::sync::atomic::Ordering::Release);
+                }
+                progress(step + 1);
+            }
+            barrier.wait();
+        }
+    });
+    let mut log = log.into_inner().unwrap_or_else(|e| e.into_inner());
+    log.sort_by_key(|(step, t, _)| (*step, *t));
+    let violation = violation.into_inner().unwrap_or_else(|e| e.into_inner());
+    let last = violation.as_ref().map_or(u64::MAX, |v| v.step);
+    let log: Vec<Op> = log
+        .into_iter()
+        .filter(|(step, _, _)| *step <= last)
+        .map(|(_, _, op)| op)
+        .collect();
+    StressOutcome {
+        steps: violation.as_ref().map_or(steps, |v| v.step + 1),
+        ops: log.len() as u64,
+        succeeded: succeeded.into_inner(),
+        violation,
+        log,
+    }
+}

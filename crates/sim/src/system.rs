@@ -1,0 +1,401 @@
+//! The system: machine, core, and guests behind their mediators.
+
+use crate::machine::{Layout, Machine, PAGE, PageAllocator};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use teeshm_abi::GuestId;
+use teeshm_abi::smc::{SmcConduit, SmcRegs};
+use teeshm_core::testing::SimPlatform;
+use teeshm_core::{CoreConfig, Tee};
+use teeshm_hyp::{HypLimits, MachineMemory, Mediator, Stage2};
+use teeshm_nw::client::Context;
+use teeshm_nw::{Driver, GuestRam, RamError};
+use teeshm_platform::RecordingTlb;
+
+/// How a system is built.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemConfig {
+    /// Guest slots (guest ids 1..=guests).
+    pub guests: u16,
+    /// RAM of each guest, bytes (a multiple of 4 KiB).
+    pub guest_ram: u64,
+    /// Pages the hypervisor may use for shadows.
+    pub hyp_pages: u64,
+    /// The core.
+    pub core: CoreConfig,
+    /// The mediator's per-guest limits.
+    pub limits: HypLimits,
+}
+
+impl Default for SystemConfig {
+    /// 4 guests of 64 MiB, 16 MiB of hypervisor pages, default core and limits.
+    fn default() -> Self {
+        Self {
+            guests: 4,
+            guest_ram: 64 << 20,
+            hyp_pages: 4096,
+            core: CoreConfig {
+                guest_zero: false,
+                ..CoreConfig::default()
+            },
+            limits: HypLimits::default(),
+        }
+    }
+}
+
+/// Why the system refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// The core could not boot.
+    #[error("core: {0}")]
+    Boot(String),
+    /// No guest slot has this id, or it is not running.
+    #[error("guest {0} is not running")]
+    NoGuest(u16),
+    /// The guest already runs.
+    #[error("guest {0} already runs")]
+    GuestRuns(u16),
+    /// The hypervisor refused.
+    #[error("hypervisor: {0}")]
+    Hyp(String),
+    /// The guest's driver failed.
+    #[error("driver: {0}")]
+    Driver(String),
+}
+
+/// Conduit from the hypervisor to the core: the SMC is a function call.
+#[derive(Clone)]
+pub struct TeeConduit(pub Arc<Tee<SimPlatform>>);
+
+impl SmcConduit for TeeConduit {
+    fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
+        self.0.handle_smc(regs)
+    }
+}
+
+/// The hypervisor's view of machine memory.
+#[derive(Clone)]
+pub struct HypMemory(pub Machine);
+
+impl MachineMemory for HypMemory {
+    fn read(&self, pa: u64, buf: &mut [u8]) {
+        self.0.memory.read(pa, buf);
+    }
+    fn write(&self, pa: u64, data: &[u8]) {
+        self.0.memory.write(pa, data);
+    }
+    fn alloc_page(&mut self) -> Option<u64> {
+        self.0.alloc_hyp_page()
+    }
+    fn free_page(&mut self, pa: u64) {
+        self.0.free_hyp_page(pa);
+    }
+}
+
+/// One guest's mediator.
+pub type GuestMediator = Mediator<TeeConduit, HypMemory>;
+
+/// Conduit from a guest to its mediator (the hypervisor call path).
+#[derive(Clone)]
+pub struct GuestConduit {
+    mediator: Arc<Mutex<GuestMediator>>,
+    vm: GuestId,
+}
+
+impl SmcConduit for GuestConduit {
+    fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
+        match self.mediator.lock() {
+            Ok(mut m) => {
+                let out = m.handle_guest_smc(self.vm, regs);
+                if std::env::var_os("TEESHM_TRACE").is_some() {
+                    eprintln!("smc {:x?} -> {:x?}", regs.a, out.a);
+                }
+                out
+            }
+            Err(_) => SmcRegs::ret(teeshm_abi::smc::OPTEE_SMC_RETURN_ENOTAVAIL),
+        }
+    }
+}
+
+/// Where every guest's RAM starts in its own address space (as on QEMU `virt`). Never 0: a
+/// guest-physical 0 is ambiguous with NULL on the OP-TEE ABI (`buf_ptr` 0, an RPC_ALLOC answer
+/// of 0 meaning failure).
+pub const GUEST_RAM_BASE: u64 = 0x4000_0000;
+
+/// A guest's RAM: IPAs `GUEST_RAM_BASE..GUEST_RAM_BASE + pages * 4096`, each page somewhere in
+/// machine memory.
+pub struct SimGuestRam {
+    machine: Machine,
+    index: u64,
+    pages: u64,
+    alloc: PageAllocator,
+}
+
+impl SimGuestRam {
+    fn pa(&self, ipa: u64) -> Result<u64, RamError> {
+        let page = ipa.wrapping_sub(GUEST_RAM_BASE) / PAGE;
+        if ipa < GUEST_RAM_BASE || page >= self.pages {
+            return Err(RamError::OutOfRange { ipa, len: 1 });
+        }
+        Ok(self.machine.layout.guest_pa(self.index, page) + ipa % PAGE)
+    }
+
+    fn pieces(&self, ipa: u64, len: usize) -> Result<Vec<(u64, std::ops::Range<usize>)>, RamError> {
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let at = ipa.checked_add(done as u64).ok_or(RamError::OutOfRange {
+                ipa,
+                len: len as u64,
+            })?;
+            let n = ((PAGE - at % PAGE) as usize).min(len - done);
+            out.push((self.pa(at)?, done..done + n));
+            done += n;
+        }
+        Ok(out)
+    }
+
+    /// Pages allocated and not freed.
+    pub fn pages_in_use(&self) -> u64 {
+        self.alloc.in_use()
+    }
+}
+
+impl GuestRam for SimGuestRam {
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), RamError> {
+        for (pa, range) in self.pieces(ipa, buf.len())? {
+            self.machine.memory.read(pa, &mut buf[range]);
+        }
+        Ok(())
+    }
+
+    fn write(&self, ipa: u64, data: &[u8]) -> Result<(), RamError> {
+        for (pa, range) in self.pieces(ipa, data.len())? {
+            self.machine.memory.write(pa, &data[range]);
+        }
+        Ok(())
+    }
+
+    fn alloc_pages(&mut self, n: u64) -> Result<Vec<u64>, RamError> {
+        let mut pages = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            match self.alloc.alloc() {
+                Some(p) => pages.push(GUEST_RAM_BASE + p * PAGE),
+                None => {
+                    for p in pages {
+                        self.alloc.free((p - GUEST_RAM_BASE) / PAGE, 1);
+                    }
+                    return Err(RamError::OutOfMemory { pages: n });
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    fn alloc_contiguous(&mut self, n: u64) -> Result<u64, RamError> {
+        self.alloc
+            .alloc_run(n)
+            .map(|p| GUEST_RAM_BASE + p * PAGE)
+            .ok_or(RamError::OutOfMemory { pages: n })
+    }
+
+    fn free_pages(&mut self, pages: &[u64]) {
+        for &p in pages {
+            if let Some(page) = p.checked_sub(GUEST_RAM_BASE) {
+                self.alloc.free(page / PAGE, 1);
+            }
+        }
+    }
+}
+
+/// The driver of a guest, on the simulated conduit and RAM.
+pub type GuestDriver = Driver<GuestConduit, SimGuestRam>;
+/// The client API of a guest.
+pub type GuestContext = Context<GuestConduit, SimGuestRam>;
+
+/// A running guest.
+pub struct Guest {
+    /// Its id (also its VM id at the hypervisor and the TEE).
+    pub id: GuestId,
+    /// Its mediator.
+    pub mediator: Arc<Mutex<GuestMediator>>,
+    /// Its normal-world client API (and driver, inside).
+    pub context: Mutex<GuestContext>,
+}
+
+impl Guest {
+    /// The client context, locked.
+    pub fn context(&self) -> MutexGuard<'_, GuestContext> {
+        self.context.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The mediator, locked.
+    pub fn mediator(&self) -> MutexGuard<'_, GuestMediator> {
+        self.mediator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A raw SMC as the guest's kernel would issue it (through the hypervisor).
+    pub fn smc(&self, regs: SmcRegs) -> SmcRegs {
+        self.mediator().handle_guest_smc(self.id, regs)
+    }
+}
+
+/// The whole system.
+pub struct System {
+    /// How it was built.
+    pub config: SystemConfig,
+    /// Machine memory and layout.
+    pub machine: Machine,
+    /// The TEE core.
+    pub tee: Arc<Tee<SimPlatform>>,
+    guests: Mutex<BTreeMap<u16, Arc<Guest>>>,
+}
+
+impl System {
+    /// Boots the core; no guest runs yet.
+    ///
+    /// # Errors
+    /// The core refused its configuration.
+    pub fn new(config: SystemConfig) -> Result<Self, SystemError> {
+        let layout = Layout::new(
+            u64::from(config.guests),
+            config.guest_ram / PAGE,
+            config.hyp_pages,
+        );
+        let machine = Machine::new(layout);
+        let tee = Tee::new(
+            config.core,
+            layout.memory_map(),
+            SimPlatform::new(machine.memory.clone()),
+            RecordingTlb::counting(),
+        )
+        .map_err(|e| SystemError::Boot(e.to_string()))?;
+        Ok(Self {
+            config,
+            machine,
+            tee: Arc::new(tee),
+            guests: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn guests_map(&self) -> MutexGuard<'_, BTreeMap<u16, Arc<Guest>>> {
+        self.guests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts guest `id` (1..=guests): its stage-2 map, its mediator (which sends VM_CREATED),
+    /// and its driver (which probes the TEE).
+    ///
+    /// # Errors
+    /// An unknown slot, a running guest, or a refusal on the way.
+    pub fn start_guest(&self, id: u16) -> Result<Arc<Guest>, SystemError> {
+        if id == 0 || id > self.config.guests {
+            return Err(SystemError::NoGuest(id));
+        }
+        if self.guests_map().contains_key(&id) {
+            return Err(SystemError::GuestRuns(id));
+        }
+        let index = u64::from(id - 1);
+        let layout = self.machine.layout;
+        let mut stage2 = Stage2::new();
+        for page in 0..layout.guest_pages {
+            stage2
+                .map(GUEST_RAM_BASE + page * PAGE, layout.guest_pa(index, page))
+                .map_err(|e| SystemError::Hyp(e.to_string()))?;
+        }
+        let vm = GuestId(id);
+        let mut mediator = Mediator::new(
+            TeeConduit(self.tee.clone()),
+            HypMemory(self.machine.clone()),
+            self.config.limits,
+        );
+        mediator
+            .create_guest(vm, stage2)
+            .map_err(|e| SystemError::Hyp(e.to_string()))?;
+        let mediator = Arc::new(Mutex::new(mediator));
+        let ram = SimGuestRam {
+            machine: self.machine.clone(),
+            index,
+            pages: layout.guest_pages,
+            alloc: PageAllocator::new(layout.guest_pages),
+        };
+        let conduit = GuestConduit {
+            mediator: mediator.clone(),
+            vm,
+        };
+        let driver = Driver::probe(conduit, ram).map_err(|e| SystemError::Driver(e.to_string()))?;
+        let guest = Arc::new(Guest {
+            id: vm,
+            mediator,
+            context: Mutex::new(Context::new(driver)),
+        });
+        self.guests_map().insert(id, guest.clone());
+        Ok(guest)
+    }
+
+    /// Ends guest `id`: the hypervisor drops its shadows and pins and sends VM_DESTROYED. Works
+    /// while the guest has calls suspended in RPCs.
+    ///
+    /// # Errors
+    /// The guest does not run, or the hypervisor refused.
+    pub fn destroy_guest(&self, id: u16) -> Result<(), SystemError> {
+        let guest = self
+            .guests_map()
+            .remove(&id)
+            .ok_or(SystemError::NoGuest(id))?;
+        let mut mediator = guest.mediator();
+        mediator
+            .destroy_guest(guest.id)
+            .map_err(|e| SystemError::Hyp(e.to_string()))
+    }
+
+    /// Guest `id`, if it runs.
+    pub fn guest(&self, id: u16) -> Option<Arc<Guest>> {
+        self.guests_map().get(&id).cloned()
+    }
+
+    /// Running guests.
+    pub fn guests(&self) -> Vec<Arc<Guest>> {
+        self.guests_map().values().cloned().collect()
+    }
+
+    /// Every disagreement in the system: the core's checker, plus the hypervisor's view — a
+    /// guest that no longer runs must hold nothing in the core, and the hypervisor must hold no
+    /// page for it.
+    pub fn check(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .tee
+            .check_agreement()
+            .into_iter()
+            .map(|d| format!("core: {d:?}"))
+            .collect();
+        let running: Vec<u16> = self.guests_map().keys().copied().collect();
+        for g in self.tee.guests() {
+            let id = g.id().raw();
+            if !running.contains(&id) {
+                found.push(format!("core still holds guest {id}, which does not run"));
+            }
+        }
+        let shadows: u64 = self
+            .guests()
+            .iter()
+            .map(|g| g.mediator().shadow_pages())
+            .sum();
+        let in_use = self.machine.hyp_pages_in_use();
+        if shadows != in_use {
+            found.push(format!(
+                "the hypervisor holds {in_use} pages but its mediators account for {shadows}"
+            ));
+        }
+        let window = self.tee.window();
+        for m in window.shm().mappings() {
+            if !running.contains(&m.owner.raw()) && !m.owner.is_hypervisor() {
+                found.push(format!(
+                    "window maps {:?} for guest {}, which does not run",
+                    m.range,
+                    m.owner.raw()
+                ));
+            }
+        }
+        found
+    }
+}
