@@ -21,7 +21,14 @@ const BARE_METAL_PACKAGES: &[&str] = &[
 ];
 
 /// The no_std crates that must build unchanged for the secure world.
-const NO_STD_CRATES: &[&str] = &["teeshm-abi", "teeshm-platform", "teeshm-mm"];
+const NO_STD_CRATES: &[&str] = &[
+    "teeshm-abi",
+    "teeshm-platform",
+    "teeshm-mm",
+    "teeshm-core",
+    "teeshm-nw",
+    "teeshm-hyp",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
