@@ -14,69 +14,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
+use teeshm_bench::peers::FirstFitList;
 use teeshm_mm::{
     MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
     ShmWindowConfig, TranslationTables, VaWindow, VaWindowConfig, VirtAddr, VirtPages,
 };
 use teeshm_platform::RecordingTlb;
-
-/// A first-fit allocator over a sorted singly linked list of live blocks, as OP-TEE's `tee_mm`:
-/// alloc walks the gaps between consecutive blocks from the bottom; free walks to the block.
-struct FirstFitList {
-    head: Option<Box<Node>>,
-    size: u64,
-}
-
-struct Node {
-    offset: u64,
-    size: u64,
-    next: Option<Box<Node>>,
-}
-
-impl FirstFitList {
-    fn new(size: u64) -> Self {
-        Self { head: None, size }
-    }
-
-    fn alloc(&mut self, size: u64) -> Option<u64> {
-        let mut cursor = &mut self.head;
-        let mut end_of_previous = 0;
-        loop {
-            match cursor {
-                Some(node) if node.offset - end_of_previous < size => {
-                    end_of_previous = node.offset + node.size;
-                    cursor = &mut cursor.as_mut()?.next;
-                }
-                _ => break,
-            }
-        }
-        if cursor.is_none() && self.size - end_of_previous < size {
-            return None;
-        }
-        let next = cursor.take();
-        *cursor = Some(Box::new(Node {
-            offset: end_of_previous,
-            size,
-            next,
-        }));
-        Some(end_of_previous)
-    }
-
-    fn free(&mut self, offset: u64) -> bool {
-        let mut cursor = &mut self.head;
-        loop {
-            match cursor {
-                Some(node) if node.offset == offset => {
-                    let next = node.next.take();
-                    *cursor = next;
-                    return true;
-                }
-                Some(node) => cursor = &mut node.next,
-                None => return false,
-            }
-        }
-    }
-}
 
 /// Deterministic pseudo-random numbers (xorshift), so every run measures the same work.
 struct Rng(u64);

@@ -12,6 +12,7 @@ use teeshm_sim::scenario::{self, Op, Runner};
 use teeshm_sim::stress;
 use teeshm_sim::{System, SystemConfig};
 
+mod bench;
 mod demo;
 
 /// teeshm: the shared-memory core of a TrustZone TEE, and its whole-system simulator.
@@ -64,6 +65,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The performance suite: every figure beside its peer in the same run (docs/performance.md).
+    Bench {
+        /// Shorter measurements: the whole suite in under two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object keyed by figure id.
+        #[arg(long)]
+        json: bool,
+        /// Write SVG plots of how P1, P5 and P6 grow with their input into this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
+        /// Only these figure groups (P1 .. P8; repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// Runs a scenario file (JSON lines, docs/replay.md); prints each result as a JSON line.
     Replay {
         /// The file.
@@ -87,6 +103,12 @@ fn main() -> ExitCode {
         } => stress_command(guests, ops, seed, threads, &replay_out, json),
         Command::Inspect { scenario, json } => inspect(scenario, json),
         Command::Replay { file, guests } => replay(&file, guests),
+        Command::Bench {
+            quick,
+            json,
+            plots,
+            only,
+        } => bench::run(quick, &only, json, plots.as_deref()),
     }
 }
 

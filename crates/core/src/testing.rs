@@ -13,12 +13,27 @@ use teeshm_mm::{MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, Regi
 use teeshm_platform::RecordingTlb;
 
 /// Physical memory that costs only what is touched: 4 KiB pages made on first write; an
-/// untouched page reads as zeros.
-#[derive(Debug, Default)]
+/// untouched page reads as zeros. Pages are spread over [`SHARDS`] locks, so simulated CPUs
+/// touching different pages do not wait for each other.
+#[derive(Debug)]
 pub struct PhysMemory {
-    pages: spin::Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>>,
+    shards: [crate::sync::Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>>; SHARDS],
+    tracing: core::sync::atomic::AtomicBool,
     /// Reads per page, while tracing (tests of the read-once rule).
-    traced: spin::Mutex<Option<BTreeMap<u64, u64>>>,
+    traced: crate::sync::Mutex<Option<BTreeMap<u64, u64>>>,
+}
+
+/// Locks the pages are spread over.
+pub const SHARDS: usize = 64;
+
+impl Default for PhysMemory {
+    fn default() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| crate::sync::Mutex::new(BTreeMap::new())),
+            tracing: core::sync::atomic::AtomicBool::new(false),
+            traced: crate::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl PhysMemory {
@@ -30,6 +45,8 @@ impl PhysMemory {
     /// Starts counting reads per page (forgetting earlier counts), or stops.
     pub fn trace_reads(&self, on: bool) {
         *self.traced.lock() = on.then(BTreeMap::new);
+        self.tracing
+            .store(on, core::sync::atomic::Ordering::Release);
     }
 
     /// Reads of the page holding `pa` since tracing started.
@@ -41,55 +58,66 @@ impl PhysMemory {
             .unwrap_or(0)
     }
 
-    /// Copies from physical memory (the normal world's or the machine's view: no checks).
-    pub fn read(&self, pa: u64, buf: &mut [u8]) {
-        if let Some(traced) = self.traced.lock().as_mut() {
-            let last = pa.saturating_add(buf.len().saturating_sub(1) as u64);
-            for page in pa / PAGE_SIZE..=last / PAGE_SIZE {
-                *traced.entry(page).or_default() += 1;
-            }
-        }
-        let pages = self.pages.lock();
+    fn shard(
+        &self,
+        page: u64,
+    ) -> &crate::sync::Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>> {
+        let index = (page % SHARDS as u64) as usize;
+        // `index < SHARDS` by construction; the fallback is never taken.
+        self.shards.get(index).unwrap_or(&self.shards[0])
+    }
+
+    /// Calls `f(page, offset in page, range of the caller's buffer)` for each page piece of an
+    /// access of `len` bytes at `pa`.
+    fn pieces(pa: u64, len: usize, mut f: impl FnMut(u64, usize, core::ops::Range<usize>)) {
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let at = pa.wrapping_add(done as u64);
             let in_page = (at % PAGE_SIZE) as usize;
-            let n = (buf.len() - done).min(PAGE_SIZE as usize - in_page);
-            if let Some(dst) = buf.get_mut(done..done + n) {
-                match pages.get(&(at / PAGE_SIZE)) {
-                    Some(page) => {
-                        dst.copy_from_slice(page.get(in_page..in_page + n).unwrap_or(&[]))
-                    }
+            let n = (len - done).min(PAGE_SIZE as usize - in_page);
+            f(at / PAGE_SIZE, in_page, done..done + n);
+            done += n;
+        }
+    }
+
+    /// Copies from physical memory (the normal world's or the machine's view: no checks).
+    pub fn read(&self, pa: u64, buf: &mut [u8]) {
+        if self.tracing.load(core::sync::atomic::Ordering::Acquire) {
+            if let Some(traced) = self.traced.lock().as_mut() {
+                let last = pa.saturating_add(buf.len().saturating_sub(1) as u64);
+                for page in pa / PAGE_SIZE..=last / PAGE_SIZE {
+                    *traced.entry(page).or_default() += 1;
+                }
+            }
+        }
+        Self::pieces(pa, buf.len(), |page, in_page, range| {
+            let n = range.len();
+            if let Some(dst) = buf.get_mut(range) {
+                match self.shard(page).lock().get(&page) {
+                    Some(p) => dst.copy_from_slice(p.get(in_page..in_page + n).unwrap_or(&[])),
                     None => dst.fill(0),
                 }
             }
-            done += n;
-        }
+        });
     }
 
     /// Copies into physical memory.
     pub fn write(&self, pa: u64, data: &[u8]) {
-        let mut pages = self.pages.lock();
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = pa.wrapping_add(done as u64);
-            let in_page = (at % PAGE_SIZE) as usize;
-            let n = (data.len() - done).min(PAGE_SIZE as usize - in_page);
-            let page = pages
-                .entry(at / PAGE_SIZE)
+        Self::pieces(pa, data.len(), |page, in_page, range| {
+            let n = range.len();
+            let mut shard = self.shard(page).lock();
+            let p = shard
+                .entry(page)
                 .or_insert_with(|| Box::new([0; PAGE_SIZE as usize]));
-            if let (Some(dst), Some(src)) =
-                (page.get_mut(in_page..in_page + n), data.get(done..done + n))
-            {
+            if let (Some(dst), Some(src)) = (p.get_mut(in_page..in_page + n), data.get(range)) {
                 dst.copy_from_slice(src);
             }
-            done += n;
-        }
+        });
     }
 
     /// Pages that have been written.
     pub fn touched_pages(&self) -> usize {
-        self.pages.lock().len()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 
@@ -189,4 +217,66 @@ pub fn sim_memory_map() -> MemoryMap {
     })
     .collect();
     MemoryMap::new(&regions).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teeshm_abi::GuestId;
+    use teeshm_mm::{ShmWindow, ShmWindowConfig, VaWindowConfig};
+
+    /// The software walk faults exactly where the MMU would: an unmapped page, a page mapped
+    /// as device memory, an access running off the end of a mapping.
+    #[test]
+    fn accesses_fault_through_missing_or_wrong_mappings() {
+        let memory = Arc::new(PhysMemory::new());
+        let platform = SimPlatform::new(memory.clone());
+        let config = ShmWindowConfig {
+            va: VaWindowConfig {
+                base: VirtAddr(0x40_0000_0000),
+                size: 64 * PAGE_SIZE,
+                guard_pages: 1,
+            },
+            max_table_pages: 16,
+        };
+        let mut w = ShmWindow::new(config, sim_memory_map(), RecordingTlb::new()).unwrap();
+        let ns = PhysAddr(NS_RAM.0 + 0x5000);
+        memory.write(ns.get() + 8, b"shared");
+        let r = w.map(GuestId(1), &[ns], MemKind::NonSecureShared).unwrap();
+        let mut buf = [0u8; 6];
+        platform
+            .read(&w, VirtAddr(r.start().get() + 8), &mut buf)
+            .unwrap();
+        assert_eq!(&buf, b"shared");
+        // Off the end of the one-page mapping: the guard page is not mapped.
+        let mut two = [0u8; 2];
+        let last = VirtAddr(r.start().get() + PAGE_SIZE - 1);
+        assert_eq!(
+            platform.read(&w, last, &mut two),
+            Err(AccessFault::NotMapped(r.start().get() + PAGE_SIZE))
+        );
+        assert_eq!(two, [0, 0], "nothing copied from a faulting access");
+        // After the unmap the same VA faults.
+        w.unmap(r.start()).unwrap();
+        assert_eq!(
+            platform.read(&w, r.start(), &mut buf),
+            Err(AccessFault::NotMapped(r.start().get()))
+        );
+        assert_eq!(
+            platform.write(&w, r.start(), b"x"),
+            Err(AccessFault::NotMapped(r.start().get()))
+        );
+        // Device memory is no memory the core copies shared data from.
+        let dev = w
+            .map(GuestId(1), &[PhysAddr(DEVICES.0)], MemKind::Device)
+            .unwrap();
+        assert_eq!(
+            platform.read(&w, dev.start(), &mut buf),
+            Err(AccessFault::Permission(dev.start().get()))
+        );
+        assert_eq!(
+            platform.read(&w, VirtAddr(u64::MAX), &mut buf),
+            Err(AccessFault::NotMapped(u64::MAX))
+        );
+    }
 }

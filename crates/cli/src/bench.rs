@@ -1,0 +1,134 @@
+//! `teeshm bench`: runs the performance suite of `teeshm_bench` and reports it.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::process::ExitCode;
+use teeshm_bench::plot::{Line, svg};
+use teeshm_bench::{Figure, Series};
+
+/// Runs the suite; exit 0 whatever the goals say (a missed goal is a finding, not a failure).
+pub fn run(quick: bool, only: &[String], json: bool, plots: Option<&Path>) -> ExitCode {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    if json {
+        spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let (figures, series) =
+        teeshm_bench::run(quick, only, &|what| spinner.set_message(what.to_owned()));
+    spinner.finish_and_clear();
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = figures
+            .iter()
+            .map(|f| {
+                (
+                    f.id.clone(),
+                    serde_json::json!({
+                        "title": f.title, "value": f.value, "unit": f.unit, "peer": f.peer,
+                        "peer_name": f.peer_name, "ratio": f.ratio, "ratio_meaning": f.ratio_meaning,
+                        "goal": f.goal, "met": f.met, "note": f.note,
+                    }),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        print_table(&figures);
+    }
+    if let Some(dir) = plots {
+        if let Err(e) = write_plots(dir, &series) {
+            eprintln!("teeshm bench: plots: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn number(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn print_table(figures: &[Figure]) {
+    println!(
+        "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5}",
+        "figure", "teeshm", "unit", "peer", "ratio", "goal", "met"
+    );
+    for f in figures {
+        println!(
+            "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5}",
+            f.id,
+            number(f.value),
+            f.unit,
+            f.peer.map_or("-".into(), number),
+            f.ratio.map_or("-".into(), number),
+            f.goal,
+            match f.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            }
+        );
+    }
+    println!();
+    for f in figures {
+        println!("{}: {}", f.id, f.title);
+        if !f.peer_name.is_empty() {
+            println!("    peer: {}; ratio: {}", f.peer_name, f.ratio_meaning);
+        }
+        if !f.note.is_empty() {
+            println!("    {}", f.note);
+        }
+    }
+}
+
+fn write_plots(dir: &Path, series: &[Series]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for s in series {
+        let ours: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
+        let peer: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.2)).collect();
+        let (title, x, y, peer_name) = match s.id.as_str() {
+            "P1" => (
+                "P1: VA window alloc+free",
+                "live ranges",
+                "ns per alloc+free",
+                "first-fit list (OP-TEE tee_mm)",
+            ),
+            "P5" => (
+                "P5: phys_to_virt",
+                "mapped pages",
+                "ns per lookup",
+                "scan of mapping records",
+            ),
+            _ => (
+                "P6: VM_DESTROYED of a 64k-page guest",
+                "guests in the system",
+                "ns per destroy",
+                "alone (1 guest)",
+            ),
+        };
+        let lines = [
+            Line {
+                name: "teeshm",
+                colour: "#4e79a7",
+                points: &ours,
+            },
+            Line {
+                name: peer_name,
+                colour: "#e15759",
+                points: &peer,
+            },
+        ];
+        let name = format!("{}.svg", s.id.to_lowercase());
+        std::fs::write(dir.join(name), svg(title, x, y, &lines))?;
+    }
+    Ok(())
+}
