@@ -206,9 +206,7 @@ impl<P: Platform> Tee<P> {
             }
         }
         if idle.len() != idle_by_guest.len()
-            || idle
-                .values()
-                .any(|id| !window.entries().any(|(e, _)| e == id))
+            || idle.values().any(|id| !window.has_entry(*id))
         {
             found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
         }
