@@ -1,4 +1,5 @@
-//! Small SVG line plots of how a figure grows with its input (log-scaled x axis).
+//! Small SVG line plots of how a figure grows with its input (both axes logarithmic, so
+//! O(log n) and O(n) read as a flat and a rising line).
 
 use std::fmt::Write as _;
 
@@ -12,20 +13,21 @@ pub struct Line<'a> {
     pub points: &'a [(f64, f64)],
 }
 
-/// A plot of `lines` with log x and linear y from 0.
+/// A log-log plot of `lines` (every value > 0).
 pub fn svg(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>]) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 180.0, 50.0, 60.0);
+    let (w, h, left, right, top, bottom) = (820.0, 420.0, 80.0, 280.0, 50.0, 60.0);
     let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let (xmin, xmax) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let ymax = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .fold(0.0_f64, f64::max)
-        .max(1e-9)
-        * 1.1;
+    let ys = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+    let (ymin, ymax) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    // Whole decades around the data.
+    let (ly0, ly1) = (
+        ymin.max(1e-9).log10().floor(),
+        ymax.max(1e-9).log10().ceil().max(ymin.max(1e-9).log10().floor() + 1.0),
+    );
     let (lx0, lx1) = (xmin.max(1e-9).ln(), xmax.max(xmin * 1.0001).ln());
     let px = |x: f64| left + (x.max(1e-9).ln() - lx0) / (lx1 - lx0).max(1e-9) * (w - left - right);
-    let py = |y: f64| h - bottom - y / ymax * (h - top - bottom);
+    let py = |y: f64| h - bottom - (y.max(1e-9).log10() - ly0) / (ly1 - ly0) * (h - top - bottom);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -44,8 +46,8 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>]) -> Str
         h - bottom,
         h - bottom
     );
-    for i in 0..=4 {
-        let y = ymax * f64::from(i) / 4.0;
+    for decade in (ly0 as i32)..=(ly1 as i32) {
+        let y = 10f64.powi(decade);
         let _ = writeln!(
             s,
             r##"<text x="{}" y="{:.1}" text-anchor="end">{}</text><line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#ddd"/>"##,
@@ -122,13 +124,16 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>]) -> Str
 }
 
 fn short(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.3}M", v / 1e6)
+    let (scaled, unit) = if v >= 1e6 {
+        (v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.3}k", v / 1e3)
-    } else if v >= 10.0 {
-        format!("{v:.0}")
+        (v / 1e3, "k")
     } else {
-        format!("{v:.2}")
+        (v, "")
+    };
+    if (scaled - scaled.round()).abs() < 1e-6 {
+        format!("{scaled:.0}{unit}")
+    } else {
+        format!("{scaled:.1}{unit}")
     }
 }
