@@ -6,6 +6,19 @@
 //!   rust-web-src, lld, llvm tools, qemu-system-arm) when missing.
 //! - `cargo xtask no-std` builds the no_std crates for `aarch64-unknown-none` with that toolchain,
 //!   installing it first when missing.
+//! - `cargo xtask fuzz [--smoke | --long | --time S] [TARGET...]` runs the fuzz targets
+//!   (`fuzz.rs`).
+//! - `cargo xtask loom` runs the loom models of the core (`loom.rs`).
+//! - `cargo xtask linux [--build-only] [--timeout S]` boots Debian's arm64 kernel, optee driver
+//!   and libteec on the firmware under QEMU and runs the libteec test (`linux.rs`).
+//! - `cargo xtask qemu [--client-only | --fault-test-only] [--timeout S] [--build-only]` builds
+//!   the firmware (EL3 monitor, S-EL1 core, NS-EL1 test client) and runs it under QEMU
+//!   (`qemu.rs`, docs/firmware.md).
+
+mod fuzz;
+mod linux;
+mod loom;
+mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -36,8 +49,12 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         Some("tools") => ensure_debian_packages(BARE_METAL_PACKAGES),
         Some("no-std") => no_std_build(),
+        Some("fuzz") => fuzz::main(args.get(1..).unwrap_or(&[])),
+        Some("loom") => loom::main(),
+        Some("linux") => linux::linux(args.get(1..).unwrap_or(&[])),
+        Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
-            eprintln!("usage: cargo xtask <bench [--quick] | tools | no-std>");
+            eprintln!("usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>");
             return ExitCode::from(2);
         }
     };
@@ -71,7 +88,7 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 fn bench(quick: bool) -> Result<(), String> {
-    for (package, bench) in [("teeshm-mm", "mm"), ("teeshm-core", "core")] {
+    for (package, bench) in [("teeshm-bench", "mm"), ("teeshm-bench", "core")] {
         let mut command = Command::new(env!("CARGO"));
         command
             .current_dir(workspace_root())

@@ -28,7 +28,7 @@ impl NsRef {
     /// Maps the object for one access.
     pub(crate) fn map<'a, P: Platform>(
         &'a self,
-        window: &'a spin::Mutex<SharedWindow<P::Tlb>>,
+        window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &'a P,
     ) -> Result<MapGuard<'a, P>, TeeError> {
         MapGuard::new(window, platform, &self.used)
@@ -60,7 +60,7 @@ impl ArgCopy {
     /// (an appended RPC arg) must also fit the buffer.
     pub(crate) fn read<P: Platform>(
         at: &NsRef,
-        window: &spin::Mutex<SharedWindow<P::Tlb>>,
+        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &P,
         reserve: u64,
     ) -> Result<Self, ArgReadError> {
@@ -142,7 +142,7 @@ impl ArgCopy {
     pub(crate) fn write_back<P: Platform>(
         &self,
         at: &NsRef,
-        window: &spin::Mutex<SharedWindow<P::Tlb>>,
+        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &P,
     ) -> Result<(), TeeError> {
         at.map(window, platform)?.write(at.offset, &self.bytes)
@@ -152,7 +152,7 @@ impl ArgCopy {
     /// four params in one read, and at most as many params as the request had.
     pub(crate) fn read_rpc_reply<P: Platform>(
         at: &NsRef,
-        window: &spin::Mutex<SharedWindow<P::Tlb>>,
+        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &P,
         sent_params: u32,
     ) -> Result<Self, TeeError> {

@@ -55,6 +55,11 @@ pub enum CoreDisagreement {
         /// The object.
         mobj: MobjId,
     },
+    /// An object's own mapped flag disagrees with the window's record of it.
+    MappedFlag {
+        /// The object.
+        mobj: MobjId,
+    },
     /// A retired object nobody uses is still mapped or held: it was never released.
     NotReleased {
         /// The object.
@@ -155,10 +160,12 @@ impl<P: Platform> Tee<P> {
         );
         let mut mapped: BTreeMap<GuestId, u64> = BTreeMap::new();
         let mut starts = BTreeMap::new();
+        let mut mapped_ids = alloc::collections::BTreeSet::new();
         let (idle, idle_by_guest) = window.idle_index();
         for (&id, entry) in window.entries() {
             let mobj = &entry.mobj;
             starts.insert(entry.range.start(), id);
+            mapped_ids.insert(id);
             match window.shm().mapping_at(entry.range.start()) {
                 Some(m) if m.range == entry.range => {
                     if m.owner != mobj.owner() {
@@ -225,6 +232,9 @@ impl<P: Platform> Tee<P> {
             for (&mobj_id, mobj) in &r.objects {
                 if mobj.uses().is_retired() && mobj.uses().users() == 0 {
                     found.push(CoreDisagreement::NotReleased { mobj: mobj_id });
+                }
+                if mobj.is_mapped() != mapped_ids.contains(&mobj_id) {
+                    found.push(CoreDisagreement::MappedFlag { mobj: mobj_id });
                 }
             }
             let objects = r.objects.len() as u64;

@@ -42,9 +42,9 @@ pub struct Tee<P: Platform> {
     pub(crate) config: CoreConfig,
     pub(crate) platform: P,
     memory_map: MemoryMap,
-    pub(crate) window: spin::Mutex<SharedWindow<P::Tlb>>,
-    guests: spin::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
-    pub(crate) threads: spin::Mutex<ThreadTable>,
+    pub(crate) window: crate::sync::Mutex<SharedWindow<P::Tlb>>,
+    guests: crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
+    pub(crate) threads: crate::sync::Mutex<ThreadTable>,
     pub(crate) releases: Arc<ReleaseQueue>,
     next_mobj: AtomicU64,
     pool: Option<(PhysRange, Arc<Mobj>)>,
@@ -90,9 +90,9 @@ impl<P: Platform> Tee<P> {
             config,
             platform,
             memory_map,
-            window: spin::Mutex::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
-            guests: spin::RwLock::new(BTreeMap::new()),
-            threads: spin::Mutex::new(ThreadTable::new(config.threads as usize)),
+            window: crate::sync::Mutex::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
+            guests: crate::sync::RwLock::new(BTreeMap::new()),
+            threads: crate::sync::Mutex::new(ThreadTable::new(config.threads as usize)),
             releases: Arc::new(ReleaseQueue::default()),
             next_mobj: AtomicU64::new(1),
             pool: None,
@@ -291,6 +291,10 @@ impl<P: Platform> Tee<P> {
         let Some(guest) = self.guests.write().remove(&id) else {
             return;
         };
+        // Dying before the suspended calls are ended: a call still running on another CPU
+        // checks this under the thread lock before it would suspend, so it is either ended
+        // here or ends itself (`continue_call`); none is parked for a guest that is gone.
+        guest.mark_dying();
         let ended = {
             let mut threads = self.threads.lock();
             threads.end_suspended_of(id)
@@ -301,7 +305,6 @@ impl<P: Platform> Tee<P> {
         drop(ended);
         let (registered, sessions, cached) = {
             let mut state = guest.state.lock();
-            guest.mark_dying();
             (
                 core::mem::take(&mut state.registered),
                 core::mem::take(&mut state.sessions),
@@ -364,7 +367,7 @@ impl<P: Platform> Tee<P> {
     }
 
     /// The window, locked (for reports and tests; hold it briefly).
-    pub fn window(&self) -> spin::MutexGuard<'_, SharedWindow<P::Tlb>> {
+    pub fn window(&self) -> crate::sync::MutexGuard<'_, SharedWindow<P::Tlb>> {
         self.window.lock()
     }
 
@@ -453,15 +456,28 @@ impl<P: Platform> Tee<P> {
                     ),
                 };
                 let id = call.thread;
-                self.threads.lock().suspend(id, call);
+                let mut threads = self.threads.lock();
+                if false && call.guest.is_dying() {
+                    // Its guest was destroyed while it ran: nobody will answer, so the call
+                    // ends here instead of waiting in its thread for ever.
+                    drop(threads);
+                    let guest = call.guest.clone();
+                    drop(call);
+                    self.end_thread(id, &guest);
+                    return SmcRegs::ret(CallError::UnknownGuest.smc_code());
+                }
+                threads.suspend(id, call);
                 regs
             }
             Step::Done => {
                 // A write-back that faults leaves the normal world without results; the call
-                // itself has run, so its SMC still succeeds, as in OP-TEE.
-                let _ = call
-                    .arg
-                    .write_back(&call.arg_at, &self.window, &self.platform);
+                // itself has run, so its SMC still succeeds, as in OP-TEE. A destroyed guest's
+                // memory is not written.
+                if !call.guest.is_dying() {
+                    let _ = call
+                        .arg
+                        .write_back(&call.arg_at, &self.window, &self.platform);
+                }
                 let (thread, guest) = (call.thread, call.guest.clone());
                 drop(call);
                 self.end_thread(thread, &guest);
@@ -724,7 +740,11 @@ impl<P: Platform> Tee<P> {
 
     /// Releases a retired object nobody uses: its mapping goes and its charge is refunded.
     pub(crate) fn release(&self, mobj: &Arc<Mobj>) {
-        self.window.lock().forget(mobj.id());
+        // Only an object that was mapped needs the window's lock (a guest's destruction
+        // releases thousands that never were).
+        if mobj.is_mapped() {
+            self.window.lock().forget(mobj.id());
+        }
         let registered = if mobj.kind() == MobjKind::Registered {
             mobj.num_pages()
         } else {

@@ -174,7 +174,7 @@ pub(crate) struct GuestState {
 pub struct GuestPartition {
     id: GuestId,
     counters: Arc<GuestCounters>,
-    pub(crate) state: spin::Mutex<GuestState>,
+    pub(crate) state: crate::sync::Mutex<GuestState>,
     dying: AtomicBool,
 }
 
@@ -183,7 +183,7 @@ impl GuestPartition {
         Self {
             id,
             counters: Arc::new(GuestCounters::default()),
-            state: spin::Mutex::new(GuestState {
+            state: crate::sync::Mutex::new(GuestState {
                 next_session: 1,
                 ..GuestState::default()
             }),

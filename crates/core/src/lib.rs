@@ -43,6 +43,7 @@ pub mod mobj;
 pub mod msg;
 pub mod platform;
 pub mod pta;
+pub mod sync;
 pub mod testing;
 pub mod thread;
 pub mod window;

@@ -7,14 +7,25 @@
 //! both sides, or neither, believe they release it — the race OP-TEE had to fix three times
 //! (06ea466f9, 83a3d56a2, 7c04952c7).
 
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicU32, Ordering};
+// Under `--cfg loom` (`cargo xtask loom`) the word is loom's, so the models at the end of this
+// file explore every interleaving of the real code.
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, Ordering};
 
 const RETIRED: u32 = 1 << 31;
 const USERS: u32 = RETIRED - 1;
 
 /// Users of a memory object and whether its owner has retired it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UseCount(AtomicU32);
+
+impl Default for UseCount {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// What a retire found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +43,14 @@ pub enum Retire {
 
 impl UseCount {
     /// A live object with no users.
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// A live object with no users.
+    #[cfg(loom)]
+    pub fn new() -> Self {
         Self(AtomicU32::new(0))
     }
 
@@ -92,6 +110,19 @@ impl UseCount {
     }
 }
 
+/// The mapping cache's eviction rule ([`crate::window`]): an idle mapping may be evicted only
+/// when no map guard holds it (`guards`, counted under the window lock) and no call uses its
+/// object. The window's code and the loom model below both use this function.
+pub(crate) fn evictable(guards: u32, uses: &UseCount) -> bool {
+    guards == 0 && uses.users() == 0
+}
+
+/// What the cache does when a mapping's last guard goes: a live object's mapping stays, idle,
+/// for its next use; a retired object's goes at once.
+pub(crate) fn keep_idle_after_last_guard(uses: &UseCount) -> bool {
+    !uses.is_retired()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +148,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(loom))]
     fn threads_release_exactly_once() {
         use std::sync::Arc;
         use std::sync::atomic::AtomicUsize;
@@ -177,5 +209,223 @@ mod tests {
             }
             prop_assert_eq!(releases == 1, retired && users == 0);
         }
+    }
+}
+
+/// loom models (`cargo xtask loom`: `RUSTFLAGS="--cfg loom" cargo test -p teeshm-core --release
+/// --lib loom --target-dir target/loom`). Each explores every interleaving of the real
+/// [`UseCount`] (its atomics are loom's under `cfg(loom)`); the cache model adds the window's
+/// lock and entry as a faithful small model around the real eviction rule ([`evictable`],
+/// [`keep_idle_after_last_guard`]).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    const SEQ: Ordering = Ordering::SeqCst;
+
+    fn released_once(c: &UseCount, releases: &AtomicUsize) {
+        assert_eq!(releases.load(SEQ), 1, "released exactly once");
+        assert_eq!(c.users(), 0);
+        assert!(c.is_retired());
+        assert!(!c.try_acquire(), "a released object cannot be used again");
+    }
+
+    /// The owner retires while the last user drops: whoever makes "retired and unused" true
+    /// releases, and only one of them does.
+    #[test]
+    fn loom_retire_races_last_user_drop() {
+        loom::model(|| {
+            let c = Arc::new(UseCount::new());
+            let releases = Arc::new(AtomicUsize::new(0));
+            assert!(c.try_acquire());
+            let (c2, r2) = (c.clone(), releases.clone());
+            let user = thread::spawn(move || {
+                if c2.drop_user() {
+                    r2.fetch_add(1, SEQ);
+                }
+            });
+            if c.retire() == Retire::ReleaseNow {
+                releases.fetch_add(1, SEQ);
+            }
+            user.join().unwrap();
+            released_once(&c, &releases);
+        });
+    }
+
+    /// Two users drop while the owner retires: released exactly once.
+    #[test]
+    fn loom_two_users_drop_while_retired() {
+        loom::model(|| {
+            let c = Arc::new(UseCount::new());
+            let releases = Arc::new(AtomicUsize::new(0));
+            assert!(c.try_acquire());
+            c.add_user();
+            let users: std::vec::Vec<_> = (0..2)
+                .map(|_| {
+                    let (c, r) = (c.clone(), releases.clone());
+                    thread::spawn(move || {
+                        if c.drop_user() {
+                            r.fetch_add(1, SEQ);
+                        }
+                    })
+                })
+                .collect();
+            if c.retire() == Retire::ReleaseNow {
+                releases.fetch_add(1, SEQ);
+            }
+            for u in users {
+                u.join().unwrap();
+            }
+            released_once(&c, &releases);
+        });
+    }
+
+    /// A call looks the object up while the owner retires it: either the call gets a use
+    /// (and then releases it as the last user, or the retirer finds it unused afterwards) or it
+    /// is refused; released exactly once either way, and a second retire changes nothing.
+    #[test]
+    fn loom_acquire_races_retire() {
+        loom::model(|| {
+            let c = Arc::new(UseCount::new());
+            let releases = Arc::new(AtomicUsize::new(0));
+            let (c2, r2) = (c.clone(), releases.clone());
+            let call = thread::spawn(move || {
+                if c2.try_acquire() && c2.drop_user() {
+                    r2.fetch_add(1, SEQ);
+                }
+            });
+            if c.retire() == Retire::ReleaseNow {
+                releases.fetch_add(1, SEQ);
+            }
+            assert_eq!(c.retire(), Retire::AlreadyRetired);
+            call.join().unwrap();
+            released_once(&c, &releases);
+        });
+    }
+
+    /// The window's entry for one object, behind the window lock: whether it is mapped and how
+    /// many map guards hold it.
+    #[derive(Default)]
+    struct Entry {
+        mapped: bool,
+        guards: u32,
+    }
+
+    /// One object in the mapping cache: the entry under the lock, the object's use count and
+    /// its releases. Each method is the window code's step of the same name.
+    #[derive(Default)]
+    struct Cache {
+        window: Mutex<Entry>,
+        uses: UseCount,
+        releases: AtomicUsize,
+    }
+
+    impl Cache {
+        /// `SharedWindow::acquire`: a hit, or a map.
+        fn guard(&self) {
+            let mut e = self.window.lock().unwrap();
+            e.mapped = true;
+            e.guards += 1;
+        }
+
+        /// `MapGuard::read` / `write`: an access through the mapping, under the lock.
+        fn access(&self) {
+            let e = self.window.lock().unwrap();
+            assert!(
+                e.mapped && e.guards > 0,
+                "an access through an evicted mapping"
+            );
+        }
+
+        /// `SharedWindow::release_guard`.
+        fn drop_guard(&self) {
+            let mut e = self.window.lock().unwrap();
+            e.guards -= 1;
+            if e.guards == 0 && !keep_idle_after_last_guard(&self.uses) {
+                e.mapped = false;
+            }
+        }
+
+        /// `SharedWindow::evict_oldest` for this entry.
+        fn evict(&self) {
+            let mut e = self.window.lock().unwrap();
+            if e.mapped && evictable(e.guards, &self.uses) {
+                e.mapped = false;
+            }
+        }
+
+        /// `Tee::release` (`forget`): the mapping goes with the object.
+        fn release(&self) {
+            self.releases.fetch_add(1, SEQ);
+            self.window.lock().unwrap().mapped = false;
+        }
+
+        /// A call: a use, a guard, two accesses, the guard dropped, the use dropped.
+        fn call(&self) {
+            if !self.uses.try_acquire() {
+                return;
+            }
+            self.guard();
+            self.access();
+            self.access();
+            self.drop_guard();
+            if self.uses.drop_user() {
+                self.release();
+            }
+        }
+    }
+
+    /// A call maps and uses the object while the cache evicts and the owner retires (an
+    /// unregister): no access ever goes through an evicted mapping, the object is released
+    /// exactly once, and afterwards nothing of it is mapped.
+    #[test]
+    fn loom_eviction_against_use_and_retire() {
+        // Exhaustive: every interleaving.
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = None;
+        builder.check(|| {
+            let cache = Arc::new(Cache::default());
+            let (c1, c2) = (cache.clone(), cache.clone());
+            let call = thread::spawn(move || c1.call());
+            let evictor = thread::spawn(move || c2.evict());
+            if cache.uses.retire() == Retire::ReleaseNow {
+                cache.release();
+            }
+            call.join().unwrap();
+            evictor.join().unwrap();
+            assert_eq!(cache.releases.load(SEQ), 1);
+            let e = cache.window.lock().unwrap();
+            assert!(!e.mapped, "a released object's mapping is gone");
+            assert_eq!(e.guards, 0);
+        });
+    }
+
+    /// Two calls share one live object while the cache evicts: no access through an evicted
+    /// mapping, no release; afterwards the mapping is idle (kept) or evicted, never guarded.
+    #[test]
+    fn loom_eviction_against_two_calls() {
+        // Four threads: bounded to 3 preemptions (the whole space takes ~8 minutes on two
+        // cores; it passed once unbounded, see docs/assurance.md).
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let cache = Arc::new(Cache::default());
+            let calls: std::vec::Vec<_> = (0..2)
+                .map(|_| {
+                    let c = cache.clone();
+                    thread::spawn(move || c.call())
+                })
+                .collect();
+            cache.evict();
+            for c in calls {
+                c.join().unwrap();
+            }
+            assert_eq!(cache.releases.load(SEQ), 0);
+            assert_eq!(cache.uses.users(), 0);
+            assert_eq!(cache.window.lock().unwrap().guards, 0);
+        });
     }
 }

@@ -162,6 +162,9 @@ pub struct Mobj {
     page_offset: u16,
     backing: Backing,
     uses: UseCount,
+    /// Whether the window holds a mapping of it (so a release of an object never mapped
+    /// need not take the window's lock).
+    mapped: core::sync::atomic::AtomicBool,
     counters: Arc<GuestCounters>,
 }
 
@@ -186,6 +189,7 @@ impl Mobj {
             page_offset,
             backing,
             uses: UseCount::new(),
+            mapped: core::sync::atomic::AtomicBool::new(false),
             counters,
         }
     }
@@ -271,6 +275,18 @@ impl Mobj {
     }
 
     /// Users and retirement.
+    /// Whether the window holds a mapping of it.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Set by the window, under its lock, as it maps and unmaps the object.
+    pub(crate) fn set_mapped(&self, mapped: bool) {
+        self.mapped
+            .store(mapped, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Users and retirement.
     pub fn uses(&self) -> &UseCount {
         &self.uses
     }
@@ -293,7 +309,7 @@ impl Mobj {
 /// Objects whose last use ended after they were retired; the core releases them at the end of
 /// the SMC in which that happened (a use may end where no lock may be taken).
 #[derive(Debug, Default)]
-pub struct ReleaseQueue(spin::Mutex<Vec<Arc<Mobj>>>);
+pub struct ReleaseQueue(crate::sync::Mutex<Vec<Arc<Mobj>>>);
 
 impl ReleaseQueue {
     fn push(&self, mobj: Arc<Mobj>) {

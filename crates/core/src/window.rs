@@ -126,6 +126,10 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         })
     }
 
+    pub(crate) fn has_entry(&self, id: MobjId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&MobjId, &WindowEntry)> {
         self.entries.iter()
     }
@@ -147,6 +151,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             return Ok((entry.range, true));
         }
         let range = self.map_object(mobj)?;
+        mobj.set_mapped(true);
         self.entries.insert(
             mobj.id(),
             WindowEntry {
@@ -176,7 +181,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         }
         // A live object's mapping stays for its next use (a registered buffer's next call, a
         // call's own temporaries until the call ends); a retired one's goes now.
-        if !entry.mobj.uses().is_retired() {
+        if crate::lifecycle::keep_idle_after_last_guard(entry.mobj.uses()) {
             let stamp = self.clock;
             self.clock += 1;
             entry.idle_since = Some(stamp);
@@ -296,7 +301,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     fn is_evictable(&self, id: MobjId) -> bool {
         self.entries
             .get(&id)
-            .is_some_and(|e| e.guards == 0 && e.mobj.uses().users() == 0)
+            .is_some_and(|e| crate::lifecycle::evictable(e.guards, e.mobj.uses()))
     }
 
     fn unmap_entry(&mut self, id: MobjId) {
@@ -308,6 +313,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             self.idle_by_guest.remove(&(entry.mobj.owner(), stamp));
         }
         // Cannot fail: every entry's range is a live mapping of the window.
+        entry.mobj.set_mapped(false);
         let _ = self.shm.unmap(entry.range.start());
         entry.mobj.counters().sub_mapped(entry.range.pages());
     }
@@ -317,7 +323,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
 /// lives. The mapping is made on first need and, for a registered buffer, kept after the last
 /// guard until the object is released or the space is needed.
 pub struct MapGuard<'a, P: Platform> {
-    window: &'a spin::Mutex<SharedWindow<P::Tlb>>,
+    window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
     platform: &'a P,
     mobj: &'a Arc<Mobj>,
     range: VirtPages,
@@ -326,7 +332,7 @@ pub struct MapGuard<'a, P: Platform> {
 
 impl<'a, P: Platform> MapGuard<'a, P> {
     pub(crate) fn new(
-        window: &'a spin::Mutex<SharedWindow<P::Tlb>>,
+        window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &'a P,
         used: &'a MobjUse,
     ) -> Result<Self, TeeError> {

@@ -53,6 +53,12 @@ pub enum WindowError {
     /// No mapping starts at that address.
     #[error("no mapping starts at {0:#x}")]
     UnknownMapping(u64),
+    /// A static mapping would overlap the dynamic window.
+    #[error("static range {0:?} overlaps the SHM window")]
+    OverlapsWindow(VirtPages),
+    /// A static mapping would replace a valid entry.
+    #[error("virtual page {0:#x} is already mapped")]
+    AlreadyMapped(u64),
 }
 
 /// One live mapping of the window.
@@ -193,6 +199,55 @@ impl<T: TlbMaintenance> ShmWindow<T> {
         Ok(range)
     }
 
+    /// Maps `pages` (in order) at `range`, outside the window, into the same tables: the boot-time
+    /// static mappings of the secure world itself (its code, data, heap and devices), so one root
+    /// table serves both. Such a mapping is not recorded as a window mapping, has no owner and no
+    /// reverse entries, and stays for the life of the tables; [`check_agreement`](Self::check_agreement)
+    /// keeps looking at the window only.
+    ///
+    /// Every page is checked against the memory map as for [`map`](Self::map) (secure kinds only
+    /// onto secure RAM, devices only onto device regions, shared memory only onto normal-world
+    /// memory), the range may not overlap the window, and no page of it may be mapped already.
+    ///
+    /// # Errors
+    /// [`WindowError::OverlapsWindow`], [`WindowError::AlreadyMapped`], the errors of
+    /// [`map`](Self::map) about pages, or a table error (length mismatch, range outside the
+    /// tables, no table memory); on error nothing changed.
+    pub fn map_static(
+        &mut self,
+        range: VirtPages,
+        pages: &[PhysAddr],
+        kind: MemKind,
+    ) -> Result<(), WindowError> {
+        if pages.is_empty() {
+            return Err(WindowError::Empty);
+        }
+        if let Some(window) = self.va.window() {
+            if range.start() < window.end() && window.start() < range.end() {
+                return Err(WindowError::OverlapsWindow(range));
+            }
+        }
+        for &pa in pages {
+            let page = PhysRange::page(pa).map_err(|_| WindowError::UnalignedPage(pa.get()))?;
+            if !self.allowed(page, kind) {
+                return Err(WindowError::Forbidden { pa: pa.get(), kind });
+            }
+        }
+        let mut taken = None;
+        self.tables.for_each_mapping(range, &mut |va, _| {
+            taken.get_or_insert(va);
+        });
+        if let Some(va) = taken {
+            return Err(WindowError::AlreadyMapped(va.get()));
+        }
+        let mut result = self.tables.map_pages(range, pages, kind);
+        if matches!(result, Err(TableError::OutOfTableMemory { .. })) {
+            self.tables.compact();
+            result = self.tables.map_pages(range, pages, kind);
+        }
+        result.map_err(WindowError::from)
+    }
+
     /// Removes the mapping that starts at `start`: reverse entries, table entries (one TLB
     /// request for the batch), then the VA range.
     ///
@@ -283,7 +338,9 @@ impl<T: TlbMaintenance> ShmWindow<T> {
     fn allowed(&self, page: PhysRange, kind: MemKind) -> bool {
         match kind {
             MemKind::NonSecureShared => self.memory_map.is_non_secure(page),
-            MemKind::SecureRam => self.memory_map.is_kind(page, RegionKind::SecureRam),
+            MemKind::SecureRam | MemKind::SecureCode => {
+                self.memory_map.is_kind(page, RegionKind::SecureRam)
+            }
             MemKind::Device => self.memory_map.is_kind(page, RegionKind::Device),
         }
     }
@@ -509,6 +566,145 @@ mod tests {
             .unwrap();
         w.map(GuestId(0), &[PhysAddr(0x0900_0000)], MemKind::Device)
             .unwrap();
+        assert!(w.check_agreement().is_empty());
+    }
+
+    #[test]
+    fn static_mappings_share_the_tables_but_not_the_window() {
+        let mut w = window(64, 1);
+        let secure = |first: u64, n: u64| -> Vec<PhysAddr> {
+            (0..n).map(|i| PhysAddr(first + i * PAGE_SIZE)).collect()
+        };
+        let code = VirtPages::new(VirtAddr(SECURE_RAM), 4).unwrap();
+        w.map_static(code, &secure(SECURE_RAM, 4), MemKind::SecureCode)
+            .unwrap();
+        let data = VirtPages::new(VirtAddr(SECURE_RAM + 0x4000), 600).unwrap();
+        w.map_static(data, &secure(SECURE_RAM + 0x4000, 600), MemKind::SecureRam)
+            .unwrap();
+        let uart = VirtPages::new(VirtAddr(0x0900_0000), 1).unwrap();
+        w.map_static(uart, &[PhysAddr(0x0900_0000)], MemKind::Device)
+            .unwrap();
+        let tables = w.tables();
+        assert_eq!(
+            tables
+                .translate_page(VirtAddr(SECURE_RAM + 0x3000))
+                .map(|t| t.kind),
+            Some(Some(MemKind::SecureCode))
+        );
+        assert_eq!(
+            tables.virt_to_phys(VirtAddr(SECURE_RAM + 0x25_7123)),
+            Some(PhysAddr(SECURE_RAM + 0x25_7123))
+        );
+        assert_eq!(
+            tables.translate_page(VirtAddr(0x0900_0000)).map(|t| t.kind),
+            Some(Some(MemKind::Device))
+        );
+        // Not window mappings: nothing recorded, and the checker (window only) is content.
+        assert_eq!(w.mapped_pages(), 0);
+        assert_eq!(w.mappings().count(), 0);
+        assert_eq!(w.va_window().live_count(), 0);
+        assert!(w.check_agreement().is_empty(), "{:?}", w.check_agreement());
+        // The window works beside them, and its checker still sees only the window.
+        let r = w
+            .map(GuestId(1), &ns(&[5, 2]), MemKind::NonSecureShared)
+            .unwrap();
+        assert!(w.check_agreement().is_empty(), "{:?}", w.check_agreement());
+        w.unmap(r.start()).unwrap();
+        w.compact_tables();
+        assert_eq!(
+            w.tables().virt_to_phys(VirtAddr(SECURE_RAM)),
+            Some(PhysAddr(SECURE_RAM)),
+            "compaction keeps static tables"
+        );
+        assert!(w.check_agreement().is_empty());
+    }
+
+    #[test]
+    fn static_mappings_are_checked_and_change_nothing_on_error() {
+        let mut w = window(64, 1);
+        let one = |va: u64| VirtPages::new(VirtAddr(va), 1).unwrap();
+        // Overlapping the window, at its start or straddling its end.
+        assert_eq!(
+            w.map_static(one(WINDOW), &[PhysAddr(SECURE_RAM)], MemKind::SecureRam),
+            Err(WindowError::OverlapsWindow(one(WINDOW)))
+        );
+        let straddle = VirtPages::new(VirtAddr(WINDOW - PAGE_SIZE), 2).unwrap();
+        assert_eq!(
+            w.map_static(
+                straddle,
+                &[PhysAddr(SECURE_RAM), PhysAddr(SECURE_RAM + PAGE_SIZE)],
+                MemKind::SecureRam
+            ),
+            Err(WindowError::OverlapsWindow(straddle))
+        );
+        let last = WINDOW + 63 * PAGE_SIZE;
+        assert!(matches!(
+            w.map_static(one(last), &[PhysAddr(SECURE_RAM)], MemKind::SecureRam),
+            Err(WindowError::OverlapsWindow(_))
+        ));
+        // Kinds onto the wrong memory.
+        for (pa, kind) in [
+            (NS_RAM, MemKind::SecureCode),
+            (NS_RAM, MemKind::SecureRam),
+            (0x0900_0000, MemKind::SecureCode),
+            (SECURE_RAM, MemKind::NonSecureShared),
+            (SECURE_RAM, MemKind::Device),
+        ] {
+            assert_eq!(
+                w.map_static(one(0x1000_0000), &[PhysAddr(pa)], kind),
+                Err(WindowError::Forbidden { pa, kind })
+            );
+        }
+        assert_eq!(
+            w.map_static(
+                one(0x1000_0000),
+                &[PhysAddr(SECURE_RAM + 8)],
+                MemKind::SecureRam
+            ),
+            Err(WindowError::UnalignedPage(SECURE_RAM + 8))
+        );
+        assert_eq!(
+            w.map_static(one(0x1000_0000), &[], MemKind::SecureRam),
+            Err(WindowError::Empty)
+        );
+        assert!(matches!(
+            w.map_static(
+                one(0x1000_0000),
+                &[PhysAddr(SECURE_RAM), PhysAddr(SECURE_RAM)],
+                MemKind::SecureRam
+            ),
+            Err(WindowError::Table(TableError::LengthMismatch { .. }))
+        ));
+        let mut any = false;
+        w.tables().for_each_mapping(
+            VirtPages::new(VirtAddr(0), 1 << 20).unwrap(),
+            &mut |_, _| any = true,
+        );
+        assert!(!any, "nothing was mapped by a refused static map");
+        // A second static map over a mapped page is refused and leaves the first as it was.
+        w.map_static(
+            one(0x1000_0000),
+            &[PhysAddr(SECURE_RAM)],
+            MemKind::SecureRam,
+        )
+        .unwrap();
+        let two = VirtPages::new(VirtAddr(0x0fff_f000), 2).unwrap();
+        assert_eq!(
+            w.map_static(
+                two,
+                &[
+                    PhysAddr(SECURE_RAM + PAGE_SIZE),
+                    PhysAddr(SECURE_RAM + 2 * PAGE_SIZE)
+                ],
+                MemKind::SecureRam
+            ),
+            Err(WindowError::AlreadyMapped(0x1000_0000))
+        );
+        assert_eq!(w.tables().virt_to_phys(VirtAddr(0x0fff_f000)), None);
+        assert_eq!(
+            w.tables().virt_to_phys(VirtAddr(0x1000_0000)),
+            Some(PhysAddr(SECURE_RAM))
+        );
         assert!(w.check_agreement().is_empty());
     }
 

@@ -36,6 +36,10 @@ pub enum MemKind {
     SecureRam,
     /// Device registers: Device-nGnRE, never executable.
     Device,
+    /// The secure world's own code and read-only data: NS=0, normal write-back cacheable, inner
+    /// shareable, read-only, executable at EL1 (never at EL0). Only boot-time static mappings
+    /// outside the window use it ([`ShmWindow::map_static`](crate::ShmWindow::map_static)).
+    SecureCode,
 }
 
 impl MemKind {
@@ -53,6 +57,13 @@ impl MemKind {
                 common | El1Attributes::INNER_SHAREABLE | El1Attributes::ATTRIBUTE_INDEX_1
             }
             MemKind::Device => common | El1Attributes::ATTRIBUTE_INDEX_0,
+            MemKind::SecureCode => {
+                El1Attributes::ACCESSED
+                    | El1Attributes::UXN
+                    | El1Attributes::READ_ONLY
+                    | El1Attributes::INNER_SHAREABLE
+                    | El1Attributes::ATTRIBUTE_INDEX_1
+            }
         }
     }
 
@@ -63,6 +74,7 @@ impl MemKind {
             MemKind::NonSecureShared,
             MemKind::SecureRam,
             MemKind::Device,
+            MemKind::SecureCode,
         ]
         .into_iter()
         .find(|k| k.attributes() == bare)
@@ -416,6 +428,52 @@ mod tests {
         assert!(
             t.tlb().requests().is_empty(),
             "mapping invalid entries needs no TLB maintenance"
+        );
+    }
+
+    #[test]
+    fn secure_code_is_read_only_and_executable_at_el1_only() {
+        let code = MemKind::SecureCode.attributes();
+        assert!(code.contains(El1Attributes::READ_ONLY | El1Attributes::UXN));
+        assert!(!code.contains(El1Attributes::PXN), "executable at EL1");
+        assert!(!code.contains(El1Attributes::NS), "secure memory");
+        assert!(code.contains(El1Attributes::INNER_SHAREABLE | El1Attributes::ATTRIBUTE_INDEX_1));
+        // W^X: every other kind is writable and never executable.
+        for kind in [
+            MemKind::NonSecureShared,
+            MemKind::SecureRam,
+            MemKind::Device,
+        ] {
+            let attrs = kind.attributes();
+            assert!(
+                attrs.contains(El1Attributes::PXN | El1Attributes::UXN),
+                "{kind:?}"
+            );
+            assert!(!attrs.contains(El1Attributes::READ_ONLY), "{kind:?}");
+        }
+        for kind in [
+            MemKind::NonSecureShared,
+            MemKind::SecureRam,
+            MemKind::Device,
+            MemKind::SecureCode,
+        ] {
+            let valid = kind.attributes() | El1Attributes::VALID | El1Attributes::TABLE_OR_PAGE;
+            assert_eq!(MemKind::from_attributes(valid), Some(kind));
+        }
+        let mut t = tables();
+        let range = VirtPages::new(VirtAddr(0x0e00_0000), 2).unwrap();
+        t.map_pages(
+            range,
+            &pages(&[0x0e00_0000, 0x0e00_1000]),
+            MemKind::SecureCode,
+        )
+        .unwrap();
+        assert_eq!(
+            t.translate_page(VirtAddr(0x0e00_1000)),
+            Some(Translation {
+                pa: PhysAddr(0x0e00_1000),
+                kind: Some(MemKind::SecureCode)
+            })
         );
     }
 

@@ -812,3 +812,165 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
     assert_eq!(r.header.ret_origin.get(), TEE_ORIGIN_TEE);
     w.check();
 }
+
+/// A platform whose reads of one physical page wait until the test opens a gate, so a call can
+/// be held in the middle of its work (between its start and its first RPC) while another CPU
+/// acts. Reads of every other page go on.
+struct GatedPlatform {
+    inner: crate::testing::SimPlatform,
+    gate_page: std::sync::atomic::AtomicU64,
+    reached: std::sync::atomic::AtomicBool,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl crate::Platform for GatedPlatform {
+    type Tlb = teeshm_platform::RecordingTlb;
+
+    fn read(
+        &self,
+        map: &dyn crate::Translate,
+        va: teeshm_mm::VirtAddr,
+        buf: &mut [u8],
+    ) -> Result<(), crate::AccessFault> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = self.gate_page.load(SeqCst);
+        if gate != 0
+            && map
+                .translate_page(va.page_base())
+                .is_some_and(|t| t.pa.get() == gate)
+        {
+            self.reached.store(true, SeqCst);
+            while !self.open.load(SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+        self.inner.read(map, va, buf)
+    }
+
+    fn write(
+        &self,
+        map: &dyn crate::Translate,
+        va: teeshm_mm::VirtAddr,
+        data: &[u8],
+    ) -> Result<(), crate::AccessFault> {
+        self.inner.write(map, va, data)
+    }
+}
+
+/// Found by the host stress test of several CPUs per guest (crates/sim/tests/concurrency.rs):
+/// a call of a guest still *running* when the hypervisor destroyed the guest went on to its
+/// first RPC and was parked in its thread for ever — a thread lost, objects of a dead guest
+/// kept (and mapped), and a later guest with the same id could resume the dead guest's call.
+/// Now a call of a dying guest ends at the point it would suspend: its thread is free, what it
+/// made is released, and nothing is left to resume.
+#[test]
+fn regression_call_of_a_destroyed_guest_never_suspends() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mem = std::sync::Arc::new(crate::testing::PhysMemory::new());
+    let platform = GatedPlatform {
+        inner: crate::testing::SimPlatform::new(mem.clone()),
+        gate_page: 0.into(),
+        reached: false.into(),
+        open: false.into(),
+    };
+    let tee = crate::Tee::new(
+        CoreConfig::default(),
+        crate::testing::sim_memory_map(),
+        platform,
+        teeshm_platform::RecordingTlb::counting(),
+    )
+    .unwrap();
+    let g1 = GuestId(1);
+    let hyp = |func: u32, id: u64| tee.handle_smc(SmcRegs::call(func, &[id]).from_client(G0));
+    assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
+    let page = |i: u64| 0x4000_0000 + i * PAGE;
+    let call = |arg_page: u64| {
+        tee.handle_smc(
+            SmcRegs::call(
+                OPTEE_SMC_CALL_WITH_ARG,
+                &[arg_page >> 32, arg_page & 0xffff_ffff],
+            )
+            .from_client(g1),
+        )
+    };
+    // A session of guest 1.
+    let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
+    let uuid = crate::pta::MEMTEST_UUID;
+    let open = arg_bytes(
+        World::header(OPTEE_MSG_CMD_OPEN_SESSION),
+        &[
+            value(
+                meta,
+                u64::from_le_bytes(uuid[..8].try_into().unwrap()),
+                u64::from_le_bytes(uuid[8..].try_into().unwrap()),
+                0,
+            ),
+            value(meta, 0, 0, 0),
+        ],
+    );
+    let mut open = open;
+    open[28..32].copy_from_slice(&2u32.to_le_bytes());
+    mem.write(page(1), &open);
+    assert_eq!(call(page(1)).a0(), OPTEE_SMC_RETURN_OK);
+    let mut h = [0u8; 32];
+    mem.read(page(1), &mut h);
+    let session = u32::from_le_bytes(h[8..12].try_into().unwrap());
+    assert_eq!(
+        u32::from_le_bytes(h[20..24].try_into().unwrap()),
+        TEE_SUCCESS
+    );
+    // RPC_BUFFER with a temporary page list (list at page 3 naming page 4): the call reads the
+    // list after its session was found, and stops at the gate there.
+    mem.write(page(3), &page(4).to_le_bytes());
+    let mut header = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    header.session.set(session);
+    header.func.set(cmd::RPC_BUFFER);
+    header.num_params.set(3);
+    let invoke = arg_bytes(
+        header,
+        &[
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 7),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            MsgParam::from_tmem(
+                OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                Tmem::new(page(3), 100, 0),
+            ),
+        ],
+    );
+    mem.write(page(2), &invoke);
+    tee.platform().gate_page.store(page(3), SeqCst);
+    let out = std::thread::scope(|s| {
+        let running = s.spawn(|| call(page(2)));
+        while !tee.platform().reached.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // Guest 1 is destroyed while its call runs on the other CPU (it has no registered
+        // buffer, so the sweep needs no lock the held call has).
+        assert_eq!(hyp(OPTEE_SMC_VM_DESTROYED, 1).a0(), OPTEE_SMC_RETURN_OK);
+        tee.platform().open.store(true, SeqCst);
+        running.join().unwrap()
+    });
+    assert!(
+        !is_rpc_return(out.a0()),
+        "the call of a destroyed guest asked for an RPC: {:#x}",
+        out.a0()
+    );
+    assert!(
+        tee.thread_states()
+            .iter()
+            .all(|t| *t == crate::thread::ThreadState::Free),
+        "a thread still holds a call of the destroyed guest: {:?}",
+        tee.thread_states()
+    );
+    assert!(tee.check_agreement().is_empty());
+    assert_eq!(tee.window().mapped_objects(), 0);
+    // A new guest 1 finds nothing of the old one to resume.
+    assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
+    for thread in 0..8 {
+        let resumed = tee.handle_smc(
+            SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).from_client(g1),
+        );
+        assert_eq!(resumed.a0(), OPTEE_SMC_RETURN_ERESUME, "thread {thread}");
+    }
+    assert!(tee.check_agreement().is_empty());
+}

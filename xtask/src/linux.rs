@@ -1,0 +1,820 @@
+//! `cargo xtask linux`: Debian's own arm64 kernel, its tee and optee modules and Debian's libteec
+//! as the normal world of teeshm's firmware on `qemu-system-aarch64 -M virt,secure=on`
+//! (docs/linux.md).
+//!
+//! 1. Host tools from Debian (cross gcc, dtc, QEMU) when missing.
+//! 2. Debian's arm64 packages (the kernel `linux-image-arm64` depends on, busybox-static,
+//!    libteec1, libc6, optee-client-dev) downloaded once into `.cache/linux/debs` (ignored by
+//!    git) and unpacked next to them.
+//! 3. `linux/teeshm-test.c` built with `aarch64-linux-gnu-gcc` against Debian's libteec.
+//! 4. An initramfs (`newc` cpio, written here): busybox, tee.ko, optee.ko, libteec, glibc, the
+//!    test and `linux/init`.
+//! 5. The device tree: QEMU's own (`-machine dumpdtb=`) plus the OP-TEE node, PSCI over SMC,
+//!    secure RAM reserved, and `chosen` (command line, initrd), compiled by `dtc`.
+//! 6. The firmware, built with the `linux` feature: the monitor enters the kernel at NS-EL1.
+//! 7. QEMU runs with a timeout; the UART is shown live and kept in `target/linux/uart.log`. The
+//!    run passes when QEMU exits 0 (PSCI SYSTEM_OFF, which init asks for only when the test
+//!    passed) and the UART shows `N passed, 0 failed`. A hang is killed and reported with the
+//!    last UART lines.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{ensure_debian_packages, run, workspace_root};
+
+/// Host packages: the cross compiler and glibc for the test, dtc, QEMU.
+const HOST_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "device-tree-compiler",
+    "qemu-system-arm",
+];
+
+/// Debian arm64 packages besides the kernel (whose name comes from `linux-image-arm64`).
+const ARM64_PACKAGES: &[&str] = &["busybox-static", "libteec1", "libc6", "optee-client-dev"];
+
+/// The machine. `-cpu cortex-a57` boots Debian's kernel fastest under TCG
+/// (shared/reference/linux-on-qemu.md); one CPU, 1 GiB of RAM as the firmware expects.
+const MACHINE: &[&str] = &[
+    "-M",
+    "virt,secure=on",
+    "-cpu",
+    "cortex-a57",
+    "-smp",
+    "1",
+    "-m",
+    "1024",
+    "-net",
+    "none",
+];
+
+/// Where the `-device loader`s put the kernel, the device tree and the initramfs (non-secure
+/// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0).
+const KERNEL_ADDR: u64 = 0x4020_0000;
+/// The device tree blob: 8-byte aligned, clear of the kernel's `image_size`.
+const DTB_ADDR: u64 = 0x4800_0000;
+/// The initramfs, right after the device tree's 1 MiB.
+const INITRD_ADDR: u64 = 0x4810_0000;
+/// Secure RAM (QEMU `virt`): reserved in the device tree so Linux never touches it.
+const SECURE_RAM: (u64, u64) = (0x0e00_0000, 0x0100_0000);
+
+/// The kernel command line. `oops=panic panic=-1`: an oops becomes a reset at once (the
+/// monitor turns it into a failed run) instead of a task stuck in D state; `nokaslr` keeps
+/// addresses the same from run to run.
+const BOOTARGS: &str = "console=ttyAMA0 panic=-1 oops=panic nokaslr";
+
+/// The busybox applets the init script and a person at the UART use.
+const APPLETS: &[&str] = &[
+    "sh", "mount", "insmod", "lsmod", "dmesg", "grep", "ls", "cat", "echo", "poweroff", "reboot",
+    "sleep", "uname", "mkdir", "head", "tail", "true", "false",
+];
+
+/// How many UART lines a failed run shows.
+const LAST_LINES: usize = 40;
+
+struct Options {
+    build_only: bool,
+    timeout: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        build_only: false,
+        timeout: Duration::from_secs(300),
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--build-only" => options.build_only = true,
+            "--timeout" => {
+                let secs = rest
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("--timeout needs a number of seconds")?;
+                options.timeout = Duration::from_secs(secs);
+            }
+            other => return Err(format!("linux: unknown argument {other}")),
+        }
+    }
+    Ok(options)
+}
+
+/// `cargo xtask linux [--build-only] [--timeout SECS]`.
+pub fn linux(args: &[String]) -> Result<(), String> {
+    let options = parse(args)?;
+    let started = Instant::now();
+    let root = workspace_root();
+    let cache = root.join(".cache").join("linux");
+    let out = root.join("target").join("linux");
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+
+    ensure_debian_packages(HOST_PACKAGES)?;
+    let packages = debian_packages(&cache)?;
+    let sysroot = unpack(&cache, &packages)?;
+    let kernel = Kernel::find(&sysroot)?;
+    let test = build_test(&root, &sysroot, &out)?;
+    let initramfs = build_initramfs(&root, &sysroot, &kernel, &test, &out)?;
+    let firmware = firmware_image(&root)?;
+    let dtb = build_dtb(&firmware, initramfs.1, &out)?;
+    eprintln!(
+        "xtask: linux: kernel {} ({} bytes), initramfs {} bytes, device tree {}; built in {:.1} s",
+        kernel.release,
+        kernel.image_len,
+        initramfs.1,
+        dtb.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if options.build_only {
+        return Ok(());
+    }
+    boot(
+        &firmware,
+        &kernel.image,
+        &dtb,
+        &initramfs.0,
+        &out,
+        options.timeout,
+    )
+}
+
+/// The secure image (`-bios`). TEMPORARY until xtask/src/qemu.rs offers its build.
+fn firmware_image(root: &Path) -> Result<PathBuf, String> {
+    let image = root.join("target/firmware/images/secure.bin");
+    if image.is_file() {
+        Ok(image)
+    } else {
+        Err(format!(
+            "{} missing: run `cargo xtask qemu` first",
+            image.display()
+        ))
+    }
+}
+
+// ---- Debian packages -----------------------------------------------------------------------
+
+/// The arm64 packages as `(name, .deb path)`, downloaded on the first run only: the list of
+/// what was fetched is kept in `debs/MANIFEST`, and a run that finds every file of it present
+/// asks apt nothing.
+fn debian_packages(cache: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let debs = cache.join("debs");
+    let manifest = debs.join("MANIFEST");
+    if let Ok(text) = fs::read_to_string(&manifest) {
+        let listed: Vec<(String, PathBuf)> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, file)| (name.to_string(), debs.join(file)))
+            .collect();
+        if listed.len() == ARM64_PACKAGES.len() + 1 && listed.iter().all(|(_, p)| p.is_file()) {
+            eprintln!(
+                "xtask: linux: Debian arm64 packages cached in {}",
+                debs.display()
+            );
+            return Ok(listed);
+        }
+    }
+    fs::create_dir_all(&debs).map_err(|e| format!("cannot create {}: {e}", debs.display()))?;
+    ensure_arm64_architecture()?;
+    let kernel = kernel_package()?;
+    let mut names = vec![kernel];
+    names.extend(ARM64_PACKAGES.iter().map(|p| (*p).to_string()));
+    let mut listed = Vec::new();
+    let mut text = String::new();
+    for name in &names {
+        let before: Vec<PathBuf> = deb_files(&debs, name);
+        for old in before {
+            let _ = fs::remove_file(old);
+        }
+        run(Command::new("apt-get")
+            .current_dir(&debs)
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+            .arg(format!("{name}:arm64")))?;
+        let file = deb_files(&debs, name)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("apt-get download {name}:arm64 left no .deb"))?;
+        let file_name = file
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(text, "{name} {file_name}");
+        listed.push((name.clone(), file));
+    }
+    fs::write(&manifest, text).map_err(|e| format!("cannot write {}: {e}", manifest.display()))?;
+    Ok(listed)
+}
+
+/// The `.deb` files of package `name` in `dir` (`NAME_VERSION_arm64.deb`).
+fn deb_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!("{name}_");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|f| f.to_string_lossy())
+                .is_some_and(|f| f.starts_with(&prefix) && f.ends_with("_arm64.deb"))
+        })
+        .collect()
+}
+
+/// `dpkg --add-architecture arm64` and `apt-get update` when arm64 is not known yet.
+fn ensure_arm64_architecture() -> Result<(), String> {
+    let known = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .map_err(|e| format!("cannot run dpkg: {e}"))?;
+    let lists_have_arm64 = Command::new("apt-cache")
+        .args(["policy", "libc6:arm64"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Candidate: 2"));
+    if String::from_utf8_lossy(&known.stdout)
+        .lines()
+        .any(|l| l.trim() == "arm64")
+        && lists_have_arm64
+    {
+        return Ok(());
+    }
+    run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The kernel package the `linux-image-arm64` meta package depends on.
+fn kernel_package() -> Result<String, String> {
+    let output = Command::new("apt-cache")
+        .args(["depends", "linux-image-arm64:arm64"])
+        .output()
+        .map_err(|e| format!("cannot run apt-cache: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(|d| d.trim().trim_end_matches(":arm64"))
+        .find(|d| d.starts_with("linux-image-") && d.ends_with("-arm64"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("linux-image-arm64 names no kernel: {text}"))
+}
+
+/// Unpacks every package into `cache/root` (once per manifest).
+fn unpack(cache: &Path, packages: &[(String, PathBuf)]) -> Result<PathBuf, String> {
+    let sysroot = cache.join("root");
+    let stamp = cache.join("root.stamp");
+    let wanted: String = packages
+        .iter()
+        .map(|(_, p)| format!("{}\n", p.display()))
+        .collect();
+    if sysroot.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(sysroot);
+    }
+    if sysroot.exists() {
+        fs::remove_dir_all(&sysroot)
+            .map_err(|e| format!("cannot remove {}: {e}", sysroot.display()))?;
+    }
+    fs::create_dir_all(&sysroot)
+        .map_err(|e| format!("cannot create {}: {e}", sysroot.display()))?;
+    for (_, deb) in packages {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&sysroot))?;
+    }
+    fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(sysroot)
+}
+
+/// The kernel Image and its two TEE modules inside the unpacked packages.
+struct Kernel {
+    release: String,
+    image: PathBuf,
+    image_len: u64,
+    tee: PathBuf,
+    optee: PathBuf,
+}
+
+impl Kernel {
+    fn find(sysroot: &Path) -> Result<Self, String> {
+        let modules = sysroot.join("lib").join("modules");
+        let release = fs::read_dir(&modules)
+            .map_err(|e| format!("no {}: {e}", modules.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|r| r.ends_with("-arm64"))
+            .ok_or("the kernel package has no modules")?;
+        let image = sysroot.join("boot").join(format!("vmlinuz-{release}"));
+        let head = fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+        // The arm64 boot header: "ARM\x64" at 0x38, text_offset at 8, image_size at 16.
+        if head.get(0x38..0x3c) != Some(b"ARM\x64".as_slice()) {
+            return Err(format!(
+                "{} is not a raw arm64 Image (compressed?)",
+                image.display()
+            ));
+        }
+        let word = |at: usize| {
+            head.get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        if word(8) != 0 {
+            return Err(format!("unexpected text_offset {:#x}", word(8)));
+        }
+        if KERNEL_ADDR + word(16) > DTB_ADDR {
+            return Err(format!(
+                "the kernel's image_size {:#x} reaches the device tree",
+                word(16)
+            ));
+        }
+        let tee_dir = modules.join(&release).join("kernel/drivers/tee");
+        let module = |rel: &str| {
+            let plain = tee_dir.join(rel);
+            if plain.is_file() {
+                Ok(plain)
+            } else {
+                Err(format!(
+                    "{} missing (a compressed .ko.xz is not handled: Debian 12's 6.1 kernel ships them plain)",
+                    plain.display()
+                ))
+            }
+        };
+        Ok(Self {
+            image_len: head.len() as u64,
+            tee: module("tee.ko")?,
+            optee: module("optee/optee.ko")?,
+            release,
+            image,
+        })
+    }
+}
+
+// ---- the test program, the initramfs and the device tree ----------------------------------
+
+fn build_test(root: &Path, sysroot: &Path, out: &Path) -> Result<PathBuf, String> {
+    let source = root.join("linux").join("teeshm-test.c");
+    let binary = out.join("teeshm-test");
+    let libdir = sysroot.join("usr/lib/aarch64-linux-gnu");
+    run(Command::new("aarch64-linux-gnu-gcc")
+        .args(["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(sysroot.join("usr/include"))
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .arg("-L")
+        .arg(&libdir)
+        .args(["-l:libteec.so.1", "-lpthread"]))?;
+    Ok(binary)
+}
+
+/// Files of the initramfs, as (path in the archive, contents).
+enum Entry {
+    Dir,
+    File(Vec<u8>, u32),
+    Symlink(String),
+    CharDev(u32, u32),
+}
+
+/// Builds `initramfs.cpio` and returns it with its size.
+fn build_initramfs(
+    root: &Path,
+    sysroot: &Path,
+    kernel: &Kernel,
+    test: &Path,
+    out: &Path,
+) -> Result<(PathBuf, u64), String> {
+    let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let gnu = sysroot.join("lib/aarch64-linux-gnu");
+    let usr_gnu = sysroot.join("usr/lib/aarch64-linux-gnu");
+    let mut entries: Vec<(String, Entry)> = Vec::new();
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "lib",
+        "lib/aarch64-linux-gnu",
+        "lib/modules",
+        "usr",
+        "usr/lib",
+        "usr/lib/aarch64-linux-gnu",
+    ] {
+        entries.push((dir.to_string(), Entry::Dir));
+    }
+    entries.push(("dev/console".into(), Entry::CharDev(5, 1)));
+    entries.push((
+        "bin/busybox".into(),
+        Entry::File(read(&sysroot.join("bin/busybox"))?, 0o755),
+    ));
+    for applet in APPLETS {
+        entries.push((format!("bin/{applet}"), Entry::Symlink("busybox".into())));
+    }
+    entries.push((
+        "init".into(),
+        Entry::File(read(&root.join("linux").join("init"))?, 0o755),
+    ));
+    entries.push(("bin/teeshm-test".into(), Entry::File(read(test)?, 0o755)));
+    entries.push((
+        "lib/modules/tee.ko".into(),
+        Entry::File(read(&kernel.tee)?, 0o644),
+    ));
+    entries.push((
+        "lib/modules/optee.ko".into(),
+        Entry::File(read(&kernel.optee)?, 0o644),
+    ));
+    // glibc's loader and libc (all libteec and the test need), and libteec itself.
+    entries.push((
+        "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1".into(),
+        Entry::File(read(&gnu.join("ld-linux-aarch64.so.1"))?, 0o755),
+    ));
+    entries.push((
+        "lib/ld-linux-aarch64.so.1".into(),
+        Entry::Symlink("aarch64-linux-gnu/ld-linux-aarch64.so.1".into()),
+    ));
+    entries.push((
+        "lib/aarch64-linux-gnu/libc.so.6".into(),
+        Entry::File(read(&gnu.join("libc.so.6"))?, 0o755),
+    ));
+    let libteec =
+        fs::canonicalize(usr_gnu.join("libteec.so.1")).map_err(|e| format!("libteec.so.1: {e}"))?;
+    entries.push((
+        "usr/lib/aarch64-linux-gnu/libteec.so.1".into(),
+        Entry::File(read(&libteec)?, 0o755),
+    ));
+
+    let archive = cpio_newc(&entries);
+    let path = out.join("initramfs.cpio");
+    fs::write(&path, &archive).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((path, archive.len() as u64))
+}
+
+/// A `newc` cpio archive (what the kernel unpacks as an initramfs): owner root, mtime 0.
+fn cpio_newc(entries: &[(String, Entry)]) -> Vec<u8> {
+    fn pad4(out: &mut Vec<u8>) {
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    fn record(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad4(out);
+        out.extend_from_slice(data);
+        pad4(out);
+    }
+    let mut out = Vec::new();
+    for (i, (name, entry)) in entries.iter().enumerate() {
+        let ino = i as u32 + 1;
+        match entry {
+            Entry::Dir => record(&mut out, ino, name, 0o040_755, (0, 0), &[]),
+            Entry::File(data, perm) => record(&mut out, ino, name, 0o100_000 | perm, (0, 0), data),
+            Entry::Symlink(target) => {
+                record(&mut out, ino, name, 0o120_777, (0, 0), target.as_bytes())
+            }
+            Entry::CharDev(major, minor) => {
+                record(&mut out, ino, name, 0o020_600, (*major, *minor), &[])
+            }
+        }
+    }
+    record(&mut out, 0, "TRAILER!!!", 0, (0, 0), &[]);
+    out
+}
+
+/// QEMU's device tree for this machine and firmware, with what Linux needs added.
+fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, String> {
+    let dumped = out.join("qemu-virt.dtb");
+    let mut dump = Command::new("qemu-system-aarch64");
+    dump.args(MACHINE)
+        .args(["-display", "none"])
+        .arg("-bios")
+        .arg(firmware)
+        .arg("-machine")
+        .arg(format!("dumpdtb={}", dumped.display()));
+    run(&mut dump)?;
+    let base = Command::new("dtc")
+        .args(["-q", "-I", "dtb", "-O", "dts"])
+        .arg(&dumped)
+        .output()
+        .map_err(|e| format!("cannot run dtc: {e}"))?;
+    if !base.status.success() {
+        return Err(format!(
+            "dtc could not read {}: {}",
+            dumped.display(),
+            String::from_utf8_lossy(&base.stderr)
+        ));
+    }
+    let mut dts = String::from_utf8_lossy(&base.stdout).into_owned();
+    dts.push_str(&dts_additions(initrd_len));
+    let source = out.join("teeshm-virt.dts");
+    fs::write(&source, &dts).map_err(|e| format!("cannot write {}: {e}", source.display()))?;
+    let dtb = out.join("teeshm-virt.dtb");
+    run(Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&dtb)
+        .arg(&source))?;
+    Ok(dtb)
+}
+
+/// The nodes added to QEMU's tree (a second root block, which dtc merges into the first).
+fn dts_additions(initrd_len: u64) -> String {
+    let cells = |v: u64| format!("<{:#x} {:#x}>", v >> 32, v & 0xffff_ffff);
+    let (secure_base, secure_size) = SECURE_RAM;
+    let secure_reg = format!(
+        "<{:#x} {:#x} {:#x} {:#x}>",
+        secure_base >> 32,
+        secure_base & 0xffff_ffff,
+        secure_size >> 32,
+        secure_size & 0xffff_ffff
+    );
+    format!(
+        r#"
+/* Added by `cargo xtask linux` (xtask/src/linux.rs). */
+/ {{
+	chosen {{
+		bootargs = "{BOOTARGS}";
+		linux,initrd-start = {initrd_start};
+		linux,initrd-end = {initrd_end};
+		/delete-property/ kaslr-seed;
+	}};
+
+	/* The monitor implements PSCI 1.1 at EL3: SYSTEM_OFF, SYSTEM_RESET, FEATURES. */
+	psci {{
+		compatible = "arm,psci-1.0", "arm,psci-0.2";
+		method = "smc";
+	}};
+
+	firmware {{
+		optee {{
+			compatible = "linaro,optee-tz";
+			method = "smc";
+		}};
+	}};
+
+	reserved-memory {{
+		#address-cells = <2>;
+		#size-cells = <2>;
+		ranges;
+
+		/* teeshm's EL3 monitor and S-EL1 core (QEMU's secure RAM). */
+		teeshm-secure@{secure_base:x} {{
+			reg = {secure_reg};
+			no-map;
+		}};
+	}};
+}};
+"#,
+        initrd_start = cells(INITRD_ADDR),
+        initrd_end = cells(INITRD_ADDR + initrd_len),
+    )
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+/// What the UART showed, with the time each milestone appeared.
+#[derive(Default)]
+struct Milestones {
+    kernel: Option<f64>,
+    init: Option<f64>,
+    probed: Option<f64>,
+    summary: Option<(f64, String)>,
+}
+
+fn boot(
+    firmware: &Path,
+    image: &Path,
+    dtb: &Path,
+    initramfs: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let loader = |file: &Path, addr: u64| {
+        format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
+    };
+    let mut command = Command::new("qemu-system-aarch64");
+    command
+        .args(MACHINE)
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-semihosting",
+            "-no-reboot",
+        ])
+        .arg("-bios")
+        .arg(firmware)
+        .args(["-device", &loader(image, KERNEL_ADDR)])
+        .args(["-device", &loader(dtb, DTB_ADDR)])
+        .args(["-device", &loader(initramfs, INITRD_ADDR)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("xtask: running {command:?}");
+    let log_path = out.join("uart.log");
+    let mut log = fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
+
+    // One thread per stream sends lines; this thread shows, logs and watches them.
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward_lines(stdout, &tx)));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            forward_lines_prefixed(stderr, &tx, "qemu: ")
+        }));
+    }
+    drop(tx);
+
+    let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
+    let mut seen = Milestones::default();
+    let deadline = started + timeout;
+    let mut status = None;
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let t = started.elapsed().as_secs_f64();
+                println!("[{t:7.3}] {line}");
+                let _ = writeln!(log, "[{t:7.3}] {line}");
+                note_milestone(&mut seen, t, &line);
+                if last.len() == LAST_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if status.is_none() {
+                    status = child.wait().ok();
+                }
+                break;
+            }
+        }
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if status.is_none() && Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let total = started.elapsed().as_secs_f64();
+    let _ = log.flush();
+
+    let fmt_t = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2} s"));
+    eprintln!(
+        "xtask: linux: kernel banner {}, /init {}, driver probed {}, test done {}, QEMU exit {total:.2} s",
+        fmt_t(seen.kernel),
+        fmt_t(seen.init),
+        fmt_t(seen.probed),
+        fmt_t(seen.summary.as_ref().map(|s| s.0)),
+    );
+    let failure = |why: String| {
+        let mut text = format!("{why}\nlast UART lines:\n");
+        for line in &last {
+            let _ = writeln!(text, "  | {line}");
+        }
+        let _ = write!(text, "(whole log: {})", log_path.display());
+        Err(text)
+    };
+    if timed_out {
+        return failure(format!(
+            "linux: TIMEOUT: no end after {} s; QEMU was killed",
+            timeout.as_secs()
+        ));
+    }
+    let code = status.and_then(|s| s.code());
+    let summary_ok = seen
+        .summary
+        .as_ref()
+        .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+    match (code, &seen.summary) {
+        (Some(0), Some((_, summary))) if summary_ok => {
+            eprintln!("xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF)");
+            println!("linux: OK");
+            Ok(())
+        }
+        (code, summary) => failure(format!(
+            "linux: FAILED: QEMU exit status {}, test summary {}",
+            code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
+            summary
+                .as_ref()
+                .map_or("missing".to_string(), |(_, s)| format!("`{s}`")),
+        )),
+    }
+}
+
+fn note_milestone(seen: &mut Milestones, t: f64, line: &str) {
+    if seen.kernel.is_none() && line.contains("Booting Linux on physical CPU") {
+        seen.kernel = Some(t);
+    }
+    if seen.init.is_none() && line.contains("Run /init as init process") {
+        seen.init = Some(t);
+    }
+    if seen.probed.is_none() && line.contains("optee: initialized driver") {
+        seen.probed = Some(t);
+    }
+    if is_summary(line) {
+        seen.summary = Some((t, line.trim().to_string()));
+    }
+}
+
+/// `N passed, M failed` alone on a line.
+fn is_summary(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(words.as_slice(), [n, "passed,", m, "failed"]
+        if n.parse::<u32>().is_ok() && m.parse::<u32>().is_ok())
+}
+
+fn forward_lines(stream: impl std::io::Read, tx: &mpsc::Sender<String>) {
+    forward_lines_prefixed(stream, tx, "");
+}
+
+fn forward_lines_prefixed(stream: impl std::io::Read, tx: &mpsc::Sender<String>, prefix: &str) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']).replace('\r', "");
+                if tx.send(format!("{prefix}{line}")).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line() {
+        assert!(is_summary("41 passed, 0 failed"));
+        assert!(is_summary("  3 passed, 2 failed "));
+        assert!(!is_summary("ok 3 passed, 2 failed"));
+        assert!(!is_summary("tests: 3 passed, 2 failed, 0 ignored"));
+    }
+
+    #[test]
+    fn cpio_is_newc_and_aligned() {
+        let archive = cpio_newc(&[
+            ("bin".into(), Entry::Dir),
+            ("bin/x".into(), Entry::File(vec![1, 2, 3], 0o755)),
+        ]);
+        assert!(archive.starts_with(b"070701"));
+        assert_eq!(archive.len() % 4, 0);
+        let text = String::from_utf8_lossy(&archive);
+        assert!(text.contains("TRAILER!!!"));
+    }
+
+    #[test]
+    fn additions_name_initrd_and_optee() {
+        let dts = dts_additions(0x1234);
+        assert!(dts.contains("linux,initrd-start = <0x0 0x48100000>"));
+        assert!(dts.contains("linux,initrd-end = <0x0 0x48101234>"));
+        assert!(dts.contains("compatible = \"linaro,optee-tz\""));
+        assert!(dts.contains("reg = <0x0 0xe000000 0x0 0x1000000>"));
+    }
+}

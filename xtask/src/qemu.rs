@@ -1,0 +1,493 @@
+//! `cargo xtask qemu`: teeshm as TrustZone firmware on `qemu-system-aarch64 -M virt,secure=on`
+//! (docs/firmware.md).
+//!
+//! 1. Debian's bare-metal toolchain and QEMU when missing (`apt-get update` once, then
+//!    rustc-web, cargo-web, rust-web-src, lld, llvm, qemu-system-arm).
+//! 2. The firmware workspace (`firmware/`) built with `/usr/bin/cargo` for
+//!    `aarch64-unknown-none` (`RUSTC_BOOTSTRAP=1`, `-Zbuild-std=core,alloc`, its own target
+//!    directory `target/firmware`), linked by `ld.lld` with `firmware/secure.ld` and
+//!    `firmware/client.ld`, made flat by `llvm-objcopy`: `secure.bin` (`-bios`: the EL3 monitor
+//!    with the S-EL1 core) and `client.bin` (the normal-world test client).
+//! 3. QEMU runs with a timeout, the UART streams to stdout, and the run passes when QEMU exits
+//!    0 and the UART shows what the run must show:
+//!    - the client run: `N passed, 0 failed` (N > 0) alone on a line and no `FAIL` line;
+//!    - the fault-test run (a second build with the `fault-test` features, where the core
+//!      touches an unmapped VA on request): the `fault: data abort at VA ...` report of the
+//!      S-EL1 exception handler and the monitor's `fault-test: passed`.
+//!
+//!    A failed run exits with QEMU's status (1 if QEMU exited 0 without what the run must
+//!    show); a hung one is killed at the timeout and its last UART lines shown.
+//!
+//! `cargo xtask qemu [--client-only | --fault-test-only] [--timeout SECS] [--build-only]`
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{ensure_debian_packages, run, workspace_root};
+
+/// What the firmware build and run need from Debian.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld",
+    "llvm",
+    "qemu-system-arm",
+];
+
+/// Where the normal-world client is loaded and entered (QEMU keeps its device tree in the
+/// first MiB of RAM).
+pub const CLIENT_ADDR: u64 = 0x4020_0000;
+
+/// How many UART lines a failed run shows.
+const LAST_LINES: usize = 30;
+
+/// The two firmware builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The normal build: the client runs every case.
+    Client,
+    /// `fault-test`: the core reads an unmapped VA on request; the fault must be reported.
+    FaultTest,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Client => "client",
+            Variant::FaultTest => "fault-test",
+        }
+    }
+
+    fn features(self) -> &'static [&'static str] {
+        match self {
+            Variant::Client => &[],
+            Variant::FaultTest => &[
+                "teeshm-fw-monitor/fault-test",
+                "teeshm-fw-client/fault-test",
+            ],
+        }
+    }
+}
+
+/// The flat images of one build.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// The secure image for `-bios` (EL3 monitor + S-EL1 core).
+    pub secure: PathBuf,
+    /// The normal-world test client, to load at [`CLIENT_ADDR`].
+    pub client: PathBuf,
+}
+
+struct Options {
+    variants: Vec<Variant>,
+    timeout: Duration,
+    build_only: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        variants: vec![Variant::Client, Variant::FaultTest],
+        timeout: Duration::from_secs(120),
+        build_only: false,
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--client-only" => options.variants = vec![Variant::Client],
+            "--fault-test-only" | "--fault-test" => options.variants = vec![Variant::FaultTest],
+            "--build-only" => options.build_only = true,
+            "--timeout" => {
+                let secs = rest
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("--timeout needs a number of seconds")?;
+                options.timeout = Duration::from_secs(secs);
+            }
+            other => return Err(format!("qemu: unknown argument {other}")),
+        }
+    }
+    Ok(options)
+}
+
+/// `cargo xtask qemu`: builds, runs each variant, and exits with QEMU's status on a failure.
+pub fn qemu(args: &[String]) -> Result<(), String> {
+    let options = parse(args)?;
+    ensure_debian_packages(PACKAGES)?;
+    let mut results = Vec::new();
+    for &variant in &options.variants {
+        let started = Instant::now();
+        let images = build(variant, &[])?;
+        eprintln!(
+            "xtask: qemu: {} firmware built in {:.1} s: {} ({} bytes), {} ({} bytes)",
+            variant.name(),
+            started.elapsed().as_secs_f64(),
+            images.secure.display(),
+            file_len(&images.secure),
+            images.client.display(),
+            file_len(&images.client)
+        );
+        if options.build_only {
+            continue;
+        }
+        match run_qemu(variant, &images, options.timeout) {
+            Ok(summary) => results.push(summary),
+            Err((status, why)) => {
+                eprintln!("xtask: qemu: {why}");
+                std::process::exit(status);
+            }
+        }
+    }
+    for line in &results {
+        eprintln!("xtask: qemu: {line}");
+    }
+    Ok(())
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Builds the firmware `variant` with `extra_features` (features of the firmware packages, as
+/// `package/feature`) and returns its flat images, in `target/firmware/images/<variant>/`.
+/// The client build's images are also copied to `target/firmware/images/` itself.
+///
+/// # Errors
+/// A build, link or objcopy failure.
+pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("firmware");
+    let mut features: Vec<&str> = variant.features().to_vec();
+    features.extend_from_slice(extra_features);
+    let mut command = Command::new("/usr/bin/cargo");
+    command
+        .current_dir(root.join("firmware"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", "/usr/bin/rustc")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .args([
+            "build",
+            "--release",
+            "-Zbuild-std=core,alloc",
+            "--target",
+            "aarch64-unknown-none",
+            "-p",
+            "teeshm-fw-monitor",
+            "-p",
+            "teeshm-fw-client",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    if !features.is_empty() {
+        command.arg("--features").arg(features.join(","));
+    }
+    run(&mut command)?;
+    let elf_dir = target_dir.join("aarch64-unknown-none").join("release");
+    let suffix = if extra_features.is_empty() {
+        variant.name().to_string()
+    } else {
+        format!(
+            "{}-{}",
+            variant.name(),
+            extra_features.join("-").replace('/', "_")
+        )
+    };
+    let out = target_dir.join("images").join(suffix);
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let objcopy = find_objcopy()?;
+    let flat = |elf: &str, name: &str| -> Result<PathBuf, String> {
+        let elf_path = elf_dir.join(elf);
+        let kept = out.join(format!("{name}.elf"));
+        fs::copy(&elf_path, &kept)
+            .map_err(|e| format!("cannot copy {}: {e}", elf_path.display()))?;
+        let bin = out.join(format!("{name}.bin"));
+        run(Command::new(&objcopy)
+            .args(["-O", "binary"])
+            .arg(&kept)
+            .arg(&bin))?;
+        Ok(bin)
+    };
+    let images = Images {
+        secure: flat("teeshm-fw-monitor", "secure")?,
+        client: flat("teeshm-fw-client", "client")?,
+    };
+    if variant == Variant::Client && extra_features.is_empty() {
+        let top = target_dir.join("images");
+        for (from, name) in [
+            (&images.secure, "secure.bin"),
+            (&images.client, "client.bin"),
+        ] {
+            fs::copy(from, top.join(name))
+                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+        }
+    }
+    Ok(images)
+}
+
+/// `llvm-objcopy`, or Debian's versioned `llvm-objcopy-N` (the highest).
+fn find_objcopy() -> Result<PathBuf, String> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(Path::new("llvm-objcopy")) {
+        return Ok(PathBuf::from("llvm-objcopy"));
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/bin")
+        .map_err(|e| format!("cannot list /usr/bin: {e}"))?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let version = name.strip_prefix("llvm-objcopy-")?.parse().ok()?;
+            Some((version, path))
+        })
+        .collect();
+    versioned.sort();
+    versioned
+        .pop()
+        .map(|(_, p)| p)
+        .filter(|p| works(p))
+        .ok_or_else(|| "no llvm-objcopy found (Debian package llvm)".to_string())
+}
+
+/// What a run must show, seen so far.
+#[derive(Default)]
+struct Seen {
+    summary: Option<String>,
+    failed_case: Option<String>,
+    fault_report: Option<String>,
+    fault_test_passed: bool,
+    core_ready: Option<f64>,
+}
+
+impl Seen {
+    fn note(&mut self, t: f64, line: &str) {
+        let line = line.trim();
+        if is_summary(line) {
+            self.summary = Some(line.to_string());
+        }
+        if line.starts_with("FAIL ") && self.failed_case.is_none() {
+            self.failed_case = Some(line.to_string());
+        }
+        if line.starts_with("fault: data abort at VA ") {
+            self.fault_report = Some(line.to_string());
+        }
+        if line.starts_with("fault-test: passed") {
+            self.fault_test_passed = true;
+        }
+        if self.core_ready.is_none() && line.starts_with("monitor: S-EL1 core ready") {
+            self.core_ready = Some(t);
+        }
+    }
+}
+
+/// `N passed, M failed` alone on a line.
+fn is_summary(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(
+        words.as_slice(),
+        [n, "passed,", m, "failed"] if n.parse::<u64>().is_ok() && m.parse::<u64>().is_ok()
+    )
+}
+
+/// Runs QEMU on `images`; `Ok(summary)` when the run shows what it must, else `(exit status,
+/// why)`.
+fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<String, (i32, String)> {
+    let mut command = Command::new("qemu-system-aarch64");
+    command
+        .args([
+            "-M",
+            "virt,secure=on",
+            "-cpu",
+            "cortex-a57",
+            "-smp",
+            "1",
+            "-m",
+            "1024",
+            "-nographic",
+            "-nic",
+            "none",
+            "-semihosting",
+            "-no-reboot",
+        ])
+        .arg("-bios")
+        .arg(&images.secure)
+        .arg("-device")
+        .arg(format!(
+            "loader,file={},addr={CLIENT_ADDR:#x},force-raw=on",
+            images.client.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("xtask: running {command:?}");
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| (1, format!("cannot start qemu-system-aarch64: {e}")))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(stdout, &tx, "")));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(stderr, &tx, "qemu: ")));
+    }
+    drop(tx);
+
+    let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
+    let mut seen = Seen::default();
+    let deadline = started + timeout;
+    let mut status = None;
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                println!("{line}");
+                seen.note(started.elapsed().as_secs_f64(), &line);
+                if last.len() == LAST_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if status.is_none() {
+                    status = child.wait().ok();
+                }
+                break;
+            }
+        }
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if status.is_none() && Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let total = started.elapsed().as_secs_f64();
+    let failure = |status: i32, why: String| {
+        let mut text = format!("{} run FAILED: {why}\nlast UART lines:\n", variant.name());
+        for line in &last {
+            text.push_str("  | ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        Err((status, text))
+    };
+    if timed_out {
+        return failure(
+            124,
+            format!("no end after {} s; QEMU was killed", timeout.as_secs()),
+        );
+    }
+    let code = status.and_then(|s| s.code());
+    let ready = seen
+        .core_ready
+        .map_or("-".to_string(), |t| format!("{:.2} s", t));
+    match variant {
+        Variant::Client => {
+            let summary_ok = seen
+                .summary
+                .as_deref()
+                .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+            match (code, &seen.summary, &seen.failed_case) {
+                (Some(0), Some(summary), None) if summary_ok => Ok(format!(
+                    "client run passed: {summary} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s)"
+                )),
+                (code, summary, failed) => failure(
+                    code.filter(|&c| c != 0).unwrap_or(1),
+                    format!(
+                        "QEMU exit status {}, summary {}, first failed case {}",
+                        code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
+                        summary.as_deref().unwrap_or("missing"),
+                        failed.as_deref().unwrap_or("none")
+                    ),
+                ),
+            }
+        }
+        Variant::FaultTest => match (code, &seen.fault_report) {
+            (Some(0), Some(report)) if seen.fault_test_passed => Ok(format!(
+                "fault-test run passed: `{report}` (QEMU exit 0 after {total:.2} s)"
+            )),
+            (code, report) => failure(
+                code.filter(|&c| c != 0).unwrap_or(1),
+                format!(
+                    "QEMU exit status {}, fault report {}",
+                    code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
+                    report.as_deref().unwrap_or("missing")
+                ),
+            ),
+        },
+    }
+}
+
+/// Sends each line of `stream` (UART lines end in `\r\n`) to `tx`.
+fn forward(stream: impl std::io::Read, tx: &mpsc::Sender<String>, prefix: &str) {
+    let mut reader = BufReader::new(stream);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&raw);
+                let line = text.trim_end_matches(['\r', '\n']);
+                if tx.send(format!("{prefix}{line}")).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line() {
+        assert!(is_summary("26 passed, 0 failed"));
+        assert!(is_summary("  3 passed, 2 failed \r"));
+        assert!(!is_summary("tests: 3 passed, 0 failed, 0 ignored"));
+        assert!(!is_summary("ok   x: 3 passed, 0 failed"));
+    }
+
+    #[test]
+    fn what_a_run_must_show() {
+        let mut seen = Seen::default();
+        seen.note(
+            0.1,
+            "monitor: S-EL1 core ready at 6000 us; entering the normal world",
+        );
+        seen.note(0.2, "FAIL hostile: unknown cookies [0 ms]: 0xffff0006");
+        seen.note(0.3, "25 passed, 1 failed\r");
+        assert_eq!(seen.core_ready, Some(0.1));
+        assert!(seen.failed_case.is_some());
+        assert_eq!(seen.summary.as_deref(), Some("25 passed, 1 failed"));
+        seen.note(
+            0.4,
+            "fault: data abort at VA 0x40001ff000 (FAR_EL1), ESR 0x96000007",
+        );
+        seen.note(0.5, "fault-test: passed: caught");
+        assert!(seen.fault_report.is_some() && seen.fault_test_passed);
+    }
+}
