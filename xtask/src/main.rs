@@ -54,7 +54,9 @@ fn main() -> ExitCode {
         Some("linux") => linux::linux(args.get(1..).unwrap_or(&[])),
         Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
-            eprintln!("usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>");
+            eprintln!(
+                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
+            );
             return ExitCode::from(2);
         }
     };

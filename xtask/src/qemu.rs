@@ -164,6 +164,19 @@ pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String
     let target_dir = root.join("target").join("firmware");
     let mut features: Vec<&str> = variant.features().to_vec();
     features.extend_from_slice(extra_features);
+    let suffix = if extra_features.is_empty() {
+        variant.name().to_string()
+    } else {
+        format!(
+            "{}-{}",
+            variant.name(),
+            extra_features.join("-").replace('/', "_")
+        )
+    };
+    let out = target_dir.join("images").join(suffix);
+    // The ELFs of this very build, hard-linked by cargo while it holds the build lock: the
+    // uplifted `release/teeshm-fw-*` may be replaced meanwhile by a build of other features.
+    let elf_dir = out.join("elf");
     let mut command = Command::new("/usr/bin/cargo");
     command
         .current_dir(root.join("firmware"))
@@ -176,6 +189,7 @@ pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String
             "build",
             "--release",
             "-Zbuild-std=core,alloc",
+            "-Zunstable-options",
             "--target",
             "aarch64-unknown-none",
             "-p",
@@ -184,33 +198,22 @@ pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String
             "teeshm-fw-client",
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(&target_dir)
+        .arg("--artifact-dir")
+        .arg(&elf_dir);
     if !features.is_empty() {
         command.arg("--features").arg(features.join(","));
     }
+    let _ = fs::remove_dir_all(&elf_dir);
     run(&mut command)?;
-    let elf_dir = target_dir.join("aarch64-unknown-none").join("release");
-    let suffix = if extra_features.is_empty() {
-        variant.name().to_string()
-    } else {
-        format!(
-            "{}-{}",
-            variant.name(),
-            extra_features.join("-").replace('/', "_")
-        )
-    };
-    let out = target_dir.join("images").join(suffix);
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let objcopy = find_objcopy()?;
     let flat = |elf: &str, name: &str| -> Result<PathBuf, String> {
         let elf_path = elf_dir.join(elf);
-        let kept = out.join(format!("{name}.elf"));
-        fs::copy(&elf_path, &kept)
-            .map_err(|e| format!("cannot copy {}: {e}", elf_path.display()))?;
         let bin = out.join(format!("{name}.bin"));
         run(Command::new(&objcopy)
             .args(["-O", "binary"])
-            .arg(&kept)
+            .arg(&elf_path)
             .arg(&bin))?;
         Ok(bin)
     };

@@ -1,0 +1,133 @@
+//! The normal-world test client: NS-EL1, MMU off, loaded at 0x4000_0000. It speaks to the
+//! secure world only by SMC, through `teeshm-nw`'s driver and client API (and raw SMCs for the
+//! hostile cases), prints one line per case, then `N passed, M failed`, and asks the monitor to
+//! end the run (`SIP_TEESHM_TEST_EXIT`).
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod cases;
+mod ram;
+mod smc;
+
+use buddy_system_allocator::LockedHeap;
+use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_fw_common::{fid, println};
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    ldr     x0, =__stack_top
+    mov     sp, x0
+    mov     x0, #(3 << 20)
+    msr     cpacr_el1, x0
+    ldr     x0, =client_vectors
+    msr     vbar_el1, x0
+    isb
+    ldr     x0, =__bss_start
+    ldr     x1, =__bss_end
+0:  cmp     x0, x1
+    b.hs    1f
+    stp     xzr, xzr, [x0], #16
+    b       0b
+1:  bl      client_main
+2:  wfe
+    b       2b
+    .ltorg
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+client_vectors:
+    .irp kind, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .balign 0x80
+    mov     x0, #\kind
+    b       client_vector_common
+    .endr
+client_vector_common:
+    mrs     x1, esr_el1
+    mrs     x2, far_el1
+    mrs     x3, elr_el1
+    bl      client_exception
+3:  wfe
+    b       3b
+"#
+);
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+unsafe extern "C" {
+    static __heap_start: u8;
+    static __heap_end: u8;
+}
+
+/// Cases passed and failed so far (the panic and exception paths report them too).
+pub static PASSED: AtomicU64 = AtomicU64::new(0);
+/// See [`PASSED`].
+pub static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Tells the monitor the client is done; the monitor ends the run.
+pub fn test_exit(passed: u64, failed: u64) -> ! {
+    smc::raw(teeshm_abi::smc::SmcRegs::call(
+        fid::SIP_TEESHM_TEST_EXIT,
+        &[passed, failed],
+    ));
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn client_main() -> ! {
+    let start = (&raw const __heap_start) as usize;
+    let end = (&raw const __heap_end) as usize;
+    // SAFETY: the heap range of client.ld is NS RAM that nothing else uses (the image ends below
+    // it, the page pool lent to the TEE starts above it); init runs once, before any allocation.
+    unsafe { HEAP.lock().init(start, end - start) };
+    cases::run();
+    let stats = smc::raw(teeshm_abi::smc::SmcRegs::call(
+        fid::SIP_TEESHM_MONITOR_STATS,
+        &[],
+    ));
+    println!(
+        "client: the monitor forwarded {} calls to the core in {} world switches; {} ms since \
+         the core was ready",
+        stats.a[1],
+        stats.a[2],
+        stats.a[3] / 1000
+    );
+    let (passed, failed) = (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    );
+    println!("{passed} passed, {failed} failed");
+    test_exit(passed, failed)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn client_exception(kind: u64, esr: u64, far: u64, elr: u64) -> ! {
+    println!(
+        "client: exception (vector {kind}) at NS-EL1: ESR {esr:#x}, FAR {far:#x}, ELR {elr:#x}"
+    );
+    let (passed, failed) = (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    );
+    println!("{passed} passed, {} failed", failed + 1);
+    test_exit(passed, failed + 1)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("client: panic: {info}");
+    let (passed, failed) = (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    );
+    println!("{passed} passed, {} failed", failed + 1);
+    test_exit(passed, failed + 1)
+}

@@ -1,0 +1,391 @@
+//! Where the monitor enters the S-EL1 core, and where the core gives control back.
+//!
+//! - `tee_boot_entry` (once, MMU off): stack, vectors, then [`tee_boot`] builds the core, maps
+//!   secure RAM and the UART statically into mm's tables, turns the MMU on, and the entry ends
+//!   with `SMC SECURE_ENTRY_DONE`.
+//! - `tee_call_entry` (for every call the monitor forwards, x0..x7 = a0..a7 of the normal
+//!   world): a fresh stack, [`tee_handle_call`], then `SMC SECURE_CALL_DONE` with the answer in
+//!   x1..x8. Nothing stays on the stack between calls: a call suspended in an RPC is parked
+//!   in the core's thread table, and the normal world's `RETURN_FROM_RPC` is a new entry.
+//! - `tee_vectors`: every exception at S-EL1 is fatal: [`tee_exception`] prints the fault with
+//!   its address and reports it to the monitor (`SMC SECURE_FAULT`), which ends the run.
+
+use crate::layout;
+use crate::platform::{FwPlatform, FwTlb};
+use crate::{MAX_TABLE_PAGES, WINDOW_BASE, WINDOW_SIZE};
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_abi::smc::{OPTEE_SMC_RETURN_UNKNOWN_FUNCTION, SmcRegs};
+use teeshm_core::{CoreConfig, GuestQuotas, Tee};
+use teeshm_fw_common::{fid, println, time};
+use teeshm_mm::{
+    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
+    ShmWindowConfig, VaWindowConfig, VirtAddr, VirtPages,
+};
+
+/// The VA the `fault-test` build touches: the last page of the first 2 MiB of the SHM window.
+/// The window's first mappings share its last-level table, so the walk reaches level 3 and
+/// finds this one entry invalid (the core checks it is unmapped before touching it).
+pub const FAULT_TEST_VA: u64 = WINDOW_BASE + 0x20_0000 - PAGE_SIZE;
+
+static TEE: spin::Once<Tee<FwPlatform>> = spin::Once::new();
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    r#"
+    .section .text.tee_entry, "ax"
+    .global tee_boot_entry
+tee_boot_entry:
+    ldr     x9, =__tee_stack_top
+    mov     sp, x9
+    ldr     x9, =tee_vectors
+    msr     vbar_el1, x9
+    isb
+    bl      tee_boot
+    ldr     x0, ={entry_done}
+    smc     #0
+0:  wfe
+    b       0b
+
+    .global tee_call_entry
+tee_call_entry:
+    ldr     x9, =__tee_stack_top
+    mov     sp, x9
+    sub     sp, sp, #64
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    mov     x0, sp
+    bl      tee_handle_call
+    ldp     x1, x2, [sp, #0]
+    ldp     x3, x4, [sp, #16]
+    ldp     x5, x6, [sp, #32]
+    ldp     x7, x8, [sp, #48]
+    ldr     x0, ={call_done}
+    smc     #0
+1:  wfe
+    b       1b
+
+    .section .text.vectors.tee, "ax"
+    .balign 0x800
+    .global tee_vectors
+tee_vectors:
+    .irp kind, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .balign 0x80
+    mov     x0, #\kind
+    b       tee_vector_common
+    .endr
+
+tee_vector_common:
+    ldr     x9, =__tee_exc_stack_top
+    mov     sp, x9
+    mrs     x1, esr_el1
+    mrs     x2, far_el1
+    mrs     x3, elr_el1
+    bl      tee_exception
+2:  wfe
+    b       2b
+    .ltorg
+"#,
+    entry_done = const fid::SECURE_ENTRY_DONE,
+    call_done = const fid::SECURE_CALL_DONE,
+);
+
+unsafe extern "C" {
+    /// Where the monitor enters the core at boot (S-EL1, MMU off).
+    pub fn tee_boot_entry();
+    /// Where the monitor enters the core for each call (S-EL1, MMU on).
+    pub fn tee_call_entry();
+}
+
+/// Why the core could not boot.
+#[derive(Debug)]
+#[allow(dead_code, reason = "the fields are printed with Debug")]
+enum BootError {
+    Core(teeshm_core::entry::BootError),
+    Map(&'static str, teeshm_mm::WindowError),
+    Range(&'static str),
+    MemoryMap,
+}
+
+fn memory_map() -> Result<MemoryMap, BootError> {
+    let region = |(start, len): (u64, u64), kind| -> Result<Region, BootError> {
+        Ok(Region {
+            range: PhysRange::new(PhysAddr(start), len).map_err(|_| BootError::MemoryMap)?,
+            kind,
+        })
+    };
+    MemoryMap::new(&[
+        region(layout::SECURE_RAM, RegionKind::SecureRam)?,
+        region(layout::UART, RegionKind::Device)?,
+        region(layout::NS_RAM, RegionKind::NonSecureRam)?,
+    ])
+    .map_err(|_| BootError::MemoryMap)
+}
+
+/// The core's configuration on QEMU: guest 0 is the (only) normal world, or the hypervisor
+/// of guests it announces; quotas sized to the 16 MiB of secure RAM.
+pub fn config() -> CoreConfig {
+    CoreConfig {
+        threads: 4,
+        max_guests: 9,
+        guest_zero: true,
+        quotas: GuestQuotas {
+            max_objects: 1024,
+            max_registered_pages: 32_768,
+            max_mapped_pages: 32_768,
+            max_sessions: 16,
+            max_threads: 4,
+        },
+        window: ShmWindowConfig {
+            va: VaWindowConfig {
+                base: VirtAddr(WINDOW_BASE),
+                size: WINDOW_SIZE,
+                guard_pages: 1,
+            },
+            max_table_pages: MAX_TABLE_PAGES,
+        },
+        max_buffer_pages: 32_768,
+        ..CoreConfig::default()
+    }
+}
+
+/// Maps `range` (page aligned) at VA == PA as `kind`, outside the window.
+fn map_identity(
+    shm: &mut ShmWindow<FwTlb>,
+    what: &'static str,
+    range: Range<u64>,
+    kind: MemKind,
+) -> Result<u64, BootError> {
+    let pages = range.end.saturating_sub(range.start) / PAGE_SIZE;
+    let va = VirtPages::new(VirtAddr(range.start), pages).map_err(|_| BootError::Range(what))?;
+    let mut list = Vec::new();
+    list.try_reserve_exact(pages as usize)
+        .map_err(|_| BootError::Range(what))?;
+    list.extend((0..pages).map(|i| PhysAddr(range.start + i * PAGE_SIZE)));
+    shm.map_static(va, &list, kind)
+        .map_err(|e| BootError::Map(what, e))?;
+    Ok(pages)
+}
+
+fn boot() -> Result<(), BootError> {
+    let started = time::micros();
+    crate::heap::init(layout::heap());
+    let tee = Tee::new(
+        config(),
+        memory_map()?,
+        FwPlatform::new(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE),
+        FwTlb,
+    )
+    .map_err(BootError::Core)?;
+    let (root, table_pages) = {
+        let mut window = tee.window();
+        let shm = window.shm_mut();
+        let code = map_identity(shm, "code", layout::code(), MemKind::SecureCode)?;
+        let data = map_identity(shm, "data", layout::data(), MemKind::SecureRam)?;
+        let rest = map_identity(
+            shm,
+            "stacks and heap",
+            layout::stacks_and_heap(),
+            MemKind::SecureRam,
+        )?;
+        map_identity(
+            shm,
+            "uart",
+            layout::UART.0..layout::UART.0 + layout::UART.1,
+            MemKind::Device,
+        )?;
+        println!(
+            "tee: static map: code+rodata {code} pages RX, data {data} pages RW, \
+             stacks+heap {rest} pages RW, UART 1 page device; unmapped: EL3 {:#x}..{:#x}, \
+             stack guard {:#x}",
+            layout::el3().start,
+            layout::el3().end,
+            layout::stack_guard().start
+        );
+        (shm.tables().root_address().get(), shm.table_stats().live)
+    };
+    // SAFETY: the tables identity-map the code, data, stacks and heap in use and the UART
+    // (just above), and nothing of them moves: the tables live on the heap, reached by the
+    // `Tee` that goes into the static below.
+    unsafe { crate::mmu::enable(root) };
+    TEE.call_once(|| tee);
+    println!(
+        "tee: S-EL1 core up in {} us: MMU on (SCTLR_EL1 {:#x}, TTBR0_EL1 {:#x}), {} table \
+         pages, SHM window {:#x}..{:#x} empty, heap {} KiB",
+        time::micros().saturating_sub(started),
+        crate::mmu::sctlr(),
+        crate::mmu::ttbr0(),
+        table_pages,
+        WINDOW_BASE,
+        WINDOW_BASE + WINDOW_SIZE,
+        crate::heap::total() / 1024
+    );
+    Ok(())
+}
+
+/// Boots the core (called once by `tee_boot_entry`, MMU off).
+#[unsafe(no_mangle)]
+extern "C" fn tee_boot() {
+    if let Err(e) = boot() {
+        println!("tee: boot failed: {e:?}");
+        stop(fid::SECURE_PANIC, [0; 4]);
+    }
+}
+
+/// Serves one call (called by `tee_call_entry`); `regs` holds a0..a7 in and out.
+#[unsafe(no_mangle)]
+extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    let Some(tee) = TEE.get() else {
+        *regs = SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION).a;
+        return;
+    };
+    let func = (regs[0] & 0xffff_ffff) as u32;
+    *regs = match func {
+        fid::SIP_TEESHM_CHECK => check(tee),
+        #[cfg(feature = "fault-test")]
+        fid::SIP_TEESHM_FAULT_TEST => fault_test(tee),
+        _ => tee.handle_smc(SmcRegs { a: *regs }).a,
+    };
+}
+
+/// Runs the core's agreement checker and reports counters.
+fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
+    let found = tee.check_agreement();
+    for d in found.iter().take(8) {
+        println!("tee: disagreement: {d:?}");
+    }
+    let (mapped, live) = {
+        let window = tee.window();
+        (window.shm().mapped_pages(), window.shm().table_stats().live)
+    };
+    let (by_va, all, at) = crate::platform::counters();
+    println!(
+        "tee: check: {} disagreements, {mapped} window pages mapped, {live} table pages, {} \
+         calls, TLBI VAE1IS x{by_va}, TLBI VMALLE1IS x{all}, AT x{at}, heap in use {} KiB",
+        found.len(),
+        CALLS.load(Ordering::Relaxed),
+        crate::heap::allocated() / 1024
+    );
+    [
+        0,
+        found.len() as u64,
+        mapped,
+        live as u64,
+        CALLS.load(Ordering::Relaxed),
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Reads a VA that no table maps: the abort must be caught and reported.
+#[cfg(feature = "fault-test")]
+fn fault_test(tee: &Tee<FwPlatform>) -> [u64; 8] {
+    let va = FAULT_TEST_VA;
+    if tee.window().shm().virt_to_phys(VirtAddr(va)).is_some() {
+        println!("tee: fault test: {va:#x} is mapped, nothing to show");
+        return SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION).a;
+    }
+    println!("tee: fault test: reading VA {va:#x}, which no translation table maps");
+    // SAFETY: deliberately not sound: this read must fault (the VA has no valid descriptor), and
+    // the fault ends the run through `tee_exception`. If it were to return a value, the caller
+    // reports that as a failure of the test.
+    let value = unsafe { (va as *const u64).read_volatile() };
+    println!("tee: fault test: the read returned {value:#x}: NOT caught");
+    [0, value, 0, 0, 0, 0, 0, 0]
+}
+
+/// Names of the 16 vectors, in table order.
+const VECTORS: [&str; 16] = [
+    "sync (EL1, SP0)",
+    "IRQ (EL1, SP0)",
+    "FIQ (EL1, SP0)",
+    "SError (EL1, SP0)",
+    "sync",
+    "IRQ",
+    "FIQ",
+    "SError",
+    "sync from EL0",
+    "IRQ from EL0",
+    "FIQ from EL0",
+    "SError from EL0",
+    "sync from AArch32 EL0",
+    "IRQ from AArch32 EL0",
+    "FIQ from AArch32 EL0",
+    "SError from AArch32 EL0",
+];
+
+/// Describes an exception from its syndrome.
+fn describe(esr: u64) -> (&'static str, &'static str, u64) {
+    let ec = (esr >> 26) & 0x3f;
+    let what = match ec {
+        0x25 => "data abort",
+        0x24 => "data abort from EL0",
+        0x21 => "instruction abort",
+        0x20 => "instruction abort from EL0",
+        0x22 => "PC alignment fault",
+        0x26 => "SP alignment fault",
+        0x00 => "unknown instruction",
+        0x3c => "BRK",
+        _ => "exception",
+    };
+    let fsc = esr & 0x3f;
+    let status = if matches!(ec, 0x20 | 0x21 | 0x24 | 0x25) {
+        match fsc >> 2 {
+            0b0001 => "translation fault",
+            0b0010 => "access flag fault",
+            0b0011 => "permission fault",
+            0b0000 => "address size fault",
+            _ if fsc == 0x21 => "alignment fault",
+            _ => "other fault",
+        }
+    } else {
+        ""
+    };
+    (what, status, fsc & 3)
+}
+
+/// Reports an exception taken at S-EL1 and stops the secure world.
+#[unsafe(no_mangle)]
+extern "C" fn tee_exception(kind: u64, esr: u64, far: u64, elr: u64) -> ! {
+    let vector = VECTORS.get(kind as usize).copied().unwrap_or("?");
+    let (what, status, level) = describe(esr);
+    if kind % 4 == 0 {
+        println!(
+            "fault: {what} at VA {far:#x} (FAR_EL1), ESR {esr:#x}, ELR {elr:#x}; {status}, \
+             level {level} [{vector}]"
+        );
+    } else {
+        println!("fault: unexpected {vector} exception at S-EL1, ELR {elr:#x}, ESR {esr:#x}");
+    }
+    stop(fid::SECURE_FAULT, [esr, far, elr, kind]);
+}
+
+/// Reports a panic of the S-EL1 core to the monitor (called by the image's panic handler).
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("tee: panic: {info}");
+    stop(fid::SECURE_PANIC, [0; 4]);
+}
+
+/// Hands control to the monitor for good.
+fn stop(func: u32, args: [u64; 4]) -> ! {
+    // SAFETY: the monitor never returns from SECURE_FAULT / SECURE_PANIC (it ends the run); if
+    // it did, the loop after the SMC keeps the core parked.
+    unsafe {
+        core::arch::asm!(
+            "smc #0",
+            "0: wfe",
+            "b 0b",
+            in("x0") u64::from(func),
+            in("x1") args[0],
+            in("x2") args[1],
+            in("x3") args[2],
+            in("x4") args[3],
+            options(noreturn)
+        );
+    }
+}

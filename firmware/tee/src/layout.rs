@@ -1,0 +1,65 @@
+//! The secure RAM layout the linker script (`firmware/secure.ld`) makes, as address ranges.
+
+use core::ops::Range;
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __ro_end: u8;
+    static __rw_start: u8;
+    static __tee_stack_guard: u8;
+    static __tee_stack_bottom: u8;
+    static __tee_stack_top: u8;
+    static __heap_start: u8;
+    static __heap_end: u8;
+    static __el3_start: u8;
+    static __el3_end: u8;
+}
+
+macro_rules! addr {
+    ($sym:ident) => {
+        // Only the address of the linker symbol is taken; nothing is read through it.
+        (&raw const $sym) as usize as u64
+    };
+}
+
+/// Secure RAM: 16 MiB at 0x0e00_0000.
+pub const SECURE_RAM: (u64, u64) = (0x0e00_0000, 16 << 20);
+/// Normal-world RAM as QEMU is started (`-m 1024`): 1 GiB at 0x4000_0000.
+pub const NS_RAM: (u64, u64) = (0x4000_0000, 1 << 30);
+/// The PL011 UART page.
+pub const UART: (u64, u64) = (0x0900_0000, 0x1000);
+
+/// Code and read-only data (mapped read-only, executable).
+pub fn code() -> Range<u64> {
+    addr!(__text_start)..addr!(__ro_end)
+}
+
+/// Initialised and zeroed data, up to the stack guard page (read-write, never executable).
+pub fn data() -> Range<u64> {
+    addr!(__rw_start)..addr!(__tee_stack_guard)
+}
+
+/// The page below the stack, left unmapped.
+pub fn stack_guard() -> Range<u64> {
+    addr!(__tee_stack_guard)..addr!(__tee_stack_bottom)
+}
+
+/// The stacks and the heap, to the end of secure RAM (read-write, never executable).
+pub fn stacks_and_heap() -> Range<u64> {
+    addr!(__tee_stack_bottom)..SECURE_RAM.0 + SECURE_RAM.1
+}
+
+/// The S-EL1 stack.
+pub fn stack() -> Range<u64> {
+    addr!(__tee_stack_bottom)..addr!(__tee_stack_top)
+}
+
+/// The heap.
+pub fn heap() -> Range<u64> {
+    addr!(__heap_start)..addr!(__heap_end)
+}
+
+/// EL3's private state and stacks (never mapped at S-EL1).
+pub fn el3() -> Range<u64> {
+    addr!(__el3_start)..addr!(__el3_end)
+}

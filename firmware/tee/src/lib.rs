@@ -1,0 +1,32 @@
+//! The S-EL1 TEE core of the QEMU firmware: `teeshm-core` serving OP-TEE calls with the MMU
+//! on, walking the translation tables `teeshm-mm` builds.
+//!
+//! - [`layout`]: where the linker put code, data, stacks and heap in secure RAM.
+//! - [`heap`]: the global allocator over the secure heap (translation tables come from it).
+//! - [`platform`]: the core's [`Platform`](teeshm_core::Platform): copies through window VAs,
+//!   each page checked by the MMU itself (`AT S1E1R/W`) first; TLB maintenance with `TLBI`.
+//! - [`mmu`]: MAIR/TCR/TTBR0/SCTLR for mm's tables.
+//! - [`entry`]: the boot and call entry points the monitor `eret`s to, the exception vectors,
+//!   and the Rust side of each.
+//!
+//! Everything that needs `unsafe` is here or in the monitor; the core crates build unchanged.
+#![no_std]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod entry;
+pub mod heap;
+pub mod layout;
+pub mod mmu;
+pub mod platform;
+
+pub use entry::{FAULT_TEST_VA, report_panic, tee_boot_entry, tee_call_entry};
+
+/// The dynamic SHM window: 4 GiB at 256 GiB, far above every static mapping (which are all
+/// below 4 GiB, at VA == PA), inside the 39-bit VA space of mm's tables.
+pub const WINDOW_BASE: u64 = 0x40_0000_0000;
+/// Size of the window.
+pub const WINDOW_SIZE: u64 = 4 << 30;
+/// Translation-table pages the core may use, static mappings included (2 MiB).
+pub const MAX_TABLE_PAGES: usize = 512;

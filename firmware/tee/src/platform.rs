@@ -1,0 +1,215 @@
+//! The core's platform on the machine: memory access through window VAs that the MMU
+//! translates, and TLB maintenance with `TLBI`.
+//!
+//! The `&dyn Translate` the core passes is not used: the hardware walks the tables. Before any
+//! byte is copied, every page of the access is translated by the MMU itself (`AT S1E1R` or
+//! `AT S1E1W`), so an access through a missing mapping is an [`AccessFault`] answered to the
+//! caller, not an abort, and the copy touches nothing when any page fails. The access must also
+//! lie inside the SHM window and every page must be a non-secure (NS=1) mapping: the core
+//! reaches normal-world memory only that way, and never reads secure memory through this path.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_core::{AccessFault, Platform, Translate};
+use teeshm_mm::{PAGE_SIZE, VirtAddr};
+use teeshm_platform::TlbMaintenance;
+
+/// `PAR_EL1.F`: the translation failed.
+const PAR_F: u64 = 1;
+/// `PAR_EL1.NS`: the output address is in the non-secure PA space.
+const PAR_NS: u64 = 1 << 9;
+/// Above this many pages one unmap invalidates the whole TLB instead of page by page.
+const TLBI_PAGE_LIMIT: u64 = 256;
+
+static TLBI_BY_VA: AtomicU64 = AtomicU64::new(0);
+static TLBI_ALL: AtomicU64 = AtomicU64::new(0);
+static AT_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// Counters of what the platform did: `(TLBI VAE1IS issued, TLBI VMALLE1IS issued, AT
+/// translations)`.
+pub fn counters() -> (u64, u64, u64) {
+    (
+        TLBI_BY_VA.load(Ordering::Relaxed),
+        TLBI_ALL.load(Ordering::Relaxed),
+        AT_CHECKS.load(Ordering::Relaxed),
+    )
+}
+
+/// The core's platform on QEMU.
+#[derive(Debug, Clone, Copy)]
+pub struct FwPlatform {
+    window_start: u64,
+    window_end: u64,
+}
+
+impl FwPlatform {
+    /// A platform whose accesses must fall inside `[window_start, window_end)`.
+    pub const fn new(window_start: u64, window_end: u64) -> Self {
+        Self {
+            window_start,
+            window_end,
+        }
+    }
+
+    /// Checks that `len` bytes at `va` lie in the window and that the MMU maps every page of
+    /// them as non-secure memory, for reading (or writing).
+    fn check(&self, va: VirtAddr, len: usize, write: bool) -> Result<(), AccessFault> {
+        let start = va.get();
+        let end = start
+            .checked_add(len as u64)
+            .ok_or(AccessFault::Wrap(start))?;
+        if len == 0 {
+            return Ok(());
+        }
+        if start < self.window_start || end > self.window_end {
+            return Err(AccessFault::Permission(start));
+        }
+        // Table updates the core just made must be visible to the walker.
+        barrier_for_new_entries();
+        let mut page = start & !(PAGE_SIZE - 1);
+        while page < end {
+            let at = page.max(start);
+            let par = translate(page, write);
+            AT_CHECKS.fetch_add(1, Ordering::Relaxed);
+            if par & PAR_F != 0 {
+                return Err(AccessFault::NotMapped(at));
+            }
+            if par & PAR_NS == 0 {
+                return Err(AccessFault::Permission(at));
+            }
+            page += PAGE_SIZE;
+        }
+        Ok(())
+    }
+}
+
+impl Platform for FwPlatform {
+    type Tlb = FwTlb;
+
+    fn read(&self, _map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
+        self.check(va, buf.len(), false)?;
+        copy_in(buf, va.get() as usize);
+        Ok(())
+    }
+
+    fn write(&self, _map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
+        self.check(va, data.len(), true)?;
+        copy_out(va.get() as usize, data);
+        Ok(())
+    }
+}
+
+/// `dsb ishst; isb`: translation-table writes complete before the next walk.
+fn barrier_for_new_entries() {
+    // SAFETY: barriers only order memory accesses; no Rust-visible state changes.
+    unsafe { core::arch::asm!("dsb ishst", "isb", options(nostack, preserves_flags)) };
+}
+
+/// The MMU's translation of `page` at EL1 (`PAR_EL1` after `AT S1E1R`/`AT S1E1W`).
+fn translate(page: u64, write: bool) -> u64 {
+    let par: u64;
+    // SAFETY: AT only writes PAR_EL1 (part of the secure EL1 context the monitor saves; the
+    // core does not otherwise use it) and cannot fault, whatever the address.
+    unsafe {
+        if write {
+            core::arch::asm!("at s1e1w, {va}", "isb", "mrs {par}, par_el1",
+                va = in(reg) page, par = out(reg) par, options(nostack, preserves_flags));
+        } else {
+            core::arch::asm!("at s1e1r, {va}", "isb", "mrs {par}, par_el1",
+                va = in(reg) page, par = out(reg) par, options(nostack, preserves_flags));
+        }
+    }
+    par
+}
+
+/// Copies `buf.len()` bytes from window address `src` (checked mapped and readable).
+///
+/// Normal-world memory can change under the copy (the normal world is not trusted), so it is
+/// read with volatile loads, 8 bytes at a time where aligned; each byte is read exactly once.
+fn copy_in(buf: &mut [u8], src: usize) {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = src + done;
+        let left = buf.len() - done;
+        if at % 8 == 0 && left >= 8 {
+            // SAFETY: `check` made sure that every page of [src, src + len) is mapped readable
+            // (normal memory, NS=1) right now, with nothing of Rust's behind it: a volatile load
+            // of an aligned word there is a plain memory read.
+            let word = unsafe { (at as *const u64).read_volatile() };
+            if let Some(dst) = buf.get_mut(done..done + 8) {
+                dst.copy_from_slice(&word.to_ne_bytes());
+            }
+            done += 8;
+        } else {
+            // SAFETY: as above, for one byte.
+            let byte = unsafe { (at as *const u8).read_volatile() };
+            if let Some(dst) = buf.get_mut(done) {
+                *dst = byte;
+            }
+            done += 1;
+        }
+    }
+}
+
+/// Copies `data` to window address `dst` (checked mapped and writable).
+fn copy_out(dst: usize, data: &[u8]) {
+    let mut done = 0usize;
+    while done < data.len() {
+        let at = dst + done;
+        let word = data
+            .get(done..done + 8)
+            .filter(|_| at % 8 == 0)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok());
+        if let Some(word) = word {
+            // SAFETY: `check` made sure that every page of [dst, dst + len) is mapped writable
+            // (normal memory, NS=1) right now; nothing of Rust's lives there.
+            unsafe { (at as *mut u64).write_volatile(u64::from_ne_bytes(word)) };
+            done += 8;
+        } else {
+            let byte = data.get(done).copied().unwrap_or(0);
+            // SAFETY: as above, for one byte.
+            unsafe { (at as *mut u8).write_volatile(byte) };
+            done += 1;
+        }
+    }
+}
+
+/// TLB maintenance of the secure EL1&0 regime, broadcast to the inner-shareable domain.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FwTlb;
+
+impl TlbMaintenance for FwTlb {
+    fn invalidate_pages(&mut self, va: u64, pages: u64) {
+        if pages > TLBI_PAGE_LIMIT {
+            self.invalidate_all();
+            return;
+        }
+        // SAFETY: the barrier orders the descriptor writes before the invalidations.
+        unsafe { core::arch::asm!("dsb ishst", options(nostack, preserves_flags)) };
+        for i in 0..pages {
+            // TLBI VAE1IS takes VA[55:12] in bits [43:0]; ASID 0 (teeshm's mappings are global).
+            let operand = ((va >> 12).wrapping_add(i)) & ((1 << 44) - 1);
+            // SAFETY: invalidating TLB entries only makes the MMU walk the tables again; it
+            // cannot make any access succeed that the tables do not allow.
+            unsafe {
+                core::arch::asm!("tlbi vae1is, {}", in(reg) operand, options(nostack, preserves_flags));
+            }
+        }
+        // SAFETY: barriers only: the invalidations complete before anything that follows.
+        unsafe { core::arch::asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
+        TLBI_BY_VA.fetch_add(pages, Ordering::Relaxed);
+    }
+
+    fn invalidate_all(&mut self) {
+        // SAFETY: as for `invalidate_pages`, for every entry of the regime.
+        unsafe {
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            );
+        }
+        TLBI_ALL.fetch_add(1, Ordering::Relaxed);
+    }
+}
