@@ -11,11 +11,13 @@
 //!    test and `linux/init`.
 //! 5. The device tree: QEMU's own (`-machine dumpdtb=`) plus the OP-TEE node, PSCI over SMC,
 //!    secure RAM reserved, and `chosen` (command line, initrd), compiled by `dtc`.
-//! 6. The firmware, built with the `linux` feature: the monitor enters the kernel at NS-EL1.
+//! 6. The firmware (`qemu::build`) with the monitor's `linux` feature: the monitor enters the
+//!    kernel at 0x4020_0000, NS-EL1, with x0 = the device tree at 0x4800_0000.
 //! 7. QEMU runs with a timeout; the UART is shown live and kept in `target/linux/uart.log`. The
 //!    run passes when QEMU exits 0 (PSCI SYSTEM_OFF, which init asks for only when the test
-//!    passed) and the UART shows `N passed, 0 failed`. A hang is killed and reported with the
-//!    last UART lines.
+//!    passed), the UART shows `N passed, 0 failed` (N > 0) and the monitor reports the core's
+//!    agreement check after the power-off with `0 disagreements`. A hang is killed and
+//!    reported with the last UART lines.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -28,12 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::{ensure_debian_packages, run, workspace_root};
 
-/// Host packages: the cross compiler and glibc for the test, dtc, QEMU.
+/// Host packages: the cross compiler and glibc for the test, dtc, QEMU, xz (6.12's modules).
 const HOST_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "device-tree-compiler",
     "qemu-system-arm",
+    "xz-utils",
 ];
 
 /// Debian arm64 packages besides the kernel (whose name comes from `linux-image-arm64`).
@@ -54,10 +57,15 @@ const MACHINE: &[&str] = &[
     "none",
 ];
 
+/// The firmware feature that makes the monitor boot Linux.
+const FIRMWARE_FEATURE: &str = "teeshm-fw-monitor/linux";
+
 /// Where the `-device loader`s put the kernel, the device tree and the initramfs (non-secure
-/// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0).
-const KERNEL_ADDR: u64 = 0x4020_0000;
-/// The device tree blob: 8-byte aligned, clear of the kernel's `image_size`.
+/// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0); it
+/// goes where the monitor enters the normal world, as the bare-metal client does.
+const KERNEL_ADDR: u64 = crate::qemu::CLIENT_ADDR;
+/// The device tree blob: 8-byte aligned, clear of the kernel's `image_size`; the monitor's
+/// `LINUX_DTB` (firmware/monitor/src/monitor.rs).
 const DTB_ADDR: u64 = 0x4800_0000;
 /// The initramfs, right after the device tree's 1 MiB.
 const INITRD_ADDR: u64 = 0x4810_0000;
@@ -78,15 +86,20 @@ const APPLETS: &[&str] = &[
 /// How many UART lines a failed run shows.
 const LAST_LINES: usize = 40;
 
+/// The meta package whose dependency names the kernel to boot (Debian 12's default: 6.1).
+const DEFAULT_KERNEL_META: &str = "linux-image-arm64";
+
 struct Options {
     build_only: bool,
     timeout: Duration,
+    kernel_meta: String,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         build_only: false,
         timeout: Duration::from_secs(300),
+        kernel_meta: DEFAULT_KERNEL_META.to_string(),
     };
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -99,13 +112,20 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or("--timeout needs a number of seconds")?;
                 options.timeout = Duration::from_secs(secs);
             }
+            "--kernel" => {
+                options.kernel_meta = rest
+                    .next()
+                    .filter(|m| m.starts_with("linux-image-") && !m.contains(['/', ' ']))
+                    .ok_or("--kernel needs a Debian meta package, e.g. linux-image-6.12-arm64")?
+                    .clone();
+            }
             other => return Err(format!("linux: unknown argument {other}")),
         }
     }
     Ok(options)
 }
 
-/// `cargo xtask linux [--build-only] [--timeout SECS]`.
+/// `cargo xtask linux [--build-only] [--timeout SECS] [--kernel META]`.
 pub fn linux(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
     let started = Instant::now();
@@ -114,13 +134,16 @@ pub fn linux(args: &[String]) -> Result<(), String> {
     let out = root.join("target").join("linux");
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
+    ensure_debian_packages(crate::BARE_METAL_PACKAGES)?;
     ensure_debian_packages(HOST_PACKAGES)?;
-    let packages = debian_packages(&cache)?;
-    let sysroot = unpack(&cache, &packages)?;
-    let kernel = Kernel::find(&sysroot)?;
+    let packages = debian_packages(&cache, &options.kernel_meta)?;
+    let sysroot = unpack(&cache, &options.kernel_meta, &packages)?;
+    let kernel = Kernel::find(&sysroot, &out)?;
     let test = build_test(&root, &sysroot, &out)?;
     let initramfs = build_initramfs(&root, &sysroot, &kernel, &test, &out)?;
-    let firmware = firmware_image(&root)?;
+    // The firmware with the monitor's `linux` feature: x0 = the device tree at `DTB_ADDR`, the
+    // GIC's interrupts handed to the normal world.
+    let firmware = crate::qemu::build(crate::qemu::Variant::Client, &[FIRMWARE_FEATURE])?.secure;
     let dtb = build_dtb(&firmware, initramfs.1, &out)?;
     eprintln!(
         "xtask: linux: kernel {} ({} bytes), initramfs {} bytes, device tree {}; built in {:.1} s",
@@ -143,27 +166,23 @@ pub fn linux(args: &[String]) -> Result<(), String> {
     )
 }
 
-/// The secure image (`-bios`). TEMPORARY until xtask/src/qemu.rs offers its build.
-fn firmware_image(root: &Path) -> Result<PathBuf, String> {
-    let image = root.join("target/firmware/images/secure.bin");
-    if image.is_file() {
-        Ok(image)
+// ---- Debian packages -----------------------------------------------------------------------
+
+/// The name a kernel choice gives its manifest and unpacked tree: none for the default.
+fn choice_suffix(kernel_meta: &str) -> String {
+    if kernel_meta == DEFAULT_KERNEL_META {
+        String::new()
     } else {
-        Err(format!(
-            "{} missing: run `cargo xtask qemu` first",
-            image.display()
-        ))
+        format!("-{kernel_meta}")
     }
 }
 
-// ---- Debian packages -----------------------------------------------------------------------
-
 /// The arm64 packages as `(name, .deb path)`, downloaded on the first run only: the list of
-/// what was fetched is kept in `debs/MANIFEST`, and a run that finds every file of it present
-/// asks apt nothing.
-fn debian_packages(cache: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+/// what was fetched is kept in `debs/MANIFEST` (`MANIFEST-<meta>` for another kernel), and a
+/// run that finds every file of it present asks apt nothing.
+fn debian_packages(cache: &Path, kernel_meta: &str) -> Result<Vec<(String, PathBuf)>, String> {
     let debs = cache.join("debs");
-    let manifest = debs.join("MANIFEST");
+    let manifest = debs.join(format!("MANIFEST{}", choice_suffix(kernel_meta)));
     if let Ok(text) = fs::read_to_string(&manifest) {
         let listed: Vec<(String, PathBuf)> = text
             .lines()
@@ -180,15 +199,21 @@ fn debian_packages(cache: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     }
     fs::create_dir_all(&debs).map_err(|e| format!("cannot create {}: {e}", debs.display()))?;
     ensure_arm64_architecture()?;
-    let kernel = kernel_package()?;
+    let kernel = kernel_package(kernel_meta)?;
     let mut names = vec![kernel];
     names.extend(ARM64_PACKAGES.iter().map(|p| (*p).to_string()));
     let mut listed = Vec::new();
     let mut text = String::new();
     for name in &names {
-        let before: Vec<PathBuf> = deb_files(&debs, name);
-        for old in before {
-            let _ = fs::remove_file(old);
+        // Another manifest may hold this package already (the kernels share the rest).
+        if let Some(file) = deb_files(&debs, name).into_iter().next() {
+            let file_name = file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(text, "{name} {file_name}");
+            listed.push((name.clone(), file));
+            continue;
         }
         run(Command::new("apt-get")
             .current_dir(&debs)
@@ -249,10 +274,11 @@ fn ensure_arm64_architecture() -> Result<(), String> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The kernel package the `linux-image-arm64` meta package depends on.
-fn kernel_package() -> Result<String, String> {
+/// The kernel package the meta package `kernel_meta` depends on.
+fn kernel_package(kernel_meta: &str) -> Result<String, String> {
     let output = Command::new("apt-cache")
-        .args(["depends", "linux-image-arm64:arm64"])
+        .arg("depends")
+        .arg(format!("{kernel_meta}:arm64"))
         .output()
         .map_err(|e| format!("cannot run apt-cache: {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -261,13 +287,19 @@ fn kernel_package() -> Result<String, String> {
         .map(|d| d.trim().trim_end_matches(":arm64"))
         .find(|d| d.starts_with("linux-image-") && d.ends_with("-arm64"))
         .map(str::to_string)
-        .ok_or_else(|| format!("linux-image-arm64 names no kernel: {text}"))
+        .ok_or_else(|| format!("{kernel_meta} names no kernel: {text}"))
 }
 
-/// Unpacks every package into `cache/root` (once per manifest).
-fn unpack(cache: &Path, packages: &[(String, PathBuf)]) -> Result<PathBuf, String> {
-    let sysroot = cache.join("root");
-    let stamp = cache.join("root.stamp");
+/// Unpacks every package into `cache/root` (`root-<meta>` for another kernel), once per
+/// manifest.
+fn unpack(
+    cache: &Path,
+    kernel_meta: &str,
+    packages: &[(String, PathBuf)],
+) -> Result<PathBuf, String> {
+    let suffix = choice_suffix(kernel_meta);
+    let sysroot = cache.join(format!("root{suffix}"));
+    let stamp = cache.join(format!("root{suffix}.stamp"));
     let wanted: String = packages
         .iter()
         .map(|(_, p)| format!("{}\n", p.display()))
@@ -298,7 +330,8 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn find(sysroot: &Path) -> Result<Self, String> {
+    /// Finds them; modules shipped xz-compressed (Debian's 6.12) are unpacked into `out`.
+    fn find(sysroot: &Path, out: &Path) -> Result<Self, String> {
         let modules = sysroot.join("lib").join("modules");
         let release = fs::read_dir(&modules)
             .map_err(|e| format!("no {}: {e}", modules.display()))?
@@ -330,16 +363,25 @@ impl Kernel {
             ));
         }
         let tee_dir = modules.join(&release).join("kernel/drivers/tee");
-        let module = |rel: &str| {
+        let module = |rel: &str| -> Result<PathBuf, String> {
             let plain = tee_dir.join(rel);
             if plain.is_file() {
-                Ok(plain)
-            } else {
-                Err(format!(
-                    "{} missing (a compressed .ko.xz is not handled: Debian 12's 6.1 kernel ships them plain)",
-                    plain.display()
-                ))
+                return Ok(plain);
             }
+            let xz = tee_dir.join(format!("{rel}.xz"));
+            let name = Path::new(rel).file_name().unwrap_or_default();
+            let unpacked = out.join(name);
+            let output = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .map_err(|e| format!("cannot run xz for {}: {e}", xz.display()))?;
+            if !output.status.success() {
+                return Err(format!("{} and {} missing", plain.display(), xz.display()));
+            }
+            fs::write(&unpacked, &output.stdout)
+                .map_err(|e| format!("cannot write {}: {e}", unpacked.display()))?;
+            Ok(unpacked)
         };
         Ok(Self {
             image_len: head.len() as u64,
@@ -600,6 +642,8 @@ struct Milestones {
     init: Option<f64>,
     probed: Option<f64>,
     summary: Option<(f64, String)>,
+    /// The monitor's report of the core's agreement check after SYSTEM_OFF.
+    agreement: Option<String>,
 }
 
 fn boot(
@@ -725,15 +769,19 @@ fn boot(
         .summary
         .as_ref()
         .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+    let agreement_ok = seen.agreement.as_deref() == Some("0 disagreements");
     match (code, &seen.summary) {
-        (Some(0), Some((_, summary))) if summary_ok => {
-            eprintln!("xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF)");
+        (Some(0), Some((_, summary))) if summary_ok && agreement_ok => {
+            eprintln!(
+                "xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF); the core's agreement check after power-off: 0 disagreements"
+            );
             println!("linux: OK");
             Ok(())
         }
         (code, summary) => failure(format!(
-            "linux: FAILED: QEMU exit status {}, test summary {}",
+            "linux: FAILED: QEMU exit status {}, agreement check {}, test summary {}",
             code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
+            seen.agreement.as_deref().unwrap_or("missing"),
             summary
                 .as_ref()
                 .map_or("missing".to_string(), |(_, s)| format!("`{s}`")),
@@ -750,6 +798,11 @@ fn note_milestone(seen: &mut Milestones, t: f64, line: &str) {
     }
     if seen.probed.is_none() && line.contains("optee: initialized driver") {
         seen.probed = Some(t);
+    }
+    if let Some(at) = line.find("agreement check: ") {
+        seen.agreement = line
+            .get(at + "agreement check: ".len()..)
+            .map(str::to_string);
     }
     if is_summary(line) {
         seen.summary = Some((t, line.trim().to_string()));

@@ -9,8 +9,9 @@
 //! - `cargo xtask fuzz [--smoke | --long | --time S] [TARGET...]` runs the fuzz targets
 //!   (`fuzz.rs`).
 //! - `cargo xtask loom` runs the loom models of the core (`loom.rs`).
-//! - `cargo xtask linux [--build-only] [--timeout S]` boots Debian's arm64 kernel, optee driver
-//!   and libteec on the firmware under QEMU and runs the libteec test (`linux.rs`).
+//! - `cargo xtask linux [--build-only] [--timeout S] [--kernel META]` boots Debian's arm64
+//!   kernel, optee driver and libteec on the firmware under QEMU and runs the libteec test
+//!   (`linux.rs`, docs/linux.md).
 //! - `cargo xtask qemu [--client-only | --fault-test-only] [--timeout S] [--build-only]` builds
 //!   the firmware (EL3 monitor, S-EL1 core, NS-EL1 test client) and runs it under QEMU
 //!   (`qemu.rs`, docs/firmware.md).
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
         Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
+                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
             );
             return ExitCode::from(2);
         }

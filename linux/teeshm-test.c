@@ -1,0 +1,1365 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * teeshm-test: the normal-world test of `cargo xtask linux`.
+ *
+ * Runs as /bin/teeshm-test in the initramfs, on Debian's arm64 kernel with its tee.ko and
+ * optee.ko, linked against Debian's libteec.so.1, talking through real SMCs to teeshm's
+ * firmware and its pseudo-TA `teeshm.memtest` (docs/core.md). Every case checks every byte
+ * both ways and that nothing outside a memref changed. The last line is
+ * `N passed, M failed`; the exit status is 0 only if none failed and some passed.
+ *
+ * Built by xtask (xtask/src/linux.rs) with aarch64-linux-gnu-gcc against the headers of
+ * Debian's optee-client-dev (tee_client_api.h) and the cross linux-libc-dev (linux/tee.h).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/tee.h>
+#include <tee_client_api.h>
+
+/* ---- the pseudo-TA ----------------------------------------------------------------------- */
+
+static const TEEC_UUID memtest_uuid = {
+	0x74656573, 0x686d, 0x4d45, { 0x8d, 0x54, 0x65, 0x73, 0x74, 0x50, 0x54, 0x41 }
+};
+static const uint8_t memtest_octets[16] = { 0x74, 0x65, 0x65, 0x73, 0x68, 0x6d, 0x4d, 0x45,
+					    0x8d, 0x54, 0x65, 0x73, 0x74, 0x50, 0x54, 0x41 };
+static const TEEC_UUID unknown_uuid = {
+	0x12345678, 0x9abc, 0x4def, { 0x80, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77 }
+};
+
+enum { CMD_SHA256 = 0, CMD_FILL = 1, CMD_COPY = 2, CMD_WHERE = 3, CMD_TOUCH = 4, CMD_RPC_BUFFER = 5 };
+/* OPTEE_RPC_SHM_TYPE_KERNEL: the driver allocates the buffer itself (APPL would need tee-supplicant). */
+enum { SHM_TYPE_KERNEL = 1 };
+
+static uint8_t pattern_byte(uint64_t seed, uint64_t i)
+{
+	return (uint8_t)(((seed ^ i) * 0x9E3779B97F4A7C15ull) >> 56);
+}
+
+/* ---- SHA-256 (FIPS 180-4), to check the pseudo-TA's digests ------------------------------- */
+
+struct sha256 {
+	uint32_t h[8];
+	uint8_t block[64];
+	uint64_t len;
+	size_t fill;
+};
+
+static const uint32_t sha_k[64] = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+	0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+	0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+	0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(struct sha256 *s, const uint8_t *p)
+{
+	uint32_t w[64], a, b, c, d, e, f, g, h;
+	int i;
+
+	for (i = 0; i < 16; i++)
+		w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+		       (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+	for (i = 16; i < 64; i++) {
+		uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+		uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	a = s->h[0]; b = s->h[1]; c = s->h[2]; d = s->h[3];
+	e = s->h[4]; f = s->h[5]; g = s->h[6]; h = s->h[7];
+	for (i = 0; i < 64; i++) {
+		uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) +
+			      sha_k[i] + w[i];
+		uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+		h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+	}
+	s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d;
+	s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
+}
+
+static void sha256(const uint8_t *data, size_t len, uint8_t out[32])
+{
+	static const uint32_t iv[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+					0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+	struct sha256 s;
+	size_t i;
+
+	memcpy(s.h, iv, sizeof(iv));
+	s.len = len;
+	for (; len >= 64; data += 64, len -= 64)
+		sha256_block(&s, data);
+	memset(s.block, 0, sizeof(s.block));
+	memcpy(s.block, data, len);
+	s.block[len] = 0x80;
+	if (len >= 56) {
+		sha256_block(&s, s.block);
+		memset(s.block, 0, sizeof(s.block));
+	}
+	for (i = 0; i < 8; i++)
+		s.block[56 + i] = (uint8_t)((s.len * 8) >> (56 - 8 * i));
+	sha256_block(&s, s.block);
+	for (i = 0; i < 32; i++)
+		out[i] = (uint8_t)(s.h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* ---- cases -------------------------------------------------------------------------------- */
+
+static int passed, failed;
+static const char *case_name;
+static bool case_ok;
+static struct timespec case_start;
+
+static double seconds_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+static void begin(const char *name)
+{
+	case_name = name;
+	case_ok = true;
+	clock_gettime(CLOCK_MONOTONIC, &case_start);
+}
+
+/* Records a failed check of the current case (first few printed). */
+static bool check(bool cond, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cond)
+		return true;
+	if (case_ok) {
+		printf("FAIL %s: ", case_name);
+		va_start(ap, fmt);
+		vprintf(fmt, ap);
+		va_end(ap);
+		printf("\n");
+		fflush(stdout);
+	}
+	case_ok = false;
+	return false;
+}
+
+static void end(void)
+{
+	if (case_ok) {
+		passed++;
+		printf("ok   %s (%.3f s)\n", case_name, seconds_since(&case_start));
+	} else {
+		failed++;
+	}
+	fflush(stdout);
+}
+
+static bool check_res(TEEC_Result res, uint32_t origin, const char *what)
+{
+	return check(res == TEEC_SUCCESS, "%s: result 0x%08x origin %u", what, res, origin);
+}
+
+/* Checks that buf[0..len) is the pattern of `seed` shifted by `base`; reports the first miss. */
+static bool check_pattern(const uint8_t *buf, size_t len, uint64_t seed, uint64_t base,
+			  const char *what)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (buf[i] != pattern_byte(seed, base + i))
+			return check(false, "%s: byte %zu of %zu is 0x%02x, want 0x%02x", what, i,
+				     len, buf[i], pattern_byte(seed, base + i));
+	return true;
+}
+
+static void write_pattern(uint8_t *buf, size_t len, uint64_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		buf[i] = pattern_byte(seed, i);
+}
+
+static bool check_fill(const uint8_t *buf, size_t len, uint8_t value, const char *what)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (buf[i] != value)
+			return check(false, "%s: byte %zu of %zu is 0x%02x, want 0x%02x", what, i,
+				     len, buf[i], value);
+	return true;
+}
+
+/*
+ * A buffer at an odd offset inside a larger allocation, with guard bytes on both sides so a
+ * write past either end of a memref shows.
+ */
+#define GUARD 64
+#define GUARD_BYTE 0xA5
+
+struct guarded {
+	uint8_t *alloc;
+	uint8_t *p;
+	size_t len;
+};
+
+static bool guarded_new(struct guarded *g, size_t len, size_t misalign)
+{
+	size_t total = len + 2 * GUARD + 2 * 4096;
+
+	g->alloc = malloc(total);
+	if (!g->alloc)
+		return false;
+	/* A page boundary at least GUARD bytes in, plus `misalign` (mod 4096). */
+	g->p = (uint8_t *)(((uintptr_t)g->alloc + GUARD + 4095) & ~(uintptr_t)4095) + misalign % 4096;
+	g->len = len;
+	memset(g->alloc, GUARD_BYTE, total);
+	return true;
+}
+
+static bool guarded_intact(const struct guarded *g, const char *what)
+{
+	return check_fill(g->p - GUARD, GUARD, GUARD_BYTE, what) &&
+	       check_fill(g->p + g->len, GUARD, GUARD_BYTE, what);
+}
+
+static void guarded_free(struct guarded *g)
+{
+	free(g->alloc);
+	g->alloc = g->p = NULL;
+}
+
+/* ---- libteec ------------------------------------------------------------------------------ */
+
+static TEEC_Context ctx;
+static TEEC_Session sess;
+static bool have_session;
+
+static TEEC_Result fill_op(TEEC_Operation *op, uint32_t seed, uint32_t *origin)
+{
+	op->params[1].value.a = seed;
+	op->params[1].value.b = 0;
+	return TEEC_InvokeCommand(&sess, CMD_FILL, op, origin);
+}
+
+/* FILL through a whole registered memref, then SHA256 of a user-written pattern, partial
+ * FILL and TOUCH inside it, COPY out to a temporary memref and back in. */
+static void registered_case(size_t len, size_t misalign)
+{
+	char name[96];
+	struct guarded g, t;
+	TEEC_SharedMemory shm;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	uint8_t digest[32], want[32];
+	uint32_t seed = (uint32_t)(len * 2654435761u) ^ 0x51ed;
+
+	snprintf(name, sizeof(name), "register %zu bytes at page offset %zu", len, misalign % 4096);
+	begin(name);
+	if (!check(guarded_new(&g, len, misalign) && guarded_new(&t, len, misalign * 3 + 1),
+		   "malloc"))
+		goto out_end;
+
+	memset(&shm, 0, sizeof(shm));
+	shm.buffer = g.p;
+	shm.size = len;
+	shm.flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+	res = TEEC_RegisterSharedMemory(&ctx, &shm);
+	if (!check_res(res, 0, "TEEC_RegisterSharedMemory"))
+		goto out_free;
+	/* libteec falls back to a copied shadow buffer when TEE_IOC_SHM_REGISTER fails. */
+	check(shm.shadow_buffer == NULL, "libteec used a shadow buffer: registration failed");
+
+	/* 1. FILL, whole memref: the TEE writes every byte, and none outside. */
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = &shm;
+	res = fill_op(&op, seed, &origin);
+	if (check_res(res, origin, "FILL whole")) {
+		check_pattern(g.p, len, seed, 0, "FILL whole");
+		guarded_intact(&g, "FILL whole guard");
+	}
+
+	/* 2. SHA256 of what the normal world wrote, whole memref in, temporary memref out. */
+	write_pattern(g.p, len, seed + 1);
+	sha256(g.p, len, want);
+	memset(digest, 0, sizeof(digest));
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].memref.parent = &shm;
+	op.params[1].tmpref.buffer = digest;
+	op.params[1].tmpref.size = sizeof(digest);
+	res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+	if (check_res(res, origin, "SHA256 whole")) {
+		check(op.params[1].tmpref.size == 32, "SHA256 size %zu", op.params[1].tmpref.size);
+		check(memcmp(digest, want, 32) == 0, "SHA256 of %zu bytes differs", len);
+	}
+
+	/* 3. Partial memrefs: FILL a middle part, TOUCH its ends, SHA256 of it. */
+	if (len >= 3) {
+		size_t offs = len / 3, part = len - offs - len / 5;
+
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_OUTPUT, TEEC_VALUE_INPUT,
+						 TEEC_NONE, TEEC_NONE);
+		op.params[0].memref.parent = &shm;
+		op.params[0].memref.offset = offs;
+		op.params[0].memref.size = part;
+		res = fill_op(&op, seed + 2, &origin);
+		if (check_res(res, origin, "FILL partial")) {
+			check_pattern(g.p + offs, part, seed + 2, 0, "FILL partial");
+			check_pattern(g.p, offs, seed + 1, 0, "before the partial memref");
+			check_pattern(g.p + offs + part, len - offs - part, seed + 1, offs + part,
+				      "after the partial memref");
+			guarded_intact(&g, "FILL partial guard");
+		}
+
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_INPUT, TEEC_VALUE_OUTPUT,
+						 TEEC_NONE, TEEC_NONE);
+		op.params[0].memref.parent = &shm;
+		op.params[0].memref.offset = offs;
+		op.params[0].memref.size = part;
+		res = TEEC_InvokeCommand(&sess, CMD_TOUCH, &op, &origin);
+		if (check_res(res, origin, "TOUCH partial"))
+			check(op.params[1].value.a == g.p[offs] &&
+				      op.params[1].value.b == g.p[offs + part - 1],
+			      "TOUCH saw 0x%x 0x%x, want 0x%x 0x%x", op.params[1].value.a,
+			      op.params[1].value.b, g.p[offs], g.p[offs + part - 1]);
+
+		sha256(g.p + offs, part, want);
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_INPUT, TEEC_MEMREF_TEMP_OUTPUT,
+						 TEEC_NONE, TEEC_NONE);
+		op.params[0].memref.parent = &shm;
+		op.params[0].memref.offset = offs;
+		op.params[0].memref.size = part;
+		op.params[1].tmpref.buffer = digest;
+		op.params[1].tmpref.size = sizeof(digest);
+		res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+		if (check_res(res, origin, "SHA256 partial"))
+			check(memcmp(digest, want, 32) == 0, "SHA256 of the partial memref differs");
+	}
+
+	/* 4. COPY registered -> temporary, then temporary -> registered. */
+	write_pattern(g.p, len, seed + 3);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].memref.parent = &shm;
+	op.params[1].tmpref.buffer = t.p;
+	op.params[1].tmpref.size = len;
+	res = TEEC_InvokeCommand(&sess, CMD_COPY, &op, &origin);
+	if (check_res(res, origin, "COPY registered to temporary")) {
+		check_pattern(t.p, len, seed + 3, 0, "COPY to temporary");
+		guarded_intact(&t, "COPY to temporary guard");
+	}
+	write_pattern(t.p, len, seed + 4);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_WHOLE, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = t.p;
+	op.params[0].tmpref.size = len;
+	op.params[1].memref.parent = &shm;
+	res = TEEC_InvokeCommand(&sess, CMD_COPY, &op, &origin);
+	if (check_res(res, origin, "COPY temporary to registered")) {
+		check_pattern(g.p, len, seed + 4, 0, "COPY to registered");
+		guarded_intact(&g, "COPY to registered guard");
+	}
+
+	TEEC_ReleaseSharedMemory(&shm);
+out_free:
+	guarded_free(&g);
+	guarded_free(&t);
+out_end:
+	end();
+}
+
+/* Temporary memrefs only: FILL, SHA256, COPY, each on unaligned malloc'd buffers. */
+static void temporary_case(size_t len, size_t misalign)
+{
+	char name[96];
+	struct guarded a, b;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	uint8_t digest[32], want[32];
+	uint32_t seed = (uint32_t)len ^ 0x7e3;
+
+	snprintf(name, sizeof(name), "temporary memrefs, %zu bytes at page offset %zu", len,
+		 misalign % 4096);
+	begin(name);
+	if (!check(guarded_new(&a, len, misalign) && guarded_new(&b, len, misalign + 7), "malloc"))
+		goto out;
+
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = a.p;
+	op.params[0].tmpref.size = len;
+	res = fill_op(&op, seed, &origin);
+	if (check_res(res, origin, "FILL temporary")) {
+		check_pattern(a.p, len, seed, 0, "FILL temporary");
+		guarded_intact(&a, "FILL temporary guard");
+	}
+
+	write_pattern(a.p, len, seed + 1);
+	sha256(a.p, len, want);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = a.p;
+	op.params[0].tmpref.size = len;
+	op.params[1].tmpref.buffer = digest;
+	op.params[1].tmpref.size = sizeof(digest);
+	res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+	if (check_res(res, origin, "SHA256 temporary"))
+		check(memcmp(digest, want, 32) == 0, "SHA256 temporary differs");
+
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = a.p;
+	op.params[0].tmpref.size = len;
+	op.params[1].tmpref.buffer = b.p;
+	op.params[1].tmpref.size = len;
+	res = TEEC_InvokeCommand(&sess, CMD_COPY, &op, &origin);
+	if (check_res(res, origin, "COPY temporary to temporary")) {
+		check(op.params[1].tmpref.size == len, "COPY size %zu", op.params[1].tmpref.size);
+		check_pattern(b.p, len, seed + 1, 0, "COPY temporary");
+		check_pattern(a.p, len, seed + 1, 0, "COPY input unchanged");
+		guarded_intact(&a, "COPY input guard");
+		guarded_intact(&b, "COPY output guard");
+	}
+	guarded_free(&a);
+	guarded_free(&b);
+out:
+	end();
+}
+
+/* TEEC_AllocateSharedMemory: FILL whole, SHA256 partial, COPY between two allocations. */
+static void allocated_case(size_t len)
+{
+	char name[96];
+	TEEC_SharedMemory a, b;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	uint8_t digest[32], want[32];
+	uint32_t seed = (uint32_t)len * 31u + 5;
+
+	snprintf(name, sizeof(name), "TEEC_AllocateSharedMemory %zu bytes", len);
+	begin(name);
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	a.size = b.size = len;
+	a.flags = b.flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+	res = TEEC_AllocateSharedMemory(&ctx, &a);
+	if (!check_res(res, 0, "TEEC_AllocateSharedMemory a"))
+		goto out;
+	res = TEEC_AllocateSharedMemory(&ctx, &b);
+	if (!check_res(res, 0, "TEEC_AllocateSharedMemory b"))
+		goto out_a;
+	check(a.buffer && b.buffer && a.size == len, "allocation has no buffer");
+
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = &a;
+	res = fill_op(&op, seed, &origin);
+	if (check_res(res, origin, "FILL allocated"))
+		check_pattern(a.buffer, len, seed, 0, "FILL allocated");
+
+	{
+		size_t offs = len / 2, part = len - offs;
+
+		sha256((uint8_t *)a.buffer + offs, part, want);
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_INPUT, TEEC_MEMREF_TEMP_OUTPUT,
+						 TEEC_NONE, TEEC_NONE);
+		op.params[0].memref.parent = &a;
+		op.params[0].memref.offset = offs;
+		op.params[0].memref.size = part;
+		op.params[1].tmpref.buffer = digest;
+		op.params[1].tmpref.size = sizeof(digest);
+		res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+		if (check_res(res, origin, "SHA256 allocated partial"))
+			check(memcmp(digest, want, 32) == 0, "SHA256 allocated differs");
+	}
+
+	memset(b.buffer, 0, len);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_MEMREF_WHOLE, TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = &a;
+	op.params[1].memref.parent = &b;
+	res = TEEC_InvokeCommand(&sess, CMD_COPY, &op, &origin);
+	if (check_res(res, origin, "COPY allocated to allocated"))
+		check_pattern(b.buffer, len, seed, 0, "COPY allocated");
+
+	TEEC_ReleaseSharedMemory(&b);
+out_a:
+	TEEC_ReleaseSharedMemory(&a);
+out:
+	end();
+}
+
+/* RPC_BUFFER: the TEE asks the driver for a kernel buffer by RPC, fills and checks it. */
+static void rpc_case(uint32_t len)
+{
+	char name[96];
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+
+	snprintf(name, sizeof(name), "RPC SHM_ALLOC of %u bytes (kernel buffer)", len);
+	begin(name);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_VALUE_OUTPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].value.a = len;
+	op.params[0].value.b = SHM_TYPE_KERNEL;
+	res = TEEC_InvokeCommand(&sess, CMD_RPC_BUFFER, &op, &origin);
+	if (check_res(res, origin, "RPC_BUFFER"))
+		check(op.params[1].value.a == len, "RPC_BUFFER checked %u bytes of %u",
+		      op.params[1].value.a, len);
+	end();
+}
+
+/* Bad input through libteec: the TEE answers with an error code, and the session lives on. */
+static void refusal_cases(void)
+{
+	TEEC_Operation op;
+	TEEC_Result res;
+	TEEC_Session other;
+	uint32_t origin = 0;
+	uint8_t small[8], buf[64];
+
+	begin("open session to an unknown UUID is refused");
+	res = TEEC_OpenSession(&ctx, &other, &unknown_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL, &origin);
+	check(res == TEEC_ERROR_ITEM_NOT_FOUND, "result 0x%08x origin %u", res, origin);
+	if (res == TEEC_SUCCESS)
+		TEEC_CloseSession(&other);
+	end();
+
+	begin("unknown command is refused");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_NONE, TEEC_NONE, TEEC_NONE, TEEC_NONE);
+	res = TEEC_InvokeCommand(&sess, 99, &op, &origin);
+	check(res != TEEC_SUCCESS && origin != TEEC_ORIGIN_COMMS, "result 0x%08x origin %u", res,
+	      origin);
+	end();
+
+	begin("FILL with a value where a memref belongs is refused");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+	res = TEEC_InvokeCommand(&sess, CMD_FILL, &op, &origin);
+	check(res == TEEC_ERROR_BAD_PARAMETERS, "result 0x%08x origin %u", res, origin);
+	end();
+
+	begin("SHA256 into 8 bytes answers SHORT_BUFFER with the size");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	memset(buf, 1, sizeof(buf));
+	memset(small, 0x5a, sizeof(small));
+	op.params[0].tmpref.buffer = buf;
+	op.params[0].tmpref.size = sizeof(buf);
+	op.params[1].tmpref.buffer = small;
+	op.params[1].tmpref.size = sizeof(small);
+	res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+	check(res == TEEC_ERROR_SHORT_BUFFER && op.params[1].tmpref.size == 32,
+	      "result 0x%08x size %zu", res, op.params[1].tmpref.size);
+	check_fill(small, sizeof(small), 0x5a, "short output untouched");
+	end();
+
+	begin("SHA256 with a NULL output memref answers SHORT_BUFFER with the size");
+	check(ctx.memref_null, "libteec sees no MEMREF_NULL capability");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = buf;
+	op.params[0].tmpref.size = sizeof(buf);
+	op.params[1].tmpref.buffer = NULL;
+	op.params[1].tmpref.size = 0;
+	res = TEEC_InvokeCommand(&sess, CMD_SHA256, &op, &origin);
+	check(res == TEEC_ERROR_SHORT_BUFFER && op.params[1].tmpref.size == 32,
+	      "result 0x%08x size %zu", res, op.params[1].tmpref.size);
+	end();
+
+	begin("RPC_BUFFER of 0 bytes is refused");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_VALUE_OUTPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].value.a = 0;
+	op.params[0].value.b = SHM_TYPE_KERNEL;
+	res = TEEC_InvokeCommand(&sess, CMD_RPC_BUFFER, &op, &origin);
+	check(res == TEEC_ERROR_BAD_PARAMETERS, "result 0x%08x origin %u", res, origin);
+	end();
+
+	begin("the session still works after the refusals");
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = buf;
+	op.params[0].tmpref.size = sizeof(buf);
+	res = fill_op(&op, 77, &origin);
+	if (check_res(res, origin, "FILL"))
+		check_pattern(buf, sizeof(buf), 77, 0, "FILL after refusals");
+	end();
+}
+
+/* More sessions than the firmware's per-guest quota (16): refused with an error, no hang. */
+static void sessions_case(void)
+{
+	enum { TRIES = 24 };
+	TEEC_Session s[TRIES];
+	TEEC_Result res = TEEC_SUCCESS;
+	uint32_t origin = 0;
+	int n, i;
+
+	begin("sessions beyond the firmware's quota are refused, then closed and reopened");
+	for (n = 0; n < TRIES; n++) {
+		res = TEEC_OpenSession(&ctx, &s[n], &memtest_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL,
+				       &origin);
+		if (res != TEEC_SUCCESS)
+			break;
+	}
+	check(n < TRIES && res == TEEC_ERROR_OUT_OF_MEMORY,
+	      "%d sessions opened; the refusal was 0x%08x origin %u", n, res, origin);
+	printf("     %d more sessions opened before the refusal\n", n);
+	for (i = 0; i < n; i++)
+		TEEC_CloseSession(&s[i]);
+	for (i = 0; i < n && case_ok; i++) {
+		res = TEEC_OpenSession(&ctx, &s[i], &memtest_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL,
+				       &origin);
+		if (!check_res(res, origin, "reopen after closing"))
+			break;
+	}
+	while (i-- > 0)
+		TEEC_CloseSession(&s[i]);
+	end();
+}
+
+/* Many register / invoke / release rounds: nothing leaks in the driver or the TEE. */
+static void churn_case(int rounds)
+{
+	char name[64];
+	TEEC_SharedMemory shm;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	struct guarded g;
+	int i;
+
+	snprintf(name, sizeof(name), "%d register/invoke/release rounds", rounds);
+	begin(name);
+	if (!check(guarded_new(&g, 3 * 4096 + 100, 2000), "malloc"))
+		goto out;
+	for (i = 0; i < rounds && case_ok; i++) {
+		memset(&shm, 0, sizeof(shm));
+		shm.buffer = g.p + (i % 97);
+		shm.size = g.len - 97;
+		shm.flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+		res = TEEC_RegisterSharedMemory(&ctx, &shm);
+		if (!check_res(res, 0, "register"))
+			break;
+		check(shm.shadow_buffer == NULL, "round %d: shadow buffer", i);
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_VALUE_INPUT, TEEC_NONE,
+						 TEEC_NONE);
+		op.params[0].memref.parent = &shm;
+		res = fill_op(&op, (uint32_t)i, &origin);
+		if (check_res(res, origin, "FILL"))
+			check_pattern(shm.buffer, shm.size, (uint64_t)i, 0, "churn FILL");
+		TEEC_ReleaseSharedMemory(&shm);
+	}
+	guarded_intact(&g, "churn guard");
+	guarded_free(&g);
+out:
+	end();
+}
+
+/*
+ * Eight threads, each with its own session, calling at once: even ones FILL, odd ones go
+ * through RPCs. The core has 4 threads, so calls parked in an RPC can fill them and the
+ * driver must wait on ETHREAD_LIMIT for a thread to come free.
+ */
+struct worker {
+	int id;
+	int rounds;
+	bool ok;
+	char why[160];
+};
+
+static void *worker_main(void *p)
+{
+	struct worker *w = p;
+	TEEC_Session s;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	uint8_t *buf;
+	size_t len = 20000 + (size_t)w->id * 777, i;
+	int r;
+
+	w->ok = false;
+	res = TEEC_OpenSession(&ctx, &s, &memtest_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL, &origin);
+	if (res != TEEC_SUCCESS) {
+		snprintf(w->why, sizeof(w->why), "open session: 0x%08x", res);
+		return NULL;
+	}
+	buf = malloc(len + 1);
+	for (r = 0; buf && r < w->rounds; r++) {
+		memset(&op, 0, sizeof(op));
+		if (w->id % 2 == 0) {
+			op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT,
+							 TEEC_NONE, TEEC_NONE);
+			op.params[0].tmpref.buffer = buf + 1;
+			op.params[0].tmpref.size = len;
+			op.params[1].value.a = (uint32_t)r;
+			res = TEEC_InvokeCommand(&s, CMD_FILL, &op, &origin);
+			for (i = 0; res == TEEC_SUCCESS && i < len; i++)
+				if (buf[1 + i] != pattern_byte((uint64_t)r, i)) {
+					snprintf(w->why, sizeof(w->why), "round %d byte %zu", r, i);
+					goto out;
+				}
+		} else {
+			op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_VALUE_OUTPUT,
+							 TEEC_NONE, TEEC_NONE);
+			op.params[0].value.a = (uint32_t)len;
+			op.params[0].value.b = SHM_TYPE_KERNEL;
+			res = TEEC_InvokeCommand(&s, CMD_RPC_BUFFER, &op, &origin);
+			if (res == TEEC_SUCCESS && op.params[1].value.a != len) {
+				snprintf(w->why, sizeof(w->why), "round %d checked %u", r,
+					 op.params[1].value.a);
+				goto out;
+			}
+		}
+		if (res != TEEC_SUCCESS) {
+			snprintf(w->why, sizeof(w->why), "round %d: 0x%08x origin %u", r, res, origin);
+			goto out;
+		}
+	}
+	w->ok = buf != NULL;
+out:
+	free(buf);
+	TEEC_CloseSession(&s);
+	return NULL;
+}
+
+static void threads_case(void)
+{
+	enum { WORKERS = 8 };
+	struct worker w[WORKERS];
+	pthread_t t[WORKERS];
+	int i;
+
+	begin("eight threads, eight sessions, calls and RPCs at once (4 TEE threads)");
+	for (i = 0; i < WORKERS; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i].id = i;
+		w[i].rounds = 30;
+		check(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0, "pthread_create");
+	}
+	for (i = 0; i < WORKERS; i++) {
+		pthread_join(t[i], NULL);
+		check(w[i].ok, "worker %d: %s", i, w[i].why);
+	}
+	end();
+}
+
+/* ---- raw /dev/tee0 ioctls ----------------------------------------------------------------- */
+
+static int raw_open_session(int fd, const uint8_t uuid[16], uint32_t *session, uint32_t *ret)
+{
+	union {
+		struct tee_ioctl_open_session_arg arg;
+		uint8_t bytes[sizeof(struct tee_ioctl_open_session_arg)];
+	} u;
+	struct tee_ioctl_buf_data data;
+
+	memset(&u, 0, sizeof(u));
+	memcpy(u.arg.uuid, uuid, 16);
+	u.arg.clnt_login = TEE_IOCTL_LOGIN_PUBLIC;
+	u.arg.num_params = 0;
+	data.buf_ptr = (uintptr_t)&u;
+	data.buf_len = sizeof(u);
+	if (ioctl(fd, TEE_IOC_OPEN_SESSION, &data))
+		return -errno;
+	*session = u.arg.session;
+	*ret = u.arg.ret;
+	return 0;
+}
+
+struct raw_invoke {
+	struct tee_ioctl_invoke_arg arg;
+	struct tee_ioctl_param params[4];
+};
+
+static int raw_invoke(int fd, uint32_t session, uint32_t func, struct raw_invoke *inv)
+{
+	struct tee_ioctl_buf_data data;
+
+	inv->arg.func = func;
+	inv->arg.session = session;
+	inv->arg.num_params = 4;
+	data.buf_ptr = (uintptr_t)inv;
+	data.buf_len = sizeof(*inv);
+	return ioctl(fd, TEE_IOC_INVOKE, &data) ? -errno : 0;
+}
+
+static void raw_memref(struct tee_ioctl_param *p, uint64_t attr, int shm_id, uint64_t offs,
+		       uint64_t size)
+{
+	p->attr = attr;
+	p->a = offs;
+	p->b = size;
+	p->c = (uint64_t)(int64_t)shm_id;
+}
+
+static void raw_value(struct tee_ioctl_param *p, uint64_t attr, uint64_t a, uint64_t b, uint64_t c)
+{
+	p->attr = attr;
+	p->a = a;
+	p->b = b;
+	p->c = c;
+}
+
+static void raw_cases(void)
+{
+	struct tee_ioctl_version_data ver;
+	struct tee_ioctl_shm_register_data reg;
+	struct tee_ioctl_shm_alloc_data alloc;
+	struct tee_ioctl_close_session_arg close_arg;
+	struct raw_invoke inv;
+	struct guarded g;
+	uint32_t session = 0, ret = 0;
+	int fd, reg_fd = -1, alloc_fd = -1, reg_id = -1, rc;
+	size_t reg_len = 70001, alloc_len = 3 * 4096 + 17;
+	uint8_t *amap = MAP_FAILED;
+
+	begin("raw TEE_IOC_VERSION: OP-TEE, GP, REG_MEM, MEMREF_NULL");
+	fd = open("/dev/tee0", O_RDWR);
+	if (!check(fd >= 0, "open /dev/tee0: %s", strerror(errno))) {
+		end();
+		return;
+	}
+	memset(&ver, 0, sizeof(ver));
+	if (check(ioctl(fd, TEE_IOC_VERSION, &ver) == 0, "TEE_IOC_VERSION: %s", strerror(errno)))
+		check(ver.impl_id == TEE_IMPL_ID_OPTEE &&
+			      (ver.gen_caps & (TEE_GEN_CAP_GP | TEE_GEN_CAP_REG_MEM |
+					       TEE_GEN_CAP_MEMREF_NULL)) ==
+				      (TEE_GEN_CAP_GP | TEE_GEN_CAP_REG_MEM | TEE_GEN_CAP_MEMREF_NULL),
+		      "impl_id %u impl_caps 0x%x gen_caps 0x%x", ver.impl_id, ver.impl_caps,
+		      ver.gen_caps);
+	end();
+
+	begin("raw TEE_IOC_OPEN_SESSION");
+	rc = raw_open_session(fd, memtest_octets, &session, &ret);
+	check(rc == 0 && ret == 0, "rc %d ret 0x%08x", rc, ret);
+	end();
+
+	begin("raw TEE_IOC_SHM_REGISTER of an unaligned buffer, FILL and COPY through it");
+	if (!check(guarded_new(&g, reg_len, 123), "malloc"))
+		goto alloc;
+	memset(&reg, 0, sizeof(reg));
+	reg.addr = (uintptr_t)g.p;
+	reg.length = reg_len;
+	reg_fd = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+	if (check(reg_fd >= 0, "TEE_IOC_SHM_REGISTER: %s", strerror(errno))) {
+		reg_id = reg.id;
+		check(reg.length == reg_len, "registered length %llu",
+		      (unsigned long long)reg.length);
+		memset(&inv, 0, sizeof(inv));
+		raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, reg_id, 5,
+			   reg_len - 10);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT,
+			  0x0123456789abcdefull, 0, 0);
+		rc = raw_invoke(fd, session, CMD_FILL, &inv);
+		if (check(rc == 0 && inv.arg.ret == 0, "FILL rc %d ret 0x%08x", rc, inv.arg.ret)) {
+			check_fill(g.p, 5, GUARD_BYTE, "before offset 5");
+			check_pattern(g.p + 5, reg_len - 10, 0x0123456789abcdefull, 0,
+				      "raw FILL with a 64-bit seed");
+			check_fill(g.p + reg_len - 5, 5, GUARD_BYTE, "after the memref");
+			guarded_intact(&g, "raw register guard");
+		}
+		/* RPC_BUFFER with a seed in c, which libteec cannot pass (32-bit values). */
+		memset(&inv, 0, sizeof(inv));
+		raw_value(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 12345,
+			  SHM_TYPE_KERNEL, 0xfeedfacecafebeefull);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0);
+		rc = raw_invoke(fd, session, CMD_RPC_BUFFER, &inv);
+		check(rc == 0 && inv.arg.ret == 0 && inv.params[1].a == 12345,
+		      "RPC_BUFFER rc %d ret 0x%08x checked %llu", rc, inv.arg.ret,
+		      (unsigned long long)inv.params[1].a);
+	}
+	end();
+
+alloc:
+	begin("raw TEE_IOC_SHM_ALLOC, mmap, FILL, COPY from the registered buffer");
+	memset(&alloc, 0, sizeof(alloc));
+	alloc.size = alloc_len;
+	alloc_fd = ioctl(fd, TEE_IOC_SHM_ALLOC, &alloc);
+	if (check(alloc_fd >= 0, "TEE_IOC_SHM_ALLOC: %s", strerror(errno))) {
+		amap = mmap(NULL, alloc.size, PROT_READ | PROT_WRITE, MAP_SHARED, alloc_fd, 0);
+		if (check(amap != MAP_FAILED, "mmap: %s", strerror(errno))) {
+			memset(amap, 0, alloc.size);
+			memset(&inv, 0, sizeof(inv));
+			raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, alloc.id,
+				   0, alloc_len);
+			raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 99, 0, 0);
+			rc = raw_invoke(fd, session, CMD_FILL, &inv);
+			if (check(rc == 0 && inv.arg.ret == 0, "FILL rc %d ret 0x%08x", rc,
+				  inv.arg.ret))
+				check_pattern(amap, alloc_len, 99, 0, "raw FILL allocated");
+			if (reg_fd >= 0) {
+				write_pattern(g.p, reg_len, 4242);
+				memset(&inv, 0, sizeof(inv));
+				raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INPUT,
+					   reg_id, 1000, alloc_len);
+				raw_memref(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT,
+					   alloc.id, 0, alloc_len);
+				rc = raw_invoke(fd, session, CMD_COPY, &inv);
+				if (check(rc == 0 && inv.arg.ret == 0, "COPY rc %d ret 0x%08x", rc,
+					  inv.arg.ret))
+					check_pattern(amap, alloc_len, 4242, 1000, "raw COPY");
+			}
+		}
+	}
+	end();
+
+	begin("raw bad input: the kernel or the TEE refuses, nothing hangs");
+	memset(&reg, 0, sizeof(reg));
+	reg.addr = (uintptr_t)g.p;
+	reg.length = 100;
+	reg.flags = 1;
+	rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+	check(rc < 0 && errno == EINVAL, "register with flags 1: rc %d errno %d", rc, errno);
+	memset(&reg, 0, sizeof(reg));
+	reg.addr = 0x1000; /* never mapped in this process */
+	reg.length = 8192;
+	rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+	check(rc < 0, "register of unmapped memory: rc %d", rc);
+	if (rc >= 0)
+		close(rc);
+	if (reg_fd >= 0) {
+		/* A memref past the end of its buffer: the driver refuses it. */
+		memset(&inv, 0, sizeof(inv));
+		raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, reg_id, 4096,
+			   reg_len);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 1, 0, 0);
+		rc = raw_invoke(fd, session, CMD_FILL, &inv);
+		check(rc == -EINVAL, "memref past its buffer: rc %d ret 0x%08x", rc, inv.arg.ret);
+		memset(&inv, 0, sizeof(inv));
+		raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, -1, 0, 0);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 1, 0, 0);
+		/* A session that does not exist: the TEE answers, the driver passes it on. */
+		rc = raw_invoke(fd, 0x7fff1234, CMD_FILL, &inv);
+		check(rc < 0 || inv.arg.ret != 0, "invoke on a bogus session: rc %d ret 0x%08x",
+		      rc, inv.arg.ret);
+		/* A cancellation of nothing: the driver sends CANCEL, the TEE answers. */
+		{
+			struct tee_ioctl_cancel_arg cancel = { .cancel_id = 7, .session = session };
+
+			check(ioctl(fd, TEE_IOC_CANCEL, &cancel) == 0, "TEE_IOC_CANCEL: %s",
+			      strerror(errno));
+		}
+		/* FILL of a NULL memref: the TA refuses it. */
+		memset(&inv, 0, sizeof(inv));
+		raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, -1, 0, 0);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 1, 0, 0);
+		rc = raw_invoke(fd, session, CMD_FILL, &inv);
+		check(rc == 0 && inv.arg.ret == TEEC_ERROR_BAD_PARAMETERS,
+		      "FILL of a NULL memref: rc %d ret 0x%08x", rc, inv.arg.ret);
+		/* RPC_BUFFER of an unknown SHM type: refused before any RPC. */
+		memset(&inv, 0, sizeof(inv));
+		raw_value(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, 4096, 77, 0);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0);
+		rc = raw_invoke(fd, session, CMD_RPC_BUFFER, &inv);
+		check(rc == 0 && inv.arg.ret == TEEC_ERROR_BAD_PARAMETERS,
+		      "RPC_BUFFER of SHM type 77: rc %d ret 0x%08x", rc, inv.arg.ret);
+	}
+	end();
+
+	begin("raw release: close session, unmap, close shm fds");
+	memset(&close_arg, 0, sizeof(close_arg));
+	close_arg.session = session;
+	check(ioctl(fd, TEE_IOC_CLOSE_SESSION, &close_arg) == 0, "close session: %s",
+	      strerror(errno));
+	if (amap != MAP_FAILED)
+		check(munmap(amap, alloc.size) == 0, "munmap");
+	if (alloc_fd >= 0)
+		check(close(alloc_fd) == 0, "close alloc fd");
+	if (reg_fd >= 0)
+		check(close(reg_fd) == 0, "close registered fd");
+	if (g.alloc)
+		guarded_free(&g);
+	check(close(fd) == 0, "close /dev/tee0");
+	end();
+}
+
+/*
+ * What the firmware refuses reaches the caller as an error, never a hang: a buffer above the
+ * firmware's largest (teeshm's QEMU firmware takes up to 32768 pages, 128 MiB), and more
+ * registered objects than its per-guest quota (1024). After each refusal everything still works.
+ */
+static void refused_by_firmware_cases(void)
+{
+	struct tee_ioctl_shm_register_data reg;
+	struct rlimit lim = { 1400, 1400 };
+	enum { BIG = 160 << 20, MANY = 1100 };
+	static int fds[MANY];
+	uint8_t *big, *small;
+	int fd, rc, n, i, first_refused = -1;
+
+	begin("a 160 MiB registration is refused by the firmware, then 1 MiB works");
+	fd = open("/dev/tee0", O_RDWR);
+	if (!check(fd >= 0, "open /dev/tee0"))
+		goto out1;
+	big = malloc(BIG);
+	if (check(big != NULL, "malloc")) {
+		memset(&reg, 0, sizeof(reg));
+		reg.addr = (uintptr_t)big + 1;
+		reg.length = BIG - 1;
+		rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+		check(rc < 0 && errno == EINVAL, "register of 160 MiB: rc %d errno %d", rc, errno);
+		if (rc >= 0)
+			close(rc);
+		memset(&reg, 0, sizeof(reg));
+		reg.addr = (uintptr_t)big + 1;
+		reg.length = 1 << 20;
+		rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+		check(rc >= 0, "register of 1 MiB after the refusal: %s", strerror(errno));
+		if (rc >= 0)
+			close(rc);
+		free(big);
+	}
+	close(fd);
+out1:
+	end();
+
+	begin("registrations beyond the firmware's object quota are refused, then released");
+	check(setrlimit(RLIMIT_NOFILE, &lim) == 0, "setrlimit: %s", strerror(errno));
+	fd = open("/dev/tee0", O_RDWR);
+	small = malloc(MANY * 64 + 4096);
+	if (!check(fd >= 0 && small, "open /dev/tee0, malloc"))
+		goto out2;
+	for (n = 0; n < MANY; n++) {
+		memset(&reg, 0, sizeof(reg));
+		reg.addr = (uintptr_t)small + (size_t)n * 64;
+		reg.length = 64;
+		fds[n] = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+		if (fds[n] < 0 && first_refused < 0) {
+			first_refused = n;
+			check(errno == EINVAL, "refusal %d: errno %d", n, errno);
+		}
+	}
+	check(first_refused > 900 && first_refused < 1024,
+	      "first refusal at registration %d (quota 1024, some objects are the driver's)",
+	      first_refused);
+	for (i = 0; i < MANY; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	for (n = 0; n < 1000; n++) {
+		memset(&reg, 0, sizeof(reg));
+		reg.addr = (uintptr_t)small + (size_t)n * 64;
+		reg.length = 64;
+		fds[n] = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+		if (!check(fds[n] >= 0, "after the release, registration %d refused: %s", n,
+			   strerror(errno)))
+			break;
+	}
+	for (i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	printf("     quota: registration %d was the first refused\n", first_refused);
+out2:
+	if (fd >= 0)
+		close(fd);
+	free(small);
+	end();
+}
+
+/*
+ * SMCCC has the secure side preserve the SIMD and FP registers, and Linux keeps a task's
+ * FP state live in the registers across a syscall. So: load v0..v31 and FPCR with known
+ * values, make a TEE call by a raw `svc` (no libc call in between), and read them back.
+ */
+static void simd_case(void)
+{
+	uint64_t in[64] __attribute__((aligned(16))), out[64] __attribute__((aligned(16)));
+	uint64_t fpcr_before, fpcr_set, fpcr_after;
+	struct tee_ioctl_shm_register_data reg;
+	struct tee_ioctl_close_session_arg close_arg;
+	struct tee_ioctl_buf_data data;
+	struct raw_invoke inv;
+	static uint8_t buf[3 * 4096 + 100];
+	uint32_t session = 0, ret = 0;
+	int fd, reg_fd = -1, i, round;
+
+	begin("v0..v31 and FPCR survive TEE calls (SMCCC: the callee preserves SIMD state)");
+	fd = open("/dev/tee0", O_RDWR);
+	if (!check(fd >= 0, "open /dev/tee0") ||
+	    !check(raw_open_session(fd, memtest_octets, &session, &ret) == 0 && ret == 0,
+		   "open session"))
+		goto out;
+	memset(&reg, 0, sizeof(reg));
+	reg.addr = (uintptr_t)buf + 100;
+	reg.length = sizeof(buf) - 100;
+	reg_fd = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
+	if (!check(reg_fd >= 0, "TEE_IOC_SHM_REGISTER: %s", strerror(errno)))
+		goto out_session;
+	for (round = 0; round < 16 && case_ok; round++) {
+		long rc;
+
+		for (i = 0; i < 64; i++)
+			in[i] = 0x0123456789abcdefull ^ ((uint64_t)(i + 64 * round) * 0x9E3779B97F4A7C15ull);
+		memset(out, 0, sizeof(out));
+		/* FILL runs the pattern loop and copies through the SHM window: SIMD work. */
+		memset(&inv, 0, sizeof(inv));
+		raw_memref(&inv.params[0], TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, reg.id, 0,
+			   reg.length);
+		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT, (uint64_t)round, 0, 0);
+		inv.arg.func = CMD_FILL;
+		inv.arg.session = session;
+		inv.arg.num_params = 4;
+		data.buf_ptr = (uintptr_t)&inv;
+		data.buf_len = sizeof(inv);
+		__asm__ volatile("mrs %0, fpcr" : "=r"(fpcr_before));
+		fpcr_set = fpcr_before ^ ((3ull << 22) | (1ull << 24)); /* rounding mode, flush-to-zero */
+		{
+			register long r0 __asm__("x0") = fd;
+			register long r1 __asm__("x1") = (long)TEE_IOC_INVOKE;
+			register long r2 __asm__("x2") = (long)&data;
+			register long r8 __asm__("x8") = 29; /* __NR_ioctl */
+
+			__asm__ volatile(
+				"msr fpcr, %[set]\n"
+				"ldp q0, q1, [%[in], #0]\n ldp q2, q3, [%[in], #32]\n"
+				"ldp q4, q5, [%[in], #64]\n ldp q6, q7, [%[in], #96]\n"
+				"ldp q8, q9, [%[in], #128]\n ldp q10, q11, [%[in], #160]\n"
+				"ldp q12, q13, [%[in], #192]\n ldp q14, q15, [%[in], #224]\n"
+				"ldp q16, q17, [%[in], #256]\n ldp q18, q19, [%[in], #288]\n"
+				"ldp q20, q21, [%[in], #320]\n ldp q22, q23, [%[in], #352]\n"
+				"ldp q24, q25, [%[in], #384]\n ldp q26, q27, [%[in], #416]\n"
+				"ldp q28, q29, [%[in], #448]\n ldp q30, q31, [%[in], #480]\n"
+				"svc #0\n"
+				"stp q0, q1, [%[out], #0]\n stp q2, q3, [%[out], #32]\n"
+				"stp q4, q5, [%[out], #64]\n stp q6, q7, [%[out], #96]\n"
+				"stp q8, q9, [%[out], #128]\n stp q10, q11, [%[out], #160]\n"
+				"stp q12, q13, [%[out], #192]\n stp q14, q15, [%[out], #224]\n"
+				"stp q16, q17, [%[out], #256]\n stp q18, q19, [%[out], #288]\n"
+				"stp q20, q21, [%[out], #320]\n stp q22, q23, [%[out], #352]\n"
+				"stp q24, q25, [%[out], #384]\n stp q26, q27, [%[out], #416]\n"
+				"stp q28, q29, [%[out], #448]\n stp q30, q31, [%[out], #480]\n"
+				"mrs %[after], fpcr\n"
+				"msr fpcr, %[before]\n"
+				: "+r"(r0), [after] "=&r"(fpcr_after)
+				: "r"(r1), "r"(r2), "r"(r8), [in] "r"(in), [out] "r"(out),
+				  [set] "r"(fpcr_set), [before] "r"(fpcr_before)
+				: "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9",
+				  "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19",
+				  "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29",
+				  "v30", "v31");
+			rc = r0;
+		}
+		if (!check(rc == 0 && inv.arg.ret == 0, "round %d: ioctl %ld, ret 0x%08x", round, rc,
+			   inv.arg.ret))
+			break;
+		check_pattern(buf + 100, reg.length, (uint64_t)round, 0, "FILL");
+		for (i = 0; i < 64; i++)
+			if (!check(out[i] == in[i],
+				   "round %d: v%d.d[%d] came back %016" PRIx64 ", was %016" PRIx64,
+				   round, i / 2, i % 2, out[i], in[i]))
+				break;
+		check(fpcr_after == fpcr_set, "round %d: FPCR came back %#" PRIx64 ", was %#" PRIx64,
+		      round, fpcr_after, fpcr_set);
+	}
+	close(reg_fd);
+out_session:
+	memset(&close_arg, 0, sizeof(close_arg));
+	close_arg.session = session;
+	check(ioctl(fd, TEE_IOC_CLOSE_SESSION, &close_arg) == 0, "close session");
+	close(fd);
+out:
+	end();
+}
+
+/* ---- the driver's probe ------------------------------------------------------------------- */
+
+static char *kernel_log(void)
+{
+	int len = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *buf;
+
+	if (len <= 0)
+		len = 1 << 20;
+	buf = calloc(1, (size_t)len + 1);
+	if (!buf)
+		return NULL;
+	len = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, len);
+	if (len < 0) {
+		free(buf);
+		return NULL;
+	}
+	buf[len] = 0;
+	return buf;
+}
+
+static bool is_char_device(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISCHR(st.st_mode);
+}
+
+static void probe_cases(void)
+{
+	char *log = kernel_log();
+	const char *rev;
+
+	begin("driver probed: dmesg has the OP-TEE revision line");
+	check(log != NULL, "cannot read the kernel log");
+	rev = log ? strstr(log, "optee: revision ") : NULL;
+	if (check(rev != NULL, "no \"optee: revision\" line")) {
+		const char *eol = strchr(rev, '\n');
+
+		printf("     %.*s\n", eol ? (int)(eol - rev) : 80, rev);
+	}
+	end();
+
+	begin("driver probed: dynamic shared memory is enabled");
+	check(log && strstr(log, "optee: dynamic shared memory is enabled"),
+	      "no \"dynamic shared memory is enabled\" line");
+	end();
+
+	begin("driver probed: no probe error, oops or warning in dmesg");
+	check(log && !strstr(log, "probe of firmware:optee failed") &&
+		      !strstr(log, "Internal error") && !strstr(log, "WARNING:") &&
+		      !strstr(log, "BUG:") && !strstr(log, "api uid mismatch") &&
+		      !strstr(log, "api revision mismatch") && !strstr(log, "capabilities mismatch"),
+	      "the kernel log shows a probe failure, an oops or a warning");
+	end();
+
+	begin("/dev/tee0 and /dev/teepriv0 exist");
+	check(is_char_device("/dev/tee0"), "/dev/tee0 missing");
+	check(is_char_device("/dev/teepriv0"), "/dev/teepriv0 missing");
+	end();
+	free(log);
+}
+
+/* After everything: the driver logged no complaint, and the kernel no warning or oops. */
+static void kernel_log_case(void)
+{
+	char *log = kernel_log(), *line, *save = NULL;
+	static const char *bad[] = { "Internal error", "WARNING:", "BUG:", "Unknown RPC",
+				     "failed", "mismatch", "invalid" };
+	size_t i;
+
+	begin("after the test: no driver complaint, warning or oops in dmesg");
+	if (!check(log != NULL, "cannot read the kernel log")) {
+		end();
+		return;
+	}
+	for (line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		bool tee_line = strstr(line, "optee") || strstr(line, "tee:") ||
+				strstr(line, "tee_shm") || strstr(line, " tee ");
+
+		for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+			if ((i < 4 || tee_line) && strstr(line, bad[i]))
+				check(false, "%s", line);
+	}
+	free(log);
+	end();
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+int main(void)
+{
+	static const size_t sizes[] = { 1,	 2,	    7,	       100,	  4095,
+					4096,	 4097,	    8191,      12289,	  65537,
+					1 << 20, (1 << 20) + 3, (2 << 20) + 4097, 8 << 20 };
+	static const size_t temp_sizes[] = { 1, 4095, 4096, 20000, (1 << 20) + 1, 4 << 20 };
+	static const size_t alloc_sizes[] = { 1, 4096, 100000, 1 << 20 };
+	static const uint32_t rpc_sizes[] = { 1, 4096, 65537, 1 << 20 };
+	struct timespec start;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	size_t i;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	printf("teeshm-test: Debian libteec against teeshm.memtest\n");
+
+	probe_cases();
+
+	begin("TEEC_InitializeContext");
+	res = TEEC_InitializeContext(NULL, &ctx);
+	if (!check_res(res, 0, "TEEC_InitializeContext")) {
+		end();
+		goto out;
+	}
+	check(ctx.reg_mem, "libteec sees no REG_MEM capability (no dynamic SHM)");
+	end();
+
+	begin("TEEC_OpenSession to teeshm.memtest");
+	res = TEEC_OpenSession(&ctx, &sess, &memtest_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL, &origin);
+	have_session = check_res(res, origin, "TEEC_OpenSession");
+	end();
+	if (!have_session)
+		goto out_ctx;
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		registered_case(sizes[i], 1 + (i * 1237) % 4095);
+	for (i = 0; i < sizeof(temp_sizes) / sizeof(temp_sizes[0]); i++)
+		temporary_case(temp_sizes[i], 4095 - (i * 331) % 4000);
+	for (i = 0; i < sizeof(alloc_sizes) / sizeof(alloc_sizes[0]); i++)
+		allocated_case(alloc_sizes[i]);
+	for (i = 0; i < sizeof(rpc_sizes) / sizeof(rpc_sizes[0]); i++)
+		rpc_case(rpc_sizes[i]);
+	refusal_cases();
+	churn_case(300);
+	sessions_case();
+	threads_case();
+	raw_cases();
+	refused_by_firmware_cases();
+	simd_case();
+
+	begin("TEEC_CloseSession");
+	TEEC_CloseSession(&sess);
+	end();
+out_ctx:
+	begin("TEEC_FinalizeContext");
+	TEEC_FinalizeContext(&ctx);
+	end();
+	kernel_log_case();
+out:
+	printf("teeshm-test: %.2f s\n", seconds_since(&start));
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed == 0 && passed > 0 ? 0 : 1;
+}
