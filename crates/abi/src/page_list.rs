@@ -105,6 +105,14 @@ pub enum PageListError<E = Infallible> {
         /// Pages that were to be stored.
         pages: u64,
     },
+    /// The caller's visitor refused a data page (see [`decode_each`]).
+    #[error("data page entry {index} = {value:#x} refused")]
+    Refused {
+        /// Index (0-based) of the entry in the whole list.
+        index: u64,
+        /// The entry.
+        value: u64,
+    },
     /// Reading a list page from normal-world memory failed (e.g. it is not NS memory).
     #[error("reading {len} bytes at list page {pa:#x} failed")]
     Read {
@@ -237,6 +245,50 @@ pub fn decode_parts<M: NsMemory>(
     size: u64,
     max_pages: u64,
 ) -> Result<DecodedPageList, PageListError<M::Error>> {
+    let count = layout(offset, size)?;
+    let cap = usize::try_from(count).map_err(|_| PageListError::OutOfMemory { pages: count })?;
+    let mut pages: Vec<u64> = Vec::new();
+    if count <= max_pages {
+        pages
+            .try_reserve_exact(cap)
+            .map_err(|_| PageListError::OutOfMemory { pages: count })?;
+    }
+    let shape = decode_each(mem, first_list_page, offset, size, max_pages, |_, pa| {
+        // Never reallocates: capacity was reserved for exactly `count` entries.
+        pages.push(pa);
+        true
+    })?;
+    Ok(DecodedPageList {
+        pages,
+        offset: shape.offset,
+        size: shape.size,
+    })
+}
+
+/// The buffer a page list describes, as [`decode_each`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListShape {
+    /// Offset of the buffer in its first data page (< 4096).
+    pub offset: u16,
+    /// Size in bytes (> 0).
+    pub size: u64,
+    /// Number of data pages.
+    pub num_pages: u64,
+}
+
+/// The decoder itself, without a page array: hands each data page, in order, to
+/// `visit(index, pa)` straight from the secure copy of its list page, so the caller can store
+/// pages in its own form (and check them) without a temporary array. `visit` returning false
+/// stops the decode with [`PageListError::Refused`]. Everything that can be checked without
+/// normal-world memory (size, offset, `max_pages`, alignment) is checked before the first read.
+pub fn decode_each<M: NsMemory>(
+    mem: &mut M,
+    first_list_page: u64,
+    offset: u64,
+    size: u64,
+    max_pages: u64,
+    mut visit: impl FnMut(u64, u64) -> bool,
+) -> Result<ListShape, PageListError<M::Error>> {
     // Everything that can be checked without touching NS memory comes first.
     let count = layout(offset, size)?;
     if count > max_pages {
@@ -251,16 +303,12 @@ pub fn decode_parts<M: NsMemory>(
         });
     }
     let offset16 = u16::try_from(offset).map_err(|_| PageListError::OffsetTooLarge { offset })?;
-    let cap = usize::try_from(count).map_err(|_| PageListError::OutOfMemory { pages: count })?;
-    let mut pages: Vec<u64> = Vec::new();
-    pages
-        .try_reserve_exact(cap)
-        .map_err(|_| PageListError::OutOfMemory { pages: count })?;
 
     // Secure copy of the current list page; each list page is read into it exactly once.
     let mut page = ListPage::new_zeroed();
     let mut list_pa = first_list_page;
     let mut list_index: u64 = 0;
+    let mut index: u64 = 0;
     let mut remaining = count;
     loop {
         let here = remaining.min(ENTRIES_U64);
@@ -285,13 +333,12 @@ pub fn decode_parts<M: NsMemory>(
         for entry in page.entries.iter().take(take) {
             let value = entry.get();
             if value & PAGE_MASK != 0 {
-                return Err(PageListError::EntryUnaligned {
-                    index: pages.len() as u64,
-                    value,
-                });
+                return Err(PageListError::EntryUnaligned { index, value });
             }
-            // Never reallocates: capacity was reserved for exactly `count` entries.
-            pages.push(value);
+            if !visit(index, value) {
+                return Err(PageListError::Refused { index, value });
+            }
+            index += 1;
         }
         remaining = remaining.saturating_sub(here);
         if !more {
@@ -308,10 +355,10 @@ pub fn decode_parts<M: NsMemory>(
         list_index = list_index.saturating_add(1);
     }
 
-    Ok(DecodedPageList {
-        pages,
+    Ok(ListShape {
         offset: offset16,
         size,
+        num_pages: count,
     })
 }
 

@@ -281,7 +281,7 @@ fn p2(budget: Budget, out: &mut Vec<Figure>) {
         // The model, on the same list.
         let mut model = OpteeModel::new();
         for c in 0..64 {
-            model.register(&w.mem, buf_ptr, PAGE, c + 10_000_000);
+            model.register(&w.mem, buf_ptr, PAGE, u64::MAX - c);
         }
         let peer = ns_per_op(budget, || {
             cookie += 1;

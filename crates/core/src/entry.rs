@@ -5,7 +5,9 @@ use crate::arg::{APPENDED_RPC_ARG, ArgCopy, ArgReadError, NsRef};
 use crate::config::CoreConfig;
 use crate::error::{CallError, TeeError};
 use crate::guest::{GuestPartition, GuestSnapshot};
-use crate::mobj::{Backing, Mobj, MobjId, MobjKind, MobjSpec, MobjUse, PageFrames, ReleaseQueue};
+use crate::mobj::{
+    Backing, FramesBuilder, Mobj, MobjId, MobjKind, MobjSpec, MobjUse, ReleaseQueue,
+};
 use crate::msg::{Call, MemrefBuf, RpcArgAt, RpcRequest, Step, reg_pair};
 use crate::platform::{AccessFault, Platform};
 use crate::thread::{ThreadState, ThreadTable};
@@ -17,7 +19,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::{NonSecureCaps, SecureCaps, THREAD_RPC_MAX_NUM_PARAMS};
-use teeshm_abi::page_list::{self, NsMemory};
+use teeshm_abi::page_list::{self, NsMemory, PageListError};
 pub use teeshm_abi::smc::SmcRegs;
 use teeshm_abi::smc::*;
 use teeshm_abi::uid;
@@ -457,7 +459,7 @@ impl<P: Platform> Tee<P> {
                 };
                 let id = call.thread;
                 let mut threads = self.threads.lock();
-                if false && call.guest.is_dying() {
+                if call.guest.is_dying() {
                     // Its guest was destroyed while it ran: nobody will answer, so the call
                     // ends here instead of waiting in its thread for ever.
                     drop(threads);
@@ -575,10 +577,40 @@ impl<P: Platform> Tee<P> {
             tee: self,
             guest: guest.id(),
         };
-        let list = page_list::decode(&mut reader, buf_ptr, size, self.config.max_buffer_pages)?;
-        let offset = list.offset();
-        let size = list.size();
-        let frames = self.frames_of(list.into_pages())?;
+        let offset = buf_ptr & (PAGE_SIZE - 1);
+        let max = self.config.max_buffer_pages;
+        // Room for exactly the pages the list must have (none when the decode will refuse it
+        // before reading anything).
+        let count = page_list::num_pages(offset, size)
+            .ok()
+            .filter(|&n| n <= max)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        let mut frames = FramesBuilder::with_capacity(count)?;
+        let mut region: Option<PhysRange> = None;
+        let mut refusal = None;
+        let decoded =
+            page_list::decode_each(&mut reader, buf_ptr - offset, offset, size, max, |_, pa| {
+                match self
+                    .check_in_region(&mut region, pa)
+                    .and_then(|()| frames.push(pa))
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refusal = Some(e);
+                        false
+                    }
+                }
+            });
+        let shape = match decoded {
+            Ok(shape) => shape,
+            Err(PageListError::Refused { .. }) => {
+                return Err(refusal.unwrap_or(TeeError::OutOfMemory));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (offset, size) = (shape.offset, shape.size);
+        let frames = frames.finish();
         self.new_mobj(
             guest,
             MobjSpec {
@@ -592,18 +624,15 @@ impl<P: Platform> Tee<P> {
         )
     }
 
-    /// The page frames of a new object, after checking that every page is normal-world RAM
-    /// (invariant 1). One pass: a page inside the region of the page before it needs no lookup.
-    fn frames_of(&self, pages: Vec<u64>) -> Result<PageFrames, TeeError> {
-        let mut region: Option<PhysRange> = None;
-        PageFrames::from_pages_checked(pages, |pa| {
-            let page = PhysRange::page(PhysAddr(pa)).map_err(|_| TeeError::NotNonSecure(pa))?;
-            if region.is_some_and(|r| r.contains_range(page)) {
-                return Ok(());
-            }
-            region = Some(self.non_secure_region(page)?);
-            Ok(())
-        })
+    /// Checks that `pa` is a page of normal-world RAM (invariant 1); `region` remembers the
+    /// region of the page before, so a list inside one region needs one lookup in all.
+    fn check_in_region(&self, region: &mut Option<PhysRange>, pa: u64) -> Result<(), TeeError> {
+        let page = PhysRange::page(PhysAddr(pa)).map_err(|_| TeeError::NotNonSecure(pa))?;
+        if region.is_some_and(|r| r.contains_range(page)) {
+            return Ok(());
+        }
+        *region = Some(self.non_secure_region(page)?);
+        Ok(())
     }
 
     /// The normal-world region holding `page`.

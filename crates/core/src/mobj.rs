@@ -52,42 +52,16 @@ pub enum PageFrames {
 }
 
 impl PageFrames {
-    /// Stores `pages` (4 KiB aligned physical addresses), narrowing when all fit, after
-    /// `check` accepted each one; one pass over the pages.
-    ///
-    /// # Errors
-    /// The first error of `check`, or [`TeeError::OutOfMemory`] when the heap refuses.
-    pub fn from_pages_checked(
-        pages: Vec<u64>,
-        mut check: impl FnMut(u64) -> Result<(), TeeError>,
-    ) -> Result<Self, TeeError> {
-        const NARROW_LIMIT: u64 = 1 << 44;
-        let mut narrow: Vec<u32> = Vec::new();
-        narrow
-            .try_reserve_exact(pages.len())
-            .map_err(|_| TeeError::OutOfMemory)?;
-        let mut wide = false;
-        for &pa in &pages {
-            check(pa)?;
-            if pa < NARROW_LIMIT {
-                narrow.push((pa >> 12) as u32);
-            } else {
-                wide = true;
-            }
-        }
-        Ok(if wide {
-            Self::Wide(pages.into_boxed_slice())
-        } else {
-            Self::Narrow(narrow.into_boxed_slice())
-        })
-    }
-
-    /// Stores `pages` unchecked.
+    /// Stores `pages` (4 KiB aligned physical addresses), narrowing when all fit.
     ///
     /// # Errors
     /// `None` when the heap refuses the array.
     pub fn from_pages(pages: Vec<u64>) -> Option<Self> {
-        Self::from_pages_checked(pages, |_| Ok(())).ok()
+        let mut builder = FramesBuilder::with_capacity(pages.len()).ok()?;
+        for pa in pages {
+            builder.push(pa).ok()?;
+        }
+        Some(builder.finish())
     }
 
     /// Number of pages.
@@ -116,6 +90,71 @@ impl PageFrames {
         match self {
             Self::Narrow(p) => p.len() * 4,
             Self::Wide(p) => p.len() * 8,
+        }
+    }
+}
+
+/// Builds [`PageFrames`] one page at a time, straight from the page-list decoder: narrow
+/// frames while every page lies below 16 TiB, widened in place the first time one does not.
+#[derive(Debug)]
+pub struct FramesBuilder {
+    narrow: Vec<u32>,
+    wide: Option<Vec<u64>>,
+    capacity: usize,
+}
+
+/// Pages below this address are stored as 32-bit frame numbers.
+const NARROW_LIMIT: u64 = 1 << 44;
+
+impl FramesBuilder {
+    /// Room for `pages` pages, reserved now.
+    ///
+    /// # Errors
+    /// [`TeeError::OutOfMemory`] when the heap refuses.
+    pub fn with_capacity(pages: usize) -> Result<Self, TeeError> {
+        let mut narrow = Vec::new();
+        narrow
+            .try_reserve_exact(pages)
+            .map_err(|_| TeeError::OutOfMemory)?;
+        Ok(Self {
+            narrow,
+            wide: None,
+            capacity: pages,
+        })
+    }
+
+    /// Appends a page.
+    ///
+    /// # Errors
+    /// [`TeeError::OutOfMemory`] past the capacity, or when widening finds no memory.
+    pub fn push(&mut self, pa: u64) -> Result<(), TeeError> {
+        if self.len() >= self.capacity {
+            return Err(TeeError::OutOfMemory);
+        }
+        if self.wide.is_none() && pa >= NARROW_LIMIT {
+            let mut wide = Vec::new();
+            wide.try_reserve_exact(self.capacity)
+                .map_err(|_| TeeError::OutOfMemory)?;
+            wide.extend(self.narrow.iter().map(|&pfn| u64::from(pfn) << 12));
+            self.narrow = Vec::new();
+            self.wide = Some(wide);
+        }
+        match &mut self.wide {
+            Some(wide) => wide.push(pa),
+            None => self.narrow.push((pa >> 12) as u32),
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.wide.as_ref().map_or(self.narrow.len(), Vec::len)
+    }
+
+    /// The frames.
+    pub fn finish(self) -> PageFrames {
+        match self.wide {
+            Some(wide) => PageFrames::Wide(wide.into_boxed_slice()),
+            None => PageFrames::Narrow(self.narrow.into_boxed_slice()),
         }
     }
 }
@@ -422,6 +461,27 @@ mod tests {
         assert!(matches!(frames, PageFrames::Wide(_)));
         assert_eq!(frames.get(0), Some(PhysAddr(1 << 44)));
         assert_eq!(frames.heap_bytes(), 16);
+    }
+
+    #[test]
+    fn builder_widens_in_place_and_keeps_order() {
+        let mut b = FramesBuilder::with_capacity(3).unwrap();
+        b.push(0x1000).unwrap();
+        b.push(1 << 44).unwrap();
+        b.push(0x3000).unwrap();
+        assert_eq!(
+            b.push(0x4000),
+            Err(TeeError::OutOfMemory),
+            "past the capacity"
+        );
+        let f = b.finish();
+        assert!(matches!(f, PageFrames::Wide(_)));
+        assert_eq!(
+            (0..3)
+                .map(|i| f.get(i).unwrap().get())
+                .collect::<std::vec::Vec<_>>(),
+            [0x1000, 1 << 44, 0x3000]
+        );
     }
 
     #[test]

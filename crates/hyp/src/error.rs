@@ -160,6 +160,9 @@ impl HypError {
             PageListError::EntryUnaligned { index, value } => {
                 Self::PageList(PageListError::EntryUnaligned { index, value })
             }
+            PageListError::Refused { index, value } => {
+                Self::PageList(PageListError::Refused { index, value })
+            }
         }
     }
 }

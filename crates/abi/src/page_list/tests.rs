@@ -586,3 +586,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn decode_each_visits_in_order_and_stops_where_refused() {
+    let mut mem = MockMem::default();
+    let first: Vec<u64> = (0..ENTRIES_PER_LIST_PAGE).map(data_pa).collect();
+    mem.store_list(list_pa(0), &first, list_pa(1));
+    mem.store_list(list_pa(1), &[data_pa(900), data_pa(901)], 0);
+    let size = size_for(513, 7);
+    let mut seen = Vec::new();
+    let shape = decode_each(&mut mem, list_pa(0), 7, size, 1000, |i, pa| {
+        seen.push((i, pa));
+        true
+    })
+    .expect("decodes");
+    assert_eq!(
+        shape,
+        ListShape {
+            offset: 7,
+            size,
+            num_pages: 513
+        }
+    );
+    assert_eq!(seen.len(), 513);
+    assert_eq!(seen[511], (511, data_pa(900)));
+    assert!(seen.iter().enumerate().all(|(k, &(i, _))| k as u64 == i));
+    // A refusal names the entry and stops the walk: the second list page is never read.
+    mem.reads.clear();
+    let refused = decode_each(&mut mem, list_pa(0), 7, size, 1000, |i, _| i < 3);
+    assert_eq!(
+        refused,
+        Err(PageListError::Refused {
+            index: 3,
+            value: data_pa(3)
+        })
+    );
+    assert_eq!(mem.reads, [(list_pa(0), LIST_PAGE_SIZE)]);
+}
