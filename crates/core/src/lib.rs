@@ -4,7 +4,8 @@
 //! Where a call enters: [`Tee::handle_smc`] (in [`entry`]) decodes the SMC registers; fast
 //! calls are answered at once, yielding calls take a thread ([`thread`]), copy their
 //! `optee_msg_arg` into secure memory once ([`arg`]) and run the message ([`msg`]). Every shared
-//! buffer is a memory object ([`mobj`]) owned by one guest ([`guest`]); its virtual address comes
+//! buffer is a memory object ([`mobj`], made and released in [`objects`]) owned by one guest
+//! ([`guest`]); its virtual address comes
 //! only from a [`MapGuard`] of the [`window`], which keeps registered buffers mapped between
 //! calls (least recently used first out) and never evicts one in use.
 //!
@@ -41,6 +42,7 @@ pub mod guest;
 pub mod lifecycle;
 pub mod mobj;
 pub mod msg;
+pub mod objects;
 pub mod platform;
 pub mod pta;
 pub mod sync;
