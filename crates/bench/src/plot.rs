@@ -23,7 +23,10 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>]) -> Str
     // Whole decades around the data.
     let (ly0, ly1) = (
         ymin.max(1e-9).log10().floor(),
-        ymax.max(1e-9).log10().ceil().max(ymin.max(1e-9).log10().floor() + 1.0),
+        ymax.max(1e-9)
+            .log10()
+            .ceil()
+            .max(ymin.max(1e-9).log10().floor() + 1.0),
     );
     let (lx0, lx1) = (xmin.max(1e-9).ln(), xmax.max(xmin * 1.0001).ln());
     let px = |x: f64| left + (x.max(1e-9).ln() - lx0) / (lx1 - lx0).max(1e-9) * (w - left - right);

@@ -187,11 +187,13 @@ impl<P: Platform> Tee<P> {
                 }
             }
             let idle_ok = match entry.idle_since {
+                // An idle mapping's object is live, or retired while a call still uses it (a
+                // busy unregister after the mapping went idle: it goes with the release).
                 Some(stamp) => {
                     entry.guards == 0
                         && idle.get(&stamp) == Some(&id)
                         && idle_by_guest.contains(&(mobj.owner(), stamp))
-                        && !mobj.uses().is_retired()
+                        && (!mobj.uses().is_retired() || mobj.uses().users() > 0)
                 }
                 None => entry.guards > 0,
             };
@@ -212,9 +214,7 @@ impl<P: Platform> Tee<P> {
                 None => found.push(CoreDisagreement::Orphan { mobj: id }),
             }
         }
-        if idle.len() != idle_by_guest.len()
-            || idle.values().any(|id| !window.has_entry(*id))
-        {
+        if idle.len() != idle_by_guest.len() || idle.values().any(|id| !window.has_entry(*id)) {
             found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
         }
         for m in window.shm().mappings() {
