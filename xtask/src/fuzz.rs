@@ -10,7 +10,8 @@
 //! machine has only the toolchains). Builds with debug assertions, so arithmetic overflow panics
 //! and counts as a crash, and without a sanitizer: the crates fuzzed forbid `unsafe`, and
 //! AddressSanitizer would cost two thirds of the executions. Each run keeps its corpus in `fuzz/corpus/TARGET` and writes crashes to
-//! `fuzz/artifacts/TARGET`; a run that finds a crash, a leak, a timeout or an out-of-memory
+//! `fuzz/artifacts/TARGET`, and replays `fuzz/regressions/TARGET` (inputs that once crashed)
+//! first; a run that finds a crash, a leak, a timeout or an out-of-memory
 //! fails. The last line of each run (`stat::number_of_executed_units`) is printed as
 //! `xtask fuzz: TARGET: N executions in S s, 0 crashes`.
 
@@ -82,7 +83,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
             .args(["fuzz", "run"])
             .args(BUILD_ARGS)
             .arg(target)
-            .arg(&corpus)
+            .arg(&corpus);
+        // Inputs that once crashed (each also a regression test in its crate) run first.
+        let regressions = fuzz_dir.join("regressions").join(target);
+        if regressions.is_dir() {
+            command.arg(&regressions);
+        }
+        command
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .args(LIBFUZZER_ARGS);
@@ -100,11 +107,10 @@ pub fn main(args: &[String]) -> Result<(), String> {
             .output()
             .map_err(|e| format!("cannot start {shown}: {e}"))?;
         let log = String::from_utf8_lossy(&output.stderr);
-        let execs = log
-            .lines()
-            .filter_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
-            .filter_map(|n| n.trim().parse::<u64>().ok())
-            .last();
+        let execs = log.lines().rev().find_map(|l| {
+            l.strip_prefix("stat::number_of_executed_units:")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        });
         if !output.status.success() {
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -126,7 +132,10 @@ pub fn main(args: &[String]) -> Result<(), String> {
 
 fn nightly() -> Command {
     let mut command = Command::new("cargo");
-    command.arg("+nightly").env_remove("RUSTUP_TOOLCHAIN").env_remove("CARGO");
+    command
+        .arg("+nightly")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
     command
 }
 

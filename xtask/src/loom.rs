@@ -12,7 +12,14 @@ pub fn main() -> Result<(), String> {
     run(Command::new(env!("CARGO"))
         .current_dir(&root)
         .env("RUSTFLAGS", "--cfg loom")
-        .args(["test", "-p", "teeshm-core", "--release", "--lib", "--target-dir"])
+        .args([
+            "test",
+            "-p",
+            "teeshm-core",
+            "--release",
+            "--lib",
+            "--target-dir",
+        ])
         .arg(root.join("target").join("loom"))
         .arg("loom"))
 }

@@ -273,6 +273,8 @@ impl<P: Platform> Tee<P> {
             )
             .map_err(|_| TeeError::Rpc("RPC arg buffer unusable"))?;
         if at.available() < crate::arg::APPENDED_RPC_ARG {
+            // Nobody else holds the new object: retired now, it is released with this use.
+            self.releases.retire(at.used.mobj());
             return Err(TeeError::Rpc("RPC arg buffer too small"));
         }
         call.rpc_at = RpcArgAt::Allocated { cookie, at };

@@ -5,4 +5,5 @@ mod world;
 mod front_end;
 mod lifecycle_tests;
 mod model;
+mod reference;
 mod regressions;

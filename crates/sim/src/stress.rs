@@ -316,7 +316,9 @@ pub fn run(
                 let mine: Vec<u16> = (1..=guests)
                     .filter(|g| usize::from(*g - 1) % threads == t)
                     .collect();
-                let mut next_cookie = (t as u64) << 48;
+                // Above 2^48: never the cookie 0xdead that stands for "unknown" (a run of a
+                // million operations once registered cookie 0xdead on thread 0).
+                let mut next_cookie = (t as u64 + 1) << 48;
                 for step in 0..steps {
                     if stop.load(std::sync::atomic::Ordering::Acquire) {
                         barrier.wait();

@@ -857,7 +857,8 @@ impl crate::Platform for GatedPlatform {
     }
 }
 
-/// Found by the host stress test of several CPUs per guest (crates/sim/tests/concurrency.rs):
+/// Found while writing the host stress test of several CPUs per guest
+/// (crates/sim/tests/concurrency.rs, which catches it too, in about one run of four):
 /// a call of a guest still *running* when the hypervisor destroyed the guest went on to its
 /// first RPC and was parked in its thread for ever — a thread lost, objects of a dead guest
 /// kept (and mapped), and a later guest with the same id could resume the dead guest's call.
@@ -973,4 +974,115 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
         assert_eq!(resumed.a0(), OPTEE_SMC_RETURN_ERESUME, "thread {thread}");
     }
     assert!(tee.check_agreement().is_empty());
+}
+
+/// Found by the `smc_surface` fuzz target (crash-9a644ed4, docs/assurance.md): an
+/// `RPC_FUNC_ALLOC` answer naming a buffer too small for an RPC arg (here the last byte of a
+/// page) was refused, but the object made for it was never retired, so its charge stayed on
+/// the guest's counters for ever — one object leaked per such answer.
+#[test]
+fn regression_fuzz_too_small_rpc_arg_buffer_released() {
+    let w = World::default_world();
+    let g = GuestId(1);
+    assert_eq!(w.create_guest(1), 0);
+    let session = w.open_session(g);
+    let before = w.tee.guest(g).unwrap().snapshot();
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(session);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(2);
+    let bytes = arg_bytes(
+        h,
+        &[
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 0),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    let (a0, page) = raw_call(&w, g, &bytes);
+    assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
+    let thread = w
+        .tee
+        .thread_states()
+        .iter()
+        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .unwrap() as u64;
+    // The buffer: one byte, at the end of a normal-world page.
+    let tiny = w.alloc_page() + 0xfff;
+    let out = w.smc(
+        g,
+        OPTEE_SMC_CALL_RETURN_FROM_RPC,
+        &[tiny >> 32, tiny & 0xffff_ffff, thread, 0, 7],
+    );
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
+    assert_eq!(ret_at(&w, page), TEE_ERROR_COMMUNICATION);
+    w.check();
+    let after = w.tee.guest(g).unwrap().snapshot();
+    assert_eq!(
+        (after.objects, after.secure_bytes, after.mapped_pages),
+        (before.objects, before.secure_bytes, before.mapped_pages)
+    );
+}
+
+/// Found by the reference model (tests/reference.rs): a registered buffer whose mapping was
+/// idle in the cache, unregistered while a suspended call held it (`TEE_ERROR_BUSY`), keeps
+/// that idle mapping until the call ends — a legitimate state (the call may still use it; it
+/// is not evictable while used) that the agreement checker reported as an `IdleIndex`
+/// disagreement. The checker now accepts an idle mapping of a retired object that a call still
+/// uses; the mapping goes with the release.
+#[test]
+fn regression_idle_mapping_of_busy_unregistered_buffer() {
+    let w = World::default_world();
+    let g = GuestId(1);
+    assert_eq!(w.create_guest(1), 0);
+    let session = w.open_session(g);
+    let buf = w.buffer(2 * PAGE, 0);
+    assert_eq!(w.register(g, 1, &buf), TEE_SUCCESS);
+    let r = w.invoke(
+        g,
+        session,
+        cmd::TOUCH,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 1, 0, 1),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    assert_eq!(
+        w.tee.window().idle_mappings(),
+        1,
+        "the buffer's mapping is cached"
+    );
+    // A call holding buffer 1 waits in its first RPC.
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(session);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(3);
+    let bytes = arg_bytes(
+        h,
+        &[
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 50, 1, 0),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 1, 0, 1),
+        ],
+    );
+    let (a0, _) = raw_call(&w, g, &bytes);
+    assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
+    assert_eq!(w.unregister(g, 1), TEE_ERROR_BUSY);
+    w.check();
+    // The call ends: the buffer is released and its mapping goes.
+    let thread = w
+        .tee
+        .thread_states()
+        .iter()
+        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .unwrap() as u64;
+    let mut out = SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[56, 0, thread]);
+    while is_rpc_return(out.a0()) {
+        let answer = w.answer_rpc(&out, None);
+        out = w.tee.handle_smc(answer.from_client(g));
+    }
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
+    w.check();
+    assert_eq!(w.tee.window().mapped_objects(), 0);
+    assert_eq!(w.tee.guest(g).unwrap().snapshot().registered_pages, 0);
 }
