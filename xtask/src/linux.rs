@@ -19,13 +19,11 @@
 //!    agreement check after the power-off with `0 disagreements`. A hang is killed and
 //!    reported with the last UART lines.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -682,63 +680,14 @@ fn boot(
     let log_path = out.join("uart.log");
     let mut log = fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
-
-    // One thread per stream sends lines; this thread shows, logs and watches them.
-    let (tx, rx) = mpsc::channel::<String>();
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || forward_lines(stdout, &tx)));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            forward_lines_prefixed(stderr, &tx, "qemu: ")
-        }));
-    }
-    drop(tx);
-
-    let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
     let mut seen = Milestones::default();
-    let deadline = started + timeout;
-    let mut status = None;
-    let mut timed_out = false;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                let t = started.elapsed().as_secs_f64();
-                println!("[{t:7.3}] {line}");
-                let _ = writeln!(log, "[{t:7.3}] {line}");
-                note_milestone(&mut seen, t, &line);
-                if last.len() == LAST_LINES {
-                    last.pop_front();
-                }
-                last.push_back(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if status.is_none() {
-                    status = child.wait().ok();
-                }
-                break;
-            }
-        }
-        if status.is_none() {
-            status = child.try_wait().ok().flatten();
-        }
-        if status.is_none() && Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            status = child.wait().ok();
-        }
-    }
-    for reader in readers {
-        let _ = reader.join();
-    }
+    let started = Instant::now();
+    let run = crate::qemu::run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
+        println!("[{t:7.3}] {line}");
+        let _ = writeln!(log, "[{t:7.3}] {line}");
+        note_milestone(&mut seen, t, line);
+    })?;
+    let (status, timed_out, last) = (run.status, run.timed_out, run.last);
     let total = started.elapsed().as_secs_f64();
     let _ = log.flush();
 
@@ -814,28 +763,6 @@ fn is_summary(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     matches!(words.as_slice(), [n, "passed,", m, "failed"]
         if n.parse::<u32>().is_ok() && m.parse::<u32>().is_ok())
-}
-
-fn forward_lines(stream: impl std::io::Read, tx: &mpsc::Sender<String>) {
-    forward_lines_prefixed(stream, tx, "");
-}
-
-fn forward_lines_prefixed(stream: impl std::io::Read, tx: &mpsc::Sender<String>, prefix: &str) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&buf);
-                let line = text.trim_end_matches(['\n', '\r']).replace('\r', "");
-                if tx.send(format!("{prefix}{line}")).is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

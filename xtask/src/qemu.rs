@@ -335,57 +335,14 @@ fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("xtask: running {command:?}");
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| (1, format!("cannot start qemu-system-aarch64: {e}")))?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || forward(stdout, &tx, "")));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || forward(stderr, &tx, "qemu: ")));
-    }
-    drop(tx);
-
-    let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
     let mut seen = Seen::default();
-    let deadline = started + timeout;
-    let mut status = None;
-    let mut timed_out = false;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                println!("{line}");
-                seen.note(started.elapsed().as_secs_f64(), &line);
-                if last.len() == LAST_LINES {
-                    last.pop_front();
-                }
-                last.push_back(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if status.is_none() {
-                    status = child.wait().ok();
-                }
-                break;
-            }
-        }
-        if status.is_none() {
-            status = child.try_wait().ok().flatten();
-        }
-        if status.is_none() && Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            status = child.wait().ok();
-        }
-    }
-    for reader in readers {
-        let _ = reader.join();
-    }
+    let started = Instant::now();
+    let run = run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
+        println!("{line}");
+        seen.note(t, line);
+    })
+    .map_err(|e| (1, e))?;
+    let (status, timed_out, last) = (run.status, run.timed_out, run.last);
     let total = started.elapsed().as_secs_f64();
     let failure = |status: i32, why: String| {
         let mut text = format!("{} run FAILED: {why}\nlast UART lines:\n", variant.name());
@@ -443,7 +400,82 @@ fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<Stri
     }
 }
 
-/// Sends each line of `stream` (UART lines end in `\r\n`) to `tx`.
+/// How a streamed QEMU run ended.
+pub struct StreamedRun {
+    /// QEMU's exit status (`None` if it could not be read).
+    pub status: Option<std::process::ExitStatus>,
+    /// Whether the run was ended by the timeout.
+    pub timed_out: bool,
+    /// The last lines it printed.
+    pub last: VecDeque<String>,
+}
+
+/// Spawns `command` (stdout and stderr piped), hands every line it prints to
+/// `on_line(seconds since start, line)` as it comes (stderr lines prefixed `qemu: `), and kills
+/// it at `timeout`. Shared by `cargo xtask qemu` and `cargo xtask linux`.
+pub fn run_streaming(
+    command: &mut Command,
+    timeout: Duration,
+    keep_last: usize,
+    mut on_line: impl FnMut(f64, &str),
+) -> Result<StreamedRun, String> {
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
+    // One thread per stream sends lines; this thread hands them on and watches the clock.
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(stdout, &tx, "")));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(stderr, &tx, "qemu: ")));
+    }
+    drop(tx);
+    let mut last: VecDeque<String> = VecDeque::with_capacity(keep_last);
+    let deadline = started + timeout;
+    let mut status = None;
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                on_line(started.elapsed().as_secs_f64(), &line);
+                if last.len() == keep_last {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if status.is_none() {
+                    status = child.wait().ok();
+                }
+                break;
+            }
+        }
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if status.is_none() && Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    Ok(StreamedRun {
+        status,
+        timed_out,
+        last,
+    })
+}
+
+/// Sends each line of `stream` to `tx` (UART lines end in `\r\n`; stray `\r`s are dropped).
 fn forward(stream: impl std::io::Read, tx: &mpsc::Sender<String>, prefix: &str) {
     let mut reader = BufReader::new(stream);
     let mut raw = Vec::new();
@@ -453,7 +485,7 @@ fn forward(stream: impl std::io::Read, tx: &mpsc::Sender<String>, prefix: &str) 
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&raw);
-                let line = text.trim_end_matches(['\r', '\n']);
+                let line = text.trim_end_matches(['\r', '\n']).replace('\r', "");
                 if tx.send(format!("{prefix}{line}")).is_err() {
                     return;
                 }
