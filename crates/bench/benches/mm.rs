@@ -14,10 +14,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
+use teeshm_bench::fixtures;
 use teeshm_bench::peers::FirstFitList;
 use teeshm_mm::{
-    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
-    ShmWindowConfig, TranslationTables, VaWindow, VaWindowConfig, VirtAddr, VirtPages,
+    MemKind, PAGE_SIZE, PhysAddr, ShmWindow, TranslationTables, VaWindow, VaWindowConfig, VirtAddr,
+    VirtPages,
 };
 use teeshm_platform::RecordingTlb;
 
@@ -141,40 +142,12 @@ fn va_window(c: &mut Criterion) {
     }
 }
 
-const NS_RAM: u64 = 0x4000_0000;
-const NS_RAM_SIZE: u64 = 0x1_0000_0000;
-
-fn memory_map() -> MemoryMap {
-    MemoryMap::new(&[
-        Region {
-            range: PhysRange::new(PhysAddr(NS_RAM), NS_RAM_SIZE).unwrap(),
-            kind: RegionKind::NonSecureRam,
-        },
-        Region {
-            range: PhysRange::new(PhysAddr(0x0e00_0000), 0x100_0000).unwrap(),
-            kind: RegionKind::SecureRam,
-        },
-    ])
-    .unwrap()
-}
-
-/// `n` distinct-looking scattered non-secure pages.
 fn scattered(n: u64, rng: &mut Rng) -> Vec<PhysAddr> {
-    (0..n)
-        .map(|_| PhysAddr(NS_RAM + (rng.next() % (NS_RAM_SIZE / PAGE_SIZE)) * PAGE_SIZE))
-        .collect()
+    fixtures::scattered(n, || rng.next())
 }
 
 fn window(pages: u64) -> ShmWindow<RecordingTlb> {
-    let config = ShmWindowConfig {
-        va: VaWindowConfig {
-            base: VirtAddr(0x10_0000_0000),
-            size: pages * PAGE_SIZE,
-            guard_pages: 1,
-        },
-        max_table_pages: 1 << 16,
-    };
-    ShmWindow::new(config, memory_map(), RecordingTlb::counting()).unwrap()
+    fixtures::window(pages, RecordingTlb::counting())
 }
 
 /// Times only the maps: `iters` maps of `pages`, in batches that are unmapped untimed between.

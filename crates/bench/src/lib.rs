@@ -6,6 +6,7 @@
 //! P5 phys_to_virt, P6 VM destroy alone vs beside 63 busy guests, P7 the largest system held at
 //! once, P8 simulated invoke throughput on 1, 2 and 4 threads.
 
+pub mod fixtures;
 pub mod peers;
 pub mod plot;
 pub mod suite;

@@ -1,5 +1,6 @@
 //! The figures of `teeshm bench`, each measured beside its peer in the same run.
 
+use crate::fixtures;
 use crate::peers::{FirstFitList, OpteeModel};
 use crate::world::{PAGE, World, rmem, value};
 use serde::Serialize;
@@ -13,8 +14,8 @@ use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK};
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_mm::{
-    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
-    ShmWindowConfig, TranslationTables, VaWindow, VaWindowConfig, VirtAddr, VirtPages,
+    MemKind, PAGE_SIZE, PhysAddr, ShmWindow, TranslationTables, VaWindow, VaWindowConfig, VirtAddr,
+    VirtPages,
 };
 use teeshm_platform::{RecordingTlb, TlbRequest};
 use zerocopy::IntoBytes;
@@ -341,39 +342,18 @@ fn p2(budget: Budget, out: &mut Vec<Figure>) {
 
 // ---- P3 -------------------------------------------------------------------------------------
 
-const NS_BASE: u64 = 0x4000_0000;
-const NS_SIZE: u64 = 0x1_0000_0000;
-
-fn memory_map() -> MemoryMap {
-    MemoryMap::new(&[Region {
-        range: PhysRange::new(PhysAddr(NS_BASE), NS_SIZE).unwrap(),
-        kind: RegionKind::NonSecureRam,
-    }])
-    .unwrap()
-}
-
 fn scattered(n: u64, seed: u64) -> Vec<PhysAddr> {
     let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            PhysAddr(NS_BASE + (x % (NS_SIZE / PAGE_SIZE)) * PAGE_SIZE)
-        })
-        .collect()
+    fixtures::scattered(n, || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
 }
 
 fn window(pages: u64) -> ShmWindow<RecordingTlb> {
-    let config = ShmWindowConfig {
-        va: VaWindowConfig {
-            base: VirtAddr(0x10_0000_0000),
-            size: pages * PAGE_SIZE,
-            guard_pages: 1,
-        },
-        max_table_pages: 1 << 16,
-    };
-    ShmWindow::new(config, memory_map(), RecordingTlb::new()).unwrap()
+    fixtures::window(pages, RecordingTlb::new())
 }
 
 fn p3(budget: Budget, out: &mut Vec<Figure>) {

@@ -202,13 +202,19 @@ pub const STATIC_POOL: (u64, u64) = (0x1_4000_0000, 4 << 20);
 /// The memory map of the simulated machine: secure RAM, devices, NS RAM and the static pool
 /// region.
 pub fn sim_memory_map() -> MemoryMap {
+    machine_memory_map(NS_RAM, Some(STATIC_POOL))
+}
+
+/// A simulated machine's memory map: [`SECURE_RAM`], [`DEVICES`], normal-world RAM at
+/// `ns_ram` (start, length) and, if given, a static pool region.
+pub fn machine_memory_map(ns_ram: (u64, u64), pool: Option<(u64, u64)>) -> MemoryMap {
     let regions: alloc::vec::Vec<Region> = [
         (SECURE_RAM, RegionKind::SecureRam),
         (DEVICES, RegionKind::Device),
-        (NS_RAM, RegionKind::NonSecureRam),
-        (STATIC_POOL, RegionKind::ReservedShm),
+        (ns_ram, RegionKind::NonSecureRam),
     ]
     .into_iter()
+    .chain(pool.map(|p| (p, RegionKind::ReservedShm)))
     .filter_map(|((start, len), kind)| {
         Some(Region {
             range: PhysRange::new(PhysAddr(start), len).ok()?,

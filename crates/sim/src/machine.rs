@@ -2,8 +2,8 @@
 //! hypervisor's own pages are scattered over normal-world RAM.
 
 use std::sync::{Arc, Mutex};
-use teeshm_core::testing::{DEVICES, PhysMemory, SECURE_RAM};
-use teeshm_mm::{MemoryMap, PhysAddr, PhysRange, Region, RegionKind};
+use teeshm_core::testing::{PhysMemory, machine_memory_map};
+use teeshm_mm::MemoryMap;
 
 /// Page size of every layer.
 pub const PAGE: u64 = 4096;
@@ -76,23 +76,7 @@ impl Layout {
 
     /// The machine's memory map: secure RAM, devices and normal-world RAM.
     pub fn memory_map(&self) -> MemoryMap {
-        let regions: Vec<Region> = [
-            (SECURE_RAM, RegionKind::SecureRam),
-            (DEVICES, RegionKind::Device),
-            (
-                (NS_RAM_BASE, self.total_pages() * PAGE),
-                RegionKind::NonSecureRam,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|((start, len), kind)| {
-            Some(Region {
-                range: PhysRange::new(PhysAddr(start), len).ok()?,
-                kind,
-            })
-        })
-        .collect();
-        MemoryMap::new(&regions).unwrap_or_default()
+        machine_memory_map((NS_RAM_BASE, self.total_pages() * PAGE), None)
     }
 }
 

@@ -1,0 +1,36 @@
+//! Fixtures the memory-manager figures share: a machine with 4 GiB of NS RAM, and a window.
+
+use teeshm_mm::{
+    MemoryMap, PAGE_SIZE, PhysAddr, ShmWindow, ShmWindowConfig, VaWindowConfig, VirtAddr,
+};
+use teeshm_platform::RecordingTlb;
+
+/// First byte of NS RAM.
+pub const NS_RAM: u64 = 0x4000_0000;
+/// Bytes of NS RAM.
+pub const NS_RAM_SIZE: u64 = 0x1_0000_0000;
+
+/// The simulated machine's map with 4 GiB of NS RAM.
+pub fn memory_map() -> MemoryMap {
+    teeshm_core::testing::machine_memory_map((NS_RAM, NS_RAM_SIZE), None)
+}
+
+/// `n` scattered NS pages from the 64-bit random values `next` yields.
+pub fn scattered(n: u64, mut next: impl FnMut() -> u64) -> Vec<PhysAddr> {
+    (0..n)
+        .map(|_| PhysAddr(NS_RAM + (next() % (NS_RAM_SIZE / PAGE_SIZE)) * PAGE_SIZE))
+        .collect()
+}
+
+/// An empty window of `pages` pages at 0x10_0000_0000, one guard page, plenty of table pages.
+pub fn window(pages: u64, tlb: RecordingTlb) -> ShmWindow<RecordingTlb> {
+    let config = ShmWindowConfig {
+        va: VaWindowConfig {
+            base: VirtAddr(0x10_0000_0000),
+            size: pages * PAGE_SIZE,
+            guard_pages: 1,
+        },
+        max_table_pages: 1 << 16,
+    };
+    ShmWindow::new(config, memory_map(), tlb).expect("a valid window")
+}
