@@ -41,6 +41,21 @@ fn arg_bytes(header: MsgArgHeader, params: &[MsgParam]) -> Vec<u8> {
     b
 }
 
+/// The arg of an INVOKE of RPC_BUFFER (a kernel buffer of `bytes` bytes) in `session`, with
+/// `held` memrefs after its two value params (buffers the call holds while it waits).
+fn rpc_buffer_arg(session: u32, bytes: u64, held: &[MsgParam]) -> Vec<u8> {
+    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(session);
+    h.func.set(cmd::RPC_BUFFER);
+    h.num_params.set(2 + held.len() as u32);
+    let mut params = vec![
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, bytes, 1, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+    ];
+    params.extend_from_slice(held);
+    arg_bytes(h, &params)
+}
+
 fn ret_at(w: &World, page: u64) -> u32 {
     let mut h = [0u8; 32];
     w.mem.read(page, &mut h);
@@ -505,19 +520,10 @@ fn regression_linux72_unregister_never_blocks() {
     let s = w.open_session(G0);
     let buf = w.buffer(PAGE, 0);
     assert_eq!(w.register(G0, 4, &buf), TEE_SUCCESS);
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(s);
-    h.func.set(cmd::RPC_BUFFER);
-    let params = [
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 10, 1, 0),
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 4, 0, 1),
-    ];
-    h.num_params.set(3);
-    let (a0, page) = raw_call(&w, G0, &arg_bytes(h, &params));
+    let held = [rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 4, 0, 1)];
+    let (a0, _) = raw_call(&w, G0, &rpc_buffer_arg(s, 10, &held));
     assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
     assert_eq!(w.unregister(G0, 4), TEE_ERROR_BUSY);
-    let _ = page;
     w.check();
 }
 
@@ -606,16 +612,8 @@ fn regression_xen_208bef44c6_destroy_touches_only_own() {
 fn regression_xen_c2c141f0f4_bad_shm_alloc_answer() {
     let w = World::default_world();
     let s = w.open_session(G0);
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(s);
-    h.func.set(cmd::RPC_BUFFER);
-    h.num_params.set(2);
-    let params = [
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 0),
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-    ];
     let page = w.alloc_page();
-    w.mem.write(page, &arg_bytes(h, &params));
+    w.mem.write(page, &rpc_buffer_arg(s, 100, &[]));
     let rpc_at = page + 32 + 64;
     let out = w.smc(G0, OPTEE_SMC_CALL_WITH_RPC_ARG, &[0, page]);
     assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_CMD);
@@ -710,16 +708,8 @@ fn regression_xen_1c3ed9c908_disable_shm_cache_terminates() {
 fn regression_xen_5b13eb1d97_release_before_free_request() {
     let w = World::default_world();
     let s = w.open_session(G0);
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(s);
-    h.func.set(cmd::RPC_BUFFER);
-    h.num_params.set(2);
-    let params = [
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 3 * PAGE, 1, 0),
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-    ];
     let page = w.alloc_page();
-    w.mem.write(page, &arg_bytes(h, &params));
+    w.mem.write(page, &rpc_buffer_arg(s, 3 * PAGE, &[]));
     let rpc_at = page + 32 + 64;
     let mut out = w.smc(G0, OPTEE_SMC_CALL_WITH_RPC_ARG, &[0, page]);
     let mut saw_free = false;
@@ -987,18 +977,7 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
     assert_eq!(w.create_guest(1), 0);
     let session = w.open_session(g);
     let before = w.tee.guest(g).unwrap().snapshot();
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(session);
-    h.func.set(cmd::RPC_BUFFER);
-    h.num_params.set(2);
-    let bytes = arg_bytes(
-        h,
-        &[
-            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 0),
-            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-        ],
-    );
-    let (a0, page) = raw_call(&w, g, &bytes);
+    let (a0, page) = raw_call(&w, g, &rpc_buffer_arg(session, 100, &[]));
     assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
     let thread = w
         .tee
@@ -1053,19 +1032,8 @@ fn regression_idle_mapping_of_busy_unregistered_buffer() {
         "the buffer's mapping is cached"
     );
     // A call holding buffer 1 waits in its first RPC.
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(session);
-    h.func.set(cmd::RPC_BUFFER);
-    h.num_params.set(3);
-    let bytes = arg_bytes(
-        h,
-        &[
-            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 50, 1, 0),
-            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 1, 0, 1),
-        ],
-    );
-    let (a0, _) = raw_call(&w, g, &bytes);
+    let held = [rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 1, 0, 1)];
+    let (a0, _) = raw_call(&w, g, &rpc_buffer_arg(session, 50, &held));
     assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
     assert_eq!(w.unregister(g, 1), TEE_ERROR_BUSY);
     w.check();
