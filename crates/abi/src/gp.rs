@@ -9,6 +9,8 @@ pub const TEE_ERROR_GENERIC: u32 = 0xFFFF_0000;
 pub const TEE_ERROR_ACCESS_DENIED: u32 = 0xFFFF_0001;
 /// Operation cancelled.
 pub const TEE_ERROR_CANCEL: u32 = 0xFFFF_0002;
+/// Concurrent accesses conflicted (teeshm: the buffer was unregistered while a call used it).
+pub const TEE_ERROR_ACCESS_CONFLICT: u32 = 0xFFFF_0003;
 /// Bad format of input.
 pub const TEE_ERROR_BAD_FORMAT: u32 = 0xFFFF_0005;
 /// Bad parameters: wrong param count/type, bad page list, bad size.

@@ -35,17 +35,32 @@ impl Default for GuestQuotas {
     }
 }
 
+/// What sits below the TEE in the normal world: one operating system, or a hypervisor with
+/// guests. The firmware picks it by what it boots (an OS at EL1, a hypervisor at EL2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormalWorld {
+    /// One normal world and no hypervisor: `VM_CREATED` and `VM_DESTROYED` are unknown
+    /// functions, the VIRTUALIZATION capability is not offered, and a7 is ignored: every call
+    /// is the one normal world's (guest 0). The static pool, if any, is served.
+    #[default]
+    Single,
+    /// A hypervisor below several guests: a7 names the guest; 0 is the hypervisor, which may
+    /// only announce guests (`VM_CREATED`, `VM_DESTROYED`) and ask fast calls; a guest's
+    /// yielding calls need a created id. No static pool exists (it belongs to a normal world
+    /// without a hypervisor, and would be shared by every guest).
+    Virtualized,
+}
+
 /// The core's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreConfig {
     /// Yielding-call contexts (OP-TEE's `CFG_NUM_THREADS`); `GET_THREAD_COUNT` reports it.
     pub threads: u32,
-    /// Guests alive at once (guest 0 included when [`CoreConfig::guest_zero`] is set).
+    /// Guests alive at once under a hypervisor (the hypervisor itself not counted); 1 for a
+    /// single normal world.
     pub max_guests: u32,
-    /// Whether guest 0 (the hypervisor, or the only normal world of a system without one)
-    /// exists from boot and may make yielding calls. OP-TEE with virtualization refuses yielding
-    /// calls from client id 0; a system without a hypervisor needs them.
-    pub guest_zero: bool,
+    /// Whether a hypervisor sits below the normal world.
+    pub normal_world: NormalWorld,
     /// Limits applied to every guest.
     pub quotas: GuestQuotas,
     /// The dynamic SHM window (VA range, guard pages, table pages).
@@ -65,7 +80,7 @@ impl Default for CoreConfig {
         Self {
             threads: 8,
             max_guests: 65,
-            guest_zero: true,
+            normal_world: NormalWorld::Single,
             quotas: GuestQuotas::default(),
             window: ShmWindowConfig {
                 va: VaWindowConfig {

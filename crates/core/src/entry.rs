@@ -2,7 +2,7 @@
 //! resumption of yielding calls, and guest creation and destruction.
 
 use crate::arg::{APPENDED_RPC_ARG, ArgCopy, ArgReadError, NsRef};
-use crate::config::CoreConfig;
+use crate::config::{CoreConfig, NormalWorld};
 use crate::error::{CallError, TeeError};
 use crate::guest::{GuestPartition, GuestSnapshot};
 use crate::mobj::{Backing, Mobj, MobjKind, MobjSpec, MobjUse, ReleaseQueue};
@@ -75,11 +75,16 @@ impl<P: Platform> Tee<P> {
             next_mobj: AtomicU64::new(1),
             pool: None,
         };
-        if config.guest_zero {
-            let zero = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
-            tee.guests.write().insert(GuestId::HYPERVISOR, zero);
+        if config.normal_world == NormalWorld::Single {
+            let only = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
+            tee.guests.write().insert(GuestId::HYPERVISOR, only);
         }
         if let Some(range) = config.static_pool {
+            if config.normal_world == NormalWorld::Virtualized {
+                return Err(BootError::Config(
+                    "the static pool belongs to a normal world without a hypervisor",
+                ));
+            }
             if !tee.memory_map.is_kind(range, RegionKind::ReservedShm) {
                 return Err(BootError::Config(
                     "the static pool must be a ReservedShm region",
@@ -156,18 +161,25 @@ impl<P: Platform> Tee<P> {
             OPTEE_SMC_GET_THREAD_COUNT => {
                 SmcRegs::call(OPTEE_SMC_RETURN_OK, &[self.config.threads.into()])
             }
-            OPTEE_SMC_VM_CREATED => self.vm_created(regs.a[1], regs.a[7]),
-            OPTEE_SMC_VM_DESTROYED => self.vm_destroyed(regs.a[1], regs.a[7]),
+            OPTEE_SMC_VM_CREATED if self.virtualized() => self.vm_created(regs.a[1], regs.a[7]),
+            OPTEE_SMC_VM_DESTROYED if self.virtualized() => {
+                self.vm_destroyed(regs.a[1], regs.a[7])
+            }
             _ => SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION),
         }
     }
 
+    /// Whether a hypervisor sits below the normal world.
+    pub fn virtualized(&self) -> bool {
+        self.config.normal_world == NormalWorld::Virtualized
+    }
+
     /// The capabilities this core reports.
     pub fn capabilities(&self) -> SecureCaps {
-        let mut caps = SecureCaps::DYNAMIC_SHM
-            | SecureCaps::VIRTUALIZATION
-            | SecureCaps::MEMREF_NULL
-            | SecureCaps::RPC_ARG;
+        let mut caps = SecureCaps::DYNAMIC_SHM | SecureCaps::MEMREF_NULL | SecureCaps::RPC_ARG;
+        if self.virtualized() {
+            caps |= SecureCaps::VIRTUALIZATION;
+        }
         if self.pool.is_some() {
             caps |= SecureCaps::HAVE_RESERVED_SHM;
         }
@@ -301,9 +313,21 @@ impl<P: Platform> Tee<P> {
         self.drain_releases();
     }
 
-    /// The guest making a call with client id `a7`.
+    /// The guest a call with client id `a7` comes from: the one normal world whatever a7
+    /// holds, or, under a hypervisor, the created guest a7 names (never the hypervisor itself).
+    fn caller_id(&self, a7: u64) -> Result<GuestId, CallError> {
+        if !self.virtualized() {
+            return Ok(GuestId::HYPERVISOR);
+        }
+        match GuestId::from_client_id(a7) {
+            Ok(id) if !id.is_hypervisor() => Ok(id),
+            _ => Err(CallError::UnknownGuest),
+        }
+    }
+
+    /// The live guest making a call with client id `a7`.
     fn calling_guest(&self, a7: u64) -> Result<Arc<GuestPartition>, CallError> {
-        let id = GuestId::from_client_id(a7).map_err(|_| CallError::UnknownGuest)?;
+        let id = self.caller_id(a7)?;
         self.guest(id)
             .filter(|g| !g.is_dying())
             .ok_or(CallError::UnknownGuest)
@@ -401,7 +425,7 @@ impl<P: Platform> Tee<P> {
     }
 
     fn return_from_rpc(&self, regs: &SmcRegs) -> SmcRegs {
-        let Ok(guest) = GuestId::from_client_id(regs.a[7]) else {
+        let Ok(guest) = self.caller_id(regs.a[7]) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
         };
         let Ok(thread) = usize::try_from(regs.a[3]) else {

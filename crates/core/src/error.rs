@@ -31,10 +31,10 @@ pub enum TeeError {
     /// No buffer of this guest has the cookie (or it is being released).
     #[error("no registered buffer with cookie {0:#x}")]
     UnknownCookie(u64),
-    /// `UNREGISTER_SHM` of a buffer a call still uses: it is gone from lookup and will be
-    /// released when its last user is done (`TEE_ERROR_BUSY`).
-    #[error("buffer {0:#x} is in use; it is released when its last user is done")]
-    Busy(u64),
+    /// An access to a buffer the normal world unregistered while this call used it: its pages
+    /// are no longer the TEE's to touch (`TEE_ERROR_ACCESS_CONFLICT`).
+    #[error("buffer {0:?} was unregistered while in use")]
+    Revoked(crate::mobj::MobjId),
     /// A per-guest limit.
     #[error("{kind:?} quota: {wanted} wanted, limit {limit}")]
     Quota {
@@ -118,7 +118,7 @@ impl TeeError {
             | Self::BadParam { .. }
             | Self::BadParameters(_)
             | Self::UnknownSession(_) => gp::TEE_ERROR_BAD_PARAMETERS,
-            Self::Busy(_) => gp::TEE_ERROR_BUSY,
+            Self::Revoked(_) => gp::TEE_ERROR_ACCESS_CONFLICT,
             Self::Quota { .. } | Self::OutOfMemory => gp::TEE_ERROR_OUT_OF_MEMORY,
             Self::Window(e) => match e {
                 WindowError::Forbidden { .. } | WindowError::UnalignedPage(_) => {

@@ -204,6 +204,9 @@ pub struct Mobj {
     /// Whether the window holds a mapping of it (so a release of an object never mapped
     /// need not take the window's lock).
     mapped: core::sync::atomic::AtomicBool,
+    /// Set once, under the window's lock, when the normal world took the buffer back
+    /// (`UNREGISTER_SHM`) while calls still used it: from then on no access reaches its pages.
+    revoked: core::sync::atomic::AtomicBool,
     counters: Arc<GuestCounters>,
 }
 
@@ -229,6 +232,7 @@ impl Mobj {
             backing,
             uses: UseCount::new(),
             mapped: core::sync::atomic::AtomicBool::new(false),
+            revoked: core::sync::atomic::AtomicBool::new(false),
             counters,
         }
     }
@@ -323,6 +327,17 @@ impl Mobj {
     pub(crate) fn set_mapped(&self, mapped: bool) {
         self.mapped
             .store(mapped, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the normal world took it back while calls used it (their accesses now fail).
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Set by the window, under its lock, as it revokes the object.
+    pub(crate) fn set_revoked(&self) {
+        self.revoked
+            .store(true, core::sync::atomic::Ordering::Release);
     }
 
     /// Users and retirement.

@@ -360,15 +360,16 @@ impl<P: Platform> Tee<P> {
             .registered
             .remove(&cookie)
             .ok_or(TeeError::UnknownCookie(cookie))?;
+        // Linux frees and reuses the pages as soon as this returns, whatever it answers
+        // (invariant 5): a buffer still in use is revoked now — its mapping goes and its users'
+        // further accesses fail — and the object itself goes with its last user.
         match mobj.uses().retire() {
-            crate::lifecycle::Retire::ReleaseNow => {
-                self.release(&mobj);
-                Ok(())
-            }
+            crate::lifecycle::Retire::ReleaseNow => self.release(&mobj),
             crate::lifecycle::Retire::InUse { .. } | crate::lifecycle::Retire::AlreadyRetired => {
-                Err(TeeError::Busy(cookie))
+                self.window.lock().revoke(&mobj);
             }
         }
+        Ok(())
     }
 
     fn open_session(&self, call: &mut Call) -> Result<(), TeeError> {

@@ -8,7 +8,7 @@
 //! | 0 | SHA256 | memref in, memref out (≥ 32 B) | SHA-256 of the input into the output |
 //! | 1 | FILL | memref out, value in `a` = seed | fills with [`pattern_byte`] |
 //! | 2 | COPY | memref in, memref out | copies input to output (output size = input size) |
-//! | 3 | WHERE | memref, value out, value out | `p1.a` = VA of the first byte, `p1.b` = its PA; `p2.a` = 1 if the mapping was cached, `p2.b` = pages mapped |
+//! | 3 | WHERE | memref, value out, value out | `p1.a` = VA of the first byte, `p1.b` = its PA (both 0 unless the core is built with the feature `test-commands`: addresses are secrets of the secure world); `p2.a` = 1 if the mapping was cached, `p2.b` = pages mapped |
 //! | 4 | TOUCH | memref in, value out | reads only the first and last byte: `p1.a`, `p1.b` |
 //! | 5 | RPC_BUFFER | value in (`a` = bytes, `b` = SHM type, `c` = seed), value out | asks the normal world for a buffer by `OPTEE_RPC_CMD_SHM_ALLOC`, fills it with the pattern, reads it back, frees it by `SHM_FREE`; `p1.a` = bytes checked, `p1.b` = the buffer's cookie |
 //!
@@ -262,8 +262,16 @@ fn copy<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
 fn where_is<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
     let (buf, _) = buffer(call, 0)?;
     let guard = tee.map(&buf.used)?;
-    let va = guard.va().get() + buf.offs;
-    let pa = buf.used.mobj().pa_at(buf.offs).map_or(0, |pa| pa.get());
+    // Secure virtual and machine physical addresses are secrets of the secure world: only a
+    // test build (feature `test-commands`) tells them; a product answers 0 for both.
+    let (va, pa) = if cfg!(any(test, feature = "test-commands")) {
+        (
+            guard.va().get() + buf.offs,
+            buf.used.mobj().pa_at(buf.offs).map_or(0, |pa| pa.get()),
+        )
+    } else {
+        (0, 0)
+    };
     let (cached, pages) = (u64::from(guard.was_cached()), guard.range().pages());
     drop(guard);
     set_value(call, 1, [va, pa, 0])?;

@@ -141,6 +141,9 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     /// A guard's worth of mapping for `mobj`: the existing one (a cache hit) or a new one.
     /// Returns the range and whether it existed.
     pub(crate) fn acquire(&mut self, mobj: &Arc<Mobj>) -> Result<(VirtPages, bool), TeeError> {
+        if mobj.is_revoked() {
+            return Err(TeeError::Revoked(mobj.id()));
+        }
         if let Some(entry) = self.entries.get_mut(&mobj.id()) {
             entry.guards = entry.guards.saturating_add(1);
             if let Some(stamp) = entry.idle_since.take() {
@@ -163,6 +166,14 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         );
         self.stats.misses += 1;
         Ok((range, false))
+    }
+
+    /// Takes `mobj`'s pages away from the core for good: it is marked revoked and its
+    /// mapping, if any, goes now, guards or not. Guards still held fail every access from
+    /// here on (the check is made under this same lock), and no new guard is given.
+    pub(crate) fn revoke(&mut self, mobj: &Arc<Mobj>) {
+        mobj.set_revoked();
+        self.unmap_entry(mobj.id());
     }
 
     /// Maps `mobj` for ever (the static pool): one guard that is never dropped.
@@ -383,6 +394,7 @@ impl<'a, P: Platform> MapGuard<'a, P> {
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), TeeError> {
         let va = self.va_of(offset, buf.len())?;
         let window = self.window.lock();
+        self.check_not_revoked()?;
         Ok(self.platform.read(window.shm(), va, buf)?)
     }
 
@@ -393,7 +405,17 @@ impl<'a, P: Platform> MapGuard<'a, P> {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), TeeError> {
         let va = self.va_of(offset, data.len())?;
         let window = self.window.lock();
+        self.check_not_revoked()?;
         Ok(self.platform.write(window.shm(), va, data)?)
+    }
+
+    /// Called under the window's lock, which [`SharedWindow::revoke`] also holds: once a
+    /// revocation returns, no access of this guard reaches the buffer's pages.
+    fn check_not_revoked(&self) -> Result<(), TeeError> {
+        if self.mobj.is_revoked() {
+            return Err(TeeError::Revoked(self.mobj.id()));
+        }
+        Ok(())
     }
 }
 
