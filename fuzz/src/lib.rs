@@ -298,7 +298,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
     CoreConfig {
         threads: 4,
         max_guests: 4,
-        guest_zero: false,
+        normal_world: teeshm_core::NormalWorld::Virtualized,
         quotas: GuestQuotas {
             max_objects: 12,
             max_registered_pages: 40,

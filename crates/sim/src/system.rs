@@ -35,7 +35,7 @@ impl Default for SystemConfig {
             guest_ram: 64 << 20,
             hyp_pages: 4096,
             core: CoreConfig {
-                guest_zero: false,
+                normal_world: teeshm_core::NormalWorld::Virtualized,
                 ..CoreConfig::default()
             },
             limits: HypLimits::default(),
