@@ -78,6 +78,10 @@ impl<P: Platform> Tee<P> {
         if config.normal_world == NormalWorld::Single {
             let only = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
             tee.guests.write().insert(GuestId::HYPERVISOR, only);
+            tee.threads
+                .lock()
+                .admit(GuestId::HYPERVISOR)
+                .map_err(|_| BootError::Config("no thread for the normal world"))?;
         }
         if let Some(range) = config.static_pool {
             if config.normal_world == NormalWorld::Virtualized {
@@ -256,6 +260,8 @@ impl<P: Platform> Tee<P> {
         if guests.contains_key(&id) || guests.len() >= self.config.max_guests as usize {
             return Err(());
         }
+        // Its reserved thread first: a guest that could never run a call is not admitted.
+        self.threads.lock().admit(id).map_err(|_| ())?;
         guests.insert(id, Arc::new(GuestPartition::new(id)));
         Ok(())
     }
@@ -287,6 +293,7 @@ impl<P: Platform> Tee<P> {
         guest.mark_dying();
         let ended = {
             let mut threads = self.threads.lock();
+            threads.dismiss(id);
             threads.end_suspended_of(id)
         };
         for _ in &ended {

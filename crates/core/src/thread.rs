@@ -1,9 +1,16 @@
 //! Threads: the fixed set of yielding-call contexts. A call holds one from its SMC until its
 //! result is written, across any RPCs; while it waits for the normal world, its whole state
 //! lives in the slot.
+//!
+//! Fair shares: every admitted guest has one thread reserved for it, and the threads beyond
+//! one per admitted guest form a shared pool that any guest may borrow from (up to its own
+//! `max_threads`). So a guest that holds every thread it may — even suspended in RPCs it never
+//! answers — cannot keep another admitted guest from its first thread. OP-TEE lets one guest
+//! take them all. A guest is admitted only while a thread can be reserved for it.
 
 use crate::msg::Call;
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
 
@@ -29,25 +36,147 @@ pub enum ThreadState {
     Suspended(GuestId),
 }
 
+/// A guest's standing in the table.
+#[derive(Debug, Clone, Copy, Default)]
+struct Holding {
+    /// Threads it holds (running or suspended).
+    threads: usize,
+    /// Whether one thread is reserved for it (it was admitted and not yet destroyed).
+    admitted: bool,
+}
+
+/// Why a guest could not be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdmitError {
+    /// It is admitted already.
+    Already,
+    /// No thread can be reserved for it: one per admitted guest, or the shared ones lent out.
+    NoThread,
+}
+
 /// The thread slots.
 #[derive(Debug)]
 pub(crate) struct ThreadTable {
     slots: Vec<Slot>,
+    holdings: BTreeMap<GuestId, Holding>,
+    /// Slots not free.
+    in_use: usize,
+    /// Guests with a reserved thread.
+    admitted: usize,
+    /// Admitted guests that hold at least one thread (their reserved one in use).
+    admitted_holders: usize,
 }
 
 impl ThreadTable {
     pub(crate) fn new(count: usize) -> Self {
         Self {
             slots: (0..count).map(|_| Slot::Free).collect(),
+            holdings: BTreeMap::new(),
+            in_use: 0,
+            admitted: 0,
+            admitted_holders: 0,
         }
     }
 
-    /// Takes a free slot for a call of `guest`.
+    /// Threads borrowed from the shared pool: every thread in use beyond each admitted
+    /// holder's reserved one.
+    fn borrowed(&self) -> usize {
+        self.in_use.saturating_sub(self.admitted_holders)
+    }
+
+    /// The shared pool: threads beyond one per admitted guest.
+    fn shared(&self) -> usize {
+        self.slots.len().saturating_sub(self.admitted)
+    }
+
+    /// Reserves a thread for `guest`.
+    pub(crate) fn admit(&mut self, guest: GuestId) -> Result<(), AdmitError> {
+        let holding = self.holdings.get(&guest).copied().unwrap_or_default();
+        if holding.admitted {
+            return Err(AdmitError::Already);
+        }
+        // After admission the shared pool shrinks by one; what is lent out must still fit.
+        let shared_after = self.slots.len().saturating_sub(self.admitted + 1);
+        let borrowed_after = if holding.threads > 0 {
+            self.borrowed().saturating_sub(1)
+        } else {
+            self.borrowed()
+        };
+        if self.admitted >= self.slots.len() || borrowed_after > shared_after {
+            return Err(AdmitError::NoThread);
+        }
+        self.admitted += 1;
+        if holding.threads > 0 {
+            self.admitted_holders += 1;
+        }
+        self.holdings.insert(
+            guest,
+            Holding {
+                admitted: true,
+                ..holding
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives up `guest`'s reservation (it is destroyed); threads it still runs stay in use
+    /// until they end.
+    pub(crate) fn dismiss(&mut self, guest: GuestId) {
+        let Some(holding) = self.holdings.get_mut(&guest) else {
+            return;
+        };
+        if !holding.admitted {
+            return;
+        }
+        holding.admitted = false;
+        self.admitted -= 1;
+        if holding.threads > 0 {
+            self.admitted_holders -= 1;
+        } else {
+            self.holdings.remove(&guest);
+        }
+    }
+
+    /// Takes a free slot for a call of `guest`: its reserved one if it holds none, else one
+    /// of the shared pool if any is left.
     pub(crate) fn claim(&mut self, guest: GuestId) -> Option<usize> {
+        let holding = self.holdings.get(&guest).copied()?;
+        if !holding.admitted {
+            return None;
+        }
+        if holding.threads > 0 && self.borrowed() >= self.shared() {
+            return None;
+        }
         let id = self.slots.iter().position(|s| matches!(s, Slot::Free))?;
         let slot = self.slots.get_mut(id)?;
         *slot = Slot::Running(guest);
+        self.count_in(guest);
         Some(id)
+    }
+
+    fn count_in(&mut self, guest: GuestId) {
+        if let Some(holding) = self.holdings.get_mut(&guest) {
+            if holding.threads == 0 && holding.admitted {
+                self.admitted_holders += 1;
+            }
+            holding.threads += 1;
+            self.in_use += 1;
+        }
+    }
+
+    fn count_out(&mut self, guest: GuestId) {
+        let Some(holding) = self.holdings.get_mut(&guest) else {
+            return;
+        };
+        holding.threads = holding.threads.saturating_sub(1);
+        self.in_use = self.in_use.saturating_sub(1);
+        if holding.threads == 0 {
+            if holding.admitted {
+                self.admitted_holders -= 1;
+            } else {
+                self.holdings.remove(&guest);
+            }
+        }
     }
 
     /// Parks the running call of slot `id` until the normal world answers.
@@ -73,8 +202,16 @@ impl ThreadTable {
 
     /// Frees slot `id`.
     pub(crate) fn free(&mut self, id: usize) {
-        if let Some(slot) = self.slots.get_mut(id) {
-            *slot = Slot::Free;
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let holder = match core::mem::replace(slot, Slot::Free) {
+            Slot::Free => None,
+            Slot::Running(g) => Some(g),
+            Slot::Suspended(call) => Some(call.guest_id()),
+        };
+        if let Some(g) = holder {
+            self.count_out(g);
         }
     }
 
@@ -98,6 +235,9 @@ impl ThreadTable {
                 }
             }
         }
+        for _ in &ended {
+            self.count_out(guest);
+        }
         ended
     }
 
@@ -119,5 +259,101 @@ impl ThreadTable {
             Slot::Suspended(call) => Some(&**call),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn free_slots(t: &ThreadTable) -> usize {
+        t.states()
+            .iter()
+            .filter(|s| **s == ThreadState::Free)
+            .count()
+    }
+
+    /// The fairness guarantee: every admitted guest that holds no thread can get one, however
+    /// the others behave.
+    fn check(t: &ThreadTable) {
+        let in_use = t.slots.len() - free_slots(t);
+        assert_eq!(t.in_use, in_use);
+        let waiting = t
+            .holdings
+            .values()
+            .filter(|h| h.admitted && h.threads == 0)
+            .count();
+        assert!(
+            free_slots(t) >= waiting,
+            "{} free, {waiting} admitted guests without a thread",
+            free_slots(t)
+        );
+        assert_eq!(
+            t.admitted,
+            t.holdings.values().filter(|h| h.admitted).count()
+        );
+    }
+
+    #[test]
+    fn a_greedy_guest_leaves_each_other_guest_its_thread() {
+        let mut t = ThreadTable::new(4);
+        for g in 1..=3 {
+            t.admit(GuestId(g)).unwrap();
+        }
+        // Guest 1 takes what it can: its own and the one shared thread.
+        let taken: Vec<_> = core::iter::from_fn(|| t.claim(GuestId(1))).collect();
+        assert_eq!(taken.len(), 2);
+        assert!(t.claim(GuestId(2)).is_some());
+        assert!(t.claim(GuestId(3)).is_some());
+        assert!(t.claim(GuestId(2)).is_none(), "nothing shared is left");
+        // A fourth guest cannot be admitted: no thread is left to reserve for it.
+        assert_eq!(t.admit(GuestId(4)), Err(AdmitError::NoThread));
+        t.free(taken[1]);
+        assert_eq!(t.admit(GuestId(4)), Ok(()));
+        assert_eq!(t.admit(GuestId(4)), Err(AdmitError::Already));
+        assert!(t.claim(GuestId(4)).is_some());
+        check(&t);
+    }
+
+    #[test]
+    fn a_dismissed_guest_keeps_its_running_threads_until_they_end() {
+        let mut t = ThreadTable::new(2);
+        t.admit(GuestId(1)).unwrap();
+        let a = t.claim(GuestId(1)).unwrap();
+        t.dismiss(GuestId(1));
+        assert!(t.claim(GuestId(1)).is_none(), "not admitted any more");
+        t.admit(GuestId(2)).unwrap();
+        t.admit(GuestId(3)).unwrap_err();
+        t.free(a);
+        t.admit(GuestId(3)).unwrap();
+        assert!(t.holdings.get(&GuestId(1)).is_none());
+        check(&t);
+    }
+
+    proptest! {
+        #[test]
+        fn fair_shares_hold_after_every_step(
+            threads in 1usize..8,
+            ops in proptest::collection::vec((0u8..4, 1u16..6, 0usize..8), 0..200),
+        ) {
+            let mut t = ThreadTable::new(threads);
+            for (op, g, slot) in ops {
+                let g = GuestId(g);
+                match op {
+                    0 => { let _ = t.admit(g); }
+                    1 => t.dismiss(g),
+                    2 => {
+                        let zero = t.holdings.get(&g).is_some_and(|h| h.admitted && h.threads == 0);
+                        let got = t.claim(g);
+                        if zero {
+                            prop_assert!(got.is_some(), "an admitted guest without a thread was refused");
+                        }
+                    }
+                    _ => t.free(slot % threads),
+                }
+                check(&t);
+            }
+        }
     }
 }
