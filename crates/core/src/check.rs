@@ -244,7 +244,7 @@ impl<P: Platform> Tee<P> {
                 .filter(|m| m.kind() == MobjKind::Registered)
                 .map(|m| m.num_pages())
                 .sum();
-            let bytes: u64 = r.objects.values().map(|m| m.heap_bytes() as u64).sum();
+            let bytes: u64 = r.objects.values().map(|m| m.charged_bytes()).sum();
             let c = guest.counters();
             let checks = [
                 ("objects", c.objects(), objects),

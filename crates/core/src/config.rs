@@ -1,6 +1,9 @@
-//! How a core is set up: threads, guests, quotas, the SHM window and the optional static pool.
+//! How a core is set up: threads, guests, quotas, the SHM window and the optional static pool,
+//! and the check ([`CoreConfig::capacity`]) that the guests' quotas together never promise more
+//! than the TEE has.
 
-use teeshm_mm::{PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
+use crate::mobj::OBJECT_BOOKKEEPING_BYTES;
+use teeshm_mm::{PAGE_SIZE, PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
 
 /// Per-guest limits. Exceeding one is refused with `TEE_ERROR_OUT_OF_MEMORY` (the code OP-TEE
 /// gives when its heap runs out), and nothing changes.
@@ -18,21 +21,113 @@ pub struct GuestQuotas {
     pub max_sessions: u64,
     /// Threads (yielding calls) in use at once, running or suspended in an RPC.
     pub max_threads: u64,
+    /// Secure heap bytes its objects may take (each object's own size, its page frames and
+    /// [`OBJECT_BOOKKEEPING_BYTES`]).
+    pub max_secure_bytes: u64,
 }
 
 impl Default for GuestQuotas {
-    /// Defaults sized so 64 guests can each hold 16k registered pages and 1k buffers at once:
-    /// 4096 objects, 262144 registered pages (1 GiB), 65536 mapped pages (256 MiB), 64 sessions,
-    /// 8 threads.
+    /// 4096 objects, 262144 registered pages (1 GiB), 32768 mapped pages (128 MiB), 64
+    /// sessions, 8 threads, 4 MiB of secure heap: 16 such guests fit the default core.
     fn default() -> Self {
         Self {
             max_objects: 4096,
             max_registered_pages: 262_144,
-            max_mapped_pages: 65_536,
+            max_mapped_pages: 32_768,
             max_sessions: 64,
             max_threads: 8,
+            max_secure_bytes: 4 << 20,
         }
     }
+}
+
+/// An upper bound of the secure heap one mapped page costs in the reverse map (an 8-byte slot
+/// in its 2 MiB frame's array, the array's spare capacity, and at worst a frame of its own: an
+/// array allocation and a B-tree entry).
+pub const MAPPED_PAGE_BYTES: u64 = 96;
+
+/// What the guests' quotas add up to, beside what the core has (see
+/// [`CoreConfig::capacity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Guests whose quotas must fit at once.
+    pub guests: u64,
+    /// Window pages all of them may hold at once (mappings, their guard pages, each thread's
+    /// one-page list mapping, the static pool).
+    pub window_pages_promised: u64,
+    /// Pages of the window.
+    pub window_pages: u64,
+    /// Translation-table pages a fully mapped window needs.
+    pub table_pages_needed: u64,
+    /// Table pages configured.
+    pub table_pages: u64,
+    /// Secure heap bytes all guests may take (objects and reverse-map entries).
+    pub heap_promised: u64,
+    /// The heap budget.
+    pub heap_budget: u64,
+}
+
+/// A configuration whose quotas promise more than the core has, or disagree with each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    /// Zero threads, zero guests, or a guest limit of zero threads.
+    #[error("a core needs at least one thread, one guest and one thread per guest")]
+    Empty,
+    /// Fewer threads than guests: each admitted guest has one reserved.
+    #[error("{guests} guests need a reserved thread each, but there are {threads} threads")]
+    Threads {
+        /// Guests.
+        guests: u64,
+        /// Threads.
+        threads: u64,
+    },
+    /// The guests' mapped-pages quotas exceed the window.
+    #[error("the guests may map {promised} window pages, the window has {available}")]
+    Window {
+        /// Pages promised.
+        promised: u64,
+        /// Pages of the window.
+        available: u64,
+    },
+    /// The table pages cannot map the whole window.
+    #[error("a full window needs {needed} table pages, {available} are configured")]
+    Tables {
+        /// Needed.
+        needed: u64,
+        /// Configured.
+        available: u64,
+    },
+    /// The guests' heap quotas exceed the heap budget.
+    #[error("the guests may take {promised} bytes of secure heap, the budget is {available}")]
+    Heap {
+        /// Bytes promised.
+        promised: u64,
+        /// The budget.
+        available: u64,
+    },
+    /// A guest may register or be handed a buffer larger than it may map.
+    #[error("buffers of {buffer} pages are allowed, but a guest may map only {mapped}")]
+    BufferLargerThanMappable {
+        /// `max_buffer_pages`.
+        buffer: u64,
+        /// `max_mapped_pages`.
+        mapped: u64,
+    },
+    /// A guest may hold its largest buffers but not afford their page frames.
+    #[error("{objects} objects and {pages} registered pages need {needed} bytes, the quota is {quota}")]
+    HeapQuotaTooSmall {
+        /// `max_objects`.
+        objects: u64,
+        /// `max_registered_pages`.
+        pages: u64,
+        /// Bytes they need.
+        needed: u64,
+        /// `max_secure_bytes`.
+        quota: u64,
+    },
+    /// A sum overflowed.
+    #[error("the configuration's sums overflow")]
+    Overflow,
 }
 
 /// What sits below the TEE in the normal world: one operating system, or a hypervisor with
@@ -68,18 +163,121 @@ pub struct CoreConfig {
     /// Most data pages one buffer (page list) may have.
     pub max_buffer_pages: u64,
     /// The static SHM pool (`GET_SHM_CONFIG`), if any; it must be a `ReservedShm` region of the
-    /// memory map. It is mapped once at boot and shared by every guest, so it suits systems with
-    /// one normal world; with several, use registered memory.
+    /// memory map. It is mapped once at boot and belongs to the single normal world (a
+    /// virtualized core refuses it).
     pub static_pool: Option<PhysRange>,
+    /// Secure heap bytes the guests together may take (their `max_secure_bytes` and the
+    /// reverse-map entries of their mapped pages); the rest of the heap is the core's own.
+    pub heap_budget: u64,
+}
+
+impl CoreConfig {
+    /// Guests whose quotas must fit at once: the created ones under a hypervisor, else one.
+    pub fn quota_holders(&self) -> u64 {
+        match self.normal_world {
+            NormalWorld::Single => 1,
+            NormalWorld::Virtualized => u64::from(self.max_guests),
+        }
+    }
+
+    /// Checks that every guest can have all its quotas at once, whatever the others do: the
+    /// sum over guests of window pages, table pages and heap stays within what the core has,
+    /// each guest has a reserved thread, and a guest's quotas agree (it can map its largest
+    /// buffer and afford its page frames). The core refuses to boot otherwise.
+    ///
+    /// # Errors
+    /// The first resource that is promised more than once over.
+    pub fn capacity(&self) -> Result<Capacity, CapacityError> {
+        let q = &self.quotas;
+        let guests = self.quota_holders();
+        let threads = u64::from(self.threads);
+        if threads == 0 || guests == 0 || q.max_threads == 0 {
+            return Err(CapacityError::Empty);
+        }
+        if guests > threads {
+            return Err(CapacityError::Threads { guests, threads });
+        }
+        if self.max_buffer_pages > q.max_mapped_pages {
+            return Err(CapacityError::BufferLargerThanMappable {
+                buffer: self.max_buffer_pages,
+                mapped: q.max_mapped_pages,
+            });
+        }
+        let of = |v: Option<u64>| v.ok_or(CapacityError::Overflow);
+        let guard = self.window.va.guard_pages;
+        // A guest's mappings: its pages, and a guard run after each of its objects.
+        let per_guest = of(q
+            .max_objects
+            .checked_mul(guard)
+            .and_then(|g| g.checked_add(q.max_mapped_pages)))?;
+        // Each thread decoding a page list maps one list page (and its guard) at a time.
+        let transient = of(threads.checked_mul(guard.saturating_add(1)))?;
+        let pool = self.static_pool.map_or(0, |p| p.len() / PAGE_SIZE + guard);
+        let window_pages_promised = of(guests
+            .checked_mul(per_guest)
+            .and_then(|w| w.checked_add(transient))
+            .and_then(|w| w.checked_add(pool)))?;
+        let window_pages = self.window.va.size / PAGE_SIZE;
+        if window_pages_promised > window_pages {
+            return Err(CapacityError::Window {
+                promised: window_pages_promised,
+                available: window_pages,
+            });
+        }
+        // Level 3 tables for every 2 MiB of the window, level 2 tables for every 1 GiB, two
+        // more for a window that straddles either boundary, and the root.
+        let table_pages_needed = window_pages.div_ceil(512) + window_pages.div_ceil(512 * 512) + 3;
+        let table_pages = self.window.max_table_pages as u64;
+        if table_pages_needed > table_pages {
+            return Err(CapacityError::Tables {
+                needed: table_pages_needed,
+                available: table_pages,
+            });
+        }
+        // Frames are 4 bytes a page (8 above 16 TiB): count 8.
+        let needed = of(q
+            .max_objects
+            .checked_mul(OBJECT_BOOKKEEPING_BYTES + 128)
+            .and_then(|b| b.checked_add(q.max_registered_pages.checked_mul(8)?)))?;
+        if needed > q.max_secure_bytes {
+            return Err(CapacityError::HeapQuotaTooSmall {
+                objects: q.max_objects,
+                pages: q.max_registered_pages,
+                needed,
+                quota: q.max_secure_bytes,
+            });
+        }
+        let heap_promised = of(q
+            .max_mapped_pages
+            .checked_mul(MAPPED_PAGE_BYTES)
+            .and_then(|b| b.checked_add(q.max_secure_bytes))
+            .and_then(|b| b.checked_mul(guests)))?;
+        if heap_promised > self.heap_budget {
+            return Err(CapacityError::Heap {
+                promised: heap_promised,
+                available: self.heap_budget,
+            });
+        }
+        Ok(Capacity {
+            guests,
+            window_pages_promised,
+            window_pages,
+            table_pages_needed,
+            table_pages,
+            heap_promised,
+            heap_budget: self.heap_budget,
+        })
+    }
 }
 
 impl Default for CoreConfig {
-    /// 8 threads, 65 guests (guest 0 and 64 others), default quotas, a 4 GiB window at
-    /// 0x40_0000_0000 with one guard page, 4096 table pages, 1 GiB buffers at most, no pool.
+    /// One normal world; 32 threads and 16 guests when virtualized; default quotas; a 4 GiB
+    /// window at 0x40_0000_0000 with one guard page, 4096 table pages, buffers of 128 MiB at
+    /// most, no pool, a 192 MiB heap budget.
     fn default() -> Self {
         Self {
-            threads: 8,
-            max_guests: 65,
+            threads: 32,
+            max_guests: 16,
             normal_world: NormalWorld::Single,
             quotas: GuestQuotas::default(),
             window: ShmWindowConfig {
@@ -90,8 +288,9 @@ impl Default for CoreConfig {
                 },
                 max_table_pages: 4096,
             },
-            max_buffer_pages: 262_144,
+            max_buffer_pages: 32_768,
             static_pool: None,
+            heap_budget: 192 << 20,
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum BootError {
     /// The static pool could not be mapped.
     #[error("static pool: {0}")]
     Pool(TeeError),
+    /// The guests' quotas promise more than the core has.
+    #[error("capacity: {0}")]
+    Capacity(#[from] crate::config::CapacityError),
 }
 
 /// The TEE core: guests, threads, memory objects and the SHM window, behind the SMC interface.
@@ -60,9 +63,7 @@ impl<P: Platform> Tee<P> {
         platform: P,
         tlb: P::Tlb,
     ) -> Result<Self, BootError> {
-        if config.threads == 0 {
-            return Err(BootError::Config("at least one thread is needed"));
-        }
+        config.capacity()?;
         let shm = ShmWindow::new(config.window, memory_map.clone(), tlb)?;
         let mut tee = Self {
             config,

@@ -18,6 +18,8 @@ pub enum QuotaKind {
     Sessions,
     /// Threads.
     Threads,
+    /// Secure heap bytes.
+    SecureBytes,
 }
 
 /// Why a message (the `optee_msg_arg` of a yielding call) failed. It is reported in

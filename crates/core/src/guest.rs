@@ -71,7 +71,15 @@ impl GuestCounters {
                 limit: quotas.max_registered_pages,
             });
         }
-        self.secure_bytes.fetch_add(secure_bytes, Ordering::AcqRel);
+        if let Err(wanted) = charge(&self.secure_bytes, secure_bytes, quotas.max_secure_bytes) {
+            refund(&self.objects, 1);
+            refund(&self.registered_pages, registered_pages);
+            return Err(TeeError::Quota {
+                kind: QuotaKind::SecureBytes,
+                wanted,
+                limit: quotas.max_secure_bytes,
+            });
+        }
         Ok(())
     }
 

@@ -51,7 +51,7 @@ pub mod thread;
 pub mod window;
 
 pub use check::CoreDisagreement;
-pub use config::{CoreConfig, GuestQuotas, NormalWorld};
+pub use config::{Capacity, CapacityError, CoreConfig, GuestQuotas, NormalWorld};
 pub use entry::{SmcRegs, Tee};
 pub use error::{CallError, TeeError};
 pub use guest::{GuestCounters, GuestPartition, GuestSnapshot};

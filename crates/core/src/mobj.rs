@@ -358,7 +358,18 @@ impl Mobj {
         };
         size_of::<Self>() + frames
     }
+
+    /// Secure memory charged to its owner: [`heap_bytes`](Self::heap_bytes) and the
+    /// bookkeeping every object adds elsewhere ([`OBJECT_BOOKKEEPING_BYTES`]).
+    pub fn charged_bytes(&self) -> u64 {
+        self.heap_bytes() as u64 + OBJECT_BOOKKEEPING_BYTES
+    }
 }
+
+/// An upper bound of the secure memory an object costs outside itself: its `Arc` header, its
+/// share of the cookie table's and the window's B-tree nodes (a node of up to 11 entries is at
+/// least half full, so an entry costs at most 2/11 of a node) and of the release queue.
+pub const OBJECT_BOOKKEEPING_BYTES: u64 = 256;
 
 /// Objects whose last use ended after they were retired; the core releases them at the end of
 /// the SMC in which that happened (a use may end where no lock may be taken).

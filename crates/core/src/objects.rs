@@ -59,7 +59,7 @@ impl<P: Platform> Tee<P> {
         guest.counters().charge_object(
             &self.config.quotas,
             registered,
-            mobj.heap_bytes() as u64,
+            mobj.charged_bytes(),
         )?;
         Ok(Arc::new(mobj))
     }
@@ -285,7 +285,7 @@ impl<P: Platform> Tee<P> {
             0
         };
         mobj.counters()
-            .refund_object(registered, mobj.heap_bytes() as u64);
+            .refund_object(registered, mobj.charged_bytes());
     }
 
     /// Releases the objects whose last use ended during this SMC.
