@@ -193,7 +193,13 @@ impl<P: Platform> Tee<P> {
                     let step = pta::resume(self, call, then);
                     self.after_pta(call, step)
                 }
-                Err(e) => self.after_pta(call, Err(e)),
+                Err((e, None)) => self.after_pta(call, Err(e)),
+                Err((e, Some(cookie))) => {
+                    // The normal world did allocate: it gets its buffer back by RPC_FREE
+                    // before the call ends, as OP-TEE's `thread_rpc_alloc_arg` does.
+                    let _ = self.after_pta(call, Err(e));
+                    Step::Rpc(RpcRequest::Free(cookie), Waiting::RpcArgFree)
+                }
             },
             Some(Waiting::Pta(wait)) => {
                 let step = pta::resume(self, call, wait);
@@ -255,14 +261,19 @@ impl<P: Platform> Tee<P> {
     }
 
     /// Takes the buffer the normal world allocated for RPC args (`a1:a2` = PA, `a4:a5` =
-    /// cookie).
-    fn adopt_rpc_arg(&self, call: &mut Call, answer: [u64; 5]) -> Result<(), TeeError> {
+    /// cookie). A refusal names the cookie to hand back when the normal world did allocate.
+    fn adopt_rpc_arg(
+        &self,
+        call: &mut Call,
+        answer: [u64; 5],
+    ) -> Result<(), (TeeError, Option<u64>)> {
         let [a1, a2, _, a4, a5] = answer;
         let pa = reg_pair(a1, a2);
         let cookie = reg_pair(a4, a5);
         if pa == 0 {
-            return Err(TeeError::OutOfMemory);
+            return Err((TeeError::OutOfMemory, None));
         }
+        let refused = |e: TeeError| (e, Some(cookie));
         let at = self
             .ns_ref_at(
                 &call.guest,
@@ -271,11 +282,11 @@ impl<P: Platform> Tee<P> {
                 Some(cookie),
                 &mut call.owned,
             )
-            .map_err(|_| TeeError::Rpc("RPC arg buffer unusable"))?;
+            .map_err(|_| refused(TeeError::Rpc("RPC arg buffer unusable")))?;
         if at.available() < crate::arg::APPENDED_RPC_ARG {
             // Nobody else holds the new object: retired now, it is released with this use.
             self.releases.retire(at.used.mobj());
-            return Err(TeeError::Rpc("RPC arg buffer too small"));
+            return Err(refused(TeeError::Rpc("RPC arg buffer too small")));
         }
         call.rpc_at = RpcArgAt::Allocated { cookie, at };
         Ok(())
