@@ -46,6 +46,10 @@ impl Default for GuestQuotas {
 /// array allocation and a B-tree entry).
 pub const MAPPED_PAGE_BYTES: u64 = 96;
 
+/// An upper bound of the secure heap one open session costs (its entry in the guest's
+/// session table, with its share of the B-tree's nodes).
+pub const SESSION_BYTES: u64 = 64;
+
 /// What the guests' quotas add up to, beside what the core has (see
 /// [`CoreConfig::capacity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +254,7 @@ impl CoreConfig {
         let heap_promised = of(q
             .max_mapped_pages
             .checked_mul(MAPPED_PAGE_BYTES)
+            .and_then(|b| b.checked_add(q.max_sessions.checked_mul(SESSION_BYTES)?))
             .and_then(|b| b.checked_add(q.max_secure_bytes))
             .and_then(|b| b.checked_mul(guests)))?;
         if heap_promised > self.heap_budget {
