@@ -299,3 +299,74 @@ impl Default for CoreConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn virtualized() -> CoreConfig {
+        CoreConfig {
+            normal_world: NormalWorld::Virtualized,
+            ..CoreConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_defaults_fit_in_both_modes() {
+        let single = CoreConfig::default().capacity().unwrap();
+        assert_eq!(single.guests, 1);
+        let many = virtualized().capacity().unwrap();
+        assert_eq!(many.guests, 16);
+        assert!(many.window_pages_promised <= many.window_pages);
+        assert!(many.table_pages_needed <= many.table_pages);
+        assert!(many.heap_promised <= many.heap_budget);
+    }
+
+    #[test]
+    fn each_overcommitted_resource_is_named() {
+        let mut c = virtualized();
+        c.max_guests = 33;
+        assert_eq!(
+            c.capacity(),
+            Err(CapacityError::Threads {
+                guests: 33,
+                threads: 32
+            })
+        );
+
+        let mut c = virtualized();
+        c.quotas.max_mapped_pages = 65_536;
+        c.max_buffer_pages = 65_536;
+        assert!(matches!(c.capacity(), Err(CapacityError::Window { .. })));
+
+        let mut c = virtualized();
+        c.window.max_table_pages = 2000;
+        assert!(matches!(c.capacity(), Err(CapacityError::Tables { .. })));
+
+        let mut c = virtualized();
+        c.heap_budget = 64 << 20;
+        assert!(matches!(c.capacity(), Err(CapacityError::Heap { .. })));
+
+        let mut c = virtualized();
+        c.max_buffer_pages = c.quotas.max_mapped_pages + 1;
+        assert!(matches!(
+            c.capacity(),
+            Err(CapacityError::BufferLargerThanMappable { .. })
+        ));
+
+        let mut c = virtualized();
+        c.quotas.max_secure_bytes = 1 << 20;
+        assert!(matches!(
+            c.capacity(),
+            Err(CapacityError::HeapQuotaTooSmall { .. })
+        ));
+
+        let mut c = virtualized();
+        c.quotas.max_objects = u64::MAX;
+        assert_eq!(c.capacity(), Err(CapacityError::Overflow));
+
+        let mut c = virtualized();
+        c.threads = 0;
+        assert_eq!(c.capacity(), Err(CapacityError::Empty));
+    }
+}
