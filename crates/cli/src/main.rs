@@ -52,6 +52,10 @@ enum Command {
         /// Where a failing run is written as a replay file.
         #[arg(long, default_value = "teeshm-stress-failure.jsonl")]
         replay_out: PathBuf,
+        /// The exhaustion mix: guest 1 exhausts every resource it can reach while the others
+        /// run the usual mix and must still succeed; prints each guest's success rate.
+        #[arg(long)]
+        exhaust: bool,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -99,8 +103,9 @@ fn main() -> ExitCode {
             seed,
             threads,
             replay_out,
+            exhaust,
             json,
-        } => stress_command(guests, ops, seed, threads, &replay_out, json),
+        } => stress_command(guests, ops, seed, threads, exhaust, &replay_out, json),
         Command::Inspect { scenario, json } => inspect(scenario, json),
         Command::Replay { file, guests } => replay(&file, guests),
         Command::Bench {
@@ -128,6 +133,7 @@ fn stress_command(
     ops: u64,
     seed: u64,
     threads: usize,
+    exhaust: bool,
     replay_out: &PathBuf,
     json: bool,
 ) -> ExitCode {
@@ -149,15 +155,27 @@ fn stress_command(
     if json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let outcome = stress::run(system, guests, ops, seed, threads, &|done| {
+    let outcome = stress::run(system, guests, ops, seed, threads, exhaust, &|done| {
         bar.set_position(done)
     });
+    let rate = |t: &stress::GuestTally| {
+        if t.ops == 0 {
+            0.0
+        } else {
+            t.succeeded as f64 / t.ops as f64
+        }
+    };
     bar.finish_and_clear();
     let violations = u64::from(outcome.violation.is_some());
     if json {
         let v = serde_json::json!({
             "guests": guests, "ops": outcome.ops, "steps": outcome.steps, "seed": seed,
             "threads": threads, "succeeded": outcome.succeeded, "violations": violations,
+            "exhaust": exhaust,
+            "guests_detail": outcome.per_guest.iter().map(|(g, t)| serde_json::json!({
+                "guest": g, "ops": t.ops, "succeeded": t.succeeded, "success_rate": rate(t),
+                "exhausting": exhaust && *g == stress::EXHAUSTER,
+            })).collect::<Vec<_>>(),
             "first_violation": outcome.violation.as_ref().map(|v| serde_json::json!({"step": v.step, "what": v.what})),
         });
         println!("{v}");
@@ -166,6 +184,21 @@ fn stress_command(
             "stress: {} guests, {} operations in {} steps on {} threads, seed {}; {} answered success",
             guests, outcome.ops, outcome.steps, threads, seed, outcome.succeeded
         );
+        if exhaust {
+            for (g, t) in &outcome.per_guest {
+                let role = if *g == stress::EXHAUSTER {
+                    "exhausting"
+                } else {
+                    "beside it"
+                };
+                println!(
+                    "guest {g} ({role}): {} operations, {} succeeded ({:.1}%)",
+                    t.ops,
+                    t.succeeded,
+                    100.0 * rate(t)
+                );
+            }
+        }
         println!("violations: {violations}");
     }
     match outcome.violation {

@@ -118,7 +118,9 @@ pub enum CapacityError {
         mapped: u64,
     },
     /// A guest may hold its largest buffers but not afford their page frames.
-    #[error("{objects} objects and {pages} registered pages need {needed} bytes, the quota is {quota}")]
+    #[error(
+        "{objects} objects and {pages} registered pages need {needed} bytes, the quota is {quota}"
+    )]
     HeapQuotaTooSmall {
         /// `max_objects`.
         objects: u64,

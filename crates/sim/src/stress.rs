@@ -44,9 +44,23 @@ pub struct Violation {
     pub what: String,
 }
 
+/// The guest that exhausts everything it can reach in a run with the exhaustion mix.
+pub const EXHAUSTER: u16 = 1;
+
+/// Operations and successes of one guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestTally {
+    /// Operations run for it.
+    pub ops: u64,
+    /// Those that answered success.
+    pub succeeded: u64,
+}
+
 /// The outcome of a stress run.
 #[derive(Debug, Clone)]
 pub struct StressOutcome {
+    /// Per guest (1-based id), what it ran and how much succeeded.
+    pub per_guest: std::collections::BTreeMap<u16, GuestTally>,
     /// Steps run.
     pub steps: u64,
     /// Operations run.
@@ -209,6 +223,101 @@ fn random_op(
     }
 }
 
+/// An operation of the exhausting guest: it registers buffers without end (any size up to
+/// 1 MiB), maps them (FILL), asks for large temporary and RPC buffers, and rarely lets go, so
+/// it runs into every quota it has, again and again. Each refusal must be clean and must cost
+/// no other guest anything.
+fn exhausting_op(rng: &mut Rng, runner: &Runner, guest: u16, next_cookie: &mut u64) -> Op {
+    let cookies = runner.cookies(guest);
+    let pick = |rng: &mut Rng| {
+        cookies
+            .get(rng.below(cookies.len() as u64) as usize)
+            .copied()
+    };
+    match rng.below(100) {
+        0..=49 => {
+            *next_cookie += 1;
+            Op::Register {
+                guest,
+                cookie: *next_cookie,
+                size: match rng.below(3) {
+                    0 => 1 + rng.below(4096),
+                    1 => 1 + rng.below(64 << 10),
+                    _ => 1 + rng.below(1 << 20),
+                },
+                offset: rng.below(4096),
+            }
+        }
+        50..=54 => Op::Unregister {
+            guest,
+            cookie: pick(rng).unwrap_or(0xdead),
+        },
+        55..=79 => match pick(rng) {
+            Some(cookie) => {
+                let size = runner.buffer(guest, cookie).map_or(1, |b| b.size);
+                Op::Invoke {
+                    guest,
+                    cmd: cmd::FILL,
+                    params: vec![
+                        ParamSpec::Registered {
+                            dir: Dir::Out,
+                            cookie,
+                            offset: 0,
+                            size,
+                        },
+                        ParamSpec::Value {
+                            dir: Dir::In,
+                            a: rng.next_u64(),
+                            b: 0,
+                            c: 0,
+                        },
+                    ],
+                }
+            }
+            None => Op::Unregister {
+                guest,
+                cookie: 0xdead,
+            },
+        },
+        80..=89 => Op::Invoke {
+            guest,
+            cmd: cmd::RPC_BUFFER,
+            params: vec![
+                ParamSpec::Value {
+                    dir: Dir::In,
+                    a: 1 + rng.below(64 << 20),
+                    b: rng.below(3),
+                    c: rng.next_u64(),
+                },
+                ParamSpec::Value {
+                    dir: Dir::Out,
+                    a: 0,
+                    b: 0,
+                    c: 0,
+                },
+            ],
+        },
+        _ => Op::Invoke {
+            guest,
+            cmd: cmd::COPY,
+            params: vec![
+                ParamSpec::Temp {
+                    dir: Dir::In,
+                    size: 1 + rng.below(4 << 20),
+                    offset: rng.below(4096),
+                    seed: rng.next_u64(),
+                },
+                ParamSpec::Temp {
+                    dir: Dir::Out,
+                    size: 4 << 20,
+                    offset: 0,
+                    seed: 0,
+                },
+            ],
+        },
+    }
+}
+
 /// Whether `result` of `op` is what a correct system answers, given what the runner holds.
 /// Operations whose outcome may legitimately vary (a hostile or unknown cookie) only need to
 /// fail cleanly.
@@ -284,13 +393,16 @@ fn verify(runner: &Runner, op: &Op) -> Result<(), String> {
 }
 
 /// Runs `ops` operations over `guests` guests with `threads` threads from `seed`, calling
-/// `progress(steps_done)` after every step.
+/// `progress(steps_done)` after every step. With `exhaust`, guest [`EXHAUSTER`] runs the
+/// exhaustion mix (its refusals only need to be clean) while the others run the usual mix and
+/// must succeed as if it were not there.
 pub fn run(
     system: Arc<System>,
     guests: u16,
     ops: u64,
     seed: u64,
     threads: usize,
+    exhaust: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> StressOutcome {
     let threads = threads.clamp(1, usize::from(guests.max(1)));
@@ -299,16 +411,18 @@ pub fn run(
     let log: Mutex<Vec<(u64, usize, Op)>> = Mutex::new(Vec::new());
     let violation: Mutex<Option<Violation>> = Mutex::new(None);
     let succeeded = std::sync::atomic::AtomicU64::new(0);
+    let per_guest: Mutex<std::collections::BTreeMap<u16, GuestTally>> = Mutex::default();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let (system, barrier, log, violation, succeeded, stop) = (
+            let (system, barrier, log, violation, succeeded, stop, per_guest) = (
                 system.clone(),
                 &barrier,
                 &log,
                 &violation,
                 &succeeded,
                 &stop,
+                &per_guest,
             );
             scope.spawn(move || {
                 let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0xA24B_AED4_963E_E407));
@@ -327,13 +441,29 @@ pub fn run(
                     }
                     let guest = mine[rng.below(mine.len() as u64) as usize];
                     let running = system.guest(guest).is_some();
-                    let op = random_op(&mut rng, &runner, guest, running, &mut next_cookie);
+                    let exhausting = exhaust && guest == EXHAUSTER;
+                    let op = if exhausting && running {
+                        exhausting_op(&mut rng, &runner, guest, &mut next_cookie)
+                    } else {
+                        random_op(&mut rng, &runner, guest, running, &mut next_cookie)
+                    };
                     let result = runner.run(&op);
                     if result.ok {
                         succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let verdict =
-                        judge(&runner, running, &op, &result).and_then(|()| verify(&runner, &op));
+                    {
+                        let mut tally = per_guest.lock().unwrap_or_else(|e| e.into_inner());
+                        let t = tally.entry(guest).or_default();
+                        t.ops += 1;
+                        t.succeeded += u64::from(result.ok);
+                    }
+                    // The exhauster's refusals only need to be clean: the checker after the
+                    // step and everyone else's answers judge it.
+                    let verdict = if exhausting {
+                        Ok(())
+                    } else {
+                        judge(&runner, running, &op, &result).and_then(|()| verify(&runner, &op))
+                    };
                     if let Err(what) = verdict {
                         let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
                         if v.is_none() {
@@ -379,6 +509,7 @@ pub fn run(
         .map(|(_, _, op)| op)
         .collect();
     StressOutcome {
+        per_guest: per_guest.into_inner().unwrap_or_else(|e| e.into_inner()),
         steps: violation.as_ref().map_or(steps, |v| v.step + 1),
         ops: log.len() as u64,
         succeeded: succeeded.into_inner(),
