@@ -1,5 +1,8 @@
 //! How a core is set up: threads, guests, quotas, the SHM window and the optional static pool.
 
+use teeshm_abi::limits::{
+    DEFAULT_MAX_BUFFER_PAGES, DEFAULT_MAX_OBJECTS, DEFAULT_MAX_REGISTERED_PAGES, DEFAULT_THREADS,
+};
 use teeshm_mm::{PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
 
 /// Per-guest limits. Exceeding one is refused with `TEE_ERROR_OUT_OF_MEMORY` (the code OP-TEE
@@ -23,14 +26,15 @@ pub struct GuestQuotas {
 impl Default for GuestQuotas {
     /// Defaults sized so 64 guests can each hold 16k registered pages and 1k buffers at once:
     /// 4096 objects, 262144 registered pages (1 GiB), 65536 mapped pages (256 MiB), 64 sessions,
-    /// 8 threads.
+    /// 8 threads. The limits a hypervisor mediator must not undercut come from
+    /// [`teeshm_abi::limits`], where `teeshm_hyp::HypLimits` takes its defaults too.
     fn default() -> Self {
         Self {
-            max_objects: 4096,
-            max_registered_pages: 262_144,
+            max_objects: DEFAULT_MAX_OBJECTS,
+            max_registered_pages: DEFAULT_MAX_REGISTERED_PAGES,
             max_mapped_pages: 65_536,
             max_sessions: 64,
-            max_threads: 8,
+            max_threads: u64::from(DEFAULT_THREADS),
         }
     }
 }
@@ -63,7 +67,7 @@ impl Default for CoreConfig {
     /// 0x40_0000_0000 with one guard page, 4096 table pages, 1 GiB buffers at most, no pool.
     fn default() -> Self {
         Self {
-            threads: 8,
+            threads: DEFAULT_THREADS,
             max_guests: 65,
             guest_zero: true,
             quotas: GuestQuotas::default(),
@@ -75,7 +79,7 @@ impl Default for CoreConfig {
                 },
                 max_table_pages: 4096,
             },
-            max_buffer_pages: 262_144,
+            max_buffer_pages: DEFAULT_MAX_BUFFER_PAGES,
             static_pool: None,
         }
     }

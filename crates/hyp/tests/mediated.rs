@@ -411,3 +411,15 @@ fn guest_arg_and_list_pages_are_read_once() {
     assert_eq!(sys.hyp.pinned_pages(a.id), 700);
     sys.destroy_and_check(&a);
 }
+
+/// The mediator's default limits come from the definitions the core's default quotas use, so a
+/// guest behind the default mediator meets the TEE's limits, never stricter ones of its own.
+#[test]
+fn default_limits_never_undercut_the_cores_defaults() {
+    let (limits, core) = (HypLimits::default(), CoreConfig::default());
+    assert_eq!(u64::from(limits.max_buffers), core.quotas.max_objects);
+    assert_eq!(limits.max_buffer_pages, core.max_buffer_pages);
+    assert!(limits.max_pinned_pages >= core.quotas.max_registered_pages + core.max_buffer_pages);
+    assert!(u64::from(limits.max_calls) >= core.quotas.max_threads);
+    assert!(limits.max_calls >= core.threads);
+}
