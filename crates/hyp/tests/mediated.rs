@@ -20,9 +20,9 @@ use teeshm_abi::smc::*;
 use teeshm_abi::uid;
 use teeshm_core::CoreConfig;
 use teeshm_core::pta::cmd;
-use teeshm_core::testing::STATIC_POOL;
 use teeshm_hyp::HypLimits;
 use teeshm_mm::{PhysAddr, PhysRange};
+use teeshm_testkit::STATIC_POOL;
 
 const VIN: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT;
 const VOUT: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT;
@@ -129,7 +129,7 @@ fn bytes_land_in_the_right_guest() {
     assert_eq!(a.register(&mut sys, 0x11, &copy_a), gp::TEE_SUCCESS);
     // B uses the same cookie: cookies are per guest.
     assert_eq!(b.register(&mut sys, 0x10, &buf_b), gp::TEE_SUCCESS);
-    let pages = |buf: &GBuf| buf.pages.len() as u64;
+    let pages = |buf: &Buf| buf.pages.len() as u64;
     assert_eq!(sys.hyp.pinned_pages(a.id), pages(&buf_a) + pages(&copy_a));
     assert_eq!(sys.hyp.pinned_pages(b.id), pages(&buf_b));
     assert_eq!(
@@ -236,7 +236,7 @@ fn a7_is_the_callers_own_id() {
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, PAGE, 5),
     );
-    let bytes = Guest::arg_bytes(Guest::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let bytes = arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     let arg = a.alloc_page();
     a.write(&sys, arg, &bytes);
     let mut regs = SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[arg >> 32, arg & 0xffff_ffff]);
@@ -320,7 +320,7 @@ fn rpc_buffers_both_ways() {
         assert_eq!(
             a.read_buf(
                 &sys,
-                &GBuf {
+                &Buf {
                     size: bytes,
                     ..freed
                 }
@@ -385,7 +385,7 @@ fn guest_arg_and_list_pages_are_read_once() {
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, buf.size, 3),
     );
-    let bytes = Guest::arg_bytes(Guest::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let bytes = arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     let arg = a.alloc_page() + 0x40;
     a.write(&sys, arg, &bytes);
     sys.phys.trace_reads(true);

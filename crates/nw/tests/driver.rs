@@ -73,10 +73,7 @@ fn probe_follows_linux() {
         assert_eq!(c.count(OPTEE_SMC_ENABLE_SHM_CACHE), cache);
         if mode.pool {
             let pool = d.static_pool().unwrap();
-            assert_eq!(
-                (pool.base(), pool.size()),
-                teeshm_core::testing::STATIC_POOL
-            );
+            assert_eq!((pool.base(), pool.size()), teeshm_testkit::STATIC_POOL);
         } else {
             assert_eq!(d.rpc_param_count(), if mode.no_rpc_arg { 0 } else { 4 });
         }

@@ -2,20 +2,16 @@
 //! the problems listed after it) and of the Xen mediator (normal-world-hypervisor-ffa.md §1.9),
 //! each showing that teeshm does not have it. Every test ends with the agreement checker.
 
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-
-use super::world::*;
-use crate::pta::{cmd, pattern_byte};
-use crate::testing::SECURE_RAM;
-use crate::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
+use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_testkit::SECURE_RAM;
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 use zerocopy::IntoBytes;
 
 const G0: GuestId = GuestId::HYPERVISOR;
@@ -44,7 +40,7 @@ fn arg_bytes(header: MsgArgHeader, params: &[MsgParam]) -> Vec<u8> {
 /// The arg of an INVOKE of RPC_BUFFER (a kernel buffer of `bytes` bytes) in `session`, with
 /// `held` memrefs after its two value params (buffers the call holds while it waits).
 fn rpc_buffer_arg(session: u32, bytes: u64, held: &[MsgParam]) -> Vec<u8> {
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(session);
     h.func.set(cmd::RPC_BUFFER);
     h.num_params.set(2 + held.len() as u32);
@@ -73,7 +69,7 @@ fn register_raw(w: &World, buf_ptr: u64, size: u64, cookie: u64) -> u32 {
     let r = w.call(
         G0,
         ArgMode::RpcArg,
-        World::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[noncontig_register(buf_ptr, size, cookie)],
     );
     assert_eq!(r.a0, 0);
@@ -136,7 +132,7 @@ fn regression_a0c3590b4_noncontig_offset_applied_once() {
 fn regression_eecd6bd23_arg_read_once() {
     let w = World::default_world();
     let s = w.open_session(G0);
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(s);
     h.func.set(cmd::FILL);
     h.num_params.set(2);
@@ -179,13 +175,13 @@ fn regression_c6edc12ac_num_params_bounded() {
     let w = World::default_world();
     let before = w.tee.guest(G0).unwrap().snapshot();
     for n in [128u32, 0x8000_0000, u32::MAX] {
-        let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+        let mut h = header(OPTEE_MSG_CMD_CANCEL);
         h.num_params.set(n);
         let (a0, _) = raw_call(&w, G0, h.as_bytes());
         assert_eq!(a0, OPTEE_SMC_RETURN_EBADCMD, "num_params {n}");
     }
     // 127 params fit a page only at offset 0: at offset 8 the arg runs past its page.
-    let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+    let mut h = header(OPTEE_MSG_CMD_CANCEL);
     h.num_params.set(127);
     let page = w.alloc_page();
     w.mem.write(page + 8, h.as_bytes());
@@ -407,7 +403,7 @@ fn regression_3bb5c167a_last_page_checked() {
     let w = World::default_world();
     for bad_page in [
         SECURE_RAM.0 + SECURE_RAM.1 - PAGE,
-        crate::testing::DEVICES.0,
+        teeshm_testkit::DEVICES.0,
     ] {
         let mut buf = w.buffer(5 * PAGE, 0);
         *buf.pages.last_mut().unwrap() = bad_page;
@@ -722,8 +718,8 @@ fn regression_xen_5b13eb1d97_release_before_free_request() {
             let window = w.tee.window();
             assert!(
                 window
-                    .entries()
-                    .all(|(_, e)| e.mobj.kind() != crate::MobjKind::RpcBuffer)
+                    .object_mappings()
+                    .all(|m| m.kind != teeshm_core::MobjKind::RpcBuffer)
             );
         }
         let answer = w.answer_rpc(&out, Some(rpc_at));
@@ -789,7 +785,7 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
     let w = World::default_world();
     let buf = w.buffer(PAGE, 0);
     let (buf_ptr, _) = w.page_list(&buf);
-    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
+    let mut h = header(OPTEE_MSG_CMD_REGISTER_SHM);
     h.ret.set(0x1234);
     h.ret_origin.set(0x99);
     let r = w.call(
@@ -807,21 +803,21 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
 /// be held in the middle of its work (between its start and its first RPC) while another CPU
 /// acts. Reads of every other page go on.
 struct GatedPlatform {
-    inner: crate::testing::SimPlatform,
+    inner: teeshm_testkit::SimPlatform,
     gate_page: std::sync::atomic::AtomicU64,
     reached: std::sync::atomic::AtomicBool,
     open: std::sync::atomic::AtomicBool,
 }
 
-impl crate::Platform for GatedPlatform {
+impl teeshm_core::Platform for GatedPlatform {
     type Tlb = teeshm_platform::RecordingTlb;
 
     fn read(
         &self,
-        map: &dyn crate::Translate,
+        map: &dyn teeshm_core::Translate,
         va: teeshm_mm::VirtAddr,
         buf: &mut [u8],
-    ) -> Result<(), crate::AccessFault> {
+    ) -> Result<(), teeshm_core::AccessFault> {
         use std::sync::atomic::Ordering::SeqCst;
         let gate = self.gate_page.load(SeqCst);
         if gate != 0
@@ -839,10 +835,10 @@ impl crate::Platform for GatedPlatform {
 
     fn write(
         &self,
-        map: &dyn crate::Translate,
+        map: &dyn teeshm_core::Translate,
         va: teeshm_mm::VirtAddr,
         data: &[u8],
-    ) -> Result<(), crate::AccessFault> {
+    ) -> Result<(), teeshm_core::AccessFault> {
         self.inner.write(map, va, data)
     }
 }
@@ -857,16 +853,16 @@ impl crate::Platform for GatedPlatform {
 #[test]
 fn regression_call_of_a_destroyed_guest_never_suspends() {
     use std::sync::atomic::Ordering::SeqCst;
-    let mem = std::sync::Arc::new(crate::testing::PhysMemory::new());
+    let mem = std::sync::Arc::new(teeshm_testkit::PhysMemory::new());
     let platform = GatedPlatform {
-        inner: crate::testing::SimPlatform::new(mem.clone()),
+        inner: teeshm_testkit::SimPlatform::new(mem.clone()),
         gate_page: 0.into(),
         reached: false.into(),
         open: false.into(),
     };
-    let tee = crate::Tee::new(
+    let tee = teeshm_core::Tee::new(
         CoreConfig::default(),
-        crate::testing::sim_memory_map(),
+        teeshm_testkit::sim_memory_map(),
         platform,
         teeshm_platform::RecordingTlb::counting(),
     )
@@ -886,9 +882,9 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     };
     // A session of guest 1.
     let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-    let uuid = crate::pta::MEMTEST_UUID;
+    let uuid = teeshm_core::pta::MEMTEST_UUID;
     let open = arg_bytes(
-        World::header(OPTEE_MSG_CMD_OPEN_SESSION),
+        header(OPTEE_MSG_CMD_OPEN_SESSION),
         &[
             value(
                 meta,
@@ -913,7 +909,7 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     // RPC_BUFFER with a temporary page list (list at page 3 naming page 4): the call reads the
     // list after its session was found, and stops at the gate there.
     mem.write(page(3), &page(4).to_le_bytes());
-    let mut header = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut header = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     header.session.set(session);
     header.func.set(cmd::RPC_BUFFER);
     header.num_params.set(3);
@@ -949,7 +945,7 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     assert!(
         tee.thread_states()
             .iter()
-            .all(|t| *t == crate::thread::ThreadState::Free),
+            .all(|t| *t == teeshm_core::thread::ThreadState::Free),
         "a thread still holds a call of the destroyed guest: {:?}",
         tee.thread_states()
     );
@@ -983,7 +979,7 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
         .tee
         .thread_states()
         .iter()
-        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .position(|t| *t == teeshm_core::thread::ThreadState::Suspended(g))
         .unwrap() as u64;
     // The buffer: one byte, at the end of a normal-world page.
     let tiny = w.alloc_page() + 0xfff;
@@ -1042,7 +1038,7 @@ fn regression_idle_mapping_of_busy_unregistered_buffer() {
         .tee
         .thread_states()
         .iter()
-        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .position(|t| *t == teeshm_core::thread::ThreadState::Suspended(g))
         .unwrap() as u64;
     let mut out = SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[56, 0, thread]);
     while is_rpc_return(out.a0()) {
