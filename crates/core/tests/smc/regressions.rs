@@ -1,6 +1,6 @@
-//! One named regression test per bug class of OP-TEE (shared/reference/optee-os-study.md §6 and
-//! the problems listed after it) and of the Xen mediator (normal-world-hypervisor-ffa.md §1.9),
-//! each showing that teeshm does not have it. Every test ends with the agreement checker.
+//! One named regression test per bug class of OP-TEE's shared-memory code and of Xen's OP-TEE
+//! mediator (each test names the commit or the behaviour it comes from), each showing that
+//! teeshm does not have it. Every test ends with the agreement checker.
 
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
@@ -998,7 +998,7 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
     );
 }
 
-/// Found by the reference model (tests/reference.rs): a registered buffer whose mapping was
+/// Found by the reference model (reference.rs): a registered buffer whose mapping was
 /// idle in the cache, unregistered while a suspended call held it (`TEE_ERROR_BUSY`), keeps
 /// that idle mapping until the call ends — a legitimate state (the call may still use it; it
 /// is not evictable while used) that the agreement checker reported as an `IdleIndex`
