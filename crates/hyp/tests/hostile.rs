@@ -63,11 +63,8 @@ fn arg_address_outside_guest_ram() {
         0xffff_ffff_0000_0000,
         a.end() + 0x10,
     ] {
-        let out = a.smc(
-            &mut sys,
-            OPTEE_SMC_CALL_WITH_ARG,
-            &[ipa >> 32, ipa & 0xffff_ffff],
-        );
+        let (hi, lo) = split_pair(ipa);
+        let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADADDR, "{ipa:#x}");
     }
     assert_nothing_held(&sys, &a);
@@ -90,11 +87,8 @@ fn malformed_args() {
     let page = a.alloc_page();
     h.num_params.set(128);
     a.write(&sys, page, h.as_bytes());
-    let out = a.smc(
-        &mut sys,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[page >> 32, page & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(page);
+    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADCMD);
     for cmd in [
         OPTEE_MSG_CMD_DO_BOTTOM_HALF,
@@ -359,10 +353,11 @@ fn bogus_resumes() {
     assert_eq!(sys.stats(&a).calls_in_flight, 1);
     // B answers A's RPC with a page of its own: refused, A's call untouched.
     let page = b.alloc_page();
+    let (hi, lo) = split_pair(page);
     let out = b.smc(
         &mut sys,
         OPTEE_SMC_CALL_RETURN_FROM_RPC,
-        &[page >> 32, page & 0xffff_ffff, thread, 0, 1],
+        &[hi, lo, thread, 0, 1],
     );
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_ERESUME);
     for t in [thread + 1, u64::MAX, 1 << 40] {
@@ -497,8 +492,7 @@ proptest! {
         for (f, mut regs, page, offset) in calls {
             if f == 0 && regs[0] % 2 == 0 {
                 let ipa = pages[page as usize] + (offset & !7);
-                regs[0] = ipa >> 32;
-                regs[1] = ipa & 0xffff_ffff;
+                (regs[0], regs[1]) = split_pair(ipa);
             }
             let out = a.smc(&mut sys, funcs[f], &regs);
             if is_rpc_return(out.a0()) {

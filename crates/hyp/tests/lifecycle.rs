@@ -421,7 +421,7 @@ impl Model {
             let out = self.g.smc(sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
             match out.a0() {
                 OPTEE_SMC_RETURN_OK => {
-                    let cookie = (out.a[1] << 32) | out.a[2];
+                    let cookie = reg_pair(out.a[1], out.a[2]);
                     assert!(self.g.rpc_bufs.remove(&cookie).is_some());
                 }
                 OPTEE_SMC_RETURN_ENOTAVAIL => return,

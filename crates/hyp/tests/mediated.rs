@@ -239,7 +239,8 @@ fn a7_is_the_callers_own_id() {
     let bytes = arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     let arg = a.alloc_page();
     a.write(&sys, arg, &bytes);
-    let mut regs = SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[arg >> 32, arg & 0xffff_ffff]);
+    let (hi, lo) = split_pair(arg);
+    let mut regs = SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     regs.a[7] = u64::from(b.id.raw());
     assert_eq!(
         sys.hyp.handle_guest_smc(a.id, regs).a0(),
@@ -360,7 +361,7 @@ fn shm_cache_keeps_and_returns_rpc_args() {
     let cookie = *a.rpc_bufs.keys().next().unwrap();
     let out = a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
-    assert_eq!((out.a[1] << 32) | out.a[2], cookie);
+    assert_eq!(reg_pair(out.a[1], out.a[2]), cookie);
     a.rpc_bufs.remove(&cookie);
     assert_eq!(
         a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a0(),
@@ -389,11 +390,8 @@ fn guest_arg_and_list_pages_are_read_once() {
     let arg = a.alloc_page() + 0x40;
     a.write(&sys, arg, &bytes);
     sys.phys.trace_reads(true);
-    let out = a.smc(
-        &mut sys,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[arg >> 32, arg & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(arg);
+    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     for page in [arg, lists[0], lists[1]] {
         assert_eq!(sys.phys.reads_of(a.pa(page)), 1, "page {page:#x}");

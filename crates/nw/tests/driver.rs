@@ -558,7 +558,7 @@ impl SmcConduit for Scripted {
                 ],
             ),
             OPTEE_SMC_CALL_WITH_RPC_ARG => {
-                self.arg = (regs.a[1] << 32) | regs.a[2];
+                self.arg = reg_pair(regs.a[1], regs.a[2]);
                 self.next()
             }
             OPTEE_SMC_CALL_RETURN_FROM_RPC => {

@@ -91,9 +91,9 @@ impl RawCpu {
         self.write(page, &[0u8; PAGE as usize]);
         self.write(page, &bytes);
         let tee = &self.system.tee;
+        let (hi, lo) = split_pair(page);
         let mut out = tee.handle_smc(
-            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff])
-                .from_client(GuestId(GUEST)),
+            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(GuestId(GUEST)),
         );
         let mut rounds = 0;
         while is_rpc_return(out.a0()) {

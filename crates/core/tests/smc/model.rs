@@ -352,7 +352,7 @@ fn garbage(seed_ops: Vec<(u8, [u64; 6], Vec<u8>)>) {
         w.mem.write(page, &bytes);
         let func = funcs[f as usize % funcs.len()];
         let (a1, a2) = if f % 3 == 0 {
-            (page >> 32, page & 0xffff_ffff)
+            split_pair(page)
         } else {
             (regs[0], regs[1])
         };

@@ -21,11 +21,8 @@ fn raw_call(w: &World, guest: GuestId, bytes: &[u8]) -> (u32, u64) {
     let page = w.alloc_page();
     w.mem.write(page, &[0u8; 4096]);
     w.mem.write(page, bytes);
-    let out = w.smc(
-        guest,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[page >> 32, page & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(page);
+    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     (out.a[0] as u32, page)
 }
 
@@ -691,7 +688,7 @@ fn regression_xen_1c3ed9c908_disable_shm_cache_terminates() {
             break;
         }
         assert_eq!(r.a[0], 0);
-        cookies.push((r.a[1] << 32) | r.a[2]);
+        cookies.push(reg_pair(r.a[1], r.a[2]));
     }
     assert_eq!(cookies.len(), 1);
     w.check();
@@ -872,13 +869,8 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
     let page = |i: u64| 0x4000_0000 + i * PAGE;
     let call = |arg_page: u64| {
-        tee.handle_smc(
-            SmcRegs::call(
-                OPTEE_SMC_CALL_WITH_ARG,
-                &[arg_page >> 32, arg_page & 0xffff_ffff],
-            )
-            .from_client(g1),
-        )
+        let (hi, lo) = split_pair(arg_page);
+        tee.handle_smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(g1))
     };
     // A session of guest 1.
     let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
@@ -983,11 +975,8 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
         .unwrap() as u64;
     // The buffer: one byte, at the end of a normal-world page.
     let tiny = w.alloc_page() + 0xfff;
-    let out = w.smc(
-        g,
-        OPTEE_SMC_CALL_RETURN_FROM_RPC,
-        &[tiny >> 32, tiny & 0xffff_ffff, thread, 0, 7],
-    );
+    let (hi, lo) = split_pair(tiny);
+    let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[hi, lo, thread, 0, 7]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     assert_eq!(ret_at(&w, page), TEE_ERROR_COMMUNICATION);
     w.check();
