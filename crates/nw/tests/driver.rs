@@ -14,6 +14,7 @@ use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd, pattern_byte};
 use teeshm_nw::driver::header;
 use teeshm_nw::{Driver, DriverError, GuestBuffer, GuestRam, MsgReply, PAGE_SIZE};
+use teeshm_testkit::msg::value;
 
 const G0: GuestId = GuestId::HYPERVISOR;
 
@@ -43,10 +44,6 @@ fn invoke(driver: &mut SimDriver, session: u32, func: u32, params: &[MsgParam]) 
     h.session.set(session);
     h.func.set(func);
     driver.call(h, params).unwrap()
-}
-
-fn value(ty: u64, a: u64, b: u64, c: u64) -> MsgParam {
-    MsgParam::from_value(ty, Value::new(a, b, c))
 }
 
 #[test]
