@@ -15,7 +15,7 @@
 //! - `vm_destroyed`: `VM_DESTROYED` of a guest holding 1000 registered buffers of 64 pages,
 //!   alone, and beside 63 other guests holding the same. Only the destroy is timed.
 //!
-//! Run with `cargo bench -p teeshm-core --bench core` (or `cargo xtask bench`).
+//! Run with `cargo bench -p teeshm-bench --bench core` (or `cargo xtask bench`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
