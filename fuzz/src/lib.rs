@@ -24,11 +24,10 @@ use teeshm_abi::page_list::{self, NsMemory};
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
 use teeshm_core::pta::MEMTEST_UUID;
-use teeshm_core::testing::{DEVICES, NS_RAM, PhysMemory, SECURE_RAM, STATIC_POOL, SimPlatform};
 use teeshm_core::thread::ThreadState;
 use teeshm_core::{CoreConfig, GuestQuotas, Tee};
 use teeshm_mm::{PhysAddr, PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
-use teeshm_platform::RecordingTlb;
+use teeshm_testkit::{DEVICES, NS_RAM, PhysMemory, SECURE_RAM, STATIC_POOL, SimPlatform};
 use zerocopy::{FromBytes, IntoBytes};
 
 const PAGE: u64 = 4096;
@@ -358,14 +357,7 @@ fn baseline_of(tee: &Tee<SimPlatform>) -> Baseline {
 impl FuzzCore {
     /// Boots a small core.
     pub fn new(pool: bool) -> Self {
-        let mem = Arc::new(PhysMemory::new());
-        let tee = Tee::new(
-            small_config(pool),
-            teeshm_core::testing::sim_memory_map(),
-            SimPlatform::new(mem.clone()),
-            RecordingTlb::counting(),
-        )
-        .expect("the small configuration boots");
+        let (tee, mem) = teeshm_testkit::sim_tee(small_config(pool));
         let baseline = baseline_of(&tee);
         Self {
             tee,
@@ -437,19 +429,15 @@ impl FuzzCore {
                 self.next_cookie += 1;
                 let cookie = self.next_cookie;
                 self.rpc_bufs.insert(cookie, page);
+                let (p_hi, p_lo) = split_pair(page);
+                let (c_hi, c_lo) = split_pair(cookie);
                 SmcRegs::call(
                     OPTEE_SMC_CALL_RETURN_FROM_RPC,
-                    &[
-                        page >> 32,
-                        page & 0xffff_ffff,
-                        thread,
-                        cookie >> 32,
-                        cookie & 0xffff_ffff,
-                    ],
+                    &[p_hi, p_lo, thread, c_hi, c_lo],
                 )
             }
             OPTEE_SMC_RETURN_RPC_CMD => {
-                let cookie = ((out.a[1] & 0xffff_ffff) << 32) | (out.a[2] & 0xffff_ffff);
+                let cookie = reg_pair(out.a[1], out.a[2]);
                 let at = self.rpc_bufs.get(&cookie).copied().or(appended);
                 if let Some(at) = at {
                     self.serve_cmd(at);
@@ -457,7 +445,7 @@ impl FuzzCore {
                 SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread])
             }
             _ => {
-                let cookie = ((out.a[1] & 0xffff_ffff) << 32) | (out.a[2] & 0xffff_ffff);
+                let cookie = reg_pair(out.a[1], out.a[2]);
                 self.rpc_bufs.remove(&cookie);
                 SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread])
             }
@@ -534,10 +522,9 @@ impl FuzzCore {
         bytes.extend_from_slice(MsgParam::from_value(meta, Value::new(0, 0, 0)).as_bytes());
         let page = ns_page(k);
         self.mem.write(page, &bytes);
-        let out = self.smc(
-            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff])
-                .from_client(GuestId(guest)),
-        );
+        let (hi, lo) = split_pair(page);
+        let out =
+            self.smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(GuestId(guest)));
         let out = self.finish(guest, out, None);
         let mut back = [0u8; 32];
         self.mem.read(page, &mut back);
@@ -571,10 +558,9 @@ impl FuzzCore {
         );
         let page = ns_page(arg);
         self.mem.write(page, &bytes);
-        let out = self.smc(
-            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff])
-                .from_client(GuestId(guest)),
-        );
+        let (hi, lo) = split_pair(page);
+        let out =
+            self.smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(GuestId(guest)));
         self.finish(guest, out, None);
     }
 
@@ -737,7 +723,8 @@ pub fn msg_arg(data: &[u8]) {
     let regs = if func == OPTEE_SMC_CALL_WITH_REGD_ARG {
         SmcRegs::call(func, &[a1, a2, a3])
     } else {
-        SmcRegs::call(func, &[a1 >> 32, a1 & 0xffff_ffff, a3])
+        let (hi, lo) = split_pair(a1);
+        SmcRegs::call(func, &[hi, lo, a3])
     };
     let _ = a2;
     let out = core.smc(regs.from_client(GuestId(1)));
@@ -926,8 +913,7 @@ pub fn smc_surface(data: &[u8]) {
                         a[1] = u64::from(input.u8() % 6);
                         a[2] = pa % PAGE;
                     } else {
-                        a[0] = pa >> 32;
-                        a[1] = pa & 0xffff_ffff;
+                        (a[0], a[1]) = split_pair(pa);
                     }
                 }
                 let mut regs = SmcRegs::call(func, &a);

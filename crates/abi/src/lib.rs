@@ -31,6 +31,7 @@ extern crate alloc;
 pub mod caps;
 pub mod gp;
 pub mod guest;
+pub mod limits;
 pub mod msg;
 pub mod page_list;
 pub mod rpc;

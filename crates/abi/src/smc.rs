@@ -329,6 +329,19 @@ impl SmcRegs {
     }
 }
 
+/// A 64-bit value from a pair of 32-bit registers, high word first (OP-TEE's
+/// `reg_pair_to_64`). The upper halves of both registers are ignored: on SMC32 calls they are
+/// not part of the value, and a caller may leave anything there.
+pub const fn reg_pair(hi: u64, lo: u64) -> u64 {
+    ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
+}
+
+/// A 64-bit value as the pair of 32-bit registers that carries it, high word first (OP-TEE's
+/// `reg_pair_from_64`); the inverse of [`reg_pair`].
+pub const fn split_pair(v: u64) -> (u64, u64) {
+    (v >> 32, v & 0xffff_ffff)
+}
+
 /// Where SMCs go: the instruction on the machine, a function call in the simulator, or the next
 /// layer down (a hypervisor forwarding to the TEE).
 pub trait SmcConduit {
@@ -339,6 +352,26 @@ pub trait SmcConduit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reg_pair_round_trips_and_ignores_upper_halves() {
+        for v in [
+            0,
+            1,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1234_5678_9abc_def0,
+            u64::MAX,
+        ] {
+            let (hi, lo) = split_pair(v);
+            assert!(hi <= 0xffff_ffff && lo <= 0xffff_ffff);
+            assert_eq!(reg_pair(hi, lo), v);
+        }
+        assert_eq!(
+            reg_pair(0xdead_0000_0000_0001, 0xbeef_0000_0000_0002),
+            0x1_0000_0002
+        );
+    }
 
     #[test]
     fn function_ids_match_study_table() {

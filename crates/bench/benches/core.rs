@@ -15,16 +15,13 @@
 //! - `vm_destroyed`: `VM_DESTROYED` of a guest holding 1000 registered buffers of 64 pages,
 //!   alone, and beside 63 other guests holding the same. Only the destroy is timed.
 //!
-//! Run with `cargo bench -p teeshm-core --bench core` (or `cargo xtask bench`).
+//! Run with `cargo bench -p teeshm-bench --bench core` (or `cargo xtask bench`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic
 )]
-
-#[path = "../../core/src/tests/world.rs"]
-mod world;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -36,12 +33,13 @@ use teeshm_abi::msg::{
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, OPTEE_MSG_CMD_REGISTER_SHM,
     OPTEE_MSG_CMD_UNREGISTER_SHM, Rmem, Tmem,
 };
-use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK};
+use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK, split_pair};
 use teeshm_bench::peers::OpteeModel;
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, SmcRegs};
-use world::{NwBuf, PAGE, World, rmem, value};
-use zerocopy::{FromBytes, IntoBytes};
+use teeshm_testkit::msg::{Buf, arg_bytes, header, rmem, value};
+use teeshm_testkit::world::{PAGE, World};
+use zerocopy::FromBytes;
 
 const G0: GuestId = GuestId::HYPERVISOR;
 
@@ -57,14 +55,9 @@ fn write_arg(
     header: MsgArgHeader,
     params: &[MsgParam],
 ) -> SmcRegs {
-    let mut bytes = header.as_bytes().to_vec();
-    for p in params {
-        bytes.extend_from_slice(p.as_bytes());
-    }
-    let (h, _) = MsgArgHeader::mut_from_prefix(&mut bytes).unwrap();
-    h.num_params.set(params.len() as u32);
-    w.mem.write(page, &bytes);
-    SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff]).from_client(guest)
+    w.mem.write(page, &arg_bytes(header, params));
+    let (hi, lo) = split_pair(page);
+    SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(guest)
 }
 
 /// The result code the core wrote back into the arg at `page`.
@@ -87,13 +80,7 @@ fn register_regs(
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, size, cookie),
     );
-    write_arg(
-        w,
-        guest,
-        page,
-        World::header(OPTEE_MSG_CMD_REGISTER_SHM),
-        &[p],
-    )
+    write_arg(w, guest, page, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p])
 }
 
 /// Runs one message whose arg is at `page` and checks that it succeeded.
@@ -113,13 +100,7 @@ fn register_raw(w: &World, guest: GuestId, page: u64, buf_ptr: u64, size: u64, c
 
 fn unregister_raw(w: &World, guest: GuestId, page: u64, cookie: u64) {
     let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
-    let regs = write_arg(
-        w,
-        guest,
-        page,
-        World::header(OPTEE_MSG_CMD_UNREGISTER_SHM),
-        &[p],
-    );
+    let regs = write_arg(w, guest, page, header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
     run_ok(w, regs, page);
 }
 
@@ -143,7 +124,7 @@ fn register(c: &mut Criterion) {
     let quota = CoreConfig::default().quotas.max_registered_pages;
 
     let sizes = [1u64, 256, 16384];
-    let bufs: Vec<(NwBuf, u64)> = sizes
+    let bufs: Vec<(Buf, u64)> = sizes
         .iter()
         .map(|&n| {
             let buf = w.buffer(n * PAGE, 0);

@@ -5,14 +5,14 @@ use teeshm_mm::{
 };
 use teeshm_platform::RecordingTlb;
 
-/// First byte of NS RAM.
-pub const NS_RAM: u64 = 0x4000_0000;
-/// Bytes of NS RAM.
-pub const NS_RAM_SIZE: u64 = 0x1_0000_0000;
+/// First byte of NS RAM (the simulated machine's, `teeshm_testkit::NS_RAM`).
+pub const NS_RAM: u64 = teeshm_testkit::NS_RAM.0;
+/// Bytes of NS RAM (4 GiB).
+pub const NS_RAM_SIZE: u64 = teeshm_testkit::NS_RAM.1;
 
-/// The simulated machine's map with 4 GiB of NS RAM.
+/// The simulated machine's map with 4 GiB of NS RAM and no static pool.
 pub fn memory_map() -> MemoryMap {
-    teeshm_core::testing::machine_memory_map((NS_RAM, NS_RAM_SIZE), None)
+    teeshm_testkit::machine_memory_map(teeshm_testkit::NS_RAM, None)
 }
 
 /// `n` scattered NS pages from the 64-bit random values `next` yields.

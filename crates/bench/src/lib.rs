@@ -11,7 +11,4 @@ pub mod peers;
 pub mod plot;
 pub mod suite;
 
-#[path = "../../core/src/tests/world.rs"]
-pub mod world;
-
 pub use suite::{Figure, Series, run};

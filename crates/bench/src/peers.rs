@@ -2,7 +2,7 @@
 //! simple and honest (each says where it is generous to OP-TEE).
 
 use teeshm_abi::page_list::ENTRIES_PER_LIST_PAGE;
-use teeshm_core::testing::{NS_RAM, PhysMemory};
+use teeshm_testkit::{NS_RAM, PhysMemory};
 
 const PAGE: u64 = 4096;
 

@@ -2,7 +2,6 @@
 
 use crate::fixtures;
 use crate::peers::{FirstFitList, OpteeModel};
-use crate::world::{PAGE, World, rmem, value};
 use serde::Serialize;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp::TEE_SUCCESS;
 use teeshm_abi::msg::*;
-use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK};
+use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK, split_pair};
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_mm::{
@@ -18,6 +17,8 @@ use teeshm_mm::{
     VirtPages,
 };
 use teeshm_platform::{RecordingTlb, TlbRequest};
+use teeshm_testkit::msg::{arg_bytes, header, rmem, value};
+use teeshm_testkit::world::{PAGE, World};
 use zerocopy::IntoBytes;
 
 /// One figure of the suite.
@@ -225,12 +226,10 @@ fn register_arg(w: &World, page: u64, buf_ptr: u64, size: u64, cookie: u64) -> S
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, size, cookie),
     );
-    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
-    h.num_params.set(1);
-    let mut bytes = h.as_bytes().to_vec();
-    bytes.extend_from_slice(p.as_bytes());
-    w.mem.write(page, &bytes);
-    SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff])
+    w.mem
+        .write(page, &arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]));
+    let (hi, lo) = split_pair(page);
+    SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo])
 }
 
 fn p2(budget: Budget, out: &mut Vec<Figure>) {
@@ -554,7 +553,7 @@ const BUFFERS: u64 = 1000;
 const BUFFER_PAGES: u64 = 64;
 
 fn fill_guest(w: &World, guest: u16, arg_page: u64, buf_ptr: u64) {
-    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
+    let mut h = header(OPTEE_MSG_CMD_REGISTER_SHM);
     h.num_params.set(1);
     for cookie in 1..=BUFFERS {
         let p = MsgParam::from_tmem(
@@ -639,7 +638,7 @@ fn p7(out: &mut Vec<Figure>) {
     let (buf_ptr, _) = w.page_list(&buf);
     let arg = w.alloc_page();
     let t = Instant::now();
-    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
+    let mut h = header(OPTEE_MSG_CMD_REGISTER_SHM);
     h.num_params.set(1);
     for g in 1..=GUESTS {
         assert_eq!(w.create_guest(g), 0);

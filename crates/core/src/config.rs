@@ -3,6 +3,10 @@
 //! than the TEE has.
 
 use crate::mobj::OBJECT_BOOKKEEPING_BYTES;
+use teeshm_abi::limits::{
+    DEFAULT_GUEST_THREADS, DEFAULT_MAX_BUFFER_PAGES, DEFAULT_MAX_MAPPED_PAGES, DEFAULT_MAX_OBJECTS,
+    DEFAULT_MAX_REGISTERED_PAGES, DEFAULT_THREADS,
+};
 use teeshm_mm::{PAGE_SIZE, PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
 
 /// Per-guest limits. Exceeding one is refused with `TEE_ERROR_OUT_OF_MEMORY` (the code OP-TEE
@@ -28,14 +32,16 @@ pub struct GuestQuotas {
 
 impl Default for GuestQuotas {
     /// 4096 objects, 262144 registered pages (1 GiB), 32768 mapped pages (128 MiB), 64
-    /// sessions, 8 threads, 4 MiB of secure heap: 16 such guests fit the default core.
+    /// sessions, 8 threads, 4 MiB of secure heap: 16 such guests fit the default core. The
+    /// limits a hypervisor mediator must not undercut come from [`teeshm_abi::limits`], where
+    /// `teeshm_hyp::HypLimits` takes its defaults too.
     fn default() -> Self {
         Self {
-            max_objects: 4096,
-            max_registered_pages: 262_144,
-            max_mapped_pages: 32_768,
+            max_objects: DEFAULT_MAX_OBJECTS,
+            max_registered_pages: DEFAULT_MAX_REGISTERED_PAGES,
+            max_mapped_pages: DEFAULT_MAX_MAPPED_PAGES,
             max_sessions: 64,
-            max_threads: 8,
+            max_threads: u64::from(DEFAULT_GUEST_THREADS),
             max_secure_bytes: 4 << 20,
         }
     }
@@ -283,7 +289,7 @@ impl Default for CoreConfig {
     /// most, no pool, a 192 MiB heap budget.
     fn default() -> Self {
         Self {
-            threads: 32,
+            threads: DEFAULT_THREADS,
             max_guests: 16,
             normal_world: NormalWorld::Single,
             quotas: GuestQuotas::default(),
@@ -295,7 +301,7 @@ impl Default for CoreConfig {
                 },
                 max_table_pages: 4096,
             },
-            max_buffer_pages: 32_768,
+            max_buffer_pages: DEFAULT_MAX_BUFFER_PAGES,
             static_pool: None,
             heap_budget: 192 << 20,
         }

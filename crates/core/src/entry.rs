@@ -6,7 +6,7 @@ use crate::config::{CoreConfig, NormalWorld};
 use crate::error::{CallError, TeeError};
 use crate::guest::{GuestPartition, GuestSnapshot};
 use crate::mobj::{Backing, Mobj, MobjKind, MobjSpec, MobjUse, ReleaseQueue};
-use crate::msg::{Call, RpcArgAt, RpcRequest, Step, reg_pair};
+use crate::msg::{Call, RpcArgAt, RpcRequest, Step};
 use crate::platform::Platform;
 use crate::thread::{ThreadState, ThreadTable};
 use crate::window::SharedWindow;
@@ -229,10 +229,8 @@ impl<P: Platform> Tee<P> {
         match cached {
             Some(cached) => {
                 self.discard(&cached.mobj);
-                SmcRegs::call(
-                    OPTEE_SMC_RETURN_OK,
-                    &[cached.cookie >> 32, cached.cookie & 0xffff_ffff],
-                )
+                let (hi, lo) = split_pair(cached.cookie);
+                SmcRegs::call(OPTEE_SMC_RETURN_OK, &[hi, lo])
             }
             None => SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL),
         }
@@ -454,14 +452,14 @@ impl<P: Platform> Tee<P> {
                     RpcRequest::Alloc(size) => {
                         SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[size, 0, thread])
                     }
-                    RpcRequest::Free(cookie) => SmcRegs::call(
-                        OPTEE_SMC_RETURN_RPC_FREE,
-                        &[cookie >> 32, cookie & 0xffff_ffff, thread],
-                    ),
-                    RpcRequest::Cmd(cookie) => SmcRegs::call(
-                        OPTEE_SMC_RETURN_RPC_CMD,
-                        &[cookie >> 32, cookie & 0xffff_ffff, thread],
-                    ),
+                    RpcRequest::Free(cookie) => {
+                        let (hi, lo) = split_pair(cookie);
+                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_FREE, &[hi, lo, thread])
+                    }
+                    RpcRequest::Cmd(cookie) => {
+                        let (hi, lo) = split_pair(cookie);
+                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_CMD, &[hi, lo, thread])
+                    }
                 };
                 let id = call.thread;
                 let mut threads = self.threads.lock();

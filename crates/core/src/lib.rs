@@ -28,8 +28,6 @@
 )]
 
 extern crate alloc;
-// Lets the test world (shared with the benches) name this crate the same way from both.
-extern crate self as teeshm_core;
 #[cfg(test)]
 extern crate std;
 
@@ -46,7 +44,6 @@ pub mod objects;
 pub mod platform;
 pub mod pta;
 pub mod sync;
-pub mod testing;
 pub mod thread;
 pub mod window;
 
@@ -58,6 +55,3 @@ pub use guest::{GuestCounters, GuestPartition, GuestSnapshot};
 pub use mobj::{MemType, Mobj, MobjId, MobjKind, MobjSpec, MobjUse};
 pub use platform::{AccessFault, Platform, Translate};
 pub use window::{CacheStats, MapGuard, ObjectMapping, SharedWindow};
-
-#[cfg(test)]
-mod tests;

@@ -19,6 +19,7 @@ use teeshm_abi::msg::{
     OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM, ParamType, TEE_NUM_PARAMS,
 };
 use teeshm_abi::msg::{Rmem, Tmem, Value};
+use teeshm_abi::smc::reg_pair;
 
 /// A memory reference parameter's buffer: an object in use and the offset of the memref in it.
 #[derive(Debug)]
@@ -577,11 +578,6 @@ pub(crate) fn check_bounds(offs: u64, size: u64, buf_size: u64) -> Result<(), Te
             buf_size,
         }),
     }
-}
-
-/// A 64-bit value from a pair of 32-bit registers (high word first), as OP-TEE's `reg_pair_to_64`.
-pub(crate) fn reg_pair(hi: u64, lo: u64) -> u64 {
-    ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
 }
 
 /// The attr of an RPC SHM_ALLOC request param: one VALUE_INPUT.

@@ -1,5 +1,9 @@
 //! Per-guest limits of the mediator, and what a guest holds.
 
+use teeshm_abi::limits::{
+    DEFAULT_MAX_BUFFER_PAGES, DEFAULT_MAX_OBJECTS, DEFAULT_MAX_REGISTERED_PAGES, DEFAULT_GUEST_THREADS,
+};
+
 /// Per-guest limits of the mediator.
 ///
 /// They bound what one guest can make the *hypervisor* hold (call records, shadow pages, pin
@@ -10,38 +14,59 @@
 ///
 /// Xen's limits (129 pages a buffer, 16 buffers, 16384 pages) were chosen to bound
 /// non-preemptible loops and the Xen heap of a Tech-Preview feature; they make a guest fail
-/// with buffers over 512 KiB. teeshm's defaults instead match the core's own per-guest quotas
-/// (`teeshm_core::GuestQuotas`, `CoreConfig::max_buffer_pages`), so the mediator never refuses
-/// what the TEE would accept; a platform that needs a shorter worst case per SMC lowers them.
+/// with buffers over 512 KiB. teeshm's defaults instead come from the same definitions as the
+/// core's own per-guest quotas ([`teeshm_abi::limits`], which `teeshm_core::GuestQuotas` and
+/// `CoreConfig::max_buffer_pages` use too), so the mediator never refuses what the TEE would
+/// accept; a platform that needs a shorter worst case per SMC lowers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HypLimits {
     /// Calls of one guest in flight at once (running or suspended in an RPC). Each costs a call
     /// record with a copy of the arg (≤ 4 KiB) and a shadow page. Default 16: at least as many
-    /// threads as TEEs usually have (OP-TEE platforms run 2–16, the core 8), so the TEE's own
-    /// thread limit is the one guests meet. `GET_THREAD_COUNT` reports no more than this.
+    /// threads as TEEs usually have (OP-TEE platforms run 2–16, the core
+    /// [`DEFAULT_GUEST_THREADS`]), so the TEE's own thread limit is the one guests meet.
+    /// `GET_THREAD_COUNT` reports no more than this.
     pub max_calls: u32,
     /// Buffers one guest holds pinned at once: registered buffers (also those unregistered with
     /// `BUSY` and not yet let go), temporary page lists of calls in flight, buffers obtained by
-    /// RPC `SHM_ALLOC`, and RPC argument buffers. Default 4096, the core's object quota.
+    /// RPC `SHM_ALLOC`, and RPC argument buffers. Default [`DEFAULT_MAX_OBJECTS`] (4096), the
+    /// core's object quota: each of these is one object in the core too.
     pub max_buffers: u32,
     /// Pin references one guest holds at once (a page in two buffers counts twice). Bounds the
-    /// pin table. Default 2^20 (4 GiB worth of pages): room for the core's 1 GiB of registered
-    /// pages and every temporary and RPC buffer on top.
+    /// pin table. Default four times [`DEFAULT_MAX_REGISTERED_PAGES`] (2^20, 4 GiB worth of
+    /// pages): room for the core's registered-pages quota and every temporary and RPC buffer on
+    /// top.
     pub max_pinned_pages: u64,
     /// Pages of one buffer. The mediator translates a buffer in one go (O(pages · log pages)),
-    /// so this bounds the work of one SMC. Default 2^18 (1 GiB), the core's own limit.
+    /// so this bounds the work of one SMC. Default [`DEFAULT_MAX_BUFFER_PAGES`] (2^15, 128 MiB),
+    /// the core's own limit.
     pub max_buffer_pages: u64,
 }
 
+impl HypLimits {
+    /// The defaults (see each field), as a constant so their relations to the core's defaults
+    /// are checked when the crate compiles.
+    pub const DEFAULT: Self = Self {
+        max_calls: 16,
+        max_buffers: DEFAULT_MAX_OBJECTS as u32,
+        max_pinned_pages: 4 * DEFAULT_MAX_REGISTERED_PAGES,
+        max_buffer_pages: DEFAULT_MAX_BUFFER_PAGES,
+    };
+}
+
+// The mediator may not undercut the TEE behind it: checked at compile time, so a change of the
+// shared defaults that breaks a relation fails the build instead of a guest's call.
+const _: () = {
+    let d = HypLimits::DEFAULT;
+    assert!(d.max_calls >= DEFAULT_GUEST_THREADS);
+    assert!(d.max_buffers as u64 == DEFAULT_MAX_OBJECTS);
+    assert!(d.max_pinned_pages >= DEFAULT_MAX_REGISTERED_PAGES + DEFAULT_MAX_BUFFER_PAGES);
+    assert!(d.max_buffer_pages >= DEFAULT_MAX_BUFFER_PAGES);
+};
+
 impl Default for HypLimits {
-    /// 16 calls, 4096 buffers, 2^20 pinned pages, 2^18 pages a buffer (see each field).
+    /// [`HypLimits::DEFAULT`]: 16 calls, 4096 buffers, 2^20 pinned pages, 2^18 pages a buffer.
     fn default() -> Self {
-        Self {
-            max_calls: 16,
-            max_buffers: 4096,
-            max_pinned_pages: 1 << 20,
-            max_buffer_pages: 1 << 18,
-        }
+        Self::DEFAULT
     }
 }
 

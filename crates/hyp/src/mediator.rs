@@ -48,16 +48,6 @@ const MEMREF_SIZE_AT: u64 = VALUE_AT + offset_of!(Tmem, size) as u64;
 const PAGE: usize = PAGE_SIZE as usize;
 const LOW32: u64 = 0xffff_ffff;
 
-/// A 64-bit value from a pair of 32-bit registers (high word first).
-fn reg_pair(hi: u64, lo: u64) -> u64 {
-    ((hi & LOW32) << 32) | (lo & LOW32)
-}
-
-/// A 64-bit value as a pair of 32-bit registers (high word first).
-fn split_pair(v: u64) -> (u64, u64) {
-    (v >> 32, v & LOW32)
-}
-
 /// Where an RPC goes next.
 enum Flow {
     /// To the guest, with these registers; the call waits for its answer.

@@ -50,8 +50,8 @@ fn arg_address_outside_guest_ram() {
     // A valid arg in B's first page, which A names (just past A's RAM).
     let buf = a.buffer(PAGE, 0);
     let (buf_ptr, _) = a.page_list(&sys, &buf);
-    let bytes = Guest::arg_bytes(
-        Guest::header(OPTEE_MSG_CMD_REGISTER_SHM),
+    let bytes = arg_bytes(
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(buf_ptr, PAGE, 1)],
     );
     b.write(&sys, b.base, &bytes);
@@ -63,11 +63,8 @@ fn arg_address_outside_guest_ram() {
         0xffff_ffff_0000_0000,
         a.end() + 0x10,
     ] {
-        let out = a.smc(
-            &mut sys,
-            OPTEE_SMC_CALL_WITH_ARG,
-            &[ipa >> 32, ipa & 0xffff_ffff],
-        );
+        let (hi, lo) = split_pair(ipa);
+        let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADADDR, "{ipa:#x}");
     }
     assert_nothing_held(&sys, &a);
@@ -80,47 +77,29 @@ fn malformed_args() {
     let mut a = sys.guest(1, 0);
     let v = value(VIN, 1, 2, 3);
     // Crossing the end of its page (the core's rule): 64 bytes at 40 bytes before the end.
-    let s = a.start(
-        &mut sys,
-        Guest::header(OPTEE_MSG_CMD_CANCEL),
-        &[v],
-        PAGE - 40,
-    );
+    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 40);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADADDR);
     // Not even a header.
-    let s = a.start(
-        &mut sys,
-        Guest::header(OPTEE_MSG_CMD_CANCEL),
-        &[],
-        PAGE - 16,
-    );
+    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], PAGE - 16);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADADDR);
     // Too many params, and an unknown command.
-    let mut h = Guest::header(OPTEE_MSG_CMD_CANCEL);
+    let mut h = header(OPTEE_MSG_CMD_CANCEL);
     let page = a.alloc_page();
     h.num_params.set(128);
     a.write(&sys, page, h.as_bytes());
-    let out = a.smc(
-        &mut sys,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[page >> 32, page & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(page);
+    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADCMD);
     for cmd in [
         OPTEE_MSG_CMD_DO_BOTTOM_HALF,
         OPTEE_MSG_CMD_LEND_PROTMEM,
         0xdead,
     ] {
-        let s = a.start(&mut sys, Guest::header(cmd), &[v], 0);
+        let s = a.start(&mut sys, header(cmd), &[v], 0);
         assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADCMD, "cmd {cmd}");
     }
     // An unaligned arg that fits its page is fine (the core accepts it too).
-    let s = a.start(
-        &mut sys,
-        Guest::header(OPTEE_MSG_CMD_CANCEL),
-        &[v],
-        PAGE - 64,
-    );
+    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 64);
     let r = a.finish(&mut sys, s);
     assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
     assert_nothing_held(&sys, &a);
@@ -149,7 +128,7 @@ fn page_lists_outside_guest_ram() {
         let (buf_ptr, _) = a.page_list(&sys, &buf);
         let r = a.call(
             &mut sys,
-            Guest::header(OPTEE_MSG_CMD_REGISTER_SHM),
+            header(OPTEE_MSG_CMD_REGISTER_SHM),
             &[register_param(buf_ptr, size, 1)],
         );
         assert_eq!(
@@ -168,7 +147,7 @@ fn page_lists_outside_guest_ram() {
     b.write(&sys, b.base + 8 * PAGE, &list);
     let r = a.call(
         &mut sys,
-        Guest::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(b.base + 8 * PAGE, size, 2)],
     );
     assert_eq!(
@@ -262,7 +241,7 @@ fn malformed_params() {
     let (buf_ptr, _) = a.page_list(&sys, &other);
     let r = a.call(
         &mut sys,
-        Guest::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(buf_ptr, 2 * PAGE, 9)],
     );
     assert_eq!(
@@ -273,7 +252,7 @@ fn malformed_params() {
     // A registration refused by the TEE itself (it wants one param) unpins.
     let r = a.call(
         &mut sys,
-        Guest::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(buf_ptr, 2 * PAGE, 10), value(VIN, 0, 0, 0)],
     );
     assert_eq!(
@@ -362,7 +341,7 @@ fn bogus_resumes() {
     let s = a.open_session(&mut sys);
     let started = a.start(
         &mut sys,
-        Guest::invoke_header(s, cmd::RPC_BUFFER),
+        invoke_header(s, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
             value(VOUT, 0, 0, 0),
@@ -374,10 +353,11 @@ fn bogus_resumes() {
     assert_eq!(sys.stats(&a).calls_in_flight, 1);
     // B answers A's RPC with a page of its own: refused, A's call untouched.
     let page = b.alloc_page();
+    let (hi, lo) = split_pair(page);
     let out = b.smc(
         &mut sys,
         OPTEE_SMC_CALL_RETURN_FROM_RPC,
-        &[page >> 32, page & 0xffff_ffff, thread, 0, 1],
+        &[hi, lo, thread, 0, 1],
     );
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_ERESUME);
     for t in [thread + 1, u64::MAX, 1 << 40] {
@@ -411,14 +391,14 @@ fn limits() {
         value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
         value(VOUT, 0, 0, 0),
     ];
-    let c1 = a.start(&mut sys, Guest::invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
-    let c2 = a.start(&mut sys, Guest::invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
+    let c1 = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
+    let c2 = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
     assert!(is_rpc_return(c1.out.a0()) && is_rpc_return(c2.out.a0()));
-    let c3 = a.start(&mut sys, Guest::header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let c3 = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(c3.out.a0(), OPTEE_SMC_RETURN_ETHREAD_LIMIT);
     assert_eq!(a.finish(&mut sys, c1).ret(), gp::TEE_SUCCESS);
     assert_eq!(a.finish(&mut sys, c2).ret(), gp::TEE_SUCCESS);
-    let c3 = a.start(&mut sys, Guest::header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let c3 = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(a.finish(&mut sys, c3).ret(), gp::TEE_SUCCESS);
 
     // One buffer of 7 pages is too large.
@@ -463,14 +443,14 @@ fn hypervisor_pages_exhausted() {
     let mut a = sys.guest(1, 0);
     let buf = a.buffer(PAGE, 0);
     sys.hyp_memory_limit(Some(0));
-    let s = a.start(&mut sys, Guest::header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_ENOMEM);
     assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_ERROR_OUT_OF_MEMORY);
     // One page: the shadow list takes it, the shadow arg finds none; the list goes back.
     sys.hyp_memory_limit(Some(1));
     let (buf_ptr, _) = a.page_list(&sys, &buf);
     let p = MsgParam::from_tmem(REG, Tmem::new(buf_ptr, PAGE, 1));
-    let r = a.call(&mut sys, Guest::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let r = a.call(&mut sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     assert_eq!(r.a0, OPTEE_SMC_RETURN_ENOMEM);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.hyp_memory_limit(None);
@@ -494,7 +474,7 @@ proptest! {
         let b = sys.guest(2, 1);
         let pages = a.alloc_pages(8);
         // Some structure: a plausible header in page 0, list-like words everywhere.
-        let mut h = Guest::header(OPTEE_MSG_CMD_REGISTER_SHM);
+        let mut h = header(OPTEE_MSG_CMD_REGISTER_SHM);
         h.num_params.set(1);
         a.write(&sys, pages[0], h.as_bytes());
         for (page, word, v) in memory {
@@ -512,8 +492,7 @@ proptest! {
         for (f, mut regs, page, offset) in calls {
             if f == 0 && regs[0] % 2 == 0 {
                 let ipa = pages[page as usize] + (offset & !7);
-                regs[0] = ipa >> 32;
-                regs[1] = ipa & 0xffff_ffff;
+                (regs[0], regs[1]) = split_pair(ipa);
             }
             let out = a.smc(&mut sys, funcs[f], &regs);
             if is_rpc_return(out.a0()) {

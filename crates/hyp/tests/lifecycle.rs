@@ -112,18 +112,13 @@ fn busy_unregister_keeps_pins_until_the_user_ends() {
         value(VOUT, 0, 0, 0),
         rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 7, 0, 16),
     ];
-    let user = a.start(
-        &mut sys,
-        Guest::invoke_header(s, cmd::RPC_BUFFER),
-        &params,
-        0,
-    );
+    let user = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &params, 0);
     assert_eq!(user.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
     // Another call, also suspended, that started later: it does not hold the buffer, but the
     // mediator cannot tell and waits for it too.
     let other = a.start(
         &mut sys,
-        Guest::invoke_header(s, cmd::RPC_BUFFER),
+        invoke_header(s, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_APPL, 4),
             value(VOUT, 0, 0, 0),
@@ -206,7 +201,7 @@ fn destroy_in_the_middle_of_everything() {
         value(VOUT, 0, 0, 0),
         rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 3, 0, 1),
     ];
-    let c1 = a.start(&mut sys, Guest::invoke_header(sa, cmd::RPC_BUFFER), &rpc, 0);
+    let c1 = a.start(&mut sys, invoke_header(sa, cmd::RPC_BUFFER), &rpc, 0);
     // It reuses the cached RPC arg: straight to RPC_CMD (SHM_ALLOC).
     assert_eq!(c1.out.a0(), OPTEE_SMC_RETURN_RPC_CMD);
     let answer = a.answer_rpc(&mut sys, &c1.out);
@@ -217,7 +212,7 @@ fn destroy_in_the_middle_of_everything() {
     // A second call suspended at RPC_ALLOC (the cache is empty now).
     let c2 = a.start(
         &mut sys,
-        Guest::invoke_header(sa, cmd::RPC_BUFFER),
+        invoke_header(sa, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 3),
             value(VOUT, 0, 0, 0),
@@ -304,7 +299,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = (bool, Op)> {
 struct Model {
     g: Guest,
     session: u32,
-    registered: Vec<(u64, GBuf)>,
+    registered: Vec<(u64, Buf)>,
     suspended: Vec<Started>,
 }
 
@@ -395,7 +390,7 @@ impl Model {
             Op::Suspend if self.suspended.len() < 4 => {
                 let s = g.start(
                     sys,
-                    Guest::invoke_header(self.session, cmd::RPC_BUFFER),
+                    invoke_header(self.session, cmd::RPC_BUFFER),
                     &[
                         value(VIN, 2 * PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 2),
                         value(VOUT, 0, 0, 0),
@@ -426,7 +421,7 @@ impl Model {
             let out = self.g.smc(sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
             match out.a0() {
                 OPTEE_SMC_RETURN_OK => {
-                    let cookie = (out.a[1] << 32) | out.a[2];
+                    let cookie = reg_pair(out.a[1], out.a[2]);
                     assert!(self.g.rpc_bufs.remove(&cookie).is_some());
                 }
                 OPTEE_SMC_RETURN_ENOTAVAIL => return,

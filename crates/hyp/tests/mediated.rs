@@ -20,9 +20,9 @@ use teeshm_abi::smc::*;
 use teeshm_abi::uid;
 use teeshm_core::CoreConfig;
 use teeshm_core::pta::cmd;
-use teeshm_core::testing::STATIC_POOL;
 use teeshm_hyp::HypLimits;
 use teeshm_mm::{PhysAddr, PhysRange};
+use teeshm_testkit::STATIC_POOL;
 
 const VIN: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT;
 const VOUT: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT;
@@ -129,7 +129,7 @@ fn bytes_land_in_the_right_guest() {
     assert_eq!(a.register(&mut sys, 0x11, &copy_a), gp::TEE_SUCCESS);
     // B uses the same cookie: cookies are per guest.
     assert_eq!(b.register(&mut sys, 0x10, &buf_b), gp::TEE_SUCCESS);
-    let pages = |buf: &GBuf| buf.pages.len() as u64;
+    let pages = |buf: &Buf| buf.pages.len() as u64;
     assert_eq!(sys.hyp.pinned_pages(a.id), pages(&buf_a) + pages(&copy_a));
     assert_eq!(sys.hyp.pinned_pages(b.id), pages(&buf_b));
     assert_eq!(
@@ -236,10 +236,11 @@ fn a7_is_the_callers_own_id() {
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, PAGE, 5),
     );
-    let bytes = Guest::arg_bytes(Guest::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let bytes = arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     let arg = a.alloc_page();
     a.write(&sys, arg, &bytes);
-    let mut regs = SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[arg >> 32, arg & 0xffff_ffff]);
+    let (hi, lo) = split_pair(arg);
+    let mut regs = SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     regs.a[7] = u64::from(b.id.raw());
     assert_eq!(
         sys.hyp.handle_guest_smc(a.id, regs).a0(),
@@ -320,7 +321,7 @@ fn rpc_buffers_both_ways() {
         assert_eq!(
             a.read_buf(
                 &sys,
-                &GBuf {
+                &Buf {
                     size: bytes,
                     ..freed
                 }
@@ -360,7 +361,7 @@ fn shm_cache_keeps_and_returns_rpc_args() {
     let cookie = *a.rpc_bufs.keys().next().unwrap();
     let out = a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
-    assert_eq!((out.a[1] << 32) | out.a[2], cookie);
+    assert_eq!(reg_pair(out.a[1], out.a[2]), cookie);
     a.rpc_bufs.remove(&cookie);
     assert_eq!(
         a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a0(),
@@ -385,15 +386,12 @@ fn guest_arg_and_list_pages_are_read_once() {
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
         Tmem::new(buf_ptr, buf.size, 3),
     );
-    let bytes = Guest::arg_bytes(Guest::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let bytes = arg_bytes(header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     let arg = a.alloc_page() + 0x40;
     a.write(&sys, arg, &bytes);
     sys.phys.trace_reads(true);
-    let out = a.smc(
-        &mut sys,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[arg >> 32, arg & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(arg);
+    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     for page in [arg, lists[0], lists[1]] {
         assert_eq!(sys.phys.reads_of(a.pa(page)), 1, "page {page:#x}");
@@ -410,4 +408,16 @@ fn guest_arg_and_list_pages_are_read_once() {
     assert_eq!(ret, gp::TEE_SUCCESS);
     assert_eq!(sys.hyp.pinned_pages(a.id), 700);
     sys.destroy_and_check(&a);
+}
+
+/// The mediator's default limits come from the definitions the core's default quotas use, so a
+/// guest behind the default mediator meets the TEE's limits, never stricter ones of its own.
+#[test]
+fn default_limits_never_undercut_the_cores_defaults() {
+    let (limits, core) = (HypLimits::default(), CoreConfig::default());
+    assert_eq!(u64::from(limits.max_buffers), core.quotas.max_objects);
+    assert_eq!(limits.max_buffer_pages, core.max_buffer_pages);
+    assert!(limits.max_pinned_pages >= core.quotas.max_registered_pages + core.max_buffer_pages);
+    assert!(u64::from(limits.max_calls) >= core.quotas.max_threads);
+    assert!(limits.max_calls >= core.threads);
 }

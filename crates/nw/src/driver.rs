@@ -219,16 +219,6 @@ impl<C: SmcConduit, R: GuestRam> core::fmt::Debug for Driver<C, R> {
     }
 }
 
-/// A 64-bit value from a pair of 32-bit registers, high word first (`reg_pair_to_64`).
-fn reg_pair(hi: u64, lo: u64) -> u64 {
-    ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
-}
-
-/// A 64-bit value split into registers, high word first (`reg_pair_from_64`).
-fn split(v: u64) -> (u64, u64) {
-    (v >> 32, v & 0xffff_ffff)
-}
-
 impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
     /// Probes like Linux's `optee_probe`: `CALLS_UID` (must be OP-TEE's), `CALLS_REVISION`
     /// (major 2), `EXCHANGE_CAPABILITIES` (needs `DYNAMIC_SHM` unless the TEE has
@@ -521,7 +511,7 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         } else {
             (OPTEE_SMC_CALL_WITH_ARG, None)
         };
-        let (hi, lo) = split(arg);
+        let (hi, lo) = split_pair(arg);
         let start = SmcRegs::call(func, &[hi, lo, 0]);
         let mut out = self.conduit.smc(start);
         let mut tries = 1;
@@ -575,8 +565,8 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         match optee_smc_return_get_rpc_func(out.a0()) {
             OPTEE_SMC_RPC_FUNC_ALLOC => {
                 let (pa, cookie) = self.rpc_alloc(a1).unwrap_or((0, 0));
-                let (pa_hi, pa_lo) = split(pa);
-                let (c_hi, c_lo) = split(cookie);
+                let (pa_hi, pa_lo) = split_pair(pa);
+                let (c_hi, c_lo) = split_pair(cookie);
                 answer = SmcRegs::call(
                     OPTEE_SMC_CALL_RETURN_FROM_RPC,
                     &[pa_hi, pa_lo, a3, c_hi, c_lo],

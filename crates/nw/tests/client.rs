@@ -10,11 +10,11 @@ use teeshm_abi::gp::*;
 use teeshm_abi::rpc::RpcShmType;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd, pattern_byte};
-use teeshm_core::testing::STATIC_POOL;
 use teeshm_nw::client::{
     Context, Direction, Operation, Param, SharedMemory, ShmFlags, ShmKind, TeecError,
 };
 use teeshm_nw::{GuestBuffer, PAGE_SIZE};
+use teeshm_testkit::STATIC_POOL;
 
 const G0: GuestId = GuestId::HYPERVISOR;
 

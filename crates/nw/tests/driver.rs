@@ -14,6 +14,7 @@ use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd, pattern_byte};
 use teeshm_nw::driver::header;
 use teeshm_nw::{Driver, DriverError, GuestBuffer, GuestRam, MsgReply, PAGE_SIZE};
+use teeshm_testkit::msg::value;
 
 const G0: GuestId = GuestId::HYPERVISOR;
 
@@ -45,10 +46,6 @@ fn invoke(driver: &mut SimDriver, session: u32, func: u32, params: &[MsgParam]) 
     driver.call(h, params).unwrap()
 }
 
-fn value(ty: u64, a: u64, b: u64, c: u64) -> MsgParam {
-    MsgParam::from_value(ty, Value::new(a, b, c))
-}
-
 #[test]
 fn probe_follows_linux() {
     for mode in MODES {
@@ -73,10 +70,7 @@ fn probe_follows_linux() {
         assert_eq!(c.count(OPTEE_SMC_ENABLE_SHM_CACHE), cache);
         if mode.pool {
             let pool = d.static_pool().unwrap();
-            assert_eq!(
-                (pool.base(), pool.size()),
-                teeshm_core::testing::STATIC_POOL
-            );
+            assert_eq!((pool.base(), pool.size()), teeshm_testkit::STATIC_POOL);
         } else {
             assert_eq!(d.rpc_param_count(), if mode.no_rpc_arg { 0 } else { 4 });
         }
@@ -561,7 +555,7 @@ impl SmcConduit for Scripted {
                 ],
             ),
             OPTEE_SMC_CALL_WITH_RPC_ARG => {
-                self.arg = (regs.a[1] << 32) | regs.a[2];
+                self.arg = reg_pair(regs.a[1], regs.a[2]);
                 self.next()
             }
             OPTEE_SMC_CALL_RETURN_FROM_RPC => {

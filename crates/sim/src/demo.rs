@@ -12,7 +12,7 @@ use teeshm_abi::msg::{
     MsgArgHeader, MsgParam, OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT,
     OPTEE_MSG_CMD_INVOKE_COMMAND, Value,
 };
-use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, SmcRegs, is_rpc_return};
+use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, SmcRegs, is_rpc_return, split_pair};
 use teeshm_core::pta::{MEMTEST_UUID, cmd, pattern_byte};
 use teeshm_nw::client::{Direction, Operation, Param, ShmFlags};
 use teeshm_nw::{GuestBuffer, GuestRam};
@@ -282,10 +282,8 @@ fn start_call_left_in_rpc(system: &System, id: u16, session: u32) -> Result<SmcR
             .map_err(|e| e.to_string())?;
         page
     };
-    let out = guest.smc(SmcRegs::call(
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[page >> 32, page & 0xffff_ffff],
-    ));
+    let (hi, lo) = split_pair(page);
+    let out = guest.smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]));
     if !is_rpc_return(out.a0()) {
         return Err(format!(
             "the call did not stop in an RPC: a0 = {:#x}",

@@ -2,8 +2,8 @@
 //! hypervisor's own pages are scattered over normal-world RAM.
 
 use std::sync::{Arc, Mutex};
-use teeshm_core::testing::{PhysMemory, machine_memory_map};
 use teeshm_mm::MemoryMap;
+use teeshm_testkit::{PhysMemory, machine_memory_map};
 
 /// Page size of every layer.
 pub const PAGE: u64 = 4096;

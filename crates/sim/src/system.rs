@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use teeshm_abi::GuestId;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
-use teeshm_core::testing::SimPlatform;
 use teeshm_core::{CoreConfig, Tee};
 use teeshm_hyp::{HypLimits, MachineMemory, Mediator, Stage2};
 use teeshm_nw::client::Context;
 use teeshm_nw::{Driver, GuestRam, RamError};
 use teeshm_platform::RecordingTlb;
+use teeshm_testkit::{CoreConduit, SimPlatform};
 
 /// How a system is built.
 #[derive(Debug, Clone, Copy)]
@@ -63,16 +63,6 @@ pub enum SystemError {
     Driver(String),
 }
 
-/// Conduit from the hypervisor to the core: the SMC is a function call.
-#[derive(Clone)]
-pub struct TeeConduit(pub Arc<Tee<SimPlatform>>);
-
-impl SmcConduit for TeeConduit {
-    fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
-        self.0.handle_smc(regs)
-    }
-}
-
 /// The hypervisor's view of machine memory.
 #[derive(Clone)]
 pub struct HypMemory(pub Machine);
@@ -93,7 +83,7 @@ impl MachineMemory for HypMemory {
 }
 
 /// One guest's mediator.
-pub type GuestMediator = Mediator<TeeConduit, HypMemory>;
+pub type GuestMediator = Mediator<CoreConduit, HypMemory>;
 
 /// Conduit from a guest to its mediator (the hypervisor call path).
 #[derive(Clone)]
@@ -304,7 +294,7 @@ impl System {
         }
         let vm = GuestId(id);
         let mut mediator = Mediator::new(
-            TeeConduit(self.tee.clone()),
+            CoreConduit(self.tee.clone()),
             HypMemory(self.machine.clone()),
             self.config.limits,
         );

@@ -24,7 +24,9 @@ use teeshm_core::thread::ThreadState;
 use teeshm_sim::scenario::{Dir, Op, ParamSpec, Runner};
 use teeshm_sim::stress::Rng;
 use teeshm_sim::{System, SystemConfig};
-use zerocopy::IntoBytes;
+use teeshm_testkit::msg::{
+    arg_bytes, header, invoke_header, open_session_params, parse_arg, rmem, value,
+};
 
 const PAGE: u64 = 4096;
 const GUEST: u16 = 1;
@@ -82,18 +84,13 @@ impl RawCpu {
     /// [`RawCpu::call`], also returning the session field written back.
     fn call_session(&mut self, header: MsgArgHeader, params: &[MsgParam]) -> (u32, u32, u32) {
         let page = self.page();
-        let mut h = header;
-        h.num_params.set(params.len() as u32);
-        let mut bytes = h.as_bytes().to_vec();
-        for p in params {
-            bytes.extend_from_slice(p.as_bytes());
-        }
+        let bytes = arg_bytes(header, params);
         self.write(page, &[0u8; PAGE as usize]);
         self.write(page, &bytes);
         let tee = &self.system.tee;
+        let (hi, lo) = split_pair(page);
         let mut out = tee.handle_smc(
-            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[page >> 32, page & 0xffff_ffff])
-                .from_client(GuestId(GUEST)),
+            SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(GuestId(GUEST)),
         );
         let mut rounds = 0;
         while is_rpc_return(out.a0()) {
@@ -108,22 +105,13 @@ impl RawCpu {
         let mut back = [0u8; 32];
         self.system.machine.memory.read(page, &mut back);
         self.free.push(page);
-        let ret = u32::from_le_bytes(back[20..24].try_into().unwrap());
-        let session = u32::from_le_bytes(back[8..12].try_into().unwrap());
-        (out.a0(), ret, session)
+        let (h, _) = parse_arg(&back);
+        (out.a0(), h.ret.get(), h.session.get())
     }
 
     fn open_session(&mut self) -> bool {
-        let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-        let a = u64::from_le_bytes(MEMTEST_UUID[..8].try_into().unwrap());
-        let b = u64::from_le_bytes(MEMTEST_UUID[8..].try_into().unwrap());
-        let mut h = MsgArgHeader::default();
-        h.cmd.set(OPTEE_MSG_CMD_OPEN_SESSION);
-        let params = [
-            MsgParam::from_value(meta, Value::new(a, b, 0)),
-            MsgParam::from_value(meta, Value::new(0, 0, 0)),
-        ];
-        let (a0, ret, session) = self.call_session(h, &params);
+        let h = header(OPTEE_MSG_CMD_OPEN_SESSION);
+        let (a0, ret, session) = self.call_session(h, &open_session_params(MEMTEST_UUID));
         self.session = session;
         a0 == OPTEE_SMC_RETURN_OK && ret == TEE_SUCCESS
     }
@@ -138,8 +126,7 @@ impl RawCpu {
             Ok(())
         })
         .unwrap();
-        let mut h = MsgArgHeader::default();
-        h.cmd.set(OPTEE_MSG_CMD_REGISTER_SHM);
+        let h = header(OPTEE_MSG_CMD_REGISTER_SHM);
         let p = MsgParam::from_tmem(
             OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
             Tmem::new(buf_ptr, pages * PAGE, cookie),
@@ -150,27 +137,13 @@ impl RawCpu {
     }
 
     fn unregister(&mut self, cookie: u64) -> (u32, u32) {
-        let mut h = MsgArgHeader::default();
-        h.cmd.set(OPTEE_MSG_CMD_UNREGISTER_SHM);
-        let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
-        self.call(h, &[p])
+        let h = header(OPTEE_MSG_CMD_UNREGISTER_SHM);
+        self.call(h, &[rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, 0)])
     }
 
     fn invoke(&mut self, func: u32, params: &[MsgParam]) -> (u32, u32) {
-        let mut h = MsgArgHeader::default();
-        h.cmd.set(OPTEE_MSG_CMD_INVOKE_COMMAND);
-        h.session.set(self.session);
-        h.func.set(func);
-        self.call(h, params)
+        self.call(invoke_header(self.session, func), params)
     }
-}
-
-fn value(ty: u64, a: u64, b: u64, c: u64) -> MsgParam {
-    MsgParam::from_value(ty, Value::new(a, b, c))
-}
-
-fn rmem(ty: u64, cookie: u64, size: u64) -> MsgParam {
-    MsgParam::from_rmem(ty, Rmem::new(0, size, cookie))
 }
 
 /// What the raw CPUs saw, for the test's own sanity (each class must have happened).
@@ -238,7 +211,7 @@ fn raw_cpu(
                 Some((cookie, pages)) => raw.invoke(
                     cmd::FILL,
                     &[
-                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, pages * PAGE),
+                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, 0, pages * PAGE),
                         value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, rng.next_u64(), 0, 0),
                     ],
                 ),
@@ -248,7 +221,7 @@ fn raw_cpu(
                 Some((cookie, pages)) => raw.invoke(
                     cmd::TOUCH,
                     &[
-                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, pages * PAGE),
+                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, pages * PAGE),
                         value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
                     ],
                 ),

@@ -1,14 +1,9 @@
 //! A small virtualized system for the mediator's tests: the real core over simulated memory,
 //! the mediator in front of it, and guests whose RAM is scattered over normal-world RAM by
 //! their stage 2. Guests build args, page lists and RPC answers with IPAs only, as a guest
-//! kernel would (see the core's `tests/world.rs` for the same shapes with PAs).
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! kernel would (`teeshm_testkit::World` builds the same shapes with PAs, and the message
+//! builders, replies and buffers here are its: `teeshm_testkit::msg`).
+#![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,11 +14,11 @@ use teeshm_abi::page_list;
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
 use teeshm_core::pta::MEMTEST_UUID;
-use teeshm_core::testing::{NS_RAM, PhysMemory, SimPlatform, sim_memory_map};
 use teeshm_core::{CoreConfig, Tee};
 use teeshm_hyp::{GuestStats, HypLimits, MachineMemory, Mediator, Stage2};
-use teeshm_platform::RecordingTlb;
-use zerocopy::{FromBytes, IntoBytes};
+pub use teeshm_testkit::msg::*;
+use teeshm_testkit::{CoreConduit, NS_RAM, PhysMemory, SimPlatform, scattered_page, sim_tee};
+use zerocopy::FromBytes;
 
 pub const PAGE: u64 = 4096;
 /// 16 MiB of RAM per guest.
@@ -31,21 +26,8 @@ pub const GUEST_PAGES: u64 = 4096;
 /// IPA of guest slot 0's first page; slot `s` starts `s` guests further, so each guest's
 /// range ends where the next one's begins.
 pub const IPA_BASE: u64 = 0x8000_0000;
-/// Guests' RAM is scattered over the first 2 GiB of NS RAM.
-const GUEST_AREA_PAGES: u64 = 1 << 19;
 /// The hypervisor's own pages: the last 64 MiB of NS RAM.
 pub const HYP_POOL: (u64, u64) = (NS_RAM.0 + NS_RAM.1 - (64 << 20), 64 << 20);
-
-/// The TEE behind the mediator: an SMC is a function call into the real core.
-pub struct CoreConduit {
-    pub tee: Tee<SimPlatform>,
-}
-
-impl SmcConduit for CoreConduit {
-    fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
-        self.tee.handle_smc(regs)
-    }
-}
 
 /// Machine memory as the hypervisor sees it: the same simulated memory, and a pool of pages
 /// it owns. Freeing a page it does not hold panics (double-free detector).
@@ -93,11 +75,11 @@ pub struct System {
     pub phys: Arc<PhysMemory>,
 }
 
-/// Where guest slot `slot`'s page `i` lies: an odd multiplier is a bijection modulo 2^19, so
-/// no two guest pages share a frame and neighbours land far apart.
+/// Where guest slot `slot`'s page `i` lies: the scattered pages of the lower half of NS RAM
+/// (`teeshm_testkit::scattered_page`), so no two guest pages share a frame and neighbours land
+/// far apart.
 pub fn scatter(slot: u64, i: u64) -> u64 {
-    let x = slot * GUEST_PAGES + i;
-    NS_RAM.0 + (x.wrapping_mul(0x0009_E377) % GUEST_AREA_PAGES) * PAGE
+    scattered_page(slot * GUEST_PAGES + i)
 }
 
 impl System {
@@ -106,14 +88,7 @@ impl System {
     }
 
     pub fn with(config: CoreConfig, limits: HypLimits) -> Self {
-        let phys = Arc::new(PhysMemory::new());
-        let tee = Tee::new(
-            config,
-            sim_memory_map(),
-            SimPlatform::new(phys.clone()),
-            RecordingTlb::counting(),
-        )
-        .unwrap();
+        let (tee, phys) = sim_tee(config);
         let mem = HypMem {
             phys: phys.clone(),
             next: 0,
@@ -122,13 +97,13 @@ impl System {
             limit: None,
         };
         Self {
-            hyp: Mediator::new(CoreConduit { tee }, mem, limits),
+            hyp: Mediator::new(CoreConduit(Arc::new(tee)), mem, limits),
             phys,
         }
     }
 
     pub fn tee(&self) -> &Tee<SimPlatform> {
-        &self.hyp.tee().tee
+        &self.hyp.tee().0
     }
 
     /// A guest `id` in IPA slot `slot` with 16 MiB of scattered RAM, announced to the TEE.
@@ -162,8 +137,7 @@ impl System {
     }
 
     pub fn check(&self) {
-        let d = self.tee().check_agreement();
-        assert!(d.is_empty(), "disagreements: {d:#?}");
+        teeshm_testkit::assert_agreement(self.tee());
     }
 
     pub fn stats(&self, g: &Guest) -> GuestStats {
@@ -212,34 +186,6 @@ pub enum RpcMode {
     ShmAllocBadAttr,
 }
 
-#[derive(Debug, Clone)]
-pub struct GBuf {
-    /// IPAs of the data pages.
-    pub pages: Vec<u64>,
-    pub offset: u64,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub a0: u32,
-    pub header: MsgArgHeader,
-    pub params: Vec<MsgParam>,
-}
-
-impl Reply {
-    pub fn ret(&self) -> u32 {
-        self.header.ret.get()
-    }
-    pub fn origin(&self) -> u32 {
-        self.header.ret_origin.get()
-    }
-    pub fn value(&self, i: usize) -> [u64; 3] {
-        let v = self.params[i].value();
-        [v.a.get(), v.b.get(), v.c.get()]
-    }
-}
-
 /// A call that returned to the guest (done, or waiting for an RPC answer).
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
@@ -255,13 +201,13 @@ pub struct Guest {
     next: u64,
     free: Vec<u64>,
     /// Buffers the guest gave the TEE by RPC, by cookie.
-    pub rpc_bufs: HashMap<u64, GBuf>,
+    pub rpc_bufs: HashMap<u64, Buf>,
     next_cookie: u64,
     pub rpc_mode: RpcMode,
     /// RPC commands served (cmd values), in order.
     pub served: Vec<u32>,
     /// The last buffer the TEE freed by `SHM_FREE` (its pages keep their bytes).
-    pub last_freed: Option<GBuf>,
+    pub last_freed: Option<Buf>,
 }
 
 impl Guest {
@@ -325,46 +271,33 @@ impl Guest {
         out
     }
 
-    pub fn buffer(&mut self, size: u64, offset: u64) -> GBuf {
-        let n = page_list::num_pages(offset, size).unwrap();
-        GBuf {
-            pages: self.alloc_pages(n),
+    /// A buffer of `size` bytes starting `offset` bytes into its first page (pages: IPAs).
+    pub fn buffer(&mut self, size: u64, offset: u64) -> Buf {
+        Buf {
+            pages: self.alloc_pages(Buf::pages_needed(size, offset)),
             offset,
             size,
         }
     }
 
-    pub fn buf_ipa(&self, buf: &GBuf, at: u64) -> u64 {
-        let x = buf.offset + at;
-        buf.pages[(x / PAGE) as usize] + x % PAGE
+    /// The whole of `buf`, read through the guest's stage 2.
+    pub fn read_buf(&self, sys: &System, buf: &Buf) -> Vec<u8> {
+        buf.pieces(0, buf.size)
+            .flat_map(|(ipa, range)| self.read(sys, ipa, range.len() as u64))
+            .collect()
     }
 
-    pub fn read_buf(&self, sys: &System, buf: &GBuf) -> Vec<u8> {
-        let mut out = Vec::with_capacity(buf.size as usize);
-        let mut done = 0;
-        while done < buf.size {
-            let ipa = self.buf_ipa(buf, done);
-            let n = (PAGE - ipa % PAGE).min(buf.size - done);
-            out.extend(self.read(sys, ipa, n));
-            done += n;
-        }
-        out
-    }
-
-    pub fn fill_buf(&self, sys: &System, buf: &GBuf, f: impl Fn(u64) -> u8) {
-        let mut done = 0;
-        while done < buf.size {
-            let ipa = self.buf_ipa(buf, done);
-            let n = (PAGE - ipa % PAGE).min(buf.size - done);
-            let bytes: Vec<u8> = (done..done + n).map(&f).collect();
+    /// Fills the whole of `buf` with `f(byte index)`, through the guest's stage 2.
+    pub fn fill_buf(&self, sys: &System, buf: &Buf, f: impl Fn(u64) -> u8) {
+        for (ipa, range) in buf.pieces(0, buf.size) {
+            let bytes: Vec<u8> = (range.start as u64..range.end as u64).map(&f).collect();
             self.write(sys, ipa, &bytes);
-            done += n;
         }
     }
 
     /// Writes the page list of `buf` (IPAs) into fresh guest pages; returns `buf_ptr` (an IPA)
     /// and the list pages.
-    pub fn page_list(&mut self, sys: &System, buf: &GBuf) -> (u64, Vec<u64>) {
+    pub fn page_list(&mut self, sys: &System, buf: &Buf) -> (u64, Vec<u64>) {
         let lists = self.alloc_pages(page_list::list_pages_needed(buf.pages.len() as u64));
         let mut writes = Vec::new();
         let buf_ptr =
@@ -386,16 +319,6 @@ impl Guest {
         sys.hyp.handle_guest_smc(self.id, regs)
     }
 
-    pub fn arg_bytes(header: MsgArgHeader, params: &[MsgParam]) -> Vec<u8> {
-        let mut bytes = header.as_bytes().to_vec();
-        for p in params {
-            bytes.extend_from_slice(p.as_bytes());
-        }
-        let (hdr, _) = MsgArgHeader::mut_from_prefix(&mut bytes).unwrap();
-        hdr.num_params.set(params.len() as u32);
-        bytes
-    }
-
     /// Writes the arg at `offset` in a fresh guest page and makes the CALL_WITH_ARG; returns
     /// at the first answer (done or RPC).
     pub fn start(
@@ -405,16 +328,13 @@ impl Guest {
         params: &[MsgParam],
         offset: u64,
     ) -> Started {
-        let bytes = Self::arg_bytes(header, params);
+        let bytes = arg_bytes(header, params);
         let page = self.alloc_page();
         self.write(sys, page, &vec![0u8; PAGE as usize]);
         let arg_ipa = page + offset;
         self.write(sys, arg_ipa, &bytes);
-        let out = self.smc(
-            sys,
-            OPTEE_SMC_CALL_WITH_ARG,
-            &[arg_ipa >> 32, arg_ipa & 0xffff_ffff, 0],
-        );
+        let (hi, lo) = split_pair(arg_ipa);
+        let out = self.smc(sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo, 0]);
         Started {
             out,
             arg_ipa,
@@ -425,24 +345,29 @@ impl Guest {
     /// Answers RPCs until the call ends, then reads the arg back.
     pub fn finish(&mut self, sys: &mut System, started: Started) -> Reply {
         let mut out = started.out;
-        let mut rounds = 0;
+        let mut rpcs = Vec::new();
         while is_rpc_return(out.a0()) {
-            rounds += 1;
-            assert!(rounds < 64, "RPC loop");
+            rpcs.push(out.a0());
+            assert!(rpcs.len() < 64, "RPC loop");
             let answer = self.answer_rpc(sys, &out);
             out = self.smc(sys, answer.a0(), &answer.a[1..6]);
         }
-        self.reply(sys, out.a0(), started)
+        Reply {
+            rpcs,
+            ..self.reply(sys, out.a0(), started)
+        }
     }
 
+    /// Reads the arg of a call that ended with `a0` back (no RPCs recorded).
     pub fn reply(&mut self, sys: &System, a0: u32, started: Started) -> Reply {
         let back = self.read(sys, started.arg_ipa, started.arg_size);
         self.free_pages(&[started.arg_ipa & !(PAGE - 1)]);
-        let (header, rest) = MsgArgHeader::read_from_prefix(&back).unwrap();
+        let (header, params) = parse_arg(&back);
         Reply {
             a0,
             header,
-            params: <[MsgParam]>::ref_from_bytes(rest).unwrap().to_vec(),
+            params,
+            rpcs: Vec::new(),
         }
     }
 
@@ -455,7 +380,6 @@ impl Guest {
     pub fn answer_rpc(&mut self, sys: &mut System, out: &SmcRegs) -> SmcRegs {
         let a = out.a;
         let thread = a[3];
-        let pair = |hi: u64, lo: u64| (hi << 32) | (lo & 0xffff_ffff);
         match out.a0() {
             OPTEE_SMC_RETURN_RPC_ALLOC => {
                 let page = if self.rpc_mode == RpcMode::AllocOutside {
@@ -466,25 +390,21 @@ impl Guest {
                 let cookie = self.cookie();
                 self.rpc_bufs.insert(
                     cookie,
-                    GBuf {
+                    Buf {
                         pages: vec![page],
                         offset: 0,
                         size: PAGE,
                     },
                 );
+                let (p_hi, p_lo) = split_pair(page);
+                let (c_hi, c_lo) = split_pair(cookie);
                 SmcRegs::call(
                     OPTEE_SMC_CALL_RETURN_FROM_RPC,
-                    &[
-                        page >> 32,
-                        page & 0xffff_ffff,
-                        thread,
-                        cookie >> 32,
-                        cookie & 0xffff_ffff,
-                    ],
+                    &[p_hi, p_lo, thread, c_hi, c_lo],
                 )
             }
             OPTEE_SMC_RETURN_RPC_FREE => {
-                let cookie = pair(a[1], a[2]);
+                let cookie = reg_pair(a[1], a[2]);
                 let buf = self
                     .rpc_bufs
                     .remove(&cookie)
@@ -493,7 +413,7 @@ impl Guest {
                 SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread])
             }
             OPTEE_SMC_RETURN_RPC_CMD => {
-                let cookie = pair(a[1], a[2]);
+                let cookie = reg_pair(a[1], a[2]);
                 let at = self.rpc_bufs[&cookie].pages[0];
                 self.serve_rpc_cmd(sys, at);
                 SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread])
@@ -517,7 +437,7 @@ impl Guest {
                     RpcMode::Contiguous => {
                         let n = size.div_ceil(PAGE);
                         let first = self.alloc_contiguous(n);
-                        let buf = GBuf {
+                        let buf = Buf {
                             pages: (0..n).map(|i| first + i * PAGE).collect(),
                             offset: 0,
                             size,
@@ -580,19 +500,13 @@ impl Guest {
         self.write(sys, at, &raw);
     }
 
-    pub fn header(cmd: u32) -> MsgArgHeader {
-        let mut h = MsgArgHeader::default();
-        h.cmd.set(cmd);
-        h
-    }
-
-    pub fn register(&mut self, sys: &mut System, cookie: u64, buf: &GBuf) -> u32 {
+    pub fn register(&mut self, sys: &mut System, cookie: u64, buf: &Buf) -> u32 {
         let (buf_ptr, lists) = self.page_list(sys, buf);
         let p = MsgParam::from_tmem(
             OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
             Tmem::new(buf_ptr, buf.size, cookie),
         );
-        let r = self.call(sys, Self::header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+        let r = self.call(sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
         self.free_pages(&lists);
         assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
         r.ret()
@@ -600,29 +514,16 @@ impl Guest {
 
     pub fn unregister(&mut self, sys: &mut System, cookie: u64) -> u32 {
         let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
-        let r = self.call(sys, Self::header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
+        let r = self.call(sys, header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
         assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
         r.ret()
     }
 
     pub fn open_session(&mut self, sys: &mut System) -> u32 {
-        let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-        let a = u64::from_le_bytes(MEMTEST_UUID[..8].try_into().unwrap());
-        let b = u64::from_le_bytes(MEMTEST_UUID[8..].try_into().unwrap());
-        let params = [
-            MsgParam::from_value(meta, Value::new(a, b, 0)),
-            MsgParam::from_value(meta, Value::new(0, 0, 0)),
-        ];
-        let r = self.call(sys, Self::header(OPTEE_MSG_CMD_OPEN_SESSION), &params);
+        let params = open_session_params(MEMTEST_UUID);
+        let r = self.call(sys, header(OPTEE_MSG_CMD_OPEN_SESSION), &params);
         assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS), "open session");
         r.header.session.get()
-    }
-
-    pub fn invoke_header(session: u32, func: u32) -> MsgArgHeader {
-        let mut h = Self::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-        h.session.set(session);
-        h.func.set(func);
-        h
     }
 
     pub fn invoke(
@@ -632,30 +533,15 @@ impl Guest {
         func: u32,
         params: &[MsgParam],
     ) -> Reply {
-        self.call(sys, Self::invoke_header(session, func), params)
+        self.call(sys, invoke_header(session, func), params)
     }
 
     /// A NONCONTIG tmem param for `buf` (its list pages stay allocated: tests are short).
-    pub fn tmem_list(&mut self, sys: &System, ty: u64, buf: &GBuf) -> MsgParam {
+    pub fn tmem_list(&mut self, sys: &System, ty: u64, buf: &Buf) -> MsgParam {
         let (buf_ptr, _) = self.page_list(sys, buf);
         MsgParam::from_tmem(
             ty | OPTEE_MSG_ATTR_NONCONTIG,
             Tmem::new(buf_ptr, buf.size, 0),
         )
     }
-}
-
-pub fn value(ty: u64, a: u64, b: u64, c: u64) -> MsgParam {
-    MsgParam::from_value(ty, Value::new(a, b, c))
-}
-
-pub fn rmem(ty: u64, cookie: u64, offs: u64, size: u64) -> MsgParam {
-    MsgParam::from_rmem(ty, Rmem::new(offs, size, cookie))
-}
-
-/// The memtest pattern of `seed` over `len` bytes.
-pub fn pattern(seed: u64, len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| teeshm_core::pta::pattern_byte(seed, i))
-        .collect()
 }

@@ -11,23 +11,20 @@ use std::sync::Arc;
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::smc::*;
-use teeshm_core::testing::{NS_RAM, PhysMemory, STATIC_POOL, SimPlatform, sim_memory_map};
 use teeshm_core::{CoreConfig, Tee};
 use teeshm_mm::{PhysAddr, PhysRange};
 use teeshm_nw::{Driver, GuestBuffer, GuestRam, PAGE_SIZE, RamError};
-use teeshm_platform::RecordingTlb;
+use teeshm_testkit::{NS_RAM, NsPages, PhysMemory, STATIC_POOL, SimPlatform, sim_tee};
 
 pub type SimTee = Tee<SimPlatform>;
 pub type SimDriver = Driver<TeeConduit, SimRam>;
 
-const NS_PAGES: u64 = NS_RAM.1 / PAGE_SIZE;
-
-/// Guest RAM with IPA == PA over NS RAM (and the static pool, which the guest reaches too).
+/// Guest RAM with IPA == PA over NS RAM (and the static pool, which the guest reaches too):
+/// the test kit's scattering allocator, with a record of every page handed out so a test can
+/// show the driver gave back exactly what it took.
 pub struct SimRam {
     pub mem: Arc<PhysMemory>,
-    scattered: u64,
-    contiguous: u64,
-    free: Vec<u64>,
+    pages: NsPages,
     /// Pages handed out and not yet given back.
     pub live: BTreeSet<u64>,
     /// Frees of pages that were not handed out (double frees, foreign pages).
@@ -38,9 +35,7 @@ impl SimRam {
     pub fn new(mem: Arc<PhysMemory>) -> Self {
         Self {
             mem,
-            scattered: 0,
-            contiguous: 0,
-            free: Vec::new(),
+            pages: NsPages::new(),
             live: BTreeSet::new(),
             bad_frees: Vec::new(),
         }
@@ -58,20 +53,6 @@ impl SimRam {
                 len: len as u64,
             })
         }
-    }
-
-    fn page(&mut self) -> Result<u64, RamError> {
-        if let Some(p) = self.free.pop() {
-            return Ok(p);
-        }
-        if self.scattered >= NS_PAGES / 2 {
-            return Err(RamError::OutOfMemory { pages: 1 });
-        }
-        // An odd multiplier is a bijection modulo 2^19: successive pages are scattered over the
-        // lower half of RAM; contiguous runs come from the upper half.
-        let index = self.scattered.wrapping_mul(0x0009_E377) % (NS_PAGES / 2);
-        self.scattered += 1;
-        Ok(NS_RAM.0 + index * PAGE_SIZE)
     }
 }
 
@@ -91,11 +72,11 @@ impl GuestRam for SimRam {
     fn alloc_pages(&mut self, n: u64) -> Result<Vec<u64>, RamError> {
         let mut pages = Vec::new();
         for _ in 0..n {
-            match self.page() {
-                Ok(p) => pages.push(p),
-                Err(e) => {
-                    self.free.extend_from_slice(&pages);
-                    return Err(e);
+            match self.pages.page() {
+                Some(p) => pages.push(p),
+                None => {
+                    self.pages.free(&pages);
+                    return Err(RamError::OutOfMemory { pages: 1 });
                 }
             }
         }
@@ -106,11 +87,10 @@ impl GuestRam for SimRam {
     }
 
     fn alloc_contiguous(&mut self, n: u64) -> Result<u64, RamError> {
-        if self.contiguous + n > NS_PAGES / 2 {
-            return Err(RamError::OutOfMemory { pages: n });
-        }
-        let first = NS_RAM.0 + NS_RAM.1 / 2 + self.contiguous * PAGE_SIZE;
-        self.contiguous += n;
+        let first = self
+            .pages
+            .contiguous(n)
+            .ok_or(RamError::OutOfMemory { pages: n })?;
         for i in 0..n {
             assert!(self.live.insert(first + i * PAGE_SIZE));
         }
@@ -120,7 +100,7 @@ impl GuestRam for SimRam {
     fn free_pages(&mut self, pages: &[u64]) {
         for &p in pages {
             if self.live.remove(&p) {
-                self.free.push(p);
+                self.pages.free(&[p]);
             } else {
                 self.bad_frees.push(p);
             }
@@ -157,8 +137,7 @@ impl SmcConduit for TeeConduit {
             OPTEE_SMC_CALL_WITH_ARG | OPTEE_SMC_CALL_WITH_RPC_ARG | OPTEE_SMC_CALL_WITH_REGD_ARG
         );
         if starts {
-            self.args
-                .push((regs.a[1] << 32) | (regs.a[2] & 0xffff_ffff));
+            self.args.push(reg_pair(regs.a[1], regs.a[2]));
         }
         if starts && self.inject_thread_limit > 0 {
             self.inject_thread_limit -= 1;
@@ -229,18 +208,10 @@ pub const MODES: [Mode; 4] = [
 ];
 
 pub fn tee(pool: bool) -> (Rc<SimTee>, Arc<PhysMemory>) {
-    let mem = Arc::new(PhysMemory::new());
-    let config = CoreConfig {
+    let (tee, mem) = sim_tee(CoreConfig {
         static_pool: pool.then(|| PhysRange::new(PhysAddr(STATIC_POOL.0), STATIC_POOL.1).unwrap()),
         ..CoreConfig::default()
-    };
-    let tee = Tee::new(
-        config,
-        sim_memory_map(),
-        SimPlatform::new(mem.clone()),
-        RecordingTlb::counting(),
-    )
-    .unwrap();
+    });
     (Rc::new(tee), mem)
 }
 
@@ -278,8 +249,7 @@ pub fn world(mode: Mode) -> (Rc<SimTee>, SimDriver) {
 }
 
 pub fn agree(tee: &SimTee) {
-    let d = tee.check_agreement();
-    assert!(d.is_empty(), "disagreements: {d:#?}");
+    teeshm_testkit::assert_agreement(tee);
 }
 
 /// Shuts the driver down and checks that nothing is left anywhere: no disagreement in the

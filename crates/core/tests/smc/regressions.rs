@@ -1,21 +1,17 @@
-//! One named regression test per bug class of OP-TEE (shared/reference/optee-os-study.md §6 and
-//! the problems listed after it) and of the Xen mediator (normal-world-hypervisor-ffa.md §1.9),
-//! each showing that teeshm does not have it. Every test ends with the agreement checker.
+//! One named regression test per bug class of OP-TEE's shared-memory code and of Xen's OP-TEE
+//! mediator (each test names the commit or the behaviour it comes from), each showing that
+//! teeshm does not have it. Every test ends with the agreement checker.
 
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-
-use super::world::*;
-use crate::pta::{cmd, pattern_byte};
-use crate::testing::SECURE_RAM;
-use crate::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
+use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_testkit::SECURE_RAM;
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 use zerocopy::IntoBytes;
 
 const G0: GuestId = GuestId::HYPERVISOR;
@@ -25,11 +21,8 @@ fn raw_call(w: &World, guest: GuestId, bytes: &[u8]) -> (u32, u64) {
     let page = w.alloc_page();
     w.mem.write(page, &[0u8; 4096]);
     w.mem.write(page, bytes);
-    let out = w.smc(
-        guest,
-        OPTEE_SMC_CALL_WITH_ARG,
-        &[page >> 32, page & 0xffff_ffff],
-    );
+    let (hi, lo) = split_pair(page);
+    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     (out.a[0] as u32, page)
 }
 
@@ -44,7 +37,7 @@ fn arg_bytes(header: MsgArgHeader, params: &[MsgParam]) -> Vec<u8> {
 /// The arg of an INVOKE of RPC_BUFFER (a kernel buffer of `bytes` bytes) in `session`, with
 /// `held` memrefs after its two value params (buffers the call holds while it waits).
 fn rpc_buffer_arg(session: u32, bytes: u64, held: &[MsgParam]) -> Vec<u8> {
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(session);
     h.func.set(cmd::RPC_BUFFER);
     h.num_params.set(2 + held.len() as u32);
@@ -73,7 +66,7 @@ fn register_raw(w: &World, buf_ptr: u64, size: u64, cookie: u64) -> u32 {
     let r = w.call(
         G0,
         ArgMode::RpcArg,
-        World::header(OPTEE_MSG_CMD_REGISTER_SHM),
+        header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[noncontig_register(buf_ptr, size, cookie)],
     );
     assert_eq!(r.a0, 0);
@@ -136,7 +129,7 @@ fn regression_a0c3590b4_noncontig_offset_applied_once() {
 fn regression_eecd6bd23_arg_read_once() {
     let w = World::default_world();
     let s = w.open_session(G0);
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(s);
     h.func.set(cmd::FILL);
     h.num_params.set(2);
@@ -179,13 +172,13 @@ fn regression_c6edc12ac_num_params_bounded() {
     let w = World::default_world();
     let before = w.tee.guest(G0).unwrap().snapshot();
     for n in [128u32, 0x8000_0000, u32::MAX] {
-        let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+        let mut h = header(OPTEE_MSG_CMD_CANCEL);
         h.num_params.set(n);
         let (a0, _) = raw_call(&w, G0, h.as_bytes());
         assert_eq!(a0, OPTEE_SMC_RETURN_EBADCMD, "num_params {n}");
     }
     // 127 params fit a page only at offset 0: at offset 8 the arg runs past its page.
-    let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+    let mut h = header(OPTEE_MSG_CMD_CANCEL);
     h.num_params.set(127);
     let page = w.alloc_page();
     w.mem.write(page + 8, h.as_bytes());
@@ -407,7 +400,7 @@ fn regression_3bb5c167a_last_page_checked() {
     let w = World::default_world();
     for bad_page in [
         SECURE_RAM.0 + SECURE_RAM.1 - PAGE,
-        crate::testing::DEVICES.0,
+        teeshm_testkit::DEVICES.0,
     ] {
         let mut buf = w.buffer(5 * PAGE, 0);
         *buf.pages.last_mut().unwrap() = bad_page;
@@ -695,7 +688,7 @@ fn regression_xen_1c3ed9c908_disable_shm_cache_terminates() {
             break;
         }
         assert_eq!(r.a[0], 0);
-        cookies.push((r.a[1] << 32) | r.a[2]);
+        cookies.push(reg_pair(r.a[1], r.a[2]));
     }
     assert_eq!(cookies.len(), 1);
     w.check();
@@ -722,8 +715,8 @@ fn regression_xen_5b13eb1d97_release_before_free_request() {
             let window = w.tee.window();
             assert!(
                 window
-                    .entries()
-                    .all(|(_, e)| e.mobj.kind() != crate::MobjKind::RpcBuffer)
+                    .object_mappings()
+                    .all(|m| m.kind != teeshm_core::MobjKind::RpcBuffer)
             );
         }
         let answer = w.answer_rpc(&out, Some(rpc_at));
@@ -789,7 +782,7 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
     let w = World::default_world();
     let buf = w.buffer(PAGE, 0);
     let (buf_ptr, _) = w.page_list(&buf);
-    let mut h = World::header(OPTEE_MSG_CMD_REGISTER_SHM);
+    let mut h = header(OPTEE_MSG_CMD_REGISTER_SHM);
     h.ret.set(0x1234);
     h.ret_origin.set(0x99);
     let r = w.call(
@@ -807,21 +800,21 @@ fn regression_success_sets_ret_whatever_the_normal_world_wrote() {
 /// be held in the middle of its work (between its start and its first RPC) while another CPU
 /// acts. Reads of every other page go on.
 struct GatedPlatform {
-    inner: crate::testing::SimPlatform,
+    inner: teeshm_testkit::SimPlatform,
     gate_page: std::sync::atomic::AtomicU64,
     reached: std::sync::atomic::AtomicBool,
     open: std::sync::atomic::AtomicBool,
 }
 
-impl crate::Platform for GatedPlatform {
+impl teeshm_core::Platform for GatedPlatform {
     type Tlb = teeshm_platform::RecordingTlb;
 
     fn read(
         &self,
-        map: &dyn crate::Translate,
+        map: &dyn teeshm_core::Translate,
         va: teeshm_mm::VirtAddr,
         buf: &mut [u8],
-    ) -> Result<(), crate::AccessFault> {
+    ) -> Result<(), teeshm_core::AccessFault> {
         use std::sync::atomic::Ordering::SeqCst;
         let gate = self.gate_page.load(SeqCst);
         if gate != 0
@@ -839,10 +832,10 @@ impl crate::Platform for GatedPlatform {
 
     fn write(
         &self,
-        map: &dyn crate::Translate,
+        map: &dyn teeshm_core::Translate,
         va: teeshm_mm::VirtAddr,
         data: &[u8],
-    ) -> Result<(), crate::AccessFault> {
+    ) -> Result<(), teeshm_core::AccessFault> {
         self.inner.write(map, va, data)
     }
 }
@@ -857,16 +850,16 @@ impl crate::Platform for GatedPlatform {
 #[test]
 fn regression_call_of_a_destroyed_guest_never_suspends() {
     use std::sync::atomic::Ordering::SeqCst;
-    let mem = std::sync::Arc::new(crate::testing::PhysMemory::new());
+    let mem = std::sync::Arc::new(teeshm_testkit::PhysMemory::new());
     let platform = GatedPlatform {
-        inner: crate::testing::SimPlatform::new(mem.clone()),
+        inner: teeshm_testkit::SimPlatform::new(mem.clone()),
         gate_page: 0.into(),
         reached: false.into(),
         open: false.into(),
     };
-    let tee = crate::Tee::new(
+    let tee = teeshm_core::Tee::new(
         CoreConfig::default(),
-        crate::testing::sim_memory_map(),
+        teeshm_testkit::sim_memory_map(),
         platform,
         teeshm_platform::RecordingTlb::counting(),
     )
@@ -876,19 +869,14 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
     let page = |i: u64| 0x4000_0000 + i * PAGE;
     let call = |arg_page: u64| {
-        tee.handle_smc(
-            SmcRegs::call(
-                OPTEE_SMC_CALL_WITH_ARG,
-                &[arg_page >> 32, arg_page & 0xffff_ffff],
-            )
-            .from_client(g1),
-        )
+        let (hi, lo) = split_pair(arg_page);
+        tee.handle_smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(g1))
     };
     // A session of guest 1.
     let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-    let uuid = crate::pta::MEMTEST_UUID;
+    let uuid = teeshm_core::pta::MEMTEST_UUID;
     let open = arg_bytes(
-        World::header(OPTEE_MSG_CMD_OPEN_SESSION),
+        header(OPTEE_MSG_CMD_OPEN_SESSION),
         &[
             value(
                 meta,
@@ -913,7 +901,7 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     // RPC_BUFFER with a temporary page list (list at page 3 naming page 4): the call reads the
     // list after its session was found, and stops at the gate there.
     mem.write(page(3), &page(4).to_le_bytes());
-    let mut header = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut header = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     header.session.set(session);
     header.func.set(cmd::RPC_BUFFER);
     header.num_params.set(3);
@@ -949,7 +937,7 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
     assert!(
         tee.thread_states()
             .iter()
-            .all(|t| *t == crate::thread::ThreadState::Free),
+            .all(|t| *t == teeshm_core::thread::ThreadState::Free),
         "a thread still holds a call of the destroyed guest: {:?}",
         tee.thread_states()
     );
@@ -983,15 +971,12 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
         .tee
         .thread_states()
         .iter()
-        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .position(|t| *t == teeshm_core::thread::ThreadState::Suspended(g))
         .unwrap() as u64;
     // The buffer: one byte, at the end of a normal-world page.
     let tiny = w.alloc_page() + 0xfff;
-    let out = w.smc(
-        g,
-        OPTEE_SMC_CALL_RETURN_FROM_RPC,
-        &[tiny >> 32, tiny & 0xffff_ffff, thread, 0, 7],
-    );
+    let (hi, lo) = split_pair(tiny);
+    let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[hi, lo, thread, 0, 7]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     assert_eq!(ret_at(&w, page), TEE_ERROR_COMMUNICATION);
     w.check();
@@ -1002,7 +987,7 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
     );
 }
 
-/// Found by the reference model (tests/reference.rs): a registered buffer whose mapping was
+/// Found by the reference model (reference.rs): a registered buffer whose mapping was
 /// idle in the cache, unregistered while a suspended call held it (`TEE_ERROR_BUSY`), keeps
 /// that idle mapping until the call ends — a legitimate state (the call may still use it; it
 /// is not evictable while used) that the agreement checker reported as an `IdleIndex`
@@ -1042,7 +1027,7 @@ fn regression_idle_mapping_of_busy_unregistered_buffer() {
         .tee
         .thread_states()
         .iter()
-        .position(|t| *t == crate::thread::ThreadState::Suspended(g))
+        .position(|t| *t == teeshm_core::thread::ThreadState::Suspended(g))
         .unwrap() as u64;
     let mut out = SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[56, 0, thread]);
     while is_rpc_return(out.a0()) {

@@ -3,20 +3,16 @@
 //! whole core's agreement checker runs, and each guest's counters are compared with a plain
 //! model of what it should hold.
 
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-
-use super::world::*;
-use crate::SmcRegs;
-use crate::pta::cmd;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
+use teeshm_core::SmcRegs;
+use teeshm_core::pta::cmd;
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 use zerocopy::IntoBytes;
 
 #[derive(Debug, Clone)]
@@ -232,7 +228,7 @@ fn run(ops: Vec<Op>) {
                 let Some(&pages) = m.registered.get(&cookie) else {
                     continue;
                 };
-                let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+                let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
                 h.session.set(m.session);
                 h.func.set(cmd::RPC_BUFFER);
                 h.num_params.set(3);
@@ -356,7 +352,7 @@ fn garbage(seed_ops: Vec<(u8, [u64; 6], Vec<u8>)>) {
         w.mem.write(page, &bytes);
         let func = funcs[f as usize % funcs.len()];
         let (a1, a2) = if f % 3 == 0 {
-            (page >> 32, page & 0xffff_ffff)
+            split_pair(page)
         } else {
             (regs[0], regs[1])
         };

@@ -1,19 +1,15 @@
 //! Life cycles: unregister of a buffer in use, guest destruction mid-call, the mapping cache's
 //! eviction, quotas, and calls from several CPUs at once.
 
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-
-use super::world::*;
-use crate::pta::cmd;
-use crate::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
+use teeshm_core::pta::cmd;
+use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 use zerocopy::IntoBytes;
 
 const G0: GuestId = GuestId::HYPERVISOR;
@@ -22,7 +18,7 @@ const G0: GuestId = GuestId::HYPERVISOR;
 /// as an extra parameter, and leaves it suspended. Returns the registers of the RPC and the
 /// arg page.
 fn start_suspended(w: &World, guest: GuestId, session: u32, cookie: u64) -> (SmcRegs, u64) {
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(session);
     h.func.set(cmd::RPC_BUFFER);
     h.num_params.set(3);
@@ -138,7 +134,7 @@ fn destroying_a_guest_ends_its_suspended_call_and_touches_no_one_else() {
         w.tee
             .thread_states()
             .iter()
-            .all(|t| *t == crate::thread::ThreadState::Free)
+            .all(|t| *t == teeshm_core::thread::ThreadState::Free)
     );
     assert!(w.tee.window().shm().mappings().all(|m| m.owner != g3));
     // Guest 4 is exactly as it was.
@@ -231,8 +227,8 @@ fn the_cache_evicts_least_recently_used_and_never_a_buffer_in_use() {
     }
     let window = w.tee.window();
     let still: Vec<_> = window
-        .entries()
-        .filter(|(_, e)| e.mobj.cookie() == Some(cookies[1]))
+        .object_mappings()
+        .filter(|m| m.cookie == Some(cookies[1]))
         .collect();
     assert_eq!(still.len(), 1, "buffer in use never evicted");
     assert!(window.stats().evictions > before);
@@ -293,7 +289,7 @@ fn quotas_refuse_cleanly() {
     assert_eq!(w.tee.guest(G0).unwrap().snapshot(), before, "state kept");
     assert_eq!(w.unregister(G0, 2), TEE_SUCCESS);
     w.open_session(G0);
-    let r = w.open_session_uuid(G0, crate::pta::MEMTEST_UUID);
+    let r = w.open_session_uuid(G0, teeshm_core::pta::MEMTEST_UUID);
     assert_eq!(r.ret(), TEE_ERROR_OUT_OF_MEMORY, "sessions");
     w.check();
 }
@@ -334,7 +330,7 @@ fn calls_from_several_cpus_at_once() {
                     assert_eq!(r.ret(), TEE_SUCCESS);
                     assert_eq!(
                         w.read_buf(&buf, buf.size - 1, 1)[0],
-                        crate::pta::pattern_byte(i, buf.size - 1)
+                        teeshm_core::pta::pattern_byte(i, buf.size - 1)
                     );
                 }
                 assert_eq!(w.unregister(g, cookie), TEE_SUCCESS);

@@ -1,17 +1,14 @@
 //! Fast calls, sessions, every memref kind, the three call forms, and RPC.
 
-use super::world::*;
-use crate::pta::{cmd, pattern_byte};
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
 use teeshm_abi::GuestId;
 use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_abi::uid;
+use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 
 const G0: GuestId = GuestId::HYPERVISOR;
 
@@ -310,29 +307,24 @@ fn sessions_and_unknown_things() {
     assert_eq!(r.ret(), TEE_ERROR_NOT_IMPLEMENTED);
     let r = w.invoke(G0, s + 1, cmd::TOUCH, &[]);
     assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS, "unknown session");
-    let mut h = World::header(OPTEE_MSG_CMD_CLOSE_SESSION);
+    let mut h = header(OPTEE_MSG_CMD_CLOSE_SESSION);
     h.session.set(s);
     assert_eq!(w.call(G0, ArgMode::RpcArg, h, &[]).ret(), TEE_SUCCESS);
     assert_eq!(
         w.call(G0, ArgMode::RpcArg, h, &[]).ret(),
         TEE_ERROR_BAD_PARAMETERS
     );
-    let r = w.call(G0, ArgMode::RpcArg, World::header(77), &[]);
+    let r = w.call(G0, ArgMode::RpcArg, header(77), &[]);
     assert_eq!(r.ret(), TEE_ERROR_NOT_IMPLEMENTED);
-    let r = w.call(
-        G0,
-        ArgMode::RpcArg,
-        World::header(OPTEE_MSG_CMD_CANCEL),
-        &[],
-    );
+    let r = w.call(G0, ArgMode::RpcArg, header(OPTEE_MSG_CMD_CANCEL), &[]);
     assert_eq!(r.ret(), TEE_SUCCESS);
     w.check();
 }
 
 #[test]
 fn static_pool_when_configured() {
-    use crate::testing::STATIC_POOL;
-    let config = crate::CoreConfig {
+    use teeshm_testkit::STATIC_POOL;
+    let config = teeshm_core::CoreConfig {
         static_pool: Some(
             teeshm_mm::PhysRange::new(teeshm_mm::PhysAddr(STATIC_POOL.0), STATIC_POOL.1).unwrap(),
         ),
@@ -390,7 +382,7 @@ fn static_pool_when_configured() {
     assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
     // An arg in the pool.
     let arg_at = STATIC_POOL.0 + 0x3000;
-    let mut h = World::header(OPTEE_MSG_CMD_CANCEL);
+    let mut h = header(OPTEE_MSG_CMD_CANCEL);
     h.num_params.set(0);
     use zerocopy::IntoBytes;
     w.mem.write(arg_at, h.as_bytes());
@@ -401,14 +393,14 @@ fn static_pool_when_configured() {
 
 #[test]
 fn thread_limit_and_shm_cache() {
-    let config = crate::CoreConfig {
+    let config = teeshm_core::CoreConfig {
         threads: 2,
         ..Default::default()
     };
     let w = World::new(config);
     let s = w.open_session(G0);
     // Start two RPC_BUFFER calls with CALL_WITH_ARG and leave them suspended in RPC_ALLOC.
-    let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(s);
     h.func.set(cmd::RPC_BUFFER);
     h.num_params.set(2);
@@ -438,13 +430,14 @@ fn thread_limit_and_shm_cache() {
     // Resuming with a wrong thread id, or from another guest, is refused.
     w.create_guest(5);
     let thread = suspended[0].0.a[3];
-    let wrong = crate::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, 7]);
+    let wrong = teeshm_core::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, 7]);
     assert_eq!(
         w.tee.handle_smc(wrong).a[0] as u32,
         OPTEE_SMC_RETURN_ERESUME
     );
-    let other = crate::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread])
-        .from_client(GuestId(5));
+    let other =
+        teeshm_core::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, thread])
+            .from_client(GuestId(5));
     assert_eq!(
         w.tee.handle_smc(other).a[0] as u32,
         OPTEE_SMC_RETURN_ERESUME

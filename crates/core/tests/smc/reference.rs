@@ -13,21 +13,17 @@
 //! `cargo test -p teeshm-core reference_model` runs a bounded number of sequences; the long
 //! run of the whole system is `teeshm stress` (docs/assurance.md).
 
-#[allow(unused_imports)]
-use std::prelude::rust_2024::*;
-#[allow(unused_imports)]
-use std::{format, vec};
-
-use super::world::*;
-use crate::SmcRegs;
-use crate::pta::{cmd, pattern_byte};
-use crate::thread::ThreadState;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
+use teeshm_core::SmcRegs;
+use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_core::thread::ThreadState;
+use teeshm_testkit::msg::*;
+use teeshm_testkit::world::*;
 use zerocopy::IntoBytes;
 
 const GUESTS: u16 = 8;
@@ -265,7 +261,7 @@ fn run(ops: Vec<Op>) -> (u64, u64, usize) {
                 m.objs.retain(|_, o| o.guest != id);
             }
             Op::OpenSession(id) => {
-                let r = w.open_session_uuid(GuestId(id), crate::pta::MEMTEST_UUID);
+                let r = w.open_session_uuid(GuestId(id), teeshm_core::pta::MEMTEST_UUID);
                 if let Some(a0) = m.refused(id) {
                     same(step, "OPEN_SESSION a0", a0, r.a0);
                     continue;
@@ -294,7 +290,7 @@ fn run(ops: Vec<Op>) -> (u64, u64, usize) {
                         all[usize::from(pick) % all.len()]
                     }
                 });
-                let mut h = World::header(OPTEE_MSG_CMD_CLOSE_SESSION);
+                let mut h = header(OPTEE_MSG_CMD_CLOSE_SESSION);
                 h.session.set(sid);
                 let r = w.call(GuestId(id), ArgMode::RpcArg, h, &[]);
                 if let Some(a0) = m.refused(id) {
@@ -326,7 +322,7 @@ fn run(ops: Vec<Op>) -> (u64, u64, usize) {
                 let r = w.call(
                     GuestId(guest),
                     ArgMode::RpcArg,
-                    World::header(OPTEE_MSG_CMD_REGISTER_SHM),
+                    header(OPTEE_MSG_CMD_REGISTER_SHM),
                     &[p],
                 );
                 w.free_pages(&lists);
@@ -367,7 +363,7 @@ fn run(ops: Vec<Op>) -> (u64, u64, usize) {
                 let r = w.call(
                     GuestId(guest),
                     ArgMode::RpcArg,
-                    World::header(OPTEE_MSG_CMD_UNREGISTER_SHM),
+                    header(OPTEE_MSG_CMD_UNREGISTER_SHM),
                     &[p],
                 );
                 if let Some(a0) = m.refused(guest) {
@@ -494,7 +490,7 @@ fn run(ops: Vec<Op>) -> (u64, u64, usize) {
             Op::Suspend(guest, cookie) => {
                 // RPC_BUFFER holding registered buffer `cookie`, left waiting in its first RPC.
                 let session = m.guests.get(&guest).map_or(0, |_| m.session_of(guest));
-                let mut h = World::header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+                let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
                 h.session.set(session);
                 h.func.set(cmd::RPC_BUFFER);
                 h.num_params.set(3);

@@ -1,0 +1,89 @@
+//! Test support of teeshm: the simulated platform the core runs on in every host build, and the
+//! harnesses the tests and benchmarks share.
+//!
+//! - [`PhysMemory`]: sparse physical memory, by physical address, unchecked (the machine's and
+//!   the normal world's view).
+//! - [`SimPlatform`]: the core's [`Platform`](teeshm_core::Platform) on the host; it reaches
+//!   memory only by walking the core's own translation tables, so an access through a missing
+//!   or wrong mapping faults as the MMU would.
+//! - [`layout`]: the simulated machine's memory map ([`sim_memory_map`], [`machine_memory_map`])
+//!   and a normal world's scattering page allocator ([`NsPages`]).
+//! - [`msg`]: args, params, replies and buffers as a normal world builds and reads them.
+//! - [`World`]: the core alone with a small normal world that talks to it by physical address
+//!   (the core's integration tests and the benchmarks).
+//! - [`sim_tee`], [`CoreConduit`], [`assert_agreement`]: a core over fresh simulated memory,
+//!   the core behind an [`SmcConduit`] (for a mediator or driver in front of it), and the check
+//!   every harness ends with.
+//!
+//! # Why a crate of its own
+//!
+//! The simulated platform used to live in the production core (`teeshm_core::testing`), so it
+//! was compiled into every build of a no_std crate that has no use for it, and the benchmarks
+//! reached into the core's test directory for the test world. Here it is a std crate that
+//! depends on the core, so the core builds without any of it and its tests are integration
+//! tests (`crates/core/tests/`) that use the core's public API only.
+//!
+//! The whole-system simulator (`teeshm-sim`) depends on this crate rather than holding the
+//! platform itself: its machine is then the very platform the core's tests trust, while the
+//! core's own tests get that platform without building the simulator's driver, mediator,
+//! guests and scenarios. This crate depends on abi, platform, mm and core only; what is specific
+//! to the driver's or the mediator's tests stays in their `tests/common`. It is `publish =
+//! false`: the benchmarks (and through them `teeshm bench`) use [`World`], but nothing here is
+//! an API of the TEE.
+#![deny(missing_docs)]
+
+pub mod layout;
+pub mod memory;
+pub mod msg;
+pub mod platform;
+pub mod world;
+
+pub use layout::{
+    DEVICES, NS_PAGES, NS_RAM, NsPages, SECURE_RAM, STATIC_POOL, machine_memory_map,
+    scattered_page, sim_memory_map,
+};
+pub use memory::PhysMemory;
+pub use platform::SimPlatform;
+pub use world::{ArgMode, World};
+
+use std::sync::Arc;
+use teeshm_abi::smc::{SmcConduit, SmcRegs};
+use teeshm_core::{CoreConfig, Tee};
+use teeshm_platform::RecordingTlb;
+
+/// A core configured by `config` on the simulated platform over fresh memory
+/// ([`sim_memory_map`], a counting TLB), and that memory.
+///
+/// # Panics
+/// If the core refuses `config` (a test's own configuration).
+pub fn sim_tee(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
+    let mem = Arc::new(PhysMemory::new());
+    let tee = Tee::new(
+        config,
+        sim_memory_map(),
+        SimPlatform::new(mem.clone()),
+        RecordingTlb::counting(),
+    )
+    .expect("the core boots with the test's configuration");
+    (tee, mem)
+}
+
+/// Asserts that the core's agreement checker finds nothing, listing what it found if not.
+///
+/// # Panics
+/// On any disagreement.
+pub fn assert_agreement(tee: &Tee<SimPlatform>) {
+    let d = tee.check_agreement();
+    assert!(d.is_empty(), "disagreements: {d:#?}");
+}
+
+/// The core behind an [`SmcConduit`]: an SMC is a function call into
+/// [`Tee::handle_smc`]. Shared (`Arc`), so several mediators (one per guest) can call one core.
+#[derive(Clone)]
+pub struct CoreConduit(pub Arc<Tee<SimPlatform>>);
+
+impl SmcConduit for CoreConduit {
+    fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
+        self.0.handle_smc(regs)
+    }
+}

@@ -1,0 +1,143 @@
+//! Physical memory that costs only what is touched.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use teeshm_mm::PAGE_SIZE;
+
+/// One simulated page frame.
+type Frame = Box<[u8; PAGE_SIZE as usize]>;
+
+/// Physical memory that costs only what is touched: 4 KiB pages made on first write; an
+/// untouched page reads as zeros. Pages are spread over [`SHARDS`] locks, so simulated CPUs
+/// touching different pages do not wait for each other.
+///
+/// Every access is by physical address and unchecked: this is the normal world's and the
+/// machine's view. The core reaches it only through [`crate::SimPlatform`], which walks the
+/// core's own translation tables first.
+#[derive(Debug)]
+pub struct PhysMemory {
+    shards: [Mutex<BTreeMap<u64, Frame>>; SHARDS],
+    tracing: AtomicBool,
+    /// Reads per page, while tracing (tests of the read-once rule).
+    traced: Mutex<Option<BTreeMap<u64, u64>>>,
+}
+
+/// Locks the pages are spread over.
+pub const SHARDS: usize = 64;
+
+/// Takes a lock even if a thread panicked while holding it: a page is plain bytes, so whatever a
+/// panicking test left there is still memory the next access may see (as on a machine).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Default for PhysMemory {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(BTreeMap::new())),
+            tracing: AtomicBool::new(false),
+            traced: Mutex::new(None),
+        }
+    }
+}
+
+impl PhysMemory {
+    /// Empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts counting reads per page (forgetting earlier counts), or stops.
+    pub fn trace_reads(&self, on: bool) {
+        *lock(&self.traced) = on.then(BTreeMap::new);
+        self.tracing.store(on, Ordering::Release);
+    }
+
+    /// Reads of the page holding `pa` since tracing started.
+    pub fn reads_of(&self, pa: u64) -> u64 {
+        lock(&self.traced)
+            .as_ref()
+            .and_then(|t| t.get(&(pa / PAGE_SIZE)).copied())
+            .unwrap_or(0)
+    }
+
+    fn shard(&self, page: u64) -> &Mutex<BTreeMap<u64, Frame>> {
+        &self.shards[(page % SHARDS as u64) as usize]
+    }
+
+    /// Calls `f(page, offset in page, range of the caller's buffer)` for each page piece of an
+    /// access of `len` bytes at `pa`.
+    fn pieces(pa: u64, len: usize, mut f: impl FnMut(u64, usize, std::ops::Range<usize>)) {
+        let mut done = 0usize;
+        while done < len {
+            let at = pa.wrapping_add(done as u64);
+            let in_page = (at % PAGE_SIZE) as usize;
+            let n = (len - done).min(PAGE_SIZE as usize - in_page);
+            f(at / PAGE_SIZE, in_page, done..done + n);
+            done += n;
+        }
+    }
+
+    /// Copies from physical memory (the normal world's or the machine's view: no checks).
+    pub fn read(&self, pa: u64, buf: &mut [u8]) {
+        if self.tracing.load(Ordering::Acquire) {
+            if let Some(traced) = lock(&self.traced).as_mut() {
+                let last = pa.saturating_add(buf.len().saturating_sub(1) as u64);
+                for page in pa / PAGE_SIZE..=last / PAGE_SIZE {
+                    *traced.entry(page).or_default() += 1;
+                }
+            }
+        }
+        Self::pieces(pa, buf.len(), |page, in_page, range| {
+            let n = range.len();
+            let dst = &mut buf[range];
+            match lock(self.shard(page)).get(&page) {
+                Some(p) => dst.copy_from_slice(&p[in_page..in_page + n]),
+                None => dst.fill(0),
+            }
+        });
+    }
+
+    /// Copies into physical memory.
+    pub fn write(&self, pa: u64, data: &[u8]) {
+        Self::pieces(pa, data.len(), |page, in_page, range| {
+            let n = range.len();
+            let mut shard = lock(self.shard(page));
+            let p = shard
+                .entry(page)
+                .or_insert_with(|| Box::new([0; PAGE_SIZE as usize]));
+            p[in_page..in_page + n].copy_from_slice(&data[range]);
+        });
+    }
+
+    /// Pages that have been written.
+    pub fn touched_pages(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An access across a page boundary lands in both pages; untouched memory reads as zeros
+    /// and costs nothing; tracing counts each page an access touches once.
+    #[test]
+    fn accesses_span_pages_and_cost_only_what_is_touched() {
+        let m = PhysMemory::new();
+        let mut z = [1u8; 8];
+        m.read(0x4000_0000, &mut z);
+        assert_eq!(z, [0; 8]);
+        assert_eq!(m.touched_pages(), 0);
+        m.write(0x4000_0ffe, b"abcd");
+        assert_eq!(m.touched_pages(), 2);
+        m.trace_reads(true);
+        let mut got = [0u8; 4];
+        m.read(0x4000_0ffe, &mut got);
+        assert_eq!(&got, b"abcd");
+        assert_eq!((m.reads_of(0x4000_0000), m.reads_of(0x4000_1000)), (1, 1));
+        m.trace_reads(false);
+        assert_eq!(m.reads_of(0x4000_0000), 0);
+    }
+}
