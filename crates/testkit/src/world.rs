@@ -17,7 +17,7 @@ use teeshm_abi::page_list;
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
 use teeshm_core::pta::MEMTEST_UUID;
-use teeshm_core::{CoreConfig, Tee};
+use teeshm_core::{CoreConfig, NormalWorld, Tee};
 use zerocopy::FromBytes;
 
 /// Page size of the world.
@@ -81,9 +81,18 @@ impl World {
         }
     }
 
-    /// A core with [`CoreConfig::default`].
+    /// A core with [`CoreConfig::default`]: one normal world (guest 0), no hypervisor.
     pub fn default_world() -> Self {
         Self::new(CoreConfig::default())
+    }
+
+    /// A core under a hypervisor ([`NormalWorld::Virtualized`], the other defaults): guests
+    /// come from `VM_CREATED`; guest 0 is the hypervisor and makes only fast calls.
+    pub fn virtualized() -> Self {
+        Self::new(CoreConfig {
+            normal_world: NormalWorld::Virtualized,
+            ..CoreConfig::default()
+        })
     }
 
     /// One NS page; successive pages are scattered over the lower half of NS RAM.

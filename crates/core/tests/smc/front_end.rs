@@ -7,6 +7,7 @@ use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_abi::uid;
 use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_core::{CoreConfig, NormalWorld};
 use teeshm_testkit::msg::*;
 use teeshm_testkit::world::*;
 
@@ -28,13 +29,12 @@ fn identity_and_capabilities() {
     let r = w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[1]);
     assert_eq!(r.a[0], 0);
     let caps = SecureCaps::from_bits_truncate(r.a[1] as u32);
-    assert!(caps.contains(
-        SecureCaps::DYNAMIC_SHM
-            | SecureCaps::VIRTUALIZATION
-            | SecureCaps::MEMREF_NULL
-            | SecureCaps::RPC_ARG
-    ));
+    assert!(caps.contains(SecureCaps::DYNAMIC_SHM | SecureCaps::MEMREF_NULL | SecureCaps::RPC_ARG));
     assert!(!caps.contains(SecureCaps::HAVE_RESERVED_SHM));
+    assert!(
+        !caps.contains(SecureCaps::VIRTUALIZATION),
+        "no hypervisor, no VIRTUALIZATION"
+    );
     assert_eq!(r.a[3], 4);
     // Unknown normal-world capability bits are refused, as in OP-TEE.
     assert_eq!(w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[2]).a[0], 7);
@@ -43,7 +43,7 @@ fn identity_and_capabilities() {
         OPTEE_SMC_RETURN_ENOTAVAIL
     );
     let r = w.smc(G0, OPTEE_SMC_GET_THREAD_COUNT, &[]);
-    assert_eq!((r.a[0], r.a[1]), (0, 8));
+    assert_eq!((r.a[0], r.a[1]), (0, 32));
     assert_eq!(
         w.smc(G0, 0xB200_00FF, &[]).a[0] as u32,
         OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
@@ -60,8 +60,40 @@ fn identity_and_capabilities() {
 }
 
 #[test]
-fn vm_lifecycle_rules() {
+fn without_a_hypervisor_vm_calls_are_unknown_and_a7_is_ignored() {
     let w = World::default_world();
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_UNKNOWN_FUNCTION);
+    assert_eq!(w.destroy_guest(1), OPTEE_SMC_RETURN_UNKNOWN_FUNCTION);
+    // Whatever a7 holds, the call is the one normal world's: a buffer registered with a7 = 0
+    // is found with a7 = 7.
+    let buf = w.buffer(5000, 3);
+    assert_eq!(w.register(G0, 5, &buf), TEE_SUCCESS);
+    assert_eq!(w.unregister(GuestId(7), 5), TEE_SUCCESS);
+    assert!(w.tee.guest(GuestId(7)).is_none());
+    w.check();
+}
+
+#[test]
+fn under_a_hypervisor_guest_zero_makes_fast_calls_only() {
+    let w = World::virtualized();
+    let caps = w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]).a[1];
+    assert!(SecureCaps::from_bits_truncate(caps as u32).contains(SecureCaps::VIRTUALIZATION));
+    let buf = w.buffer(100, 0);
+    let (hi, lo) = split_pair(buf.pages[0]);
+    let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
+    assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ENOTAVAIL);
+    assert_eq!(
+        w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
+        OPTEE_SMC_RETURN_ENOTAVAIL
+    );
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
+    assert_eq!(w.register(GuestId(1), 5, &buf), TEE_SUCCESS);
+    w.check();
+}
+
+#[test]
+fn vm_lifecycle_rules() {
+    let w = World::virtualized();
     assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
     assert_eq!(
         w.create_guest(1),
@@ -94,16 +126,31 @@ fn vm_lifecycle_rules() {
     w.check();
 }
 
+/// 64 guests, each with its share: a thread reserved, 8192 mappable pages, 4 MiB of heap.
+fn sixty_four_guests() -> CoreConfig {
+    let mut c = CoreConfig {
+        normal_world: NormalWorld::Virtualized,
+        threads: 64,
+        max_guests: 64,
+        max_buffer_pages: 8192,
+        heap_budget: 512 << 20,
+        ..CoreConfig::default()
+    };
+    c.quotas.max_mapped_pages = 8192;
+    c.quotas.max_objects = 1024;
+    c
+}
+
 #[test]
 fn sixty_four_guests_at_once() {
-    let w = World::default_world();
+    let w = World::new(sixty_four_guests());
     for id in 1..=64u16 {
         assert_eq!(w.create_guest(id), OPTEE_SMC_RETURN_OK, "guest {id}");
     }
     assert_eq!(
         w.create_guest(65),
         OPTEE_SMC_RETURN_ENOTAVAIL,
-        "max_guests = 65 with guest 0"
+        "max_guests = 64"
     );
     for id in 1..=64u16 {
         let buf = w.buffer(5000, 7);
@@ -393,12 +440,18 @@ fn static_pool_when_configured() {
 
 #[test]
 fn thread_limit_and_shm_cache() {
-    let config = teeshm_core::CoreConfig {
-        threads: 2,
+    // Guest 1 may hold two threads (its reserved one and one of the two shared), guest 5 one.
+    let mut config = CoreConfig {
+        normal_world: NormalWorld::Virtualized,
+        threads: 3,
+        max_guests: 2,
         ..Default::default()
     };
+    config.quotas.max_threads = 2;
     let w = World::new(config);
-    let s = w.open_session(G0);
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
+    const G1: GuestId = GuestId(1);
+    let s = w.open_session(G1);
     // Start two RPC_BUFFER calls with CALL_WITH_ARG and leave them suspended in RPC_ALLOC.
     let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
     h.session.set(s);
@@ -416,21 +469,22 @@ fn thread_limit_and_shm_cache() {
         for (i, p) in params.iter().enumerate() {
             w.mem.write(page + 32 + 32 * i as u64, p.as_bytes());
         }
-        let out = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
+        let out = w.smc(G1, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
         assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_ALLOC);
         suspended.push((out, page));
     }
-    let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
+    let r = w.smc(G1, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
     assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ETHREAD_LIMIT);
     // The cache cannot be toggled while threads are in use.
     assert_eq!(
-        w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
+        w.smc(G1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
         OPTEE_SMC_RETURN_EBUSY
     );
     // Resuming with a wrong thread id, or from another guest, is refused.
-    w.create_guest(5);
+    assert_eq!(w.create_guest(5), OPTEE_SMC_RETURN_OK);
     let thread = suspended[0].0.a[3];
-    let wrong = teeshm_core::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, 7]);
+    let wrong = teeshm_core::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0x4000_0000, 7])
+        .from_client(G1);
     assert_eq!(
         w.tee.handle_smc(wrong).a[0] as u32,
         OPTEE_SMC_RETURN_ERESUME
@@ -447,7 +501,7 @@ fn thread_limit_and_shm_cache() {
         let mut out = out;
         while is_rpc_return(out.a[0] as u32) {
             let answer = w.answer_rpc(&out, None);
-            out = w.tee.handle_smc(answer.from_client(G0));
+            out = w.tee.handle_smc(answer.from_client(G1));
         }
         assert_eq!(out.a[0], 0);
         let mut hdr = [0u8; 32];
@@ -459,22 +513,22 @@ fn thread_limit_and_shm_cache() {
     }
     assert_eq!(w.rpc_buffers_held(), 0, "RPC args freed without the cache");
     // With the cache on, the RPC arg buffer stays for the next call; disabling hands it back.
-    assert_eq!(w.smc(G0, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0], 0);
-    let r = w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params);
+    assert_eq!(w.smc(G1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0], 0);
+    let r = w.invoke_as(G1, ArgMode::Plain, s, cmd::RPC_BUFFER, &params);
     assert_eq!(r.ret(), TEE_SUCCESS);
     assert_eq!(r.rpcs.first(), Some(&OPTEE_SMC_RETURN_RPC_ALLOC));
     assert!(!r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_FREE));
-    let r = w.invoke_as(G0, ArgMode::Plain, s, cmd::RPC_BUFFER, &params);
+    let r = w.invoke_as(G1, ArgMode::Plain, s, cmd::RPC_BUFFER, &params);
     assert!(
         !r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_ALLOC),
         "cached RPC arg reused"
     );
     assert_eq!(w.rpc_buffers_held(), 1);
     w.check();
-    let r = w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
+    let r = w.smc(G1, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
     assert_eq!(r.a[0], 0);
     assert_eq!(
-        w.smc(G0, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a[0] as u32,
+        w.smc(G1, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a[0] as u32,
         OPTEE_SMC_RETURN_ENOTAVAIL
     );
     w.check();

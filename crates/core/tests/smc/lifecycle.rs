@@ -6,7 +6,7 @@ use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::cmd;
-use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_core::{CoreConfig, GuestQuotas, NormalWorld, SmcRegs, TeeError};
 use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
 use teeshm_testkit::msg::*;
 use teeshm_testkit::world::*;
@@ -52,7 +52,7 @@ fn arg_ret(w: &World, page: u64) -> u32 {
 }
 
 #[test]
-fn unregister_of_a_buffer_in_use_is_busy_and_released_by_the_last_user() {
+fn unregister_of_a_buffer_in_use_revokes_it_and_the_last_user_releases_it() {
     let w = World::default_world();
     let s = w.open_session(G0);
     let buf = w.buffer(8192, 0);
@@ -60,8 +60,34 @@ fn unregister_of_a_buffer_in_use_is_busy_and_released_by_the_last_user() {
     assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
     let before = w.tee.guest(G0).unwrap().snapshot();
     let (out, page) = start_suspended(&w, G0, s, cookie);
-    // Promptly busy, and the cookie is gone from lookup at once.
-    assert_eq!(w.unregister(G0, cookie), TEE_ERROR_BUSY);
+    // A user holding a mapping of it, as a pseudo-TA in the middle of a copy would.
+    let used = w.tee.use_registered(G0, cookie).unwrap();
+    let guard = w.tee.map(&used).unwrap();
+    let mut byte = [0u8; 1];
+    guard.read(0, &mut byte).unwrap();
+    // Success at once (Linux frees the pages whatever the answer), and the cookie is gone.
+    assert_eq!(w.unregister(G0, cookie), TEE_SUCCESS);
+    // From here on the TEE never reaches those pages: the mapping is gone, the guard's
+    // accesses fail, no new mapping is given.
+    assert_eq!(
+        guard.read(0, &mut byte),
+        Err(TeeError::Revoked(used.mobj().id()))
+    );
+    assert_eq!(
+        guard.write(0, &[1]),
+        Err(TeeError::Revoked(used.mobj().id()))
+    );
+    assert!(
+        w.tee
+            .window()
+            .object_mappings()
+            .all(|m| m.mobj != used.mobj().id()),
+        "the revoked buffer's mapping went with the unregister"
+    );
+    drop(guard);
+    assert!(matches!(w.tee.map(&used), Err(TeeError::Revoked(_))));
+    // The normal world reuses the pages at once; nothing the TEE does touches them.
+    w.fill_buf(&buf, |i| (i as u8) ^ 0x5a);
     let r = w.invoke(
         G0,
         s,
@@ -80,7 +106,8 @@ fn unregister_of_a_buffer_in_use_is_busy_and_released_by_the_last_user() {
     w.check();
     let mid = w.tee.guest(G0).unwrap().snapshot();
     assert_eq!(mid.registered_buffers, before.registered_buffers - 1);
-    assert!(mid.registered_pages >= 2, "still held by the call");
+    assert!(mid.registered_pages >= 2, "the object lives while it is used");
+    drop(used);
     let out = finish(&w, G0, out);
     assert_eq!(out.a[0], 0);
     assert_eq!(arg_ret(&w, page), TEE_SUCCESS);
@@ -88,12 +115,17 @@ fn unregister_of_a_buffer_in_use_is_busy_and_released_by_the_last_user() {
     assert_eq!(after.registered_pages, before.registered_pages - 2);
     assert_eq!(after.objects, before.objects - 1);
     assert_eq!(after.mapped_pages, 0);
+    let reused = w.read_buf(&buf, 0, 8192);
+    assert!(
+        reused.iter().enumerate().all(|(i, b)| *b == (i as u8) ^ 0x5a),
+        "the pages the normal world reused are untouched"
+    );
     w.check();
 }
 
 #[test]
 fn destroying_a_guest_ends_its_suspended_call_and_touches_no_one_else() {
-    let w = World::default_world();
+    let w = World::virtualized();
     assert_eq!(w.create_guest(3), 0);
     assert_eq!(w.create_guest(4), 0);
     let (g3, g4) = (GuestId(3), GuestId(4));
@@ -164,8 +196,13 @@ fn destroying_a_guest_ends_its_suspended_call_and_touches_no_one_else() {
     w.check();
 }
 
+/// A window of `pages` pages for one normal world that may map `mapped_quota` of them, with 2
+/// threads and 8 objects (the capacity check wants the quota, a guard page per object and each
+/// thread's list page inside the window).
 fn small_window(pages: u64, mapped_quota: u64) -> CoreConfig {
     CoreConfig {
+        threads: 2,
+        max_buffer_pages: mapped_quota,
         window: ShmWindowConfig {
             va: VaWindowConfig {
                 base: VirtAddr(0x40_0000_0000),
@@ -176,6 +213,8 @@ fn small_window(pages: u64, mapped_quota: u64) -> CoreConfig {
         },
         quotas: GuestQuotas {
             max_mapped_pages: mapped_quota,
+            max_objects: 8,
+            max_threads: 2,
             ..GuestQuotas::default()
         },
         ..CoreConfig::default()
@@ -198,8 +237,8 @@ fn where_cached(w: &World, s: u32, cookie: u64, size: u64) -> (u32, u64) {
 
 #[test]
 fn the_cache_evicts_least_recently_used_and_never_a_buffer_in_use() {
-    // Room for 3 buffers of 20 pages (+1 guard each), plus arg pages.
-    let w = World::new(small_window(70, 1 << 20));
+    // Room in the guest's mapped quota for 3 buffers of 20 pages and a call's arg page.
+    let w = World::new(small_window(80, 62));
     let s = w.open_session(G0);
     let size = 20 * PAGE;
     let cookies: Vec<u64> = (0..4)
@@ -240,7 +279,7 @@ fn the_cache_evicts_least_recently_used_and_never_a_buffer_in_use() {
 
 #[test]
 fn mapped_quota_evicts_own_idle_mappings_then_refuses() {
-    let w = World::new(small_window(1 << 16, 30));
+    let w = World::new(small_window(1 << 12, 30));
     let s = w.open_session(G0);
     let size = 20 * PAGE;
     let (a, b) = (w.cookie(), w.cookie());
@@ -297,7 +336,7 @@ fn quotas_refuse_cleanly() {
 #[test]
 fn calls_from_several_cpus_at_once() {
     use std::sync::Arc;
-    let w = Arc::new(World::default_world());
+    let w = Arc::new(World::virtualized());
     for g in 1..=3u16 {
         assert_eq!(w.create_guest(g), 0);
     }
