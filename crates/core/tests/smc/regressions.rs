@@ -8,7 +8,7 @@ use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::{cmd, pattern_byte};
-use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_core::{CoreConfig, GuestQuotas, NormalWorld, SmcRegs};
 use teeshm_testkit::SECURE_RAM;
 use teeshm_testkit::msg::*;
 use teeshm_testkit::world::*;
@@ -217,7 +217,7 @@ fn regression_e1509d6e6_8ad7af502_size_overflow() {
 /// OP-TEE d5147581f (2019): SEC_CAP_VIRTUALIZATION had DYNAMIC_SHM's bit.
 #[test]
 fn regression_d5147581f_capability_bits_distinct() {
-    let w = World::default_world();
+    let w = World::virtualized();
     let caps = w.smc(G0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]).a[1];
     assert_eq!(caps & (1 << 2), 1 << 2, "DYNAMIC_SHM is bit 2");
     assert_eq!(caps & (1 << 3), 1 << 3, "VIRTUALIZATION is bit 3");
@@ -387,9 +387,10 @@ fn regression_728616b28_more_than_four_params() {
 /// OP-TEE 2429722ff (2024): VM_CREATED with id 0 corrupted the heap and panicked.
 #[test]
 fn regression_2429722ff_vm_created_zero() {
-    let w = World::default_world();
+    let w = World::virtualized();
     assert_eq!(w.create_guest(0), OPTEE_SMC_RETURN_ENOTAVAIL);
-    assert_eq!(w.tee.guests().len(), 1);
+    assert_eq!(w.tee.guests().len(), 0);
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
     w.check();
 }
 
@@ -419,8 +420,8 @@ fn regression_3bb5c167a_last_page_checked() {
 }
 
 /// Possible panic race seen in OP-TEE's reg_shm_find_unlocked: a lookup of a cookie being
-/// released. In teeshm an unregistered cookie is gone from lookup at once, even while a call
-/// still holds the buffer; a lookup gets BAD_PARAMETERS.
+/// released. In teeshm an unregistered cookie is gone from lookup at once, even while a user
+/// still holds the (revoked) buffer; a lookup gets BAD_PARAMETERS.
 #[test]
 fn regression_lookup_of_releasing_cookie() {
     let w = World::default_world();
@@ -428,7 +429,7 @@ fn regression_lookup_of_releasing_cookie() {
     let buf = w.buffer(PAGE, 0);
     assert_eq!(w.register(G0, 3, &buf), TEE_SUCCESS);
     let held = w.tee.use_registered(G0, 3).unwrap();
-    assert_eq!(w.unregister(G0, 3), TEE_ERROR_BUSY);
+    assert_eq!(w.unregister(G0, 3), TEE_SUCCESS);
     let r = w.invoke(
         G0,
         s,
@@ -467,9 +468,10 @@ fn regression_duplicate_cookie_refused() {
 fn regression_tee_mm_find_16_bit_offsets() {
     let w = World::new(CoreConfig {
         quotas: GuestQuotas {
-            max_mapped_pages: 1 << 20,
+            max_mapped_pages: 80_000,
             ..GuestQuotas::default()
         },
+        max_buffer_pages: 80_000,
         ..CoreConfig::default()
     });
     let s = w.open_session(G0);
@@ -502,8 +504,9 @@ fn regression_tee_mm_find_16_bit_offsets() {
 }
 
 /// linaro-swg/linux#72: OP-TEE's unregister blocked a thread until the buffer's users were
-/// done, and deadlocked when the user waited on the normal world. teeshm answers BUSY at once
-/// while the user waits in an RPC, with a thread to spare.
+/// done, and deadlocked when the user waited on the normal world. teeshm answers at once
+/// (revoking the buffer) while the user waits in an RPC, with a thread to spare, and the
+/// waiting call still ends normally.
 #[test]
 fn regression_linux72_unregister_never_blocks() {
     let w = World::new(CoreConfig {
@@ -514,9 +517,23 @@ fn regression_linux72_unregister_never_blocks() {
     let buf = w.buffer(PAGE, 0);
     assert_eq!(w.register(G0, 4, &buf), TEE_SUCCESS);
     let held = [rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 4, 0, 1)];
-    let (a0, _) = raw_call(&w, G0, &rpc_buffer_arg(s, 10, &held));
+    let (a0, page) = raw_call(&w, G0, &rpc_buffer_arg(s, 10, &held));
     assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
-    assert_eq!(w.unregister(G0, 4), TEE_ERROR_BUSY);
+    assert_eq!(w.unregister(G0, 4), TEE_SUCCESS);
+    w.check();
+    let thread = w
+        .tee
+        .thread_states()
+        .iter()
+        .position(|t| matches!(t, teeshm_core::thread::ThreadState::Suspended(_)))
+        .unwrap() as u64;
+    let mut out = SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[56, 0, thread]);
+    while is_rpc_return(out.a0()) {
+        let answer = w.answer_rpc(&out, None);
+        out = w.tee.handle_smc(answer.from_client(G0));
+    }
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
+    assert_eq!(ret_at(&w, page), TEE_SUCCESS);
     w.check();
 }
 
@@ -550,18 +567,20 @@ fn regression_xen_96383955f6_buffer_count_bounded() {
             max_objects: 17,
             ..GuestQuotas::default()
         },
+        normal_world: NormalWorld::Virtualized,
         ..CoreConfig::default()
     });
-    w.create_guest(1);
+    assert_eq!(w.create_guest(1), 0);
+    assert_eq!(w.create_guest(2), 0);
     let one = w.buffer(1, 0);
     let mut ok = 0;
     for c in 0..40 {
-        if w.register(G0, c, &one) == TEE_SUCCESS {
+        if w.register(GuestId(1), c, &one) == TEE_SUCCESS {
             ok += 1;
         }
     }
     assert_eq!(ok, 16, "16 buffers + the arg page of the call");
-    assert_eq!(w.register(GuestId(1), 0, &one), TEE_SUCCESS);
+    assert_eq!(w.register(GuestId(2), 0, &one), TEE_SUCCESS);
     w.check();
 }
 
@@ -570,7 +589,7 @@ fn regression_xen_96383955f6_buffer_count_bounded() {
 /// as they were (the cost side is the VM_DESTROYED benchmark).
 #[test]
 fn regression_xen_208bef44c6_destroy_touches_only_own() {
-    let w = World::default_world();
+    let w = World::virtualized();
     w.create_guest(1);
     w.create_guest(2);
     let s2 = w.open_session(GuestId(2));
@@ -858,7 +877,10 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
         open: false.into(),
     };
     let tee = teeshm_core::Tee::new(
-        CoreConfig::default(),
+        CoreConfig {
+            normal_world: NormalWorld::Virtualized,
+            ..CoreConfig::default()
+        },
         teeshm_testkit::sim_memory_map(),
         platform,
         teeshm_platform::RecordingTlb::counting(),
@@ -957,10 +979,12 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
 /// Found by the `smc_surface` fuzz target (crash-9a644ed4, docs/assurance.md): an
 /// `RPC_FUNC_ALLOC` answer naming a buffer too small for an RPC arg (here the last byte of a
 /// page) was refused, but the object made for it was never retired, so its charge stayed on
-/// the guest's counters for ever — one object leaked per such answer.
+/// the guest's counters for ever — one object leaked per such answer. And, as OP-TEE's
+/// `thread_rpc_alloc_arg` does, the refused buffer goes back to the normal world by
+/// `RPC_FUNC_FREE` with its cookie before the call ends.
 #[test]
 fn regression_fuzz_too_small_rpc_arg_buffer_released() {
-    let w = World::default_world();
+    let w = World::virtualized();
     let g = GuestId(1);
     assert_eq!(w.create_guest(1), 0);
     let session = w.open_session(g);
@@ -977,6 +1001,9 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
     let tiny = w.alloc_page() + 0xfff;
     let (hi, lo) = split_pair(tiny);
     let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[hi, lo, thread, 0, 7]);
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_FREE, "the refused buffer is handed back");
+    assert_eq!(reg_pair(out.a[1], out.a[2]), 7, "by its cookie");
+    let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     assert_eq!(ret_at(&w, page), TEE_ERROR_COMMUNICATION);
     w.check();
@@ -988,14 +1015,13 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
 }
 
 /// Found by the reference model (reference.rs): a registered buffer whose mapping was
-/// idle in the cache, unregistered while a suspended call held it (`TEE_ERROR_BUSY`), keeps
-/// that idle mapping until the call ends — a legitimate state (the call may still use it; it
-/// is not evictable while used) that the agreement checker reported as an `IdleIndex`
-/// disagreement. The checker now accepts an idle mapping of a retired object that a call still
-/// uses; the mapping goes with the release.
+/// idle in the cache, unregistered while a suspended call held it, kept that idle mapping
+/// until the call ended, which the agreement checker reported as an `IdleIndex`
+/// disagreement. Since revocation the mapping goes with the unregister itself (the call may
+/// not reach the pages any more), and the object with the call's end.
 #[test]
 fn regression_idle_mapping_of_busy_unregistered_buffer() {
-    let w = World::default_world();
+    let w = World::virtualized();
     let g = GuestId(1);
     assert_eq!(w.create_guest(1), 0);
     let session = w.open_session(g);
@@ -1020,8 +1046,20 @@ fn regression_idle_mapping_of_busy_unregistered_buffer() {
     let held = [rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 1, 0, 1)];
     let (a0, _) = raw_call(&w, g, &rpc_buffer_arg(session, 50, &held));
     assert_eq!(a0, OPTEE_SMC_RETURN_RPC_ALLOC);
-    assert_eq!(w.unregister(g, 1), TEE_ERROR_BUSY);
+    assert_eq!(w.unregister(g, 1), TEE_SUCCESS);
     w.check();
+    assert!(
+        w.tee
+            .window()
+            .object_mappings()
+            .all(|m| m.cookie != Some(1)),
+        "revoked: unmapped at once"
+    );
+    assert_eq!(
+        w.tee.guest(g).unwrap().snapshot().registered_pages,
+        2,
+        "the object lives on with its user"
+    );
     // The call ends: the buffer is released and its mapping goes.
     let thread = w
         .tee
