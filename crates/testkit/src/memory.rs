@@ -21,6 +21,17 @@ pub struct PhysMemory {
     tracing: AtomicBool,
     /// Reads per page, while tracing (tests of the read-once rule).
     traced: Mutex<Option<BTreeMap<u64, u64>>>,
+    /// Writes a hostile normal world makes between the TEE's reads (see
+    /// [`PhysMemory::rewrite_after_reads`]).
+    rewrites: Mutex<Vec<Rewrite>>,
+}
+
+/// Bytes to write at `pa` once the page holding `pa` has been read `after` times.
+#[derive(Debug)]
+struct Rewrite {
+    pa: u64,
+    after: u64,
+    bytes: Vec<u8>,
 }
 
 /// Locks the pages are spread over.
@@ -38,6 +49,7 @@ impl Default for PhysMemory {
             shards: std::array::from_fn(|_| Mutex::new(BTreeMap::new())),
             tracing: AtomicBool::new(false),
             traced: Mutex::new(None),
+            rewrites: Mutex::new(Vec::new()),
         }
     }
 }
@@ -60,6 +72,23 @@ impl PhysMemory {
             .as_ref()
             .and_then(|t| t.get(&(pa / PAGE_SIZE)).copied())
             .unwrap_or(0)
+    }
+
+    /// Plays a normal-world CPU that changes memory behind the TEE's back: once the page
+    /// holding `pa` has been read `after` times (while tracing, which this turns on), `bytes`
+    /// are written at `pa` — after that read completed and before any next one. A reader that
+    /// reads a value twice then sees two different values (the time-of-check to time-of-use
+    /// bugs of OP-TEE's history).
+    pub fn rewrite_after_reads(&self, pa: u64, after: u64, bytes: Vec<u8>) {
+        if !self.tracing.load(Ordering::Acquire) {
+            self.trace_reads(true);
+        }
+        lock(&self.rewrites).push(Rewrite { pa, after, bytes });
+    }
+
+    /// Rewrites not yet made (a test shows its hostile writes did happen).
+    pub fn pending_rewrites(&self) -> usize {
+        lock(&self.rewrites).len()
     }
 
     fn shard(&self, page: u64) -> &Mutex<BTreeMap<u64, Frame>> {
@@ -97,6 +126,19 @@ impl PhysMemory {
                 None => dst.fill(0),
             }
         });
+        if self.tracing.load(Ordering::Acquire) {
+            let due: Vec<Rewrite> = {
+                let mut rewrites = lock(&self.rewrites);
+                let (due, keep) = std::mem::take(&mut *rewrites)
+                    .into_iter()
+                    .partition(|r| self.reads_of(r.pa) >= r.after);
+                *rewrites = keep;
+                due
+            };
+            for r in due {
+                self.write(r.pa, &r.bytes);
+            }
+        }
     }
 
     /// Copies into physical memory.

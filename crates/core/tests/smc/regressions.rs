@@ -73,20 +73,41 @@ fn register_raw(w: &World, buf_ptr: u64, size: u64, cookie: u64) -> u32 {
     r.ret()
 }
 
-/// OP-TEE bdc5282e7 (2017): the page list was validated before it was copied. teeshm reads each
-/// list page once into secure memory and checks only the copy: every list page of a 1100-page
-/// buffer (3 list pages) is read exactly once, and a data page in secure RAM is refused.
+/// OP-TEE bdc5282e7 (2017): the page list was validated before it was copied, so a normal world
+/// that changed an entry between the check and the copy got a secure page mapped. Here the
+/// normal world does exactly that: right after the TEE's read of the second list page it puts
+/// a secure-RAM address in that page's entry. teeshm reads each list page once into secure
+/// memory and uses only the copy, so the buffer holds the page the list named when it was read,
+/// and every list page of a 1100-page buffer (3 list pages) is read exactly once. A list that
+/// names a secure page when it is read is refused.
 #[test]
 fn regression_bdc5282e7_page_list_read_once_then_validated() {
     let w = World::default_world();
     let buf = w.buffer(1100 * PAGE, 0);
     let (buf_ptr, lists) = w.page_list(&buf);
+    // Entry 700 is entry 189 of the second list page (511 entries and a next pointer a page).
     w.mem.trace_reads(true);
+    w.mem
+        .rewrite_after_reads(lists[1] + 189 * 8, 1, SECURE_RAM.0.to_le_bytes().to_vec());
     assert_eq!(register_raw(&w, buf_ptr, buf.size, 1), TEE_SUCCESS);
     for &l in &lists {
         assert_eq!(w.mem.reads_of(l), 1, "list page {l:#x} read once");
     }
     w.mem.trace_reads(false);
+    let mut entry = [0u8; 8];
+    w.mem.read(lists[1] + 189 * 8, &mut entry);
+    assert_eq!(u64::from_le_bytes(entry), SECURE_RAM.0, "the list was changed");
+    let used = w.tee.use_registered(G0, 1).unwrap();
+    assert_eq!(
+        used.mobj().page(700).map(|p| p.get()),
+        Some(buf.pages[700]),
+        "the page named when the list was read, not the one written after"
+    );
+    assert!(
+        used.mobj().pages().all(|p| p.get() != SECURE_RAM.0),
+        "no secure page in the buffer"
+    );
+    drop(used);
     let mut bad = buf.clone();
     bad.pages[700] = SECURE_RAM.0;
     let (buf_ptr, _) = w.page_list(&bad);
@@ -123,7 +144,10 @@ fn regression_a0c3590b4_noncontig_offset_applied_once() {
 }
 
 /// OP-TEE eecd6bd23 / 19cae8dc8 (2018): fields of the arg were read from normal-world memory
-/// more than once. The arg page is read twice in all — the header, then the params — and never
+/// more than once, so a normal world could change them between the check and the use. Here it
+/// does: after the TEE's first read of the arg page (the header) it changes the command and the
+/// session, and after the second (the params) it changes the fill seed. The call runs what was
+/// read — FILL in the real session with seed 4 — and the arg page is read twice in all, never
 /// again, however the call goes.
 #[test]
 fn regression_eecd6bd23_arg_read_once() {
@@ -141,11 +165,28 @@ fn regression_eecd6bd23_arg_read_once() {
     let page = w.alloc_page();
     w.mem.write(page, &arg_bytes(h, &params));
     w.mem.trace_reads(true);
+    let mut changed = h;
+    changed.func.set(cmd::SHA256);
+    changed.session.set(s.wrapping_add(99));
+    w.mem
+        .rewrite_after_reads(page, 1, changed.as_bytes().to_vec());
+    // The value param is the second one: 32 bytes of header, 32 of the tmem, then a (u64).
+    w.mem
+        .rewrite_after_reads(page + 32 + 32 + 8, 2, 9u64.to_le_bytes().to_vec());
     let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
     assert_eq!(w.mem.reads_of(page), 2);
     w.mem.trace_reads(false);
+    assert_eq!(w.mem.pending_rewrites(), 0, "the arg was changed twice");
     assert_eq!(r.a[0], 0);
     assert_eq!(ret_at(&w, page), TEE_SUCCESS);
+    let filled = w.read_buf(&out, 0, 100);
+    assert!(
+        filled
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(4, i as u64)),
+        "FILL with the seed read once"
+    );
     w.check();
 }
 
@@ -350,9 +391,16 @@ fn regression_06ea466f9_7c04952c7_map_count_and_lookup_races() {
                             value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
                         ],
                     );
+                    // Unregistered on another CPU before the lookup (BAD_PARAMETERS), or
+                    // between the lookup and the access (revoked: ACCESS_CONFLICT).
                     assert!(
                         r.a0 == OPTEE_SMC_RETURN_ETHREAD_LIMIT
-                            || [TEE_SUCCESS, TEE_ERROR_BAD_PARAMETERS].contains(&r.ret()),
+                            || [
+                                TEE_SUCCESS,
+                                TEE_ERROR_BAD_PARAMETERS,
+                                TEE_ERROR_ACCESS_CONFLICT
+                            ]
+                            .contains(&r.ret()),
                         "{:#x} {:#x}",
                         r.a0,
                         r.ret()
