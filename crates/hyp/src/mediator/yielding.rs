@@ -281,12 +281,16 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
             return;
         };
         let (_, mut buffer) = call.temps.swap_remove(at);
-        let Ok((_, sent)) = split_arg(&call.arg) else {
-            // Cannot happen (the arg was parsed before); keep the pins with the call's end.
+        // A temp at index 0 means param 0 was parsed before; without it there is no cookie to
+        // keep the buffer under (not cookie 0), so the pins go with the call's end.
+        let Some(cookie) = split_arg(&call.arg)
+            .ok()
+            .and_then(|(_, sent)| sent.first())
+            .map(|p| p.tmem().shm_ref.get())
+        else {
             call.temps.push((0, buffer));
             return;
         };
-        let cookie = sent.first().map_or(0, |p| p.tmem().shm_ref.get());
         let lists = core::mem::take(&mut buffer.lists);
         self.guest.free_shadows(self.mem, &lists);
         if let Some(old) = self.guest.registered.insert(cookie, buffer) {
