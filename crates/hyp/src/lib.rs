@@ -76,6 +76,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+mod check;
 mod config;
 mod error;
 mod guest;
@@ -84,6 +85,7 @@ mod memory;
 mod stage2;
 mod translate;
 
+pub use check::HypDisagreement;
 pub use config::{GuestStats, HypLimits};
 pub use error::HypError;
 pub use mediator::Mediator;

@@ -9,12 +9,14 @@ mod fast;
 mod rpc;
 mod yielding;
 
+use crate::check::HypDisagreement;
 use crate::config::{GuestStats, HypLimits};
 use crate::error::HypError;
 use crate::guest::GuestState;
 use crate::memory::MachineMemory;
 use crate::stage2::{PAGE_MASK, PAGE_SIZE, Stage2};
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use core::mem::offset_of;
 use teeshm_abi::GuestId;
 use teeshm_abi::msg::{MsgArgHeader, MsgParam, Tmem};
@@ -179,7 +181,18 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     pub fn shadow_pages(&self) -> u64 {
         self.guests
             .values()
-            .fold(0u64, |n, g| n.saturating_add(g.shadow_pages))
+            .fold(0u64, |n, g| n.saturating_add(g.shadow_pages.get()))
+    }
+
+    /// Every disagreement of a guest's counts (pins, buffers, shadow pages) with its records,
+    /// and every release below zero of those counts; empty when all agree. Call it between
+    /// SMCs. Cost: linear in pinned pages and records.
+    pub fn check_agreement(&self) -> Vec<HypDisagreement> {
+        let mut found = Vec::new();
+        for (&vm, guest) in &self.guests {
+            guest.check_agreement(vm, &mut found);
+        }
+        found
     }
 
     /// The live guests, in id order.

@@ -203,7 +203,7 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
                 return Err(e);
             }
         };
-        self.guest.buffers = self.guest.buffers.saturating_add(1);
+        self.guest.buffers.add(1);
         self.guest.rpc_args.insert(
             cookie,
             RpcArg {
