@@ -15,7 +15,9 @@
 //!   pages for RPC arguments, copying requests to the guest and answers back (translating the
 //!   page lists of `SHM_ALLOC` answers);
 //! - enforces per-guest limits ([`HypLimits`]) and sweeps everything of a guest when it ends
-//!   ([`Mediator::destroy_guest`]), then tells the TEE (`VM_DESTROYED`).
+//!   ([`Mediator::destroy_guest`]), then tells the TEE (`VM_DESTROYED`);
+//! - checks each guest's counts (pins, buffers, shadow pages) against its records, and reports
+//!   every release below zero ([`Mediator::check_agreement`]).
 //!
 //! # Capabilities a guest sees
 //!
