@@ -52,20 +52,23 @@ enum Held {
     Pool(u64),
 }
 
-/// What an RPC buffer is for: an RPC arg (`RPC_FUNC_ALLOC`) or a payload (`SHM_ALLOC`).
+/// What an RPC buffer is for: an RPC arg (`RPC_FUNC_ALLOC`), which the driver reads and
+/// writes itself and so needs where it lies, or a payload (`SHM_ALLOC`), which only the TEE
+/// uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RpcUse {
-    Arg,
+    Arg {
+        /// First byte.
+        addr: u64,
+        /// Bytes.
+        size: u64,
+    },
     Shm(RpcShmType),
 }
 
 /// A buffer the driver lent the TEE and must get back by cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RpcBuffer {
-    /// First byte.
-    addr: u64,
-    /// Bytes.
-    size: u64,
     used_for: RpcUse,
     held: Held,
 }

@@ -46,8 +46,10 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
                     _ => self
                         .rpc_buffers
                         .get(&cookie)
-                        .filter(|b| b.used_for == RpcUse::Arg)
-                        .map(|b| (b.addr, b.size)),
+                        .and_then(|b| match b.used_for {
+                            RpcUse::Arg { addr, size } => Some((addr, size)),
+                            RpcUse::Shm(_) => None,
+                        }),
                 };
                 if let Some((addr, size)) = at {
                     self.serve_rpc_cmd(addr, size);
@@ -71,9 +73,7 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         self.rpc_buffers.insert(
             cookie,
             RpcBuffer {
-                addr,
-                size,
-                used_for: RpcUse::Arg,
+                used_for: RpcUse::Arg { addr, size },
                 held,
             },
         );
@@ -86,7 +86,7 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         let matches = self
             .rpc_buffers
             .get(&cookie)
-            .is_some_and(|b| (b.used_for == RpcUse::Arg) == arg);
+            .is_some_and(|b| matches!(b.used_for, RpcUse::Arg { .. }) == arg);
         if !matches {
             return false;
         }
@@ -159,15 +159,8 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
             *param =
                 MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, Tmem::new(pa, size, cookie));
             let held = Held::Pool(pa);
-            self.rpc_buffers.insert(
-                cookie,
-                RpcBuffer {
-                    addr: pa,
-                    size,
-                    used_for,
-                    held,
-                },
-            );
+            self.rpc_buffers
+                .insert(cookie, RpcBuffer { used_for, held });
             return TEE_SUCCESS;
         }
         let Ok(buf) = GuestBuffer::alloc(&mut self.ram, size, 0) else {
@@ -185,12 +178,9 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
             Tmem::new(list.buf_ptr, size, cookie),
         );
         self.call_lists = list.list_pages;
-        let addr = buf.pages.first().copied().unwrap_or(0);
         self.rpc_buffers.insert(
             cookie,
             RpcBuffer {
-                addr,
-                size,
                 used_for,
                 held: Held::Pages(buf.pages),
             },
