@@ -9,7 +9,9 @@ use crate::guest::{Call, Pending, RpcArg};
 use crate::memory::MachineMemory;
 use crate::stage2::{PAGE_MASK, PAGE_SIZE};
 use alloc::vec::Vec;
-use teeshm_abi::gp::{TEE_ERROR_COMMUNICATION, TEE_ORIGIN_COMMS, TEE_SUCCESS};
+use teeshm_abi::gp::{
+    TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_COMMUNICATION, TEE_ORIGIN_COMMS, TEE_SUCCESS,
+};
 use teeshm_abi::msg::{
     MsgArgHeader, MsgParam, OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Tmem, Value, arg_size_checked, split_arg, split_arg_mut,
@@ -283,18 +285,23 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
         if r_hdr.cmd.get() != OPTEE_RPC_CMD_SHM_ALLOC || g_hdr.ret.get() != TEE_SUCCESS {
             return None;
         }
-        let shm_type = r_params.first().map_or(0, |p| p.value().a.get());
-        match self.translate_alloc_answer(call, g_params.first()) {
+        // The answer has as many params as the request; with none, the guest named no buffer
+        // (so there is none to free) and the TEE learns the request was malformed.
+        let (Some(slot), Some(answer)) = (r_params.first_mut(), g_params.first()) else {
+            r_hdr.ret.set(TEE_ERROR_BAD_PARAMETERS);
+            r_hdr.ret_origin.set(TEE_ORIGIN_COMMS);
+            return None;
+        };
+        let shm_type = slot.value().a.get();
+        match self.translate_alloc_answer(call, answer) {
             Ok(param) => {
-                if let Some(slot) = r_params.first_mut() {
-                    *slot = param;
-                }
+                *slot = param;
                 None
             }
             Err(error) => Some(FailedAlloc {
                 error,
                 shm_type,
-                guest_cookie: g_params.first().map_or(0, |p| p.tmem().shm_ref.get()),
+                guest_cookie: answer.tmem().shm_ref.get(),
             }),
         }
     }
@@ -329,10 +336,9 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
     fn translate_alloc_answer(
         &mut self,
         call: &mut Call,
-        answer: Option<&MsgParam>,
+        g: &MsgParam,
     ) -> Result<MsgParam, HypError> {
         let bad = |problem| HypError::BadParam { index: 0, problem };
-        let g = answer.ok_or(bad("SHM_ALLOC answer without a parameter"))?;
         let attr = g.attr();
         let noncontig = attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG;
         if attr != OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT && !noncontig {
