@@ -29,6 +29,7 @@
 extern crate alloc;
 
 pub mod caps;
+pub mod count;
 pub mod gp;
 pub mod guest;
 pub mod limits;
@@ -38,4 +39,5 @@ pub mod rpc;
 pub mod smc;
 pub mod uid;
 
+pub use count::{Count, Underflow};
 pub use guest::{GuestId, GuestIdError};

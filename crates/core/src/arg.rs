@@ -10,10 +10,10 @@ use crate::platform::Platform;
 use crate::window::{MapGuard, SharedWindow};
 use alloc::vec::Vec;
 use teeshm_abi::msg::{
-    ArgError, MSG_ARG_HEADER_SIZE, MsgArgHeader, MsgParam, RPC_ARG_SIZE, arg_size_checked,
-    split_arg, split_arg_mut,
+    ArgError, MSG_ARG_HEADER_SIZE, MsgArgHeader, MsgParam, OPTEE_MSG_MAX_NUM_PARAMS, RPC_ARG_SIZE,
+    arg_size_checked, split_arg,
 };
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// A place in normal-world memory: bytes from `offset` of a memory object a call uses.
 #[derive(Debug)]
@@ -49,10 +49,14 @@ pub enum ArgReadError {
     BadCommand,
 }
 
-/// The secure copy of an `optee_msg_arg`: header and exactly `num_params` params.
+/// The secure copy of an `optee_msg_arg`: its header and exactly `num_params` params.
+///
+/// Header and params are kept apart, and nothing hands out the header mutably, so `num_params`
+/// and the params cannot disagree: every view of the copy is total, none needs a fallback.
 #[derive(Debug, Clone)]
 pub struct ArgCopy {
-    bytes: Vec<u8>,
+    header: MsgArgHeader,
+    params: Vec<MsgParam>,
 }
 
 impl ArgCopy {
@@ -71,71 +75,75 @@ impl ArgCopy {
         let guard = at
             .map(window, platform)
             .map_err(|_| ArgReadError::BadAddress)?;
-        let mut header = MsgArgHeader::default();
+        let mut header = MsgArgHeader::new_zeroed();
         guard
             .read(at.offset, header.as_mut_bytes())
             .map_err(|_| ArgReadError::BadAddress)?;
         let num_params = header.num_params.get();
         let size = arg_size_checked(num_params).map_err(|_| ArgReadError::BadCommand)?;
+        let count = usize::try_from(num_params).map_err(|_| ArgReadError::BadCommand)?;
         let needed = (size as u64).saturating_add(reserve);
         if needed > available {
             return Err(ArgReadError::BadAddress);
         }
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(size)
+        let mut params = Vec::new();
+        params
+            .try_reserve_exact(count)
             .map_err(|_| ArgReadError::BadAddress)?;
-        bytes.extend_from_slice(header.as_bytes());
-        bytes.resize(size, 0);
+        params.resize(count, MsgParam::new_zeroed());
         let params_at = at.offset + MSG_ARG_HEADER_SIZE as u64;
-        if let Some(params) = bytes.get_mut(MSG_ARG_HEADER_SIZE..) {
-            guard
-                .read(params_at, params)
-                .map_err(|_| ArgReadError::BadAddress)?;
-        }
-        Ok(Self { bytes })
+        guard
+            .read(params_at, params.as_mut_bytes())
+            .map_err(|_| ArgReadError::BadAddress)?;
+        Ok(Self { header, params })
     }
 
-    /// A fresh arg with `num_params` zeroed params (an RPC request).
-    pub fn new(cmd: u32, num_params: u32) -> Result<Self, ArgError> {
-        let size = arg_size_checked(num_params)?;
-        let mut bytes = alloc::vec![0u8; size];
-        if let Ok((header, _)) = split_arg_mut(&mut bytes) {
-            header.cmd.set(cmd);
-            header.num_params.set(num_params);
-        }
-        Ok(Self { bytes })
+    /// A fresh arg (an RPC request): command `cmd` with exactly `params`.
+    ///
+    /// # Errors
+    /// [`ArgError::TooManyParams`] when `params` would not fit one page.
+    pub fn with_params(cmd: u32, params: Vec<MsgParam>) -> Result<Self, ArgError> {
+        let too_many = ArgError::TooManyParams {
+            num_params: u32::MAX,
+            max: OPTEE_MSG_MAX_NUM_PARAMS,
+        };
+        let num_params = u32::try_from(params.len()).map_err(|_| too_many)?;
+        arg_size_checked(num_params)?;
+        let mut header = MsgArgHeader::new_zeroed();
+        header.cmd.set(cmd);
+        header.num_params.set(num_params);
+        Ok(Self { header, params })
     }
 
     /// The header.
     pub fn header(&self) -> MsgArgHeader {
-        MsgArgHeader::read_from_prefix(&self.bytes)
-            .map(|(h, _)| h)
-            .unwrap_or_default()
+        self.header
     }
 
-    /// Header and params as a pair of views.
-    pub fn split(&self) -> (&MsgArgHeader, &[MsgParam]) {
-        // The copy was built with exactly num_params params, so the split cannot fail.
-        split_arg(&self.bytes).unwrap_or((&EMPTY_HEADER, &[]))
+    /// The params, exactly `num_params` of them.
+    pub fn params(&self) -> &[MsgParam] {
+        &self.params
     }
 
-    /// Mutable views, to write results into the copy.
-    pub fn split_mut(&mut self) -> Option<(&mut MsgArgHeader, &mut [MsgParam])> {
-        split_arg_mut(&mut self.bytes).ok()
+    /// The params, to write results (output values and sizes) into the copy.
+    pub fn params_mut(&mut self) -> &mut [MsgParam] {
+        &mut self.params
+    }
+
+    /// Sets the session id (an `OPEN_SESSION` that succeeded).
+    pub fn set_session(&mut self, session: u32) {
+        self.header.session.set(session);
     }
 
     /// Sets `ret` and `ret_origin`.
     pub fn set_result(&mut self, ret: u32, origin: u32) {
-        if let Some((header, _)) = self.split_mut() {
-            header.ret.set(ret);
-            header.ret_origin.set(origin);
-        }
+        self.header.ret.set(ret);
+        self.header.ret_origin.set(origin);
     }
 
-    /// The bytes as they go back to the normal world.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+    /// Bytes the arg takes in normal-world memory (header and params).
+    pub fn size(&self) -> usize {
+        MSG_ARG_HEADER_SIZE + self.params.as_bytes().len()
     }
 
     /// Writes the copy back to `at`.
@@ -145,7 +153,12 @@ impl ArgCopy {
         window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
         platform: &P,
     ) -> Result<(), TeeError> {
-        at.map(window, platform)?.write(at.offset, &self.bytes)
+        let guard = at.map(window, platform)?;
+        guard.write(at.offset, self.header.as_bytes())?;
+        guard.write(
+            at.offset + MSG_ARG_HEADER_SIZE as u64,
+            self.params.as_bytes(),
+        )
     }
 
     /// Reads back an RPC arg at `at` (after the normal world answered): header and up to
@@ -163,25 +176,16 @@ impl ArgCopy {
         if header.num_params.get() != sent_params {
             return Err(TeeError::Rpc("RPC reply changed num_params"));
         }
-        let size = arg_size_checked(sent_params).map_err(|_| TeeError::Rpc("bad num_params"))?;
-        let bytes = raw
-            .get(..size)
-            .ok_or(TeeError::Rpc("RPC arg too big"))?
-            .to_vec();
-        Ok(Self { bytes })
+        let (_, params) = split_arg(&raw).map_err(|e| match e {
+            ArgError::TooManyParams { .. } => TeeError::Rpc("bad num_params"),
+            ArgError::Truncated { .. } => TeeError::Rpc("RPC arg too big"),
+        })?;
+        Ok(Self {
+            header,
+            params: params.to_vec(),
+        })
     }
 }
-
-static EMPTY_HEADER: MsgArgHeader = MsgArgHeader {
-    cmd: zerocopy::little_endian::U32::ZERO,
-    func: zerocopy::little_endian::U32::ZERO,
-    session: zerocopy::little_endian::U32::ZERO,
-    cancel_id: zerocopy::little_endian::U32::ZERO,
-    pad: zerocopy::little_endian::U32::ZERO,
-    ret: zerocopy::little_endian::U32::ZERO,
-    ret_origin: zerocopy::little_endian::U32::ZERO,
-    num_params: zerocopy::little_endian::U32::ZERO,
-};
 
 /// Bytes an RPC arg takes after the normal arg (`CALL_WITH_RPC_ARG`, `CALL_WITH_REGD_ARG`).
 pub const APPENDED_RPC_ARG: u64 = RPC_ARG_SIZE as u64;

@@ -5,6 +5,7 @@
 //! objects they count, which a running call may be changing.
 
 use crate::entry::Tee;
+use crate::guest::GuestPartition;
 use crate::mobj::{Mobj, MobjId, MobjKind};
 use crate::platform::Platform;
 use crate::thread::ThreadState;
@@ -90,12 +91,35 @@ pub enum CoreDisagreement {
     },
     /// Objects wait for a release that should have happened at the end of the last SMC.
     PendingReleases,
+    /// A guest's counter was refunded more than it was charged (a double release); the count
+    /// itself stayed at 0, which alone would look right.
+    Underflow {
+        /// The guest.
+        guest: GuestId,
+        /// Which counter.
+        counter: &'static str,
+        /// How many refunds went below zero.
+        underflows: u64,
+    },
+    /// A map guard of an object was released once more than it was taken.
+    GuardUnderflow {
+        /// The object.
+        mobj: MobjId,
+    },
+    /// Threads or suspended calls are held for a guest the core does not know.
+    UnknownGuest {
+        /// The guest named by the thread or call.
+        guest: GuestId,
+    },
 }
 
+/// What a guest holds, recounted from the things themselves.
 #[derive(Default)]
 struct Recount {
     objects: BTreeMap<MobjId, Arc<Mobj>>,
     threads: u64,
+    sessions: u64,
+    mapped_pages: u64,
 }
 
 impl<P: Platform> Tee<P> {
@@ -107,8 +131,8 @@ impl<P: Platform> Tee<P> {
             found.push(CoreDisagreement::PendingReleases);
         }
         let guests = self.guests();
+        // Every guest has its recount from here on; whatever names another id is reported.
         let mut recount: BTreeMap<GuestId, Recount> = BTreeMap::new();
-        let mut sessions = BTreeMap::new();
         for guest in &guests {
             let state = guest.state.lock();
             let r = recount.entry(guest.id()).or_default();
@@ -130,7 +154,7 @@ impl<P: Platform> Tee<P> {
                     r.objects.insert(cached.mobj.id(), cached.mobj.clone());
                 }
             }
-            sessions.insert(guest.id(), state.sessions.len() as u64);
+            r.sessions = state.sessions.len() as u64;
         }
         {
             let threads = self.threads.lock();
@@ -158,10 +182,15 @@ impl<P: Platform> Tee<P> {
                 .into_iter()
                 .map(CoreDisagreement::Window),
         );
-        let mut mapped: BTreeMap<GuestId, u64> = BTreeMap::new();
         let mut starts = BTreeMap::new();
         let mut mapped_ids = alloc::collections::BTreeSet::new();
         let (idle, idle_by_guest) = window.idle_index();
+        found.extend(
+            window
+                .guard_underflows()
+                .iter()
+                .map(|&mobj| CoreDisagreement::GuardUnderflow { mobj }),
+        );
         for (&id, entry) in window.entries() {
             let mobj = &entry.mobj;
             starts.insert(entry.range.start(), id);
@@ -190,12 +219,12 @@ impl<P: Platform> Tee<P> {
                 // An idle mapping's object is live, or retired while a call still uses it (a
                 // busy unregister after the mapping went idle: it goes with the release).
                 Some(stamp) => {
-                    entry.guards == 0
+                    entry.guards.get() == 0
                         && idle.get(&stamp) == Some(&id)
                         && idle_by_guest.contains(&(mobj.owner(), stamp))
                         && (!mobj.uses().is_retired() || mobj.uses().users() > 0)
                 }
-                None => entry.guards > 0,
+                None => entry.guards.get() > 0,
             };
             if !idle_ok {
                 found.push(CoreDisagreement::IdleIndex { mobj: id });
@@ -203,12 +232,12 @@ impl<P: Platform> Tee<P> {
             if mobj.kind() == MobjKind::StaticPool {
                 continue;
             }
-            if entry.guards > 0 && mobj.uses().users() == 0 {
+            if entry.guards.get() > 0 && mobj.uses().users() == 0 {
                 found.push(CoreDisagreement::GuardWithoutUse { mobj: id });
             }
-            *mapped.entry(mobj.owner()).or_default() += entry.range.pages();
             match recount.get_mut(&mobj.owner()) {
                 Some(r) => {
+                    r.mapped_pages += entry.range.pages();
                     r.objects.insert(id, mobj.clone());
                 }
                 None => found.push(CoreDisagreement::Orphan { mobj: id }),
@@ -226,9 +255,13 @@ impl<P: Platform> Tee<P> {
         }
         drop(window);
 
-        for guest in &guests {
-            let id = guest.id();
-            let r = recount.remove(&id).unwrap_or_default();
+        let by_id: BTreeMap<GuestId, &Arc<GuestPartition>> =
+            guests.iter().map(|g| (g.id(), g)).collect();
+        for (id, r) in recount {
+            let Some(guest) = by_id.get(&id) else {
+                found.push(CoreDisagreement::UnknownGuest { guest: id });
+                continue;
+            };
             for (&mobj_id, mobj) in &r.objects {
                 if mobj.uses().is_retired() && mobj.uses().users() == 0 {
                     found.push(CoreDisagreement::NotReleased { mobj: mobj_id });
@@ -249,17 +282,9 @@ impl<P: Platform> Tee<P> {
             let checks = [
                 ("objects", c.objects(), objects),
                 ("registered_pages", c.registered_pages(), registered),
-                (
-                    "mapped_pages",
-                    c.mapped_pages(),
-                    mapped.get(&id).copied().unwrap_or(0),
-                ),
+                ("mapped_pages", c.mapped_pages(), r.mapped_pages),
                 ("threads", c.threads(), r.threads),
-                (
-                    "sessions",
-                    c.sessions(),
-                    sessions.get(&id).copied().unwrap_or(0),
-                ),
+                ("sessions", c.sessions(), r.sessions),
                 ("secure_bytes", c.secure_bytes(), bytes),
             ];
             for (counter, recorded, recomputed) in checks {
@@ -272,7 +297,126 @@ impl<P: Platform> Tee<P> {
                     });
                 }
             }
+            for (counter, underflows) in c.underflows() {
+                if underflows != 0 {
+                    found.push(CoreDisagreement::Underflow {
+                        guest: id,
+                        counter,
+                        underflows,
+                    });
+                }
+            }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CoreConfig;
+    use crate::mobj::{Backing, MobjSpec};
+    use crate::platform::{AccessFault, Platform, Translate};
+    use std::vec;
+    use teeshm_mm::{MemoryMap, PhysRange, Region, RegionKind};
+    use teeshm_platform::RecordingTlb;
+
+    /// A platform whose memory cannot be reached: these tests change counts and mappings only,
+    /// and never read or write a shared byte.
+    struct NoAccess;
+
+    impl Platform for NoAccess {
+        type Tlb = RecordingTlb;
+
+        fn read(&self, _: &dyn Translate, va: VirtAddr, _: &mut [u8]) -> Result<(), AccessFault> {
+            Err(AccessFault::NoMemory(va.get()))
+        }
+
+        fn write(&self, _: &dyn Translate, va: VirtAddr, _: &[u8]) -> Result<(), AccessFault> {
+            Err(AccessFault::NoMemory(va.get()))
+        }
+    }
+
+    const NS_RAM: u64 = 0x4000_0000;
+
+    fn tee() -> Tee<NoAccess> {
+        let ns = Region {
+            range: PhysRange::new(PhysAddr(NS_RAM), 16 << 20).unwrap(),
+            kind: RegionKind::NonSecureRam,
+        };
+        let map = MemoryMap::new(&[ns]).unwrap();
+        let tee = Tee::new(
+            CoreConfig::default(),
+            map,
+            NoAccess,
+            RecordingTlb::default(),
+        )
+        .unwrap();
+        assert_eq!(tee.check_agreement(), vec![]);
+        tee
+    }
+
+    #[test]
+    fn a_refund_below_zero_of_each_guest_counter_is_reported() {
+        type Refund = fn(&crate::guest::GuestCounters);
+        let kinds: [(&str, Refund); 6] = [
+            ("objects", |c| c.refund_object(0, 0)),
+            ("registered_pages", |c| c.refund_object(1, 0)),
+            ("secure_bytes", |c| c.refund_object(0, 1)),
+            ("mapped_pages", |c| c.sub_mapped(1)),
+            ("threads", |c| c.refund_thread()),
+            ("sessions", |c| c.refund_session()),
+        ];
+        for (counter, refund) in kinds {
+            let tee = tee();
+            let guest = tee.guest(GuestId::HYPERVISOR).unwrap();
+            // A refund of nothing held: a saturating count stays at a plausible 0, and the
+            // recount (nothing held) agrees with it; only the recorded underflow shows it.
+            refund(guest.counters());
+            let found: Vec<_> = tee
+                .check_agreement()
+                .into_iter()
+                .filter(|d| matches!(d, CoreDisagreement::Underflow { counter: c, .. } if *c == counter))
+                .collect();
+            assert_eq!(
+                found,
+                vec![CoreDisagreement::Underflow {
+                    guest: GuestId::HYPERVISOR,
+                    counter,
+                    underflows: 1,
+                }],
+                "{counter}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_map_guard_released_twice_is_reported() {
+        let tee = tee();
+        let guest = tee.guest(GuestId::HYPERVISOR).unwrap();
+        let spec = MobjSpec {
+            kind: MobjKind::Temporary,
+            owner: GuestId::HYPERVISOR,
+            cookie: None,
+            size: 2 * PAGE_SIZE,
+            page_offset: 0,
+            backing: Backing::Contiguous {
+                first: PhysAddr(NS_RAM),
+                pages: 2,
+            },
+        };
+        let mobj = tee.new_mobj(&guest, spec).unwrap();
+        let id = mobj.id();
+        let mut window = tee.window.lock();
+        window.acquire(&mobj).unwrap();
+        window.release_guard(id);
+        drop(window);
+        // One guard taken and released: the mapping is idle, cached for the next use.
+        assert_eq!(tee.check_agreement(), vec![]);
+        tee.window.lock().release_guard(id);
+        assert_eq!(
+            tee.check_agreement(),
+            vec![CoreDisagreement::GuardUnderflow { mobj: id }]
+        );
     }
 }

@@ -538,7 +538,7 @@ impl<P: Platform> Tee<P> {
         } else {
             RpcArgAt::Appended(NsRef {
                 used: at.used.clone(),
-                offset: at.offset + arg.as_bytes().len() as u64,
+                offset: at.offset + arg.size() as u64,
             })
         };
         Ok((at, arg, rpc_at))

@@ -14,32 +14,67 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use teeshm_abi::GuestId;
 
+/// One of a guest's counters: updated by several CPUs at once, never below zero, and each
+/// refund of more than was charged remembered, so that the agreement checker reports a double
+/// refund instead of a count that quietly stayed at zero.
+#[derive(Debug, Default)]
+struct GuestCount {
+    value: AtomicU64,
+    underflows: AtomicU64,
+}
+
+impl GuestCount {
+    /// Adds `n` unless that passes `limit`; returns the refused total on failure.
+    fn charge(&self, n: u64, limit: u64) -> Result<(), u64> {
+        self.value
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                v.checked_add(n).filter(|&t| t <= limit)
+            })
+            .map(|_| ())
+            .map_err(|v| v.saturating_add(n))
+    }
+
+    /// Adds `n`, with no limit (what is counted was already allowed elsewhere).
+    fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes `n` away. Less than `n` held is an underflow: the count goes to 0 and the
+    /// underflow is recorded, for [`GuestCounters::underflows`] and the agreement checker
+    /// (the callers, releases of all kinds, could do nothing better with it).
+    fn refund(&self, n: u64) {
+        let (Ok(held) | Err(held)) =
+            self.value
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(n))
+                });
+        if held < n {
+            self.underflows.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
+
+    fn underflows(&self) -> u64 {
+        self.underflows.load(Ordering::Acquire)
+    }
+}
+
 /// Live counts of what a guest holds. Updated as things happen; the agreement checker
-/// recomputes each from the objects themselves.
+/// recomputes each from the objects themselves, and reports every refund below zero.
+///
+/// A refund below zero is a bug of the core (a double release): the count stays at 0 and the
+/// underflow is recorded ([`GuestCounters::underflows`]), which the checker reports.
 #[derive(Debug, Default)]
 pub struct GuestCounters {
-    objects: AtomicU64,
-    registered_pages: AtomicU64,
-    mapped_pages: AtomicU64,
-    threads: AtomicU64,
-    sessions: AtomicU64,
-    secure_bytes: AtomicU64,
-}
-
-/// Adds `n` to `counter` unless that passes `limit`; returns the refused total on failure.
-fn charge(counter: &AtomicU64, n: u64, limit: u64) -> Result<(), u64> {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            v.checked_add(n).filter(|&t| t <= limit)
-        })
-        .map(|_| ())
-        .map_err(|v| v.saturating_add(n))
-}
-
-fn refund(counter: &AtomicU64, n: u64) {
-    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-        Some(v.saturating_sub(n))
-    });
+    objects: GuestCount,
+    registered_pages: GuestCount,
+    mapped_pages: GuestCount,
+    threads: GuestCount,
+    sessions: GuestCount,
+    secure_bytes: GuestCount,
 }
 
 impl GuestCounters {
@@ -54,26 +89,30 @@ impl GuestCounters {
         registered_pages: u64,
         secure_bytes: u64,
     ) -> Result<(), TeeError> {
-        charge(&self.objects, 1, quotas.max_objects).map_err(|wanted| TeeError::Quota {
-            kind: QuotaKind::Objects,
-            wanted,
-            limit: quotas.max_objects,
-        })?;
-        if let Err(wanted) = charge(
-            &self.registered_pages,
-            registered_pages,
-            quotas.max_registered_pages,
-        ) {
-            refund(&self.objects, 1);
+        self.objects
+            .charge(1, quotas.max_objects)
+            .map_err(|wanted| TeeError::Quota {
+                kind: QuotaKind::Objects,
+                wanted,
+                limit: quotas.max_objects,
+            })?;
+        if let Err(wanted) = self
+            .registered_pages
+            .charge(registered_pages, quotas.max_registered_pages)
+        {
+            self.objects.refund(1);
             return Err(TeeError::Quota {
                 kind: QuotaKind::RegisteredPages,
                 wanted,
                 limit: quotas.max_registered_pages,
             });
         }
-        if let Err(wanted) = charge(&self.secure_bytes, secure_bytes, quotas.max_secure_bytes) {
-            refund(&self.objects, 1);
-            refund(&self.registered_pages, registered_pages);
+        if let Err(wanted) = self
+            .secure_bytes
+            .charge(secure_bytes, quotas.max_secure_bytes)
+        {
+            self.objects.refund(1);
+            self.registered_pages.refund(registered_pages);
             return Err(TeeError::Quota {
                 kind: QuotaKind::SecureBytes,
                 wanted,
@@ -85,71 +124,87 @@ impl GuestCounters {
 
     /// Refunds what [`charge_object`](Self::charge_object) charged.
     pub fn refund_object(&self, registered_pages: u64, secure_bytes: u64) {
-        refund(&self.objects, 1);
-        refund(&self.registered_pages, registered_pages);
-        refund(&self.secure_bytes, secure_bytes);
+        self.objects.refund(1);
+        self.registered_pages.refund(registered_pages);
+        self.secure_bytes.refund(secure_bytes);
     }
 
     pub(crate) fn charge_thread(&self, limit: u64) -> Result<(), TeeError> {
-        charge(&self.threads, 1, limit).map_err(|wanted| TeeError::Quota {
-            kind: QuotaKind::Threads,
-            wanted,
-            limit,
-        })
+        self.threads
+            .charge(1, limit)
+            .map_err(|wanted| TeeError::Quota {
+                kind: QuotaKind::Threads,
+                wanted,
+                limit,
+            })
     }
 
     pub(crate) fn refund_thread(&self) {
-        refund(&self.threads, 1);
+        self.threads.refund(1);
     }
 
     pub(crate) fn charge_session(&self, limit: u64) -> Result<(), TeeError> {
-        charge(&self.sessions, 1, limit).map_err(|wanted| TeeError::Quota {
-            kind: QuotaKind::Sessions,
-            wanted,
-            limit,
-        })
+        self.sessions
+            .charge(1, limit)
+            .map_err(|wanted| TeeError::Quota {
+                kind: QuotaKind::Sessions,
+                wanted,
+                limit,
+            })
     }
 
     pub(crate) fn refund_session(&self) {
-        refund(&self.sessions, 1);
+        self.sessions.refund(1);
     }
 
     pub(crate) fn add_mapped(&self, pages: u64) {
-        self.mapped_pages.fetch_add(pages, Ordering::AcqRel);
+        self.mapped_pages.add(pages);
     }
 
     pub(crate) fn sub_mapped(&self, pages: u64) {
-        refund(&self.mapped_pages, pages);
+        self.mapped_pages.refund(pages);
     }
 
     /// Live memory objects.
     pub fn objects(&self) -> u64 {
-        self.objects.load(Ordering::Acquire)
+        self.objects.get()
     }
 
     /// Pages of registered buffers.
     pub fn registered_pages(&self) -> u64 {
-        self.registered_pages.load(Ordering::Acquire)
+        self.registered_pages.get()
     }
 
     /// Pages mapped in the window.
     pub fn mapped_pages(&self) -> u64 {
-        self.mapped_pages.load(Ordering::Acquire)
+        self.mapped_pages.get()
     }
 
     /// Threads in use (running or suspended).
     pub fn threads(&self) -> u64 {
-        self.threads.load(Ordering::Acquire)
+        self.threads.get()
     }
 
     /// Open sessions.
     pub fn sessions(&self) -> u64 {
-        self.sessions.load(Ordering::Acquire)
+        self.sessions.get()
     }
 
     /// Secure heap bytes the guest's memory objects keep.
     pub fn secure_bytes(&self) -> u64 {
-        self.secure_bytes.load(Ordering::Acquire)
+        self.secure_bytes.get()
+    }
+
+    /// Refunds below zero so far, per counter (all 0 unless something was released twice).
+    pub fn underflows(&self) -> [(&'static str, u64); 6] {
+        [
+            ("objects", self.objects.underflows()),
+            ("registered_pages", self.registered_pages.underflows()),
+            ("mapped_pages", self.mapped_pages.underflows()),
+            ("threads", self.threads.underflows()),
+            ("sessions", self.sessions.underflows()),
+            ("secure_bytes", self.secure_bytes.underflows()),
+        ]
     }
 }
 

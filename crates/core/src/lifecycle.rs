@@ -113,7 +113,7 @@ impl UseCount {
 /// The mapping cache's eviction rule ([`crate::window`]): an idle mapping may be evicted only
 /// when no map guard holds it (`guards`, counted under the window lock) and no call uses its
 /// object. The window's code and the loom model below both use this function.
-pub(crate) fn evictable(guards: u32, uses: &UseCount) -> bool {
+pub(crate) fn evictable(guards: u64, uses: &UseCount) -> bool {
     guards == 0 && uses.users() == 0
 }
 
@@ -311,7 +311,7 @@ mod loom_models {
     #[derive(Default)]
     struct Entry {
         mapped: bool,
-        guards: u32,
+        guards: u64,
     }
 
     /// One object in the mapping cache: the entry under the lock, the object's use count and

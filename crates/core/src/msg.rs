@@ -321,7 +321,7 @@ impl<P: Platform> Tee<P> {
     }
 
     fn register_shm(&self, call: &mut Call) -> Result<(), TeeError> {
-        let (_, params) = call.arg.split();
+        let params = call.arg.params();
         let [param] = params else {
             return Err(TeeError::BadParameters("REGISTER_SHM takes one parameter"));
         };
@@ -358,7 +358,7 @@ impl<P: Platform> Tee<P> {
     }
 
     fn unregister_shm(&self, call: &mut Call) -> Result<(), TeeError> {
-        let (_, params) = call.arg.split();
+        let params = call.arg.params();
         let [param] = params else {
             return Err(TeeError::BadParameters(
                 "UNREGISTER_SHM takes one parameter",
@@ -385,7 +385,7 @@ impl<P: Platform> Tee<P> {
     }
 
     fn open_session(&self, call: &mut Call) -> Result<(), TeeError> {
-        let (_, params) = call.arg.split();
+        let params = call.arg.params();
         let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
         let (Some(uuid), Some(client)) = (params.first(), params.get(1)) else {
             return Err(TeeError::BadParameters(
@@ -416,9 +416,7 @@ impl<P: Platform> Tee<P> {
         state.next_session = id.wrapping_add(1);
         state.sessions.insert(id, pta::PtaSession);
         drop(state);
-        if let Some((header, _)) = call.arg.split_mut() {
-            header.session.set(id);
-        }
+        call.arg.set_session(id);
         Ok(())
     }
 
@@ -445,8 +443,15 @@ impl<P: Platform> Tee<P> {
     /// Decodes the pseudo-TA's parameters from index `base` of the copy and resolves their
     /// buffers: registered by cookie, temporary page lists, the static pool, NULL.
     fn resolve_params(&self, call: &mut Call, base: usize) -> Result<(), TeeError> {
-        let (_, all) = call.arg.split();
-        let params = all.get(base..).unwrap_or(&[]);
+        // OPEN_SESSION checked its two meta params before it asked for the rest; an arg
+        // shorter than `base` is refused all the same rather than read as "no params".
+        let params = call
+            .arg
+            .params()
+            .get(base..)
+            .ok_or(TeeError::BadParameters(
+                "fewer parameters than the meta parameters",
+            ))?;
         if params.len() > TEE_NUM_PARAMS as usize {
             return Err(TeeError::BadParameters("more than four parameters"));
         }
@@ -544,9 +549,7 @@ impl<P: Platform> Tee<P> {
     fn write_back_params(&self, call: &mut Call) {
         let base = call.params_base;
         let Call { arg, params, .. } = call;
-        let Some((_, out)) = arg.split_mut() else {
-            return;
-        };
+        let out = arg.params_mut();
         for (i, p) in params.iter().enumerate() {
             let Some(slot) = out.get_mut(base + i) else {
                 continue;

@@ -26,7 +26,7 @@ use crate::platform::Platform;
 use sha2::{Digest, Sha256};
 use teeshm_abi::gp::TEE_SUCCESS;
 use teeshm_abi::msg::{
-    OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, ParamType, Value,
+    MsgParam, OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, ParamType, Value,
 };
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE, RpcShmType};
 
@@ -302,14 +302,14 @@ fn rpc_buffer_start<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, 
     if size == 0 {
         return Err(TeeError::BadParameters("a buffer of 0 bytes"));
     }
-    let mut request =
-        ArgCopy::new(OPTEE_RPC_CMD_SHM_ALLOC, 1).map_err(|_| TeeError::OutOfMemory)?;
-    if let Some((_, params)) = request.split_mut() {
-        if let Some(p) = params.first_mut() {
-            p.attr.set(RPC_VALUE_INPUT);
-            p.set_value(Value::new(shm_type.raw(), size, 4096));
-        }
-    }
+    let request = ArgCopy::with_params(
+        OPTEE_RPC_CMD_SHM_ALLOC,
+        alloc::vec![MsgParam::from_value(
+            RPC_VALUE_INPUT,
+            Value::new(shm_type.raw(), size, 4096),
+        )],
+    )
+    .map_err(|_| TeeError::OutOfMemory)?;
     send_rpc(
         tee,
         call,
@@ -354,7 +354,7 @@ fn rpc_buffer_allocated<P: Platform>(
     shm_type: RpcShmType,
 ) -> Result<Step, TeeError> {
     let reply = read_rpc_reply(tee, call, 1)?;
-    let (header, params) = reply.split();
+    let (header, params) = (reply.header(), reply.params());
     let param = params.first().ok_or(TeeError::Rpc("no param"))?;
     let t = param.tmem();
     let cookie = t.shm_ref.get();
@@ -373,13 +373,14 @@ fn rpc_buffer_allocated<P: Platform>(
         cookie,
         seed,
     );
-    let mut request = ArgCopy::new(OPTEE_RPC_CMD_SHM_FREE, 1).map_err(|_| TeeError::OutOfMemory)?;
-    if let Some((_, params)) = request.split_mut() {
-        if let Some(p) = params.first_mut() {
-            p.attr.set(RPC_VALUE_INPUT);
-            p.set_value(Value::new(shm_type.raw(), cookie, 0));
-        }
-    }
+    let request = ArgCopy::with_params(
+        OPTEE_RPC_CMD_SHM_FREE,
+        alloc::vec![MsgParam::from_value(
+            RPC_VALUE_INPUT,
+            Value::new(shm_type.raw(), cookie, 0),
+        )],
+    )
+    .map_err(|_| TeeError::OutOfMemory)?;
     send_rpc(tee, call, request, PtaWait::AfterFree { result }, || {
         PtaWait::BeforeAlloc
     })

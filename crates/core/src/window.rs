@@ -14,7 +14,7 @@ use crate::platform::Platform;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use teeshm_abi::GuestId;
+use teeshm_abi::{Count, GuestId};
 use teeshm_mm::{
     MemKind, PhysAddr, ShmWindow, TableError, VaWindowError, VirtAddr, VirtPages, WindowError,
 };
@@ -26,7 +26,7 @@ pub(crate) struct WindowEntry {
     pub(crate) mobj: Arc<Mobj>,
     pub(crate) range: VirtPages,
     /// Live map guards (the static pool holds one for ever).
-    pub(crate) guards: u32,
+    pub(crate) guards: Count,
     /// When the last guard went, for a cached mapping now idle.
     pub(crate) idle_since: Option<u64>,
 }
@@ -56,7 +56,7 @@ pub struct ObjectMapping {
     /// Where it is mapped.
     pub range: VirtPages,
     /// Live map guards.
-    pub guards: u32,
+    pub guards: u64,
     /// Whether it is idle (kept for the next use, evictable when its object is unused).
     pub idle: bool,
 }
@@ -72,6 +72,9 @@ pub struct SharedWindow<T: TlbMaintenance> {
     clock: u64,
     max_mapped_pages: u64,
     stats: CacheStats,
+    /// Objects whose guard was released once more than it was taken; the checker reports
+    /// them (empty unless the core has a bug).
+    guard_underflows: BTreeSet<MobjId>,
 }
 
 impl<T: TlbMaintenance> SharedWindow<T> {
@@ -85,6 +88,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             clock: 0,
             max_mapped_pages,
             stats: CacheStats::default(),
+            guard_underflows: BTreeSet::new(),
         }
     }
 
@@ -121,7 +125,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             kind: e.mobj.kind(),
             cookie: e.mobj.cookie(),
             range: e.range,
-            guards: e.guards,
+            guards: e.guards.get(),
             idle: e.idle_since.is_some(),
         })
     }
@@ -132,6 +136,10 @@ impl<T: TlbMaintenance> SharedWindow<T> {
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&MobjId, &WindowEntry)> {
         self.entries.iter()
+    }
+
+    pub(crate) fn guard_underflows(&self) -> &BTreeSet<MobjId> {
+        &self.guard_underflows
     }
 
     pub(crate) fn idle_index(&self) -> (&BTreeMap<u64, MobjId>, &BTreeSet<(GuestId, u64)>) {
@@ -145,7 +153,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             return Err(TeeError::Revoked(mobj.id()));
         }
         if let Some(entry) = self.entries.get_mut(&mobj.id()) {
-            entry.guards = entry.guards.saturating_add(1);
+            entry.guards.add(1);
             if let Some(stamp) = entry.idle_since.take() {
                 self.idle.remove(&stamp);
                 self.idle_by_guest.remove(&(mobj.owner(), stamp));
@@ -160,7 +168,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             WindowEntry {
                 mobj: mobj.clone(),
                 range,
-                guards: 1,
+                guards: Count::new(1),
                 idle_since: None,
             },
         );
@@ -186,8 +194,13 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        entry.guards = entry.guards.saturating_sub(1);
-        if entry.guards > 0 {
+        if entry.guards.sub(1).is_err() {
+            // A guard released twice: the mapping is left as it was (re-idling it would
+            // corrupt the idle index) and the checker reports the object.
+            self.guard_underflows.insert(id);
+            return;
+        }
+        if entry.guards.get() > 0 {
             return;
         }
         // A live object's mapping stays for its next use (a registered buffer's next call, a
@@ -312,7 +325,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     fn is_evictable(&self, id: MobjId) -> bool {
         self.entries
             .get(&id)
-            .is_some_and(|e| crate::lifecycle::evictable(e.guards, e.mobj.uses()))
+            .is_some_and(|e| crate::lifecycle::evictable(e.guards.get(), e.mobj.uses()))
     }
 
     fn unmap_entry(&mut self, id: MobjId) {

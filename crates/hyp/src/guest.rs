@@ -6,25 +6,30 @@ use crate::memory::MachineMemory;
 use crate::stage2::{PAGE_SIZE, Stage2};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use teeshm_abi::Count;
 
 /// Pin references per physical page. A pinned page cannot leave the guest's stage 2, so the
 /// TEE never writes into a page that the guest has given away.
 #[derive(Debug, Default)]
 pub(crate) struct Pins {
+    /// References per PA page; a page with none has no entry.
     counts: BTreeMap<u64, u64>,
-    total: u64,
+    total: Count,
+    /// Unpins of a page that held no pin (a double unpin), for the agreement checker.
+    double_unpins: u64,
 }
 
 impl Pins {
     /// Pins every page of `pages` (PA pages), all or none, unless the total would pass `limit`.
     pub(crate) fn pin_all(&mut self, pages: &[u64], limit: u64) -> Result<(), HypError> {
-        let wanted = self
-            .total
-            .checked_add(pages.len() as u64)
-            .ok_or(HypError::TooManyPins {
-                wanted: u64::MAX,
-                limit,
-            })?;
+        let wanted =
+            self.total
+                .get()
+                .checked_add(pages.len() as u64)
+                .ok_or(HypError::TooManyPins {
+                    wanted: u64::MAX,
+                    limit,
+                })?;
         if wanted > limit {
             return Err(HypError::TooManyPins { wanted, limit });
         }
@@ -32,20 +37,27 @@ impl Pins {
             let count = self.counts.entry(page).or_insert(0);
             *count = count.saturating_add(1);
         }
-        self.total = wanted;
+        self.total = Count::new(wanted);
         Ok(())
     }
 
-    /// Drops one pin reference of each page of `pages`.
+    /// Drops one pin reference of each page of `pages`. A page with no reference left is a
+    /// double unpin: nothing changes for it, and it is recorded ([`Pins::underflows`]).
     pub(crate) fn unpin_all(&mut self, pages: &[u64]) {
         for page in pages {
-            if let Some(count) = self.counts.get_mut(page) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
+            let Some(count) = self.counts.get_mut(page) else {
+                self.double_unpins = self.double_unpins.saturating_add(1);
+                continue;
+            };
+            match count.checked_sub(1) {
+                Some(0) | None => {
                     self.counts.remove(page);
                 }
-                self.total = self.total.saturating_sub(1);
+                Some(left) => *count = left,
             }
+            // An underflow here means `total` and `counts` disagree; it is recorded in the
+            // count and the recount of the checker shows it too.
+            let _ = self.total.sub(1);
         }
     }
 
@@ -56,7 +68,17 @@ impl Pins {
 
     /// Pin references held.
     pub(crate) fn total(&self) -> u64 {
-        self.total
+        self.total.get()
+    }
+
+    /// Pin references per PA page, in page order.
+    pub(crate) fn counts(&self) -> &BTreeMap<u64, u64> {
+        &self.counts
+    }
+
+    /// Unpins that found nothing to unpin: of a page with no pin, or below a total of 0.
+    pub(crate) fn underflows(&self) -> u64 {
+        self.double_unpins.saturating_add(self.total.underflows())
     }
 }
 
@@ -151,9 +173,9 @@ pub(crate) struct GuestState {
     pub(crate) stage2: Stage2,
     pub(crate) pins: Pins,
     /// Buffers of every kind held, for [`HypLimits::max_buffers`].
-    pub(crate) buffers: u64,
+    pub(crate) buffers: Count,
     /// Hypervisor pages held as shadows.
-    pub(crate) shadow_pages: u64,
+    pub(crate) shadow_pages: Count,
     /// Registered buffers by cookie (their shadow lists are gone).
     pub(crate) registered: BTreeMap<u64, Buffer>,
     /// Unregistered with `BUSY`, not yet let go.
@@ -171,8 +193,8 @@ impl GuestState {
         Self {
             stage2,
             pins: Pins::default(),
-            buffers: 0,
-            shadow_pages: 0,
+            buffers: Count::ZERO,
+            shadow_pages: Count::ZERO,
             registered: BTreeMap::new(),
             draining: Vec::new(),
             rpc_buffers: BTreeMap::new(),
@@ -184,19 +206,19 @@ impl GuestState {
     pub(crate) fn stats(&self) -> GuestStats {
         GuestStats {
             calls_in_flight: u32::try_from(self.calls.len()).unwrap_or(u32::MAX),
-            buffers: self.buffers,
+            buffers: self.buffers.get(),
             registered: self.registered.len() as u64,
             draining: self.draining.len() as u64,
             rpc_buffers: self.rpc_buffers.len() as u64,
             rpc_args: self.rpc_args.len() as u64,
             pinned_pages: self.pins.total(),
-            shadow_pages: self.shadow_pages,
+            shadow_pages: self.shadow_pages.get(),
         }
     }
 
     /// Room for one more buffer under the limit.
     pub(crate) fn check_buffer_room(&self, limits: &HypLimits) -> Result<(), HypError> {
-        if self.buffers >= u64::from(limits.max_buffers) {
+        if self.buffers.get() >= u64::from(limits.max_buffers) {
             return Err(HypError::TooManyBuffers {
                 limit: limits.max_buffers,
             });
@@ -213,15 +235,18 @@ impl GuestState {
             return Err(HypError::NoShadowPage);
         }
         mem.write(pa, &[0u8; PAGE_SIZE as usize]);
-        self.shadow_pages = self.shadow_pages.saturating_add(1);
+        self.shadow_pages.add(1);
         Ok(pa)
     }
+
+    // The releases below cannot act on an underflow (a double release): the count records it
+    // and the agreement checker ([`GuestState::check_agreement`]) reports it.
 
     /// Gives back shadow pages.
     pub(crate) fn free_shadows<M: MachineMemory>(&mut self, mem: &mut M, pages: &[u64]) {
         for &pa in pages {
             mem.free_page(pa);
-            self.shadow_pages = self.shadow_pages.saturating_sub(1);
+            let _ = self.shadow_pages.sub(1);
         }
     }
 
@@ -229,14 +254,14 @@ impl GuestState {
     pub(crate) fn release_buffer<M: MachineMemory>(&mut self, mem: &mut M, buffer: Buffer) {
         self.pins.unpin_all(&buffer.pages);
         self.free_shadows(mem, &buffer.lists);
-        self.buffers = self.buffers.saturating_sub(1);
+        let _ = self.buffers.sub(1);
     }
 
     /// Unpins an RPC arg buffer and frees its shadow.
     pub(crate) fn release_rpc_arg<M: MachineMemory>(&mut self, mem: &mut M, arg: RpcArg) {
         self.pins.unpin_all(&[arg.pa_page]);
         self.free_shadows(mem, &[arg.shadow]);
-        self.buffers = self.buffers.saturating_sub(1);
+        let _ = self.buffers.sub(1);
     }
 
     /// Everything a call holds goes: its temporary buffers, its stale lists and its shadow arg;
@@ -320,8 +345,10 @@ mod tests {
         p.unpin_all(&[0x1000, 0x2000]);
         assert!(!p.is_pinned(0x1000) && !p.is_pinned(0x2000));
         assert_eq!(p.total(), 0);
-        // Unpinning what is not pinned changes nothing.
+        assert_eq!(p.underflows(), 0);
+        // Unpinning what is not pinned changes nothing, but is recorded.
         p.unpin_all(&[0x5000]);
         assert_eq!(p.total(), 0);
+        assert_eq!(p.underflows(), 1);
     }
 }

@@ -15,7 +15,9 @@
 //!   pages for RPC arguments, copying requests to the guest and answers back (translating the
 //!   page lists of `SHM_ALLOC` answers);
 //! - enforces per-guest limits ([`HypLimits`]) and sweeps everything of a guest when it ends
-//!   ([`Mediator::destroy_guest`]), then tells the TEE (`VM_DESTROYED`).
+//!   ([`Mediator::destroy_guest`]), then tells the TEE (`VM_DESTROYED`);
+//! - checks each guest's counts (pins, buffers, shadow pages) against its records, and reports
+//!   every release below zero ([`Mediator::check_agreement`]).
 //!
 //! # Capabilities a guest sees
 //!
@@ -76,6 +78,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+mod check;
 mod config;
 mod error;
 mod guest;
@@ -84,6 +87,7 @@ mod memory;
 mod stage2;
 mod translate;
 
+pub use check::HypDisagreement;
 pub use config::{GuestStats, HypLimits};
 pub use error::HypError;
 pub use mediator::Mediator;

@@ -126,7 +126,7 @@ impl GuestState {
         );
         match encoded {
             Ok(buf_ptr) => {
-                self.buffers = self.buffers.saturating_add(1);
+                self.buffers.add(1);
                 Ok((buf_ptr, buffer))
             }
             Err(e) => {
@@ -260,9 +260,9 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(shadow_ptr & PAGE_MASK, 0x123);
         assert_eq!(buffer.lists.len(), 2);
-        assert_eq!(g.shadow_pages, 2);
+        assert_eq!(g.shadow_pages.get(), 2);
         assert_eq!(g.pins.total(), 600);
-        assert_eq!(g.buffers, 1);
+        assert_eq!(g.buffers.get(), 1);
         let decoded = page_list::decode(&mut PaReader(&mem), shadow_ptr, size, 1 << 20).unwrap();
         let want: Vec<u64> = ipas
             .iter()
@@ -271,7 +271,10 @@ pub(crate) mod tests {
         assert_eq!(decoded.pages(), &want[..]);
         assert_eq!(buffer.pages, want);
         g.release_buffer(&mut mem, buffer);
-        assert_eq!((g.pins.total(), g.shadow_pages, g.buffers), (0, 0, 0));
+        assert_eq!(
+            (g.pins.total(), g.shadow_pages.get(), g.buffers.get()),
+            (0, 0, 0)
+        );
         assert!(mem.held.is_empty());
     }
 
@@ -351,7 +354,10 @@ pub(crate) mod tests {
             g.translate_contiguous(&mut mem, &limits, u64::MAX - 8, 32)
                 .is_err()
         );
-        assert_eq!((g.pins.total(), g.shadow_pages, g.buffers), (0, 0, 0));
+        assert_eq!(
+            (g.pins.total(), g.shadow_pages.get(), g.buffers.get()),
+            (0, 0, 0)
+        );
         assert!(mem.held.is_empty());
     }
 
@@ -419,7 +425,7 @@ pub(crate) mod tests {
                     prop_assert!(matches!(e, HypError::NotGuestRam { .. }), "{}", e);
                 }
             }
-            prop_assert_eq!((g.pins.total(), g.shadow_pages, g.buffers), (0, 0, 0));
+            prop_assert_eq!((g.pins.total(), g.shadow_pages.get(), g.buffers.get()), (0, 0, 0));
             prop_assert!(mem.held.is_empty());
         }
 
@@ -436,7 +442,7 @@ pub(crate) mod tests {
                     g.release_buffer(&mut mem, buffer);
                 }
             }
-            prop_assert_eq!((g.pins.total(), g.shadow_pages, g.buffers), (0, 0, 0));
+            prop_assert_eq!((g.pins.total(), g.shadow_pages.get(), g.buffers.get()), (0, 0, 0));
         }
     }
 }

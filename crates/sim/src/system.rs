@@ -348,9 +348,9 @@ impl System {
         self.guests_map().values().cloned().collect()
     }
 
-    /// Every disagreement in the system: the core's checker, plus the hypervisor's view — a
-    /// guest that no longer runs must hold nothing in the core, and the hypervisor must hold no
-    /// page for it.
+    /// Every disagreement in the system: the core's checker, each mediator's checker, plus the
+    /// hypervisor's view — a guest that no longer runs must hold nothing in the core, and the
+    /// hypervisor must hold no page for it.
     pub fn check(&self) -> Vec<String> {
         let mut found: Vec<String> = self
             .tee
@@ -364,6 +364,14 @@ impl System {
             if !running.contains(&id) {
                 found.push(format!("core still holds guest {id}, which does not run"));
             }
+        }
+        for g in self.guests() {
+            found.extend(
+                g.mediator()
+                    .check_agreement()
+                    .into_iter()
+                    .map(|d| format!("hyp: {d:?}")),
+            );
         }
         let shadows: u64 = self
             .guests()

@@ -6,7 +6,7 @@ use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::cmd;
-use teeshm_core::{CoreConfig, GuestQuotas, NormalWorld, SmcRegs, TeeError};
+use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs, TeeError};
 use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
 use teeshm_testkit::msg::*;
 use teeshm_testkit::world::*;

@@ -7,20 +7,22 @@
 //! `RPC_ARG` (what the Xen mediator requires), the RPC arg appended in the same page with it,
 //! the SHM cache enabled only without `RPC_ARG`, REGISTER_SHM with `TMEM_OUTPUT | NONCONTIG`,
 //! page lists of RPC buffers kept until the next SHM_ALLOC or the end of the call.
+//!
+//! This file holds the driver and its calls; `error` what a call returns when it fails or
+//! ends, `rpc` how the driver answers the TEE's RPCs.
+
+mod error;
+mod rpc;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use teeshm_abi::caps::{SecureCaps, rpc_arg_num_params};
-use teeshm_abi::gp::{
-    TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_NOT_IMPLEMENTED, TEE_ERROR_OUT_OF_MEMORY, TEE_SUCCESS,
-};
 use teeshm_abi::msg::{
-    MSG_ARG_HEADER_SIZE, MsgArgHeader, MsgParam, OPTEE_MSG_ATTR_NONCONTIG,
-    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
-    OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM,
-    OPTEE_MSG_MAX_NUM_PARAMS, Rmem, Tmem, arg_size_checked, split_arg_mut,
+    MsgArgHeader, MsgParam, OPTEE_MSG_ATTR_NONCONTIG, OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
+    OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM,
+    OPTEE_MSG_MAX_NUM_PARAMS, Rmem, Tmem, arg_size_checked,
 };
-use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE, RpcShmType};
+use teeshm_abi::rpc::RpcShmType;
 use teeshm_abi::smc::*;
 use teeshm_abi::uid::{OPTEE_MSG_REVISION_MAJOR, OPTEE_MSG_UID};
 use zerocopy::{FromBytes, IntoBytes};
@@ -28,6 +30,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::list::{self, PageList};
 use crate::pool::StaticPool;
 use crate::ram::{GuestBuffer, GuestRam, PAGE_SIZE, RamError};
+
+pub use error::{DriverError, MsgReply};
 
 /// How often a yielding call is retried while every TEE thread is busy before the driver gives
 /// up. Linux waits on its call queue instead; a model without other CPUs must bound the wait.
@@ -39,130 +43,6 @@ pub const MAX_RPCS_PER_CALL: u32 = 1 << 20;
 
 /// How often a fast call answering `EBUSY` is retried (SHM cache on and off).
 const BUSY_RETRIES: u32 = 1000;
-
-/// Why the driver could not do what it was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DriverError {
-    /// `CALLS_UID` did not name OP-TEE's message API: this is some other trusted OS.
-    #[error("not an OP-TEE API: UID {uid:08x?}")]
-    NotOpTee {
-        /// The four UID words received.
-        uid: [u32; 4],
-    },
-    /// `CALLS_REVISION` reported a major revision other than 2.
-    #[error("OPTEE_MSG API revision {major}.{minor} (2.x needed)")]
-    Revision {
-        /// Major revision.
-        major: u32,
-        /// Minor revision.
-        minor: u32,
-    },
-    /// An SMC answered a code the driver cannot go on from.
-    #[error("SMC {func:#x} answered {code:#x}")]
-    Smc {
-        /// Function id sent.
-        func: u32,
-        /// Return code received (`OPTEE_SMC_RETURN_*`).
-        code: u32,
-    },
-    /// The TEE refused the yielding call itself (`EBADADDR`, `EBADCMD`, `ENOMEM`, ...): the
-    /// message never ran.
-    #[error("the TEE refused the call with {code:#x}")]
-    CallRefused {
-        /// Return code received (`OPTEE_SMC_RETURN_*`).
-        code: u32,
-    },
-    /// The TEE offers neither dynamic nor reserved shared memory, so nothing can be shared.
-    #[error("the TEE has neither dynamic nor reserved SHM (capabilities {caps:#x})")]
-    NoSharedMemory {
-        /// Secure capabilities reported.
-        caps: u32,
-    },
-    /// The reserved SHM the TEE reported cannot be used (not cached, or not one whole page).
-    #[error("static pool {pa:#x}+{size:#x} (attributes {attr:#x}) is unusable")]
-    BadPool {
-        /// Start.
-        pa: u64,
-        /// Size.
-        size: u64,
-        /// Cache attributes (`a3` of `GET_SHM_CONFIG`).
-        attr: u64,
-    },
-    /// The TEE asked for more RPC params than fit an arg.
-    #[error("RPC arg param count {0} exceeds the maximum")]
-    RpcParamCount(u32),
-    /// Every TEE thread stayed busy through all retries.
-    #[error("all TEE threads busy after {tries} tries")]
-    ThreadLimit {
-        /// Calls attempted.
-        tries: u32,
-    },
-    /// The message ran and the TEE reports failure.
-    #[error("TEE result {ret:#x} (origin {origin})")]
-    Tee {
-        /// `optee_msg_arg.ret` (a `TEE_ERROR_*`).
-        ret: u32,
-        /// `optee_msg_arg.ret_origin` (a `TEE_ORIGIN_*`).
-        origin: u32,
-    },
-    /// Guest memory could not be allocated, read or written.
-    #[error("guest RAM: {0}")]
-    Ram(#[from] RamError),
-    /// The buffer's pages, offset and size disagree, or it is empty: no page list describes it.
-    #[error("malformed buffer: {pages} pages, offset {offset:#x}, size {size:#x}")]
-    BadBuffer {
-        /// Pages given.
-        pages: usize,
-        /// Offset given.
-        offset: u64,
-        /// Size given.
-        size: u64,
-    },
-    /// The arg (with its appended RPC arg) does not fit one page.
-    #[error("an arg of {params} params does not fit one page")]
-    ArgTooLarge {
-        /// Params asked for.
-        params: usize,
-    },
-    /// The TEE kept asking for RPCs past [`MAX_RPCS_PER_CALL`].
-    #[error("more than {max} RPCs in one call")]
-    RpcLoop {
-        /// The limit.
-        max: u32,
-    },
-}
-
-/// A message as the TEE wrote it back, and how the SMC ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MsgReply {
-    /// The final SMC return code (`OPTEE_SMC_RETURN_OK` when the message ran; otherwise the
-    /// TEE refused the call itself, e.g. `EBADADDR`, and the arg is as the driver wrote it).
-    pub a0: u32,
-    /// The header: `ret`, `ret_origin`, `session`.
-    pub header: MsgArgHeader,
-    /// The params (as many as were sent), with output values and sizes.
-    pub params: Vec<MsgParam>,
-    /// RPCs answered during the call.
-    pub rpcs: u32,
-}
-
-impl MsgReply {
-    /// `Ok` when the SMC succeeded and the message reports `TEE_SUCCESS`; otherwise the
-    /// failure, as the client API reports it.
-    pub fn check(&self) -> Result<(), DriverError> {
-        if self.a0 != OPTEE_SMC_RETURN_OK {
-            return Err(DriverError::CallRefused { code: self.a0 });
-        }
-        match self.header.ret.get() {
-            TEE_SUCCESS => Ok(()),
-            ret => Err(DriverError::Tee {
-                ret,
-                origin: self.header.ret_origin.get(),
-            }),
-        }
-    }
-}
-
 /// Where memory the driver allocated came from, so it goes back to the same place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Held {
@@ -172,20 +52,23 @@ enum Held {
     Pool(u64),
 }
 
-/// What an RPC buffer is for: an RPC arg (`RPC_FUNC_ALLOC`) or a payload (`SHM_ALLOC`).
+/// What an RPC buffer is for: an RPC arg (`RPC_FUNC_ALLOC`), which the driver reads and
+/// writes itself and so needs where it lies, or a payload (`SHM_ALLOC`), which only the TEE
+/// uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RpcUse {
-    Arg,
+    Arg {
+        /// First byte.
+        addr: u64,
+        /// Bytes.
+        size: u64,
+    },
     Shm(RpcShmType),
 }
 
 /// A buffer the driver lent the TEE and must get back by cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RpcBuffer {
-    /// First byte.
-    addr: u64,
-    /// Bytes.
-    size: u64,
     used_for: RpcUse,
     held: Held,
 }
@@ -554,209 +437,6 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
             rpcs,
         })
     }
-
-    /// The registers that resume the call after serving the RPC in `out` (Linux
-    /// `optee_handle_rpc`): a1..a3 echo the request (a3 is the thread), ALLOC adds the buffer
-    /// in a1:a2 and its cookie in a4:a5. Every RPC is answered, even one the driver cannot
-    /// serve, so a TEE thread is never left suspended.
-    fn answer_rpc(&mut self, out: &SmcRegs, appended: Option<(u64, u64)>) -> SmcRegs {
-        let [_, a1, a2, a3, ..] = out.a;
-        let mut answer = SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[a1, a2, a3]);
-        match optee_smc_return_get_rpc_func(out.a0()) {
-            OPTEE_SMC_RPC_FUNC_ALLOC => {
-                let (pa, cookie) = self.rpc_alloc(a1).unwrap_or((0, 0));
-                let (pa_hi, pa_lo) = split_pair(pa);
-                let (c_hi, c_lo) = split_pair(cookie);
-                answer = SmcRegs::call(
-                    OPTEE_SMC_CALL_RETURN_FROM_RPC,
-                    &[pa_hi, pa_lo, a3, c_hi, c_lo],
-                );
-            }
-            OPTEE_SMC_RPC_FUNC_FREE => {
-                self.release_rpc_buffer(reg_pair(a1, a2), true);
-            }
-            OPTEE_SMC_RPC_FUNC_CMD => {
-                let cookie = reg_pair(a1, a2);
-                let at = match (cookie, appended) {
-                    (0, Some(at)) => Some(at),
-                    _ => self
-                        .rpc_buffers
-                        .get(&cookie)
-                        .filter(|b| b.used_for == RpcUse::Arg)
-                        .map(|b| (b.addr, b.size)),
-                };
-                if let Some((addr, size)) = at {
-                    self.serve_rpc_cmd(addr, size);
-                }
-            }
-            // FOREIGN_INTR: the interrupt was taken in the normal world; just resume. Unknown
-            // functions are resumed too, as Linux does.
-            _ => {}
-        }
-        answer
-    }
-
-    /// `RPC_FUNC_ALLOC` of `size` bytes for RPC args: one contiguous private buffer (Linux
-    /// `tee_shm_alloc_priv_buf`). Returns its address and cookie.
-    fn rpc_alloc(&mut self, size: u64) -> Option<(u64, u64)> {
-        if size == 0 {
-            return None;
-        }
-        let (addr, held) = self.alloc_private(size).ok()?;
-        let cookie = self.new_cookie();
-        self.rpc_buffers.insert(
-            cookie,
-            RpcBuffer {
-                addr,
-                size,
-                used_for: RpcUse::Arg,
-                held,
-            },
-        );
-        Some((addr, cookie))
-    }
-
-    /// Frees the RPC buffer `cookie` if it is an RPC arg buffer (`arg`, for `RPC_FUNC_FREE`) or
-    /// a payload (for `SHM_FREE`): a confused TEE cannot free one kind with the other's call.
-    fn release_rpc_buffer(&mut self, cookie: u64, arg: bool) -> bool {
-        let matches = self
-            .rpc_buffers
-            .get(&cookie)
-            .is_some_and(|b| (b.used_for == RpcUse::Arg) == arg);
-        if !matches {
-            return false;
-        }
-        if let Some(b) = self.rpc_buffers.remove(&cookie) {
-            self.free_held(b.held);
-        }
-        true
-    }
-
-    /// Serves the RPC command whose arg lies at `addr` (at most `room` bytes): SHM_ALLOC and
-    /// SHM_FREE; anything else gets `TEE_ERROR_NOT_IMPLEMENTED`.
-    fn serve_rpc_cmd(&mut self, addr: u64, room: u64) {
-        let mut head = [0u8; MSG_ARG_HEADER_SIZE];
-        if self.ram.read(addr, &mut head).is_err() {
-            return;
-        }
-        let Ok(mut header) = MsgArgHeader::read_from_bytes(&head) else {
-            return;
-        };
-        let size = match arg_size_checked(header.num_params.get()) {
-            Ok(size) if size as u64 <= room => size,
-            _ => {
-                header.ret.set(TEE_ERROR_BAD_PARAMETERS);
-                let _ = self.ram.write(addr, header.as_bytes());
-                return;
-            }
-        };
-        let mut raw = alloc::vec![0u8; size];
-        if self.ram.read(addr, &mut raw).is_err() {
-            return;
-        }
-        let Ok((header, params)) = split_arg_mut(&mut raw) else {
-            return;
-        };
-        let ret = match header.cmd.get() {
-            OPTEE_RPC_CMD_SHM_ALLOC => self.rpc_shm_alloc(params),
-            OPTEE_RPC_CMD_SHM_FREE => self.rpc_shm_free(params),
-            _ => TEE_ERROR_NOT_IMPLEMENTED,
-        };
-        header.ret.set(ret);
-        let _ = self.ram.write(addr, &raw);
-    }
-
-    /// `OPTEE_RPC_CMD_SHM_ALLOC` (any of APPL, KERNEL, GLOBAL: this model has no supplicant,
-    /// the driver serves all three): a `TMEM_OUTPUT | NONCONTIG` page list of fresh pages, or a
-    /// contiguous `TMEM_OUTPUT` in the static pool when there is one.
-    fn rpc_shm_alloc(&mut self, params: &mut [MsgParam]) -> u32 {
-        let [param] = params else {
-            return TEE_ERROR_BAD_PARAMETERS;
-        };
-        if param.attr() != OPTEE_MSG_ATTR_TYPE_VALUE_INPUT {
-            return TEE_ERROR_BAD_PARAMETERS;
-        }
-        let v = param.value();
-        let (Ok(shm_type), size) = (RpcShmType::try_from(v.a.get()), v.b.get()) else {
-            return TEE_ERROR_BAD_PARAMETERS;
-        };
-        if size == 0 {
-            return TEE_ERROR_BAD_PARAMETERS;
-        }
-        // The previous answer's list has been read by now (Linux frees it here too).
-        self.free_call_lists();
-        let cookie = self.new_cookie();
-        let used_for = RpcUse::Shm(shm_type);
-        if let Some(pool) = self.pool.as_mut() {
-            let pages = GuestBuffer::pages_for(0, size);
-            let Some(pa) = pool.alloc(pages) else {
-                return TEE_ERROR_OUT_OF_MEMORY;
-            };
-            *param =
-                MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, Tmem::new(pa, size, cookie));
-            let held = Held::Pool(pa);
-            self.rpc_buffers.insert(
-                cookie,
-                RpcBuffer {
-                    addr: pa,
-                    size,
-                    used_for,
-                    held,
-                },
-            );
-            return TEE_SUCCESS;
-        }
-        let Ok(buf) = GuestBuffer::alloc(&mut self.ram, size, 0) else {
-            return TEE_ERROR_OUT_OF_MEMORY;
-        };
-        let list = match list::build(&mut self.ram, &buf) {
-            Ok(list) => list,
-            Err(_) => {
-                buf.free(&mut self.ram);
-                return TEE_ERROR_OUT_OF_MEMORY;
-            }
-        };
-        *param = MsgParam::from_tmem(
-            OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
-            Tmem::new(list.buf_ptr, size, cookie),
-        );
-        self.call_lists = list.list_pages;
-        let addr = buf.pages.first().copied().unwrap_or(0);
-        self.rpc_buffers.insert(
-            cookie,
-            RpcBuffer {
-                addr,
-                size,
-                used_for,
-                held: Held::Pages(buf.pages),
-            },
-        );
-        TEE_SUCCESS
-    }
-
-    /// `OPTEE_RPC_CMD_SHM_FREE`: value `b` is the cookie of an SHM_ALLOC buffer.
-    fn rpc_shm_free(&mut self, params: &mut [MsgParam]) -> u32 {
-        let [param] = params else {
-            return TEE_ERROR_BAD_PARAMETERS;
-        };
-        if param.attr() != OPTEE_MSG_ATTR_TYPE_VALUE_INPUT {
-            return TEE_ERROR_BAD_PARAMETERS;
-        }
-        let cookie = param.value().b.get();
-        if self.release_rpc_buffer(cookie, false) {
-            TEE_SUCCESS
-        } else {
-            TEE_ERROR_BAD_PARAMETERS
-        }
-    }
-
-    fn free_call_lists(&mut self) {
-        let lists = core::mem::take(&mut self.call_lists);
-        if !lists.is_empty() {
-            self.ram.free_pages(&lists);
-        }
-    }
-
     /// Whether the TEE takes memory only from its static pool (no `DYNAMIC_SHM`): then args
     /// and RPC arg buffers must lie in the pool, and temporary memrefs go through it.
     pub fn pool_only(&self) -> bool {

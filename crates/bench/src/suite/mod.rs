@@ -1,0 +1,162 @@
+//! The figures of `teeshm bench`, each measured beside its peer in the same run.
+//!
+//! This file holds the figure type, the timing loop and the run; the figures are grouped by
+//! what they measure: `mm` the memory manager alone (P1 VA window, P3 map and unmap, P5
+//! phys_to_virt), `calls` one guest's calls into the core (P2 registration, P4 cached invoke),
+//! `system` many guests at once (P6 VM destroy, P7 the largest system, P8 throughput).
+
+mod calls;
+mod mm;
+mod system;
+
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+use calls::{p2, p4};
+use mm::{p1, p3, p5};
+use system::{p6, p7, p8};
+
+/// One figure of the suite.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Id, e.g. `P1.10k`.
+    pub id: String,
+    /// What is measured.
+    pub title: String,
+    /// teeshm's value.
+    pub value: f64,
+    /// Its unit.
+    pub unit: String,
+    /// The peer's value, measured in the same run.
+    pub peer: Option<f64>,
+    /// What the peer is.
+    pub peer_name: String,
+    /// The ratio the goal is stated in (see `ratio_meaning`).
+    pub ratio: Option<f64>,
+    /// How the ratio is formed.
+    pub ratio_meaning: String,
+    /// The goal.
+    pub goal: String,
+    /// Whether the goal is met (`None`: no goal for this line).
+    pub met: Option<bool>,
+    /// Why, when it is missed, or anything else worth knowing.
+    pub note: String,
+}
+
+/// Points of a growth plot: (input size, teeshm, peer).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// Id of the plot (`P1`, `P5`, `P6`).
+    pub id: String,
+    /// (x, teeshm value, peer value).
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn figure(
+    id: &str,
+    title: &str,
+    value: f64,
+    unit: &str,
+    peer: Option<(f64, &str)>,
+    ratio: Option<(f64, &str)>,
+    goal: &str,
+    met: Option<bool>,
+    note: &str,
+) -> Figure {
+    Figure {
+        id: id.into(),
+        title: title.into(),
+        value,
+        unit: unit.into(),
+        peer: peer.map(|p| p.0),
+        peer_name: peer.map_or(String::new(), |p| p.1.into()),
+        ratio: ratio.map(|r| r.0),
+        ratio_meaning: ratio.map_or(String::new(), |r| r.1.into()),
+        goal: goal.into(),
+        met,
+        note: note.into(),
+    }
+}
+
+/// How long each measurement runs.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    per_figure: Duration,
+}
+
+/// Nanoseconds per call of `f`: batches sized to ~1/10 of the budget, the median of them.
+fn ns_per_op(budget: Budget, mut f: impl FnMut()) -> f64 {
+    let mut batch = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        if t.elapsed() > budget.per_figure / 20 || batch > 1 << 30 {
+            break;
+        }
+        batch *= 2;
+    }
+    let mut samples = Vec::new();
+    let end = Instant::now() + budget.per_figure;
+    while samples.len() < 5 || (Instant::now() < end && samples.len() < 21) {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        samples.push(t.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    median(samples)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+/// Runs the suite, or only the groups whose id (`P1`..`P8`) is in `only` when it is not empty.
+/// `quick` finishes in under two minutes on a 2-core machine; `progress` is told each group as
+/// it starts.
+pub fn run(quick: bool, only: &[String], progress: &dyn Fn(&str)) -> (Vec<Figure>, Vec<Series>) {
+    let budget = Budget {
+        per_figure: if quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_millis(1500)
+        },
+    };
+    let mut out = Vec::new();
+    let mut series = Vec::new();
+    let wanted = |id: &str, what: &str| {
+        let yes = only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(id));
+        if yes {
+            progress(&format!("{id} {what}"));
+        }
+        yes
+    };
+    if wanted("P1", "VA window") {
+        p1(budget, quick, &mut out, &mut series);
+    }
+    if wanted("P2", "registration") {
+        p2(budget, &mut out);
+    }
+    if wanted("P3", "map and unmap") {
+        p3(budget, &mut out);
+    }
+    if wanted("P4", "cached invoke") {
+        p4(budget, &mut out);
+    }
+    if wanted("P5", "phys_to_virt") {
+        p5(budget, quick, &mut out, &mut series);
+    }
+    if wanted("P6", "VM destroy") {
+        p6(quick, &mut out, &mut series);
+    }
+    if wanted("P7", "largest system") {
+        p7(&mut out);
+    }
+    if wanted("P8", "throughput") {
+        p8(budget, &mut out);
+    }
+    (out, series)
+}
