@@ -1,7 +1,8 @@
 //! Per-guest limits of the mediator, and what a guest holds.
 
 use teeshm_abi::limits::{
-    DEFAULT_MAX_BUFFER_PAGES, DEFAULT_MAX_OBJECTS, DEFAULT_MAX_REGISTERED_PAGES, DEFAULT_GUEST_THREADS,
+    DEFAULT_GUEST_THREADS, DEFAULT_MAX_BUFFER_PAGES, DEFAULT_MAX_OBJECTS,
+    DEFAULT_MAX_REGISTERED_PAGES,
 };
 
 /// Per-guest limits of the mediator.

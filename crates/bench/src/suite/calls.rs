@@ -3,8 +3,6 @@
 
 use super::{Budget, Figure, figure, ns_per_op};
 use crate::peers::OpteeModel;
-use teeshm_testkit::msg::{header, rmem, value};
-use teeshm_testkit::world::{PAGE, World};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
@@ -13,6 +11,8 @@ use teeshm_abi::msg::*;
 use teeshm_abi::smc::OPTEE_SMC_CALL_WITH_ARG;
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
+use teeshm_testkit::msg::{header, rmem, value};
+use teeshm_testkit::world::{PAGE, World};
 use zerocopy::IntoBytes;
 
 // ---- P2 -------------------------------------------------------------------------------------

@@ -4,14 +4,14 @@
 use super::calls::touch;
 use super::{Budget, Figure, Series, figure, median};
 use crate::peers::OpteeModel;
-use teeshm_testkit::msg::header;
-use teeshm_testkit::world::{PAGE, World};
 use std::sync::Arc;
 use std::time::Instant;
 use teeshm_abi::GuestId;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK};
 use teeshm_core::pta::cmd;
+use teeshm_testkit::msg::header;
+use teeshm_testkit::world::{PAGE, World};
 use zerocopy::IntoBytes;
 
 // ---- P6 -------------------------------------------------------------------------------------

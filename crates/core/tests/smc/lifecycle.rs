@@ -106,7 +106,10 @@ fn unregister_of_a_buffer_in_use_revokes_it_and_the_last_user_releases_it() {
     w.check();
     let mid = w.tee.guest(G0).unwrap().snapshot();
     assert_eq!(mid.registered_buffers, before.registered_buffers - 1);
-    assert!(mid.registered_pages >= 2, "the object lives while it is used");
+    assert!(
+        mid.registered_pages >= 2,
+        "the object lives while it is used"
+    );
     drop(used);
     let out = finish(&w, G0, out);
     assert_eq!(out.a[0], 0);
@@ -117,7 +120,10 @@ fn unregister_of_a_buffer_in_use_revokes_it_and_the_last_user_releases_it() {
     assert_eq!(after.mapped_pages, 0);
     let reused = w.read_buf(&buf, 0, 8192);
     assert!(
-        reused.iter().enumerate().all(|(i, b)| *b == (i as u8) ^ 0x5a),
+        reused
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8) ^ 0x5a),
         "the pages the normal world reused are untouched"
     );
     w.check();

@@ -96,7 +96,11 @@ fn regression_bdc5282e7_page_list_read_once_then_validated() {
     w.mem.trace_reads(false);
     let mut entry = [0u8; 8];
     w.mem.read(lists[1] + 189 * 8, &mut entry);
-    assert_eq!(u64::from_le_bytes(entry), SECURE_RAM.0, "the list was changed");
+    assert_eq!(
+        u64::from_le_bytes(entry),
+        SECURE_RAM.0,
+        "the list was changed"
+    );
     let used = w.tee.use_registered(G0, 1).unwrap();
     assert_eq!(
         used.mobj().page(700).map(|p| p.get()),
@@ -1049,7 +1053,11 @@ fn regression_fuzz_too_small_rpc_arg_buffer_released() {
     let tiny = w.alloc_page() + 0xfff;
     let (hi, lo) = split_pair(tiny);
     let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[hi, lo, thread, 0, 7]);
-    assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_FREE, "the refused buffer is handed back");
+    assert_eq!(
+        out.a0(),
+        OPTEE_SMC_RETURN_RPC_FREE,
+        "the refused buffer is handed back"
+    );
     assert_eq!(reg_pair(out.a[1], out.a[2]), 7, "by its cookie");
     let out = w.smc(g, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);

@@ -1,11 +1,11 @@
 //! Fast calls of a guest: identity, capabilities, thread count and the SHM cache, each
 //! forwarded, filtered or refused (deny by default).
 
-use teeshm_abi::smc::{reg_pair, split_pair};
 use super::{Ctx, LOW32};
 use crate::memory::MachineMemory;
 use teeshm_abi::caps::{NonSecureCaps, SecureCaps};
 use teeshm_abi::smc::*;
+use teeshm_abi::smc::{reg_pair, split_pair};
 
 impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
     pub(super) fn fast_call(&mut self, func: u32, regs: &SmcRegs) -> SmcRegs {

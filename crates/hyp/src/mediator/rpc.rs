@@ -1,10 +1,7 @@
 //! RPCs of the TEE on the way to the guest, and the guest's answers on the way back: RPC arg
 //! buffers shadowed, requests copied out, answers merged in, `SHM_ALLOC` buffers translated.
 
-use teeshm_abi::smc::{reg_pair, split_pair};
-use super::{
-    Ctx, Flow, HEADER_SIZE, PAGE, PARAM_SIZE, RET_AT, RET_ORIGIN_AT,
-};
+use super::{Ctx, Flow, HEADER_SIZE, PAGE, PARAM_SIZE, RET_AT, RET_ORIGIN_AT};
 use crate::error::HypError;
 use crate::guest::{Call, Pending, RpcArg};
 use crate::memory::MachineMemory;
@@ -19,6 +16,7 @@ use teeshm_abi::msg::{
 };
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
+use teeshm_abi::smc::{reg_pair, split_pair};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// An `SHM_ALLOC` answer the mediator could not translate: why, and what the guest must free.

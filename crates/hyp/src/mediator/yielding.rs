@@ -1,7 +1,6 @@
 //! `CALL_WITH_ARG`: the guest's arg copied once and checked, its page lists translated and
 //! pinned, the TEE driven to the call's end or its next RPC, and the results copied back.
 
-use teeshm_abi::smc::{reg_pair, split_pair};
 use super::{
     Ctx, Flow, HEADER_SIZE, LOW32, MEMREF_SIZE_AT, PAGE, PARAM_SIZE, RET_AT, RET_ORIGIN_AT,
     SESSION_AT, VALUE_AT,
@@ -23,6 +22,7 @@ use teeshm_abi::msg::{
     ParamType, arg_size_checked, split_arg, split_arg_mut,
 };
 use teeshm_abi::smc::*;
+use teeshm_abi::smc::{reg_pair, split_pair};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// The message commands a guest may send (Xen's list); anything else is `EBADCMD`.
