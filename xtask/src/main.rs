@@ -24,7 +24,8 @@ mod qemu;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debian packages of the bare-metal build (see shared/DESIGN.md, "Toolchain").
+/// Debian packages of the bare-metal build: rustc-web and cargo-web with rust-web-src give a
+/// compiler that can build `core` and `alloc` for `aarch64-unknown-none` (docs/firmware.md).
 const BARE_METAL_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",

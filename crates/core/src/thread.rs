@@ -327,7 +327,7 @@ mod tests {
         t.admit(GuestId(3)).unwrap_err();
         t.free(a);
         t.admit(GuestId(3)).unwrap();
-        assert!(t.holdings.get(&GuestId(1)).is_none());
+        assert!(!t.holdings.contains_key(&GuestId(1)));
         check(&t);
     }
 

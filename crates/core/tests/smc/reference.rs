@@ -154,7 +154,7 @@ impl Model {
     /// Whether a new guest can have a thread reserved: the shared pool shrinks by one and
     /// must still cover what is lent out.
     fn admits(&self) -> bool {
-        self.guests.len() < THREADS && self.borrowed() <= THREADS - self.guests.len() - 1
+        self.guests.len() < THREADS && self.borrowed() < THREADS - self.guests.len()
     }
 
     fn session_of(&self, guest: u16) -> u32 {
