@@ -52,6 +52,11 @@ impl Default for GuestQuotas {
 /// array allocation and a B-tree entry).
 pub const MAPPED_PAGE_BYTES: u64 = 96;
 
+/// An upper bound of the secure heap a call in flight holds besides the frames of the list it
+/// decodes: its state, its arg copy (at most 127 params of 32 bytes and the header), the RPC
+/// arg it builds, and its list of owned objects.
+pub const CALL_BYTES: u64 = 16 << 10;
+
 /// An upper bound of the secure heap one open session costs (its entry in the guest's
 /// session table, with its share of the B-tree's nodes).
 pub const SESSION_BYTES: u64 = 64;
@@ -259,12 +264,19 @@ impl CoreConfig {
                 quota: q.max_secure_bytes,
             });
         }
+        // Each call in flight may hold, before its object is charged, the page frames of the
+        // list it decodes (fallibly reserved) and a copy of its arg.
+        let per_call = of(self
+            .max_buffer_pages
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(CALL_BYTES)))?;
         let heap_promised = of(q
             .max_mapped_pages
             .checked_mul(MAPPED_PAGE_BYTES)
             .and_then(|b| b.checked_add(q.max_sessions.checked_mul(SESSION_BYTES)?))
             .and_then(|b| b.checked_add(q.max_secure_bytes))
-            .and_then(|b| b.checked_mul(guests)))?;
+            .and_then(|b| b.checked_mul(guests))
+            .and_then(|b| b.checked_add(threads.checked_mul(per_call)?)))?;
         if heap_promised > self.heap_budget {
             return Err(CapacityError::Heap {
                 promised: heap_promised,
