@@ -43,10 +43,25 @@ impl NsRef {
 /// Why an argument could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArgReadError {
-    /// It does not fit its page or buffer, or could not be mapped or read.
+    /// It does not fit its page or buffer, lies where the core may not map it, or could not
+    /// be read.
     BadAddress,
     /// `num_params` is above the limit.
     BadCommand,
+    /// It could not be mapped or copied for want of room: the guest's mapped-pages quota (its
+    /// own calls hold it), the window, or the heap (`OPTEE_SMC_RETURN_ENOMEM`, as OP-TEE).
+    OutOfMemory,
+}
+
+impl ArgReadError {
+    /// The refusal for a failed map of the arg: room (retryable) or address.
+    fn of_map(e: &TeeError) -> Self {
+        if e.code() == teeshm_abi::gp::TEE_ERROR_OUT_OF_MEMORY {
+            Self::OutOfMemory
+        } else {
+            Self::BadAddress
+        }
+    }
 }
 
 /// The secure copy of an `optee_msg_arg`: its header and exactly `num_params` params.
@@ -74,7 +89,7 @@ impl ArgCopy {
         }
         let guard = at
             .map(window, platform)
-            .map_err(|_| ArgReadError::BadAddress)?;
+            .map_err(|e| ArgReadError::of_map(&e))?;
         let mut header = MsgArgHeader::new_zeroed();
         guard
             .read(at.offset, header.as_mut_bytes())
@@ -89,7 +104,7 @@ impl ArgCopy {
         let mut params = Vec::new();
         params
             .try_reserve_exact(count)
-            .map_err(|_| ArgReadError::BadAddress)?;
+            .map_err(|_| ArgReadError::OutOfMemory)?;
         params.resize(count, MsgParam::new_zeroed());
         let params_at = at.offset + MSG_ARG_HEADER_SIZE as u64;
         guard

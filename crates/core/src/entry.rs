@@ -532,6 +532,7 @@ impl<P: Platform> Tee<P> {
             ArgCopy::read(&at, &self.window, &self.platform, reserve).map_err(|e| match e {
                 ArgReadError::BadAddress => CallError::BadAddress,
                 ArgReadError::BadCommand => CallError::BadCommand,
+                ArgReadError::OutOfMemory => CallError::OutOfMemory,
             })?;
         let rpc_at = if reserve == 0 {
             RpcArgAt::Missing

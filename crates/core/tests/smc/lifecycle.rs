@@ -395,3 +395,23 @@ fn calls_from_several_cpus_at_once() {
         );
     }
 }
+
+/// When the guest's own calls hold its whole mapped-pages quota, its next call cannot map its
+/// arg: a lack of room (`ENOMEM`, which the driver may retry), not a bad address.
+#[test]
+fn an_arg_that_cannot_be_mapped_for_want_of_room_is_enomem() {
+    let w = World::new(small_window(1 << 12, 10));
+    let s = w.open_session(G0);
+    let buf = w.buffer(9 * PAGE, 0);
+    let cookie = w.cookie();
+    assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
+    assert_eq!(where_cached(&w, s, cookie, 9 * PAGE), (TEE_SUCCESS, 0));
+    // A call holds the buffer (9 pages, not evictable while used) and its own arg page (1).
+    let (out, _) = start_suspended(&w, G0, s, cookie);
+    assert_eq!(w.tee.guest(G0).unwrap().counters().mapped_pages(), 10);
+    let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
+    assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ENOMEM);
+    w.check();
+    assert_eq!(finish(&w, G0, out).a[0], 0);
+    w.check();
+}
