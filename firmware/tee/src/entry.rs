@@ -191,6 +191,7 @@ fn boot() -> Result<(), BootError> {
     // (just above), and nothing of them moves: the tables live on the heap, reached by the
     // `Tee` that goes into the static below.
     unsafe { crate::mmu::enable(root) };
+    let normal_world = tee.config().normal_world;
     TEE.call_once(|| tee);
     println!(
         "tee: S-EL1 core up in {} us: MMU on (SCTLR_EL1 {:#x}, TTBR0_EL1 {:#x}), {} table \
@@ -203,6 +204,18 @@ fn boot() -> Result<(), BootError> {
         WINDOW_BASE + WINDOW_SIZE,
         crate::heap::total() / 1024
     );
+    let normal_world = match normal_world {
+        NormalWorld::Single => "one normal world, no hypervisor (a7 ignored)",
+        NormalWorld::Virtualized => "guests under a hypervisor (a7 names the guest)",
+    };
+    if cfg!(feature = "test-commands") {
+        println!(
+            "tee: {normal_world}; test commands ON: the memtest pseudo-TA's WHERE tells secure \
+             VAs and PAs (a test build, never a product's)"
+        );
+    } else {
+        println!("tee: {normal_world}; test commands off: WHERE answers 0 for secure addresses");
+    }
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //! scattered pages, RPC buffers with and without `RPC_ARG`, unregistration.
 
 use super::{
-    Ctx, Outcome, WINDOW, adjacent, buf, bytes, check_core, drv, fill_shm, free, invoke_raw,
-    marker, op, pattern_mismatch, ret_of, teec, where_is,
+    Ctx, Outcome, adjacent, buf, bytes, check_core, drv, fill_shm, free, invoke_raw, marker, op,
+    pattern_mismatch, ret_of, teec, where_is, window,
 };
 use crate::ram::NsRam;
 use crate::smc::Conduit;
@@ -211,7 +211,7 @@ pub(super) fn registered(ctx: &mut Ctx, s: &Session) -> Outcome {
         first + 0x123
     );
     ensure!(
-        (WINDOW.0..WINDOW.1).contains(&va),
+        window().contains(&va),
         "WHERE: VA {va:#x} outside the SHM window"
     );
     ensure!(
@@ -252,10 +252,7 @@ pub(super) fn large_registered(ctx: &mut Ctx, s: &Session) -> Outcome {
         "WHERE: PA {pa:#x}, the buffer starts at {:#x}",
         first + 0x7ff
     );
-    ensure!(
-        (WINDOW.0..WINDOW.1).contains(&va),
-        "VA {va:#x} outside the window"
-    );
+    ensure!(window().contains(&va), "VA {va:#x} outside the window");
     ensure!(
         !cached && mapped == pages,
         "first map: cached {cached}, {mapped} pages"
