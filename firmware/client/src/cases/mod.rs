@@ -54,6 +54,8 @@ mod memrefs;
 #[cfg(not(feature = "fault-test"))]
 mod shared;
 #[cfg(not(feature = "fault-test"))]
+mod suspend;
+#[cfg(not(feature = "fault-test"))]
 mod vm;
 
 #[cfg(not(feature = "fault-test"))]
@@ -67,7 +69,9 @@ use hostile::{
 #[cfg(not(feature = "fault-test"))]
 use memrefs::{sha256, short_buffer, temporary, values};
 #[cfg(not(feature = "fault-test"))]
-use shared::{large_registered, registered, rpc_buffers, rpc_without_rpc_arg, unregister};
+use shared::{
+    large_registered, registered, rpc_buffers, rpc_without_rpc_arg, unregister, unregister_in_use,
+};
 #[cfg(not(feature = "fault-test"))]
 use vm::single_normal_world;
 
@@ -330,6 +334,10 @@ pub fn run() {
         case("unregister, then the cookie is gone", || {
             unregister(&mut ctx, &session)
         });
+        case(
+            "unregister of a buffer a waiting call holds: revoked at once",
+            || unregister_in_use(&mut ctx, &session),
+        );
         case("one normal world, no hypervisor: a7 names nobody", || {
             single_normal_world(&mut ctx, &session, &ram)
         });
