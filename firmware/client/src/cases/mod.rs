@@ -46,6 +46,8 @@ macro_rules! ensure {
 }
 
 // The groups of cases, in the order `run` calls them (the macro above is theirs too).
+#[cfg(not(feature = "fault-test"))]
+mod exhaust;
 mod fast_calls;
 #[cfg(not(feature = "fault-test"))]
 mod hostile;
@@ -367,6 +369,7 @@ pub fn run() {
             "hostile: RPC returns to threads that wait for nothing",
             hostile_registers,
         );
+        exhaust::group(&mut ctx, &session);
         case("the core still serves calls after all of it", || {
             still_alive(&mut ctx, &session)
         });
