@@ -11,13 +11,15 @@
 //!    test and `linux/init`.
 //! 5. The device tree: QEMU's own (`-machine dumpdtb=`) plus the OP-TEE node, PSCI over SMC,
 //!    secure RAM reserved, and `chosen` (command line, initrd), compiled by `dtc`.
-//! 6. The firmware (`qemu::build`) with the monitor's `linux` feature: the monitor enters the
-//!    kernel at 0x4020_0000, NS-EL1, with x0 = the device tree at 0x4800_0000.
+//! 6. The firmware (`qemu::build(Variant::Linux)`): the monitor's `linux` feature, without the
+//!    core's test commands (as a product ships it); the monitor enters the kernel at
+//!    0x4020_0000, NS-EL1, with x0 = the device tree at 0x4800_0000.
 //! 7. QEMU runs with a timeout; the UART is shown live and kept in `target/linux/uart.log`. The
 //!    run passes when QEMU exits 0 (PSCI SYSTEM_OFF, which init asks for only when the test
 //!    passed), the UART shows `N passed, 0 failed` (N > 0) and the monitor reports the core's
-//!    agreement check after the power-off with `0 disagreements`. A hang is killed and
-//!    reported with the last UART lines.
+//!    agreement check after the power-off with `0 disagreements`, and no line reports a secure
+//!    panic or exception (`qemu::secure_failure`). A hang is killed and reported with the last
+//!    UART lines.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -54,9 +56,6 @@ const MACHINE: &[&str] = &[
     "-net",
     "none",
 ];
-
-/// The firmware feature that makes the monitor boot Linux.
-const FIRMWARE_FEATURE: &str = "teeshm-fw-monitor/linux";
 
 /// Where the `-device loader`s put the kernel, the device tree and the initramfs (non-secure
 /// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0); it
@@ -141,7 +140,9 @@ pub fn linux(args: &[String]) -> Result<(), String> {
     let initramfs = build_initramfs(&root, &sysroot, &kernel, &test, &out)?;
     // The firmware with the monitor's `linux` feature: x0 = the device tree at `DTB_ADDR`, the
     // GIC's interrupts handed to the normal world.
-    let firmware = crate::qemu::build(crate::qemu::Variant::Client, &[FIRMWARE_FEATURE])?.secure;
+    // The monitor's `linux` feature and no test commands: the firmware a product would ship
+    // (linux/teeshm-test.c never asks WHERE for secure addresses).
+    let firmware = crate::qemu::build(crate::qemu::Variant::Linux, &[])?.secure;
     let dtb = build_dtb(&firmware, initramfs.1, &out)?;
     eprintln!(
         "xtask: linux: kernel {} ({} bytes), initramfs {} bytes, device tree {}; built in {:.1} s",
@@ -642,6 +643,8 @@ struct Milestones {
     summary: Option<(f64, String)>,
     /// The monitor's report of the core's agreement check after SYSTEM_OFF.
     agreement: Option<String>,
+    /// The first report of a secure panic or exception (`qemu::secure_failure`).
+    secure_failure: Option<String>,
 }
 
 fn boot(
@@ -719,6 +722,9 @@ fn boot(
         .as_ref()
         .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
     let agreement_ok = seen.agreement.as_deref() == Some("0 disagreements");
+    if let Some(report) = &seen.secure_failure {
+        return failure(format!("linux: FAILED: the secure world died: `{report}`"));
+    }
     match (code, &seen.summary) {
         (Some(0), Some((_, summary))) if summary_ok && agreement_ok => {
             eprintln!(
@@ -739,6 +745,9 @@ fn boot(
 }
 
 fn note_milestone(seen: &mut Milestones, t: f64, line: &str) {
+    if seen.secure_failure.is_none() && crate::qemu::secure_failure(line).is_some() {
+        seen.secure_failure = Some(line.trim().to_string());
+    }
     if seen.kernel.is_none() && line.contains("Booting Linux on physical CPU") {
         seen.kernel = Some(t);
     }

@@ -15,8 +15,14 @@
 //!      touches an unmapped VA on request): the `fault: data abort at VA ...` report of the
 //!      S-EL1 exception handler and the monitor's `fault-test: passed`.
 //!
-//!    A failed run exits with QEMU's status (1 if QEMU exited 0 without what the run must
-//!    show); a hung one is killed at the timeout and its last UART lines shown.
+//!    Neither run may show a secure panic, an exception at EL3 or a failed boot
+//!    ([`secure_failure`]), and the client run no S-EL1 exception either, whatever QEMU's
+//!    status. A failed run exits with QEMU's status (1 if QEMU exited 0 without what the run
+//!    must show, or with a secure failure); a hung one is killed at the timeout and its last
+//!    UART lines shown.
+//!
+//! Both builds have the core's test commands (the client checks WHERE's secure addresses);
+//! [`Variant::Linux`], which `cargo xtask linux` boots, has not.
 //!
 //! `cargo xtask qemu [--client-only | --fault-test-only] [--timeout SECS] [--build-only]`
 
@@ -47,13 +53,22 @@ pub const CLIENT_ADDR: u64 = 0x4020_0000;
 /// How many UART lines a failed run shows.
 const LAST_LINES: usize = 30;
 
-/// The two firmware builds.
+/// The test commands of the core (the memtest pseudo-TA's WHERE tells secure VAs and PAs):
+/// on in both builds `cargo xtask qemu` runs, whose client checks those addresses; off in
+/// [`Variant::Linux`], the firmware a product would ship.
+pub const TEST_COMMANDS: &str = "teeshm-fw-tee/test-commands";
+
+/// The firmware builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// The normal build: the client runs every case.
+    /// The normal build: the client runs every case (test commands on).
     Client,
-    /// `fault-test`: the core reads an unmapped VA on request; the fault must be reported.
+    /// `fault-test`: the core reads an unmapped VA on request; the fault must be reported
+    /// (test commands on).
     FaultTest,
+    /// The firmware `cargo xtask linux` boots Debian's kernel on: the monitor's `linux`
+    /// feature, and no test commands, as a product would ship it.
+    Linux,
 }
 
 impl Variant {
@@ -61,16 +76,19 @@ impl Variant {
         match self {
             Variant::Client => "client",
             Variant::FaultTest => "fault-test",
+            Variant::Linux => "linux",
         }
     }
 
     fn features(self) -> &'static [&'static str] {
         match self {
-            Variant::Client => &[],
+            Variant::Client => &[TEST_COMMANDS],
             Variant::FaultTest => &[
+                TEST_COMMANDS,
                 "teeshm-fw-monitor/fault-test",
                 "teeshm-fw-client/fault-test",
             ],
+            Variant::Linux => &["teeshm-fw-monitor/linux"],
         }
     }
 }
@@ -272,6 +290,10 @@ struct Seen {
     fault_report: Option<String>,
     fault_test_passed: bool,
     core_ready: Option<f64>,
+    /// The first report of a secure panic, an EL3 exception or a failed boot.
+    secure_panic: Option<String>,
+    /// The first report of an S-EL1 exception (expected only in the fault-test run).
+    secure_fault: Option<String>,
 }
 
 impl Seen {
@@ -292,6 +314,52 @@ impl Seen {
         if self.core_ready.is_none() && line.starts_with("monitor: S-EL1 core ready") {
             self.core_ready = Some(t);
         }
+        match secure_failure(line) {
+            Some(SecureFailure::Panic) if self.secure_panic.is_none() => {
+                self.secure_panic = Some(line.to_string());
+            }
+            Some(SecureFailure::Fault) if self.secure_fault.is_none() => {
+                self.secure_fault = Some(line.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How the firmware reports that its secure side died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureFailure {
+    /// A panic of the S-EL1 core (`tee: panic: ...`, then the monitor's `the secure world
+    /// panicked`) or of the monitor, an exception taken at EL3, an unexpected SMC or exception
+    /// from a lower EL, or a core that could not boot.
+    Panic,
+    /// An exception taken at S-EL1 (`fault: ...` from its vector, then the monitor's `the
+    /// secure world reported a fault`): the fault-test run provokes exactly one; any other run
+    /// fails on it.
+    Fault,
+}
+
+/// Whether a UART line is the firmware's report of a secure panic or exception (see
+/// firmware/tee/src/entry.rs `report_panic` and `tee_exception`, and the monitor's
+/// `from_secure`, `el3_handle_lower`, `el3_fatal_rust` and panic handler).
+pub fn secure_failure(line: &str) -> Option<SecureFailure> {
+    const PANICS: &[&str] = &[
+        "tee: panic",
+        "tee: boot failed",
+        "monitor: panic",
+        "monitor: the secure world panicked",
+        "monitor: exception at EL3",
+        "monitor: unexpected exception",
+        "monitor: unexpected SMC",
+    ];
+    const FAULTS: &[&str] = &["fault: ", "monitor: the secure world reported a fault"];
+    let line = line.trim();
+    if PANICS.iter().any(|p| line.starts_with(p)) {
+        Some(SecureFailure::Panic)
+    } else if FAULTS.iter().any(|p| line.starts_with(p)) {
+        Some(SecureFailure::Fault)
+    } else {
+        None
     }
 }
 
@@ -363,7 +431,21 @@ fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<Stri
     let ready = seen
         .core_ready
         .map_or("-".to_string(), |t| format!("{:.2} s", t));
+    if let Some(report) = &seen.secure_panic {
+        return failure(
+            code.filter(|&c| c != 0).unwrap_or(1),
+            format!("the secure world died: `{report}`"),
+        );
+    }
     match variant {
+        Variant::Linux => failure(1, "the Linux firmware is run by `cargo xtask linux`".into()),
+        Variant::Client if seen.secure_fault.is_some() => failure(
+            code.filter(|&c| c != 0).unwrap_or(1),
+            format!(
+                "the secure world took an exception: `{}`",
+                seen.secure_fault.as_deref().unwrap_or_default()
+            ),
+        ),
         Variant::Client => {
             let summary_ok = seen
                 .summary
@@ -524,5 +606,40 @@ mod tests {
         );
         seen.note(0.5, "fault-test: passed: caught");
         assert!(seen.fault_report.is_some() && seen.fault_test_passed);
+        assert!(seen.secure_fault.is_some() && seen.secure_panic.is_none());
+        seen.note(
+            0.6,
+            "tee: panic: panicked at crates/core/src/msg.rs:1:1: boom\r",
+        );
+        assert!(seen.secure_panic.is_some());
+    }
+
+    #[test]
+    fn secure_failures_are_recognised() {
+        for line in [
+            "tee: panic: panicked at x.rs:1:1",
+            "monitor: the secure world panicked; ending the run",
+            "monitor: panic: oops",
+            "monitor: exception at EL3 (vector 4): ESR_EL3 0x0",
+            "monitor: unexpected exception from the secure world: ESR_EL3 0x0, ELR_EL3 0x0",
+            "monitor: unexpected SMC 0xbe000009 from the secure world (InCall)",
+            "tee: boot failed: Core(Capacity)",
+        ] {
+            assert_eq!(secure_failure(line), Some(SecureFailure::Panic), "{line}");
+        }
+        for line in [
+            "fault: data abort at VA 0x40001ff000 (FAR_EL1), ESR 0x96000007",
+            "monitor: the secure world reported a fault (ESR 0x96000007, FAR 0x0)",
+        ] {
+            assert_eq!(secure_failure(line), Some(SecureFailure::Fault), "{line}");
+        }
+        for line in [
+            "ok   exhaust: threads [3 ms]: 8 calls suspended",
+            "tee: check: 0 disagreements",
+            "client: panic: x",
+            "FAIL hostile: x",
+        ] {
+            assert_eq!(secure_failure(line), None, "{line}");
+        }
     }
 }

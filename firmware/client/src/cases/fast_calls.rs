@@ -55,11 +55,13 @@ pub(super) fn capabilities() -> Outcome {
         r.a[0]
     );
     let caps = SecureCaps::from_bits_truncate((r.a[1] & 0xffff_ffff) as u32);
-    let want = SecureCaps::DYNAMIC_SHM
-        | SecureCaps::VIRTUALIZATION
-        | SecureCaps::MEMREF_NULL
-        | SecureCaps::RPC_ARG;
+    let want = SecureCaps::DYNAMIC_SHM | SecureCaps::MEMREF_NULL | SecureCaps::RPC_ARG;
     ensure!(caps.contains(want), "capabilities {caps:?}");
+    // One normal world booted at NS-EL1, no hypervisor: the core does not offer it.
+    ensure!(
+        !caps.contains(SecureCaps::VIRTUALIZATION),
+        "VIRTUALIZATION offered to a normal world without a hypervisor: {caps:?}"
+    );
     ensure!(
         !caps.contains(SecureCaps::HAVE_RESERVED_SHM),
         "a reserved pool is reported"
@@ -83,7 +85,7 @@ pub(super) fn capabilities() -> Outcome {
         r.a[1]
     );
     Ok(format!(
-        "{:#x} (dynamic SHM, virtualization, NULL memrefs, RPC arg of {rpc_params} params), no static pool, {} threads",
+        "{:#x} (dynamic SHM, NULL memrefs, RPC arg of {rpc_params} params; no virtualization), no static pool, {} threads",
         caps.bits(),
         r.a[1]
     ))

@@ -26,9 +26,15 @@ type Outcome = Result<String, String>;
 
 /// Secure RAM (QEMU `virt`): what no page list may name.
 const SECURE_RAM: u64 = 0x0e00_0000;
-/// Where the S-EL1 core's SHM window lies (`teeshm_fw_tee::WINDOW_BASE`, 4 GiB).
-const WINDOW: (u64, u64) = (0x40_0000_0000, 0x41_0000_0000);
-/// The guest the normal world, acting as hypervisor, creates and destroys.
+/// Where the S-EL1 core's SHM window lies: the window of the core's `qemu_virt` preset, which
+/// the firmware boots with (`teeshm_fw_tee::WINDOW_BASE`, `WINDOW_SIZE`).
+fn window() -> core::ops::Range<u64> {
+    let va = teeshm_core::CoreConfig::qemu_virt(teeshm_core::NormalWorld::Single)
+        .window
+        .va;
+    va.base.0..va.base.0 + va.size
+}
+/// A client id a hypervisor would give a guest: this core (one normal world) ignores it.
 const GUEST: u64 = 5;
 
 macro_rules! ensure {
@@ -40,6 +46,8 @@ macro_rules! ensure {
 }
 
 // The groups of cases, in the order `run` calls them (the macro above is theirs too).
+#[cfg(not(feature = "fault-test"))]
+mod exhaust;
 mod fast_calls;
 #[cfg(not(feature = "fault-test"))]
 mod hostile;
@@ -47,6 +55,8 @@ mod hostile;
 mod memrefs;
 #[cfg(not(feature = "fault-test"))]
 mod shared;
+#[cfg(not(feature = "fault-test"))]
+mod suspend;
 #[cfg(not(feature = "fault-test"))]
 mod vm;
 
@@ -61,9 +71,11 @@ use hostile::{
 #[cfg(not(feature = "fault-test"))]
 use memrefs::{sha256, short_buffer, temporary, values};
 #[cfg(not(feature = "fault-test"))]
-use shared::{large_registered, registered, rpc_buffers, rpc_without_rpc_arg, unregister};
+use shared::{
+    large_registered, registered, rpc_buffers, rpc_without_rpc_arg, unregister, unregister_in_use,
+};
 #[cfg(not(feature = "fault-test"))]
-use vm::vm_lifecycle;
+use vm::single_normal_world;
 
 fn case(name: &str, f: impl FnOnce() -> Outcome) {
     let started = time::micros();
@@ -325,9 +337,12 @@ pub fn run() {
             unregister(&mut ctx, &session)
         });
         case(
-            "VM created and destroyed by the hypervisor (client id 0)",
-            || vm_lifecycle(&mut ctx, &session, &ram),
+            "unregister of a buffer a waiting call holds: revoked at once",
+            || unregister_in_use(&mut ctx, &session),
         );
+        case("one normal world, no hypervisor: a7 names nobody", || {
+            single_normal_world(&mut ctx, &session, &ram)
+        });
         case(
             "hostile: a page list naming secure RAM, EL3, a device, flash",
             || hostile_pages(&mut ctx, &session),
@@ -350,7 +365,11 @@ pub fn run() {
             "hostile: args in secure RAM, crossing pages, with too many params",
             || hostile_args(&mut ctx),
         );
-        case("hostile: bad client ids and RPC returns", hostile_registers);
+        case(
+            "hostile: RPC returns to threads that wait for nothing",
+            hostile_registers,
+        );
+        exhaust::group(&mut ctx, &session);
         case("the core still serves calls after all of it", || {
             still_alive(&mut ctx, &session)
         });

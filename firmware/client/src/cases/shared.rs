@@ -1,21 +1,24 @@
 //! Cases of shared memory the TEE keeps: registered and allocated buffers, a buffer of 1100
-//! scattered pages, RPC buffers with and without `RPC_ARG`, unregistration.
+//! scattered pages, RPC buffers with and without `RPC_ARG`, unregistration, and the
+//! unregistration of a buffer a waiting call still holds (revocation).
 
+use super::suspend;
 use super::{
-    Ctx, Outcome, WINDOW, adjacent, buf, bytes, check_core, drv, fill_shm, free, invoke_raw,
-    marker, op, pattern_mismatch, ret_of, teec, where_is,
+    Ctx, Outcome, adjacent, buf, bytes, check_core, drv, fill_shm, free, invoke_raw, marker, op,
+    pattern_mismatch, ret_of, teec, where_is, window,
 };
 use crate::ram::NsRam;
 use crate::smc::Conduit;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use sha2::{Digest, Sha256};
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::rpc::RpcShmType;
 use teeshm_core::pta::{MEMTEST_UUID, cmd};
 use teeshm_nw::client::{Context, Direction, Param, Session, SharedMemory, ShmFlags};
-use teeshm_nw::{Driver, DriverError, PAGE_SIZE};
+use teeshm_nw::{Driver, DriverError, GuestBuffer, PAGE_SIZE};
 
 /// FILL, COPY both ways and SHA-256 through whole and partial memrefs of `a` and `b`, every
 /// byte checked (the same walk as crates/nw/tests/client.rs).
@@ -211,7 +214,7 @@ pub(super) fn registered(ctx: &mut Ctx, s: &Session) -> Outcome {
         first + 0x123
     );
     ensure!(
-        (WINDOW.0..WINDOW.1).contains(&va),
+        window().contains(&va),
         "WHERE: VA {va:#x} outside the SHM window"
     );
     ensure!(
@@ -252,10 +255,7 @@ pub(super) fn large_registered(ctx: &mut Ctx, s: &Session) -> Outcome {
         "WHERE: PA {pa:#x}, the buffer starts at {:#x}",
         first + 0x7ff
     );
-    ensure!(
-        (WINDOW.0..WINDOW.1).contains(&va),
-        "VA {va:#x} outside the window"
-    );
+    ensure!(window().contains(&va), "VA {va:#x} outside the window");
     ensure!(
         !cached && mapped == pages,
         "first map: cached {cached}, {mapped} pages"
@@ -429,5 +429,116 @@ pub(super) fn unregister(ctx: &mut Ctx, s: &Session) -> Outcome {
     );
     Ok(format!(
         "cookie {cookie}: its 3 mapped pages went with the unregister; then BAD_PARAMETERS as a memref and to a 2nd unregister"
+    ))
+}
+
+pub(super) fn unregister_in_use(ctx: &mut Ctx, s: &Session) -> Outcome {
+    // A buffer of the normal world's own pages, registered, mapped by a first FILL.
+    let (_, mapped_first, _, _) = check_core();
+    let size = 3 * PAGE_SIZE - 0x40;
+    let b = buf(ctx, size, 0x40, |_| 0)?;
+    let cookie = ctx.driver_mut().new_cookie();
+    ctx.driver_mut().register(&b, cookie).map_err(drv)?;
+    let fill = |ctx: &mut Ctx, cookie: u64, size: u64, seed: u64| {
+        let params = [
+            MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, Rmem::new(0, size, cookie)),
+            MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(seed, 0, 0)),
+        ];
+        ret_of(invoke_raw(ctx, s, cmd::FILL, &params))
+    };
+    let ret = fill(ctx, cookie, size, 0x21)?;
+    ensure!(ret == TEE_SUCCESS, "the first FILL answered {ret:#x}");
+    ensure!(
+        pattern_mismatch(&bytes(ctx, &b)?, 0x21).is_none(),
+        "the first FILL wrote the wrong bytes"
+    );
+    // A call that holds it and waits in an RPC (RPC_BUFFER asking for its buffer).
+    let call = match suspend::start(ctx, s, 64, 0x77, &[(cookie, size)])? {
+        Ok(call) => call,
+        Err(a0) => return Err(format!("the holding call was refused with {a0:#x}")),
+    };
+    let (_, mapped_before, _, _) = check_core();
+    let thread = call.thread();
+    // UNREGISTER while the call holds it: SUCCESS at once, and the mapping is gone now.
+    let unregistered = ctx.driver_mut().unregister(cookie);
+    let (disagreements, mapped_revoked, _, _) = check_core();
+    let again = ctx.driver_mut().unregister(cookie);
+    let as_memref = fill(ctx, cookie, size, 0x22);
+    // The pages are the normal world's again: it writes its own bytes there, and the cookie
+    // may name a new buffer at once.
+    let ours: Vec<u8> = (0..size).map(marker(0x5a)).collect();
+    b.write(ctx.driver().ram(), 0, &ours)
+        .map_err(|e| format!("guest RAM: {e}"))?;
+    let other = buf(ctx, PAGE_SIZE, 0, |_| 0)?;
+    let reused = ctx.driver_mut().register(&other, cookie);
+    let reused_fill = match reused {
+        Ok(()) => Some(fill(ctx, cookie, PAGE_SIZE, 0x23)),
+        Err(_) => None,
+    };
+    let other_ok = pattern_mismatch(&bytes(ctx, &other)?, 0x23).is_none();
+    if reused.is_ok() {
+        ctx.driver_mut().unregister(cookie).map_err(drv)?;
+    }
+    free(ctx, other);
+    // Then the call goes on: its RPCs answered, it ends as if nothing happened.
+    let done = suspend::finish(ctx, call)?;
+    let untouched = bytes(ctx, &b)? == ours;
+    let (disagreements_end, mapped_end, _, _) = check_core();
+    free(ctx, b);
+    unregistered.map_err(|e| format!("UNREGISTER of the buffer in use: {e}"))?;
+    ensure!(
+        disagreements == 0 && disagreements_end == 0,
+        "{disagreements} disagreements after the unregister, {disagreements_end} at the end"
+    );
+    let pages = GuestBuffer::pages_for(0x40, size);
+    ensure!(
+        mapped_revoked + pages == mapped_before,
+        "the unregister left the mapping while the call held it: {mapped_before} -> \
+         {mapped_revoked} pages"
+    );
+    ensure!(
+        matches!(
+            again,
+            Err(DriverError::Tee {
+                ret: TEE_ERROR_BAD_PARAMETERS,
+                ..
+            })
+        ),
+        "a second unregister while the call still held it answered {again:?}"
+    );
+    let as_memref = as_memref?;
+    ensure!(
+        as_memref == TEE_ERROR_BAD_PARAMETERS,
+        "the unregistered cookie as a memref answered {as_memref:#x}"
+    );
+    reused.map_err(|e| format!("a new buffer under the freed cookie: {e}"))?;
+    let reused_fill = reused_fill.ok_or("no FILL of the new buffer")??;
+    ensure!(
+        reused_fill == TEE_SUCCESS && other_ok,
+        "the new buffer under the freed cookie: FILL {reused_fill:#x}, bytes right {other_ok}"
+    );
+    ensure!(
+        done.ret == TEE_SUCCESS && done.checked == done.asked,
+        "the call ended with {:#x} (origin {}), {} bytes checked",
+        done.ret,
+        done.origin,
+        done.checked
+    );
+    ensure!(
+        untouched,
+        "the TEE wrote into the pages of the unregistered buffer"
+    );
+    ensure!(
+        mapped_end == mapped_first,
+        "{mapped_end} pages mapped at the end, {mapped_first} before the case"
+    );
+    Ok(format!(
+        "a {pages}-page buffer held by an RPC_BUFFER call waiting in thread {thread}: UNREGISTER \
+         answered SUCCESS at once and its mapping went with it ({mapped_before} -> \
+         {mapped_revoked} pages); its cookie unknown at once (2nd unregister and memref: \
+         BAD_PARAMETERS) and taken by a new buffer; the normal world rewrote the pages; the call \
+         then ended with TEE_SUCCESS ({} RPCs, 64 bytes checked) and the pages kept the normal \
+         world's bytes",
+        done.rpcs
     ))
 }

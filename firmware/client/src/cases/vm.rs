@@ -1,139 +1,135 @@
-//! The VM life cycle as the hypervisor (client id 0) drives it: a guest created, used and
-//! destroyed, and what it may not do itself.
+//! One normal world and no hypervisor, as this firmware boots it (the client at NS-EL1): the
+//! core answers the hypervisor's VM calls as unknown functions, does not offer VIRTUALIZATION,
+//! and ignores a7: every call is the normal world's own, whatever a7 holds.
 
 use super::{
-    Ctx, GUEST, Outcome, bytes, check_core, drv, fast_as, invoke_raw, op, pattern_mismatch, ret_of,
+    Ctx, GUEST, Outcome, bytes, check_core, drv, fast_as, invoke_raw, pattern_mismatch, ret_of,
     teec,
 };
 use crate::ram::NsRam;
 use crate::smc::Conduit;
 use alloc::format;
+use alloc::string::String;
+use teeshm_abi::caps::SecureCaps;
 use teeshm_abi::gp::*;
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd};
-use teeshm_nw::client::{Context, Param, Session, ShmFlags};
-use teeshm_nw::driver::header;
+use teeshm_nw::client::{Context, Session, SharedMemory, ShmFlags};
 use teeshm_nw::{Driver, PAGE_SIZE};
 
-pub(super) fn vm_lifecycle(ctx: &mut Ctx, s: &Session, ram: &NsRam) -> Outcome {
-    let ok = |r: SmcRegs| r.a0() == OPTEE_SMC_RETURN_OK;
-    ensure!(
-        ok(fast_as(0, OPTEE_SMC_VM_CREATED, &[GUEST])),
-        "VM_CREATED({GUEST}) refused"
-    );
-    ensure!(
-        !ok(fast_as(0, OPTEE_SMC_VM_CREATED, &[GUEST])),
-        "a second VM_CREATED({GUEST}) accepted"
-    );
-    ensure!(
-        !ok(fast_as(GUEST, OPTEE_SMC_VM_CREATED, &[6])),
-        "VM_CREATED from client {GUEST} accepted"
-    );
-    ensure!(
-        !ok(fast_as(0, OPTEE_SMC_VM_CREATED, &[0])),
-        "VM_CREATED(0) accepted"
-    );
-    // The normal world now calls for guest 5 (a7 = 5): probe, session, a registered buffer.
-    let d5 = Driver::probe(Conduit::new(GUEST), ram.clone()).map_err(drv)?;
-    let mut c5 = Context::new(d5);
-    let s5 = c5.open_session(MEMTEST_UUID).map_err(teec)?;
-    let shm5 = c5
-        .allocate_shared_memory(2 * PAGE_SIZE + 5, ShmFlags::INOUT)
-        .map_err(teec)?;
-    let mut o = op([
-        Param::Whole(&shm5),
-        Param::ValueInput { a: 5, b: 0 },
-        Param::None,
-        Param::None,
-    ]);
-    c5.invoke_command(&s5, cmd::FILL, &mut o).map_err(teec)?;
-    ensure!(
-        pattern_mismatch(&bytes(&c5, shm5.buffer())?, 5).is_none(),
-        "guest {GUEST}'s FILL wrong"
-    );
-    // Guest 0 cannot use guest 5's cookie.
-    let foreign = [
+/// Client ids a yielding call carries in a7, each of which must change nothing: 0, small ones,
+/// the largest 16-bit VM id, ones a hypervisor would refuse (above 0xffff), all ones.
+const A7S: [u64; 8] = [0, 1, GUEST, 77, 0xffff, 0x1_0000, 1 << 32, u64::MAX];
+
+/// FILL of the whole of `shm` with `seed` through a raw RMEM (so any session and any a7 can
+/// name it); returns the message's `ret`.
+fn fill_by_cookie(
+    ctx: &mut Ctx,
+    s: &Session,
+    shm: &SharedMemory,
+    seed: u64,
+) -> Result<u32, String> {
+    let params = [
         MsgParam::from_rmem(
             OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
-            Rmem::new(0, 16, shm5.cookie()),
+            Rmem::new(0, shm.size(), shm.cookie()),
         ),
-        MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(1, 0, 0)),
+        MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(seed, 0, 0)),
     ];
-    let ret = ret_of(invoke_raw(ctx, s, cmd::FILL, &foreign))?;
+    ret_of(invoke_raw(ctx, s, cmd::FILL, &params))
+}
+
+pub(super) fn single_normal_world(ctx: &mut Ctx, s: &Session, ram: &NsRam) -> Outcome {
+    // The hypervisor's calls: from a7 = 0, where a hypervisor would make them, and from 5.
+    for a7 in [0, GUEST] {
+        for (what, func) in [
+            ("VM_CREATED", OPTEE_SMC_VM_CREATED),
+            ("VM_DESTROYED", OPTEE_SMC_VM_DESTROYED),
+        ] {
+            let r = fast_as(a7, func, &[GUEST]).a0();
+            ensure!(
+                r == OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
+                "{what}({GUEST}) with a7 = {a7} answered {r:#x}"
+            );
+        }
+    }
+    // The capabilities do not depend on a7 and never offer VIRTUALIZATION.
+    let caps0 = fast_as(0, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]);
+    let caps5 = fast_as(GUEST, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[0]);
     ensure!(
-        ret == TEE_ERROR_BAD_PARAMETERS,
-        "guest 0 used guest {GUEST}'s cookie: {ret:#x}"
+        caps0.a0() == OPTEE_SMC_RETURN_OK && caps0.a[..4] == caps5.a[..4],
+        "EXCHANGE_CAPABILITIES with a7 = 0 {:#x?}, with a7 = {GUEST} {:#x?}",
+        &caps0.a[..4],
+        &caps5.a[..4]
     );
-    let (_, mapped_before, _, _) = check_core();
-    // The hypervisor destroys guest 5: everything of it goes.
+    let caps = SecureCaps::from_bits_truncate((caps5.a[1] & 0xffff_ffff) as u32);
     ensure!(
-        !ok(fast_as(GUEST, OPTEE_SMC_VM_DESTROYED, &[GUEST])),
-        "VM_DESTROYED from client {GUEST} accepted"
+        !caps.contains(SecureCaps::VIRTUALIZATION),
+        "VIRTUALIZATION offered: {caps:?}"
     );
-    ensure!(
-        ok(fast_as(0, OPTEE_SMC_VM_DESTROYED, &[GUEST])),
-        "VM_DESTROYED({GUEST}) refused"
-    );
-    let (disagreements, mapped_after, _, _) = check_core();
-    ensure!(
-        disagreements == 0,
-        "{disagreements} disagreements after the sweep"
-    );
-    ensure!(
-        mapped_after < mapped_before,
-        "guest {GUEST}'s mapping survived: {mapped_before} -> {mapped_after} pages"
-    );
-    let reply = c5
-        .driver_mut()
-        .call(header(OPTEE_MSG_CMD_OPEN_SESSION), &[])
-        .map_err(drv)?;
-    ensure!(
-        reply.a0 == OPTEE_SMC_RETURN_ENOTAVAIL,
-        "a call with a7 = {GUEST} now answered {:#x}",
-        reply.a0
-    );
-    let fast5 = fast_as(GUEST, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a0();
-    ensure!(
-        fast5 == OPTEE_SMC_RETURN_ENOTAVAIL,
-        "a fast call with a7 = {GUEST} answered {fast5:#x}"
-    );
-    ensure!(
-        ok(fast_as(0, OPTEE_SMC_VM_DESTROYED, &[GUEST])),
-        "destroying an unknown guest is not OK"
-    );
-    ensure!(
-        !ok(fast_as(0, OPTEE_SMC_VM_DESTROYED, &[0])),
-        "VM_DESTROYED(0) accepted"
-    );
-    // A new guest 5 knows nothing of the old one's cookie.
-    ensure!(
-        ok(fast_as(0, OPTEE_SMC_VM_CREATED, &[GUEST])),
-        "VM_CREATED({GUEST}) again refused"
-    );
+
+    // A buffer registered with a7 = 0 is found with a7 = 5, in a session opened with a7 = 0.
+    let shm = ctx
+        .allocate_shared_memory(2 * PAGE_SIZE + 5, ShmFlags::INOUT)
+        .map_err(teec)?;
     let d5 = Driver::probe(Conduit::new(GUEST), ram.clone()).map_err(drv)?;
-    let mut c5b = Context::new(d5);
-    let s5b = c5b.open_session(MEMTEST_UUID).map_err(teec)?;
-    let ret = ret_of(invoke_raw(&mut c5b, &s5b, cmd::FILL, &foreign))?;
+    let mut c5 = Context::new(d5);
+    let ret = fill_by_cookie(&mut c5, s, &shm, 5)?;
     ensure!(
-        ret == TEE_ERROR_BAD_PARAMETERS,
-        "the new guest {GUEST} found the old cookie: {ret:#x}"
+        ret == TEE_SUCCESS,
+        "a7 = {GUEST}: FILL of a buffer registered with a7 = 0 answered {ret:#x}"
     );
     ensure!(
-        ok(fast_as(0, OPTEE_SMC_VM_DESTROYED, &[GUEST])),
-        "final VM_DESTROYED refused"
+        pattern_mismatch(&bytes(ctx, shm.buffer())?, 5).is_none(),
+        "a7 = {GUEST}: FILL wrote the wrong bytes"
     );
-    // The TEE forgot guest 5's pages: the normal world may reuse them.
-    let pages = shm5.buffer().clone();
-    let mut ram5 = ram.clone();
-    pages.free(&mut ram5);
+    // And the other way: what a7 = 5 opened and registered, a7 = 0 uses, unregisters, closes.
+    let s5 = c5.open_session(MEMTEST_UUID).map_err(teec)?;
+    let shm5 = c5
+        .allocate_shared_memory(PAGE_SIZE, ShmFlags::INOUT)
+        .map_err(teec)?;
+    let ret = fill_by_cookie(ctx, &s5, &shm5, 6)?;
+    ensure!(
+        ret == TEE_SUCCESS,
+        "a7 = 0: FILL of a buffer registered with a7 = {GUEST}, in its session: {ret:#x}"
+    );
+    ensure!(
+        pattern_mismatch(&bytes(ctx, shm5.buffer())?, 6).is_none(),
+        "a7 = 0: FILL wrote the wrong bytes"
+    );
+    ctx.driver_mut().unregister(shm5.cookie()).map_err(drv)?;
+    ctx.close_session(s5).map_err(teec)?;
+    let mut pool = ram.clone();
+    shm5.buffer().clone().free(&mut pool);
+    drop(c5);
+
+    // A yielding call runs whatever a7 holds, and a fast call is answered.
+    for (i, &a7) in A7S.iter().enumerate() {
+        ctx.driver_mut().conduit_mut().client_id = a7;
+        let ret = fill_by_cookie(ctx, s, &shm, 0x100 + i as u64);
+        let threads = fast_as(a7, OPTEE_SMC_GET_THREAD_COUNT, &[]);
+        ctx.driver_mut().conduit_mut().client_id = 0;
+        let ret = ret?;
+        ensure!(ret == TEE_SUCCESS, "a7 = {a7:#x}: FILL answered {ret:#x}");
+        ensure!(
+            pattern_mismatch(&bytes(ctx, shm.buffer())?, 0x100 + i as u64).is_none(),
+            "a7 = {a7:#x}: FILL wrote the wrong bytes"
+        );
+        ensure!(
+            threads.a0() == OPTEE_SMC_RETURN_OK,
+            "a7 = {a7:#x}: GET_THREAD_COUNT answered {:#x}",
+            threads.a0()
+        );
+    }
+    ctx.release_shared_memory(shm).map_err(teec)?;
     let (disagreements, _, _, _) = check_core();
-    ensure!(
-        disagreements == 0,
-        "{disagreements} disagreements at the end"
-    );
+    ensure!(disagreements == 0, "{disagreements} disagreements");
     Ok(format!(
-        "guest {GUEST} made, used (session, buffer, FILL), swept by VM_DESTROYED ({mapped_before} -> {mapped_after} window pages); \
-         then a7 = {GUEST} gets ENOTAVAIL; only client 0 may create or destroy"
+        "VM_CREATED and VM_DESTROYED (a7 = 0 and {GUEST}): UNKNOWN_FUNCTION; capabilities the \
+         same for a7 = {GUEST}, no VIRTUALIZATION; a7 = {GUEST} FILLs a buffer registered with \
+         a7 = 0, a7 = 0 uses, unregisters and closes what a7 = {GUEST} registered and opened; \
+         FILL ran with a7 = {}",
+        A7S.map(|a| format!("{a:#x}")).join(", ")
     ))
 }
