@@ -343,7 +343,8 @@ impl CoreConfig {
                     max_mapped_pages: 32_768,
                     max_sessions: 16,
                     max_threads: qemu_virt::THREADS as u64,
-                    max_secure_bytes: 4 << 20,
+                    // Its objects and their frames need at most 640 KiB (capacity()).
+                    max_secure_bytes: 1 << 20,
                 },
                 32_768,
             ),
