@@ -58,6 +58,16 @@ impl Pins {
     pub(crate) fn total(&self) -> u64 {
         self.total
     }
+
+    /// Pin references of PA page `page`.
+    pub(crate) fn count(&self, page: u64) -> u64 {
+        self.counts.get(&page).copied().unwrap_or(0)
+    }
+
+    /// The pinned PA pages.
+    pub(crate) fn pages(&self) -> impl Iterator<Item = &u64> {
+        self.counts.keys()
+    }
 }
 
 /// A buffer whose pages are pinned for the TEE: the PA pages (one pin reference each) and the
@@ -204,8 +214,18 @@ impl GuestState {
         Ok(())
     }
 
-    /// A zeroed hypervisor page for a shadow.
-    pub(crate) fn alloc_shadow<M: MachineMemory>(&mut self, mem: &mut M) -> Result<u64, HypError> {
+    /// A zeroed hypervisor page for a shadow, within the guest's share of the pool.
+    pub(crate) fn alloc_shadow<M: MachineMemory>(
+        &mut self,
+        mem: &mut M,
+        limits: &HypLimits,
+    ) -> Result<u64, HypError> {
+        // The share is what makes the pool fair: without it one guest could hold every page.
+        if self.shadow_pages >= limits.max_shadow_pages {
+            return Err(HypError::TooManyShadowPages {
+                limit: limits.max_shadow_pages,
+            });
+        }
         let pa = mem.alloc_page().ok_or(HypError::NoShadowPage)?;
         if pa % PAGE_SIZE != 0 {
             // A platform bug; the page is not usable as a shadow.
