@@ -20,8 +20,8 @@ use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
 use teeshm_core::pta::MEMTEST_UUID;
 use teeshm_core::testing::{NS_RAM, PhysMemory, SimPlatform, sim_memory_map};
-use teeshm_core::{CoreConfig, Tee};
-use teeshm_hyp::{GuestStats, HypLimits, MachineMemory, Mediator, Stage2};
+use teeshm_core::{CoreConfig, NormalWorld, Tee};
+use teeshm_hyp::{GuestStats, HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
 use teeshm_platform::RecordingTlb;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -36,9 +36,10 @@ const GUEST_AREA_PAGES: u64 = 1 << 19;
 /// The hypervisor's own pages: the last 64 MiB of NS RAM.
 pub const HYP_POOL: (u64, u64) = (NS_RAM.0 + NS_RAM.1 - (64 << 20), 64 << 20);
 
-/// The TEE behind the mediator: an SMC is a function call into the real core.
+/// The TEE behind the mediator: an SMC is a function call into the real core (shared, so a
+/// test can also act as a secure thread holding a buffer while guests call).
 pub struct CoreConduit {
-    pub tee: Tee<SimPlatform>,
+    pub tee: Arc<Tee<SimPlatform>>,
 }
 
 impl SmcConduit for CoreConduit {
@@ -84,6 +85,10 @@ impl MachineMemory for HypMem {
         assert!(self.held.remove(&pa), "free of a page not held: {pa:#x}");
         self.free.push(pa);
     }
+    fn pool_pages(&self) -> u64 {
+        let all = HYP_POOL.1 / PAGE;
+        self.limit.map_or(all, |l| all.min(l as u64))
+    }
 }
 
 pub type Hyp = Mediator<CoreConduit, HypMem>;
@@ -100,12 +105,36 @@ pub fn scatter(slot: u64, i: u64) -> u64 {
     NS_RAM.0 + (x.wrapping_mul(0x0009_E377) % GUEST_AREA_PAGES) * PAGE
 }
 
+/// A core for a hypervisor: guests are announced by VM_CREATED, a7 names them.
+pub fn virtualized() -> CoreConfig {
+    CoreConfig {
+        normal_world: NormalWorld::Virtualized,
+        ..CoreConfig::default()
+    }
+}
+
 impl System {
     pub fn new() -> Self {
-        Self::with(CoreConfig::default(), HypLimits::default())
+        Self::with(virtualized(), HypLimits::default())
     }
 
+    /// A system whose mediator gives every guest `limits` (16 guest slots, the whole pool).
     pub fn with(config: CoreConfig, limits: HypLimits) -> Self {
+        Self::with_hyp(
+            config,
+            HypConfig {
+                limits,
+                ..HypConfig::default()
+            },
+            None,
+        )
+    }
+
+    /// A system whose mediator has `hyp` and a pool of `pool` pages (None: the whole pool).
+    pub fn with_hyp(config: CoreConfig, hyp: HypConfig, pool: Option<usize>) -> Self {
+        // A mediator sits only in front of a core that knows guests (a7 names them).
+        assert_eq!(config.normal_world, NormalWorld::Virtualized);
+        config.capacity().expect("the core's quotas fit what it has");
         let phys = Arc::new(PhysMemory::new());
         let tee = Tee::new(
             config,
@@ -119,16 +148,21 @@ impl System {
             next: 0,
             free: Vec::new(),
             held: BTreeSet::new(),
-            limit: None,
+            limit: pool,
         };
         Self {
-            hyp: Mediator::new(CoreConduit { tee }, mem, limits),
+            hyp: Mediator::new(CoreConduit { tee: Arc::new(tee) }, mem, hyp).unwrap(),
             phys,
         }
     }
 
     pub fn tee(&self) -> &Tee<SimPlatform> {
         &self.hyp.tee().tee
+    }
+
+    /// The core, shared (to hold a buffer as a secure thread would while guests call).
+    pub fn tee_arc(&self) -> Arc<Tee<SimPlatform>> {
+        self.hyp.tee().tee.clone()
     }
 
     /// A guest `id` in IPA slot `slot` with 16 MiB of scattered RAM, announced to the TEE.
@@ -161,9 +195,12 @@ impl System {
         self.hyp.memory_mut().limit = limit;
     }
 
+    /// The core's agreement checker and the mediator's own.
     pub fn check(&self) {
         let d = self.tee().check_agreement();
         assert!(d.is_empty(), "disagreements: {d:#?}");
+        let v = self.hyp.check();
+        assert!(v.is_empty(), "mediator: {v:#?}");
     }
 
     pub fn stats(&self, g: &Guest) -> GuestStats {
