@@ -270,6 +270,91 @@ impl CoreConfig {
     }
 }
 
+/// The configuration of the QEMU `virt` firmware (`firmware/tee`): one place for the numbers, so
+/// that the firmware boots with exactly what the fuzz targets and tests run
+/// ([`CoreConfig::qemu_virt`]).
+///
+/// The machine has 16 MiB of secure RAM; code, data, stacks and the monitor's part take about
+/// 0.3 MiB, the rest (15.7 MiB) is the S-EL1 heap (`firmware/tee/src/layout.rs`). The heap holds
+/// the guests' share ([`HEAP_BUDGET`]), the translation tables ([`MAX_TABLE_PAGES`]) and the
+/// core's own state (thread and guest tables, sessions, the static map) with the allocator's
+/// rounding.
+pub mod qemu_virt {
+    /// Secure RAM of the machine.
+    pub const SECURE_RAM_BYTES: u64 = 16 << 20;
+    /// The dynamic SHM window's base: 256 GiB, far above every static mapping (all below 4 GiB,
+    /// at VA == PA), inside the 39-bit VA space of mm's tables.
+    pub const WINDOW_BASE: u64 = 0x40_0000_0000;
+    /// The window: 512 MiB. The capacity check wants the table pages to map the whole window
+    /// (so tables never run out before the window does): a 4 GiB window would need 2055 table
+    /// pages, 8 MiB of the 15.7 MiB heap, for mappings no guest may make. 512 MiB needs 260
+    /// (1 MiB) and still holds four times what the guests' quotas let them map (33,808 pages).
+    pub const WINDOW_SIZE: u64 = 512 << 20;
+    /// Translation-table pages (2 MiB of the heap): the window's 260, the static map's 11, and
+    /// room to spare before lazily reclaimed tables are compacted.
+    pub const MAX_TABLE_PAGES: usize = 512;
+    /// Heap bytes the guests' quotas may take together: half the heap; the other half holds the
+    /// table pages, the core's own state and the buddy allocator's rounding.
+    pub const HEAP_BUDGET: u64 = 8 << 20;
+    /// Threads: one reserved for each of [`MAX_GUESTS`] guests and as many shared.
+    pub const THREADS: u32 = 8;
+    /// Guests under a hypervisor.
+    pub const MAX_GUESTS: u32 = 4;
+}
+
+impl CoreConfig {
+    /// The QEMU `virt` firmware's configuration ([`qemu_virt`]) for `normal_world`: 8 threads;
+    /// one normal world with the whole guests' share of the heap and window (1024 objects, 128
+    /// MiB registered and mapped, buffers of 128 MiB, 4 MiB of secure heap), or 4 guests with a
+    /// quarter each (256 objects, 32 MiB registered and mapped, buffers of 32 MiB, 1 MiB of
+    /// secure heap, 4 threads). Both pass [`CoreConfig::capacity`].
+    pub fn qemu_virt(normal_world: NormalWorld) -> Self {
+        let (max_guests, quotas, max_buffer_pages) = match normal_world {
+            NormalWorld::Single => (
+                1,
+                GuestQuotas {
+                    max_objects: 1024,
+                    max_registered_pages: 32_768,
+                    max_mapped_pages: 32_768,
+                    max_sessions: 16,
+                    max_threads: qemu_virt::THREADS as u64,
+                    max_secure_bytes: 4 << 20,
+                },
+                32_768,
+            ),
+            NormalWorld::Virtualized => (
+                qemu_virt::MAX_GUESTS,
+                GuestQuotas {
+                    max_objects: 256,
+                    max_registered_pages: 8192,
+                    max_mapped_pages: 8192,
+                    max_sessions: 16,
+                    max_threads: 4,
+                    max_secure_bytes: 1 << 20,
+                },
+                8192,
+            ),
+        };
+        Self {
+            threads: qemu_virt::THREADS,
+            max_guests,
+            normal_world,
+            quotas,
+            window: ShmWindowConfig {
+                va: VaWindowConfig {
+                    base: VirtAddr(qemu_virt::WINDOW_BASE),
+                    size: qemu_virt::WINDOW_SIZE,
+                    guard_pages: 1,
+                },
+                max_table_pages: qemu_virt::MAX_TABLE_PAGES,
+            },
+            max_buffer_pages,
+            static_pool: None,
+            heap_budget: qemu_virt::HEAP_BUDGET,
+        }
+    }
+}
+
 impl Default for CoreConfig {
     /// One normal world; 32 threads and 16 guests when virtualized; default quotas; a 4 GiB
     /// window at 0x40_0000_0000 with one guard page, 4096 table pages, buffers of 128 MiB at
@@ -292,5 +377,24 @@ impl Default for CoreConfig {
             static_pool: None,
             heap_budget: 192 << 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    #[test]
+    fn the_qemu_virt_preset_passes_capacity_in_both_modes() {
+        for nw in [NormalWorld::Single, NormalWorld::Virtualized] {
+            let c = CoreConfig::qemu_virt(nw);
+            let cap = c.capacity().unwrap();
+            assert!(cap.heap_promised <= qemu_virt::HEAP_BUDGET, "{nw:?}: {cap:?}");
+            assert_eq!(cap.table_pages_needed, 260, "{nw:?}");
+            assert!(cap.window_pages_promised * 3 < cap.window_pages, "{nw:?}: {cap:?}");
+        }
+        // The budget leaves half the heap: with the tables, under the 15.7 MiB of the heap.
+        let tables = qemu_virt::MAX_TABLE_PAGES as u64 * PAGE_SIZE;
+        assert!(qemu_virt::HEAP_BUDGET + tables + (4 << 20) < qemu_virt::SECURE_RAM_BYTES);
     }
 }

@@ -12,16 +12,16 @@
 
 use crate::layout;
 use crate::platform::{FwPlatform, FwTlb};
-use crate::{MAX_TABLE_PAGES, WINDOW_BASE, WINDOW_SIZE};
+use crate::{WINDOW_BASE, WINDOW_SIZE};
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_abi::smc::{OPTEE_SMC_RETURN_UNKNOWN_FUNCTION, SmcRegs};
-use teeshm_core::{CoreConfig, GuestQuotas, Tee};
+use teeshm_core::{CoreConfig, NormalWorld, Tee};
 use teeshm_fw_common::{fid, println, time};
 use teeshm_mm::{
-    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow,
-    ShmWindowConfig, VaWindowConfig, VirtAddr, VirtPages,
+    MemKind, MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind, ShmWindow, VirtAddr,
+    VirtPages,
 };
 
 /// The VA the `fault-test` build touches: the last page of the first 2 MiB of the SHM window.
@@ -125,31 +125,11 @@ fn memory_map() -> Result<MemoryMap, BootError> {
     .map_err(|_| BootError::MemoryMap)
 }
 
-/// The core's configuration on QEMU: guest 0 is the (only) normal world, or the hypervisor
-/// of guests it announces; quotas sized to the 16 MiB of secure RAM.
+/// The core's configuration on QEMU: the core's `qemu_virt` preset (quotas sized to the 16 MiB
+/// of secure RAM; the mediator fuzz target runs the same), for one normal world: this firmware
+/// boots its client (or Linux) at NS-EL1 with no hypervisor, so a7 names no guest.
 pub fn config() -> CoreConfig {
-    CoreConfig {
-        threads: 4,
-        max_guests: 9,
-        guest_zero: true,
-        quotas: GuestQuotas {
-            max_objects: 1024,
-            max_registered_pages: 32_768,
-            max_mapped_pages: 32_768,
-            max_sessions: 16,
-            max_threads: 4,
-        },
-        window: ShmWindowConfig {
-            va: VaWindowConfig {
-                base: VirtAddr(WINDOW_BASE),
-                size: WINDOW_SIZE,
-                guard_pages: 1,
-            },
-            max_table_pages: MAX_TABLE_PAGES,
-        },
-        max_buffer_pages: 32_768,
-        ..CoreConfig::default()
-    }
+    CoreConfig::qemu_virt(NormalWorld::Single)
 }
 
 /// Maps `range` (page aligned) at VA == PA as `kind`, outside the window.

@@ -23,10 +23,11 @@ pub mod platform;
 
 pub use entry::{FAULT_TEST_VA, report_panic, tee_boot_entry, tee_call_entry};
 
-/// The dynamic SHM window: 4 GiB at 256 GiB, far above every static mapping (which are all
-/// below 4 GiB, at VA == PA), inside the 39-bit VA space of mm's tables.
-pub const WINDOW_BASE: u64 = 0x40_0000_0000;
+/// The dynamic SHM window: 512 MiB at 256 GiB, far above every static mapping (which are all
+/// below 4 GiB, at VA == PA), inside the 39-bit VA space of mm's tables. The numbers are the
+/// core's `qemu_virt` preset, which the fuzz targets run too (why these sizes: there).
+pub const WINDOW_BASE: u64 = teeshm_core::config::qemu_virt::WINDOW_BASE;
 /// Size of the window.
-pub const WINDOW_SIZE: u64 = 4 << 30;
+pub const WINDOW_SIZE: u64 = teeshm_core::config::qemu_virt::WINDOW_SIZE;
 /// Translation-table pages the core may use, static mappings included (2 MiB).
-pub const MAX_TABLE_PAGES: usize = 512;
+pub const MAX_TABLE_PAGES: usize = teeshm_core::config::qemu_virt::MAX_TABLE_PAGES;
