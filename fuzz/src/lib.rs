@@ -31,6 +31,8 @@ use teeshm_mm::{PhysAddr, PhysRange, ShmWindowConfig, VaWindowConfig, VirtAddr};
 use teeshm_platform::RecordingTlb;
 use zerocopy::{FromBytes, IntoBytes};
 
+pub mod mediator;
+
 const PAGE: u64 = 4096;
 
 // ---- input ---------------------------------------------------------------------------------
@@ -291,8 +293,8 @@ pub fn ns_page(k: u64) -> u64 {
     NS_BASE + (k % NS_PAGES) * PAGE
 }
 
-/// A core small enough for fast executions: 4 threads, 4 guests, tight quotas, a window of 64
-/// pages (96 with a static pool of 16), buffers of at most 16 pages.
+/// A core small enough for fast executions: 4 threads, 4 guests, tight quotas, a window of 160
+/// pages (176 with a static pool of 16), buffers of at most 16 pages.
 pub fn small_config(pool: bool) -> CoreConfig {
     let pool_pages = 16;
     CoreConfig {
@@ -305,11 +307,14 @@ pub fn small_config(pool: bool) -> CoreConfig {
             max_mapped_pages: 24,
             max_sessions: 3,
             max_threads: 3,
+            max_secure_bytes: 16 << 10,
         },
+        // The guests' quotas must fit (CoreConfig::capacity): 4 x (12 guards + 24 pages) and
+        // a list page with its guard per thread.
         window: ShmWindowConfig {
             va: VaWindowConfig {
                 base: VirtAddr(0x40_0000_0000),
-                size: if pool { 96 * PAGE } else { 64 * PAGE },
+                size: if pool { 176 * PAGE } else { 160 * PAGE },
                 guard_pages: 1,
             },
             max_table_pages: 8,
@@ -320,6 +325,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
         } else {
             None
         },
+        heap_budget: 128 << 10,
     }
 }
 

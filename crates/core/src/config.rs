@@ -114,7 +114,9 @@ pub enum CapacityError {
         mapped: u64,
     },
     /// A guest may hold its largest buffers but not afford their page frames.
-    #[error("{objects} objects and {pages} registered pages need {needed} bytes, the quota is {quota}")]
+    #[error(
+        "{objects} objects and {pages} registered pages need {needed} bytes, the quota is {quota}"
+    )]
     HeapQuotaTooSmall {
         /// `max_objects`.
         objects: u64,
@@ -389,9 +391,15 @@ mod preset_tests {
         for nw in [NormalWorld::Single, NormalWorld::Virtualized] {
             let c = CoreConfig::qemu_virt(nw);
             let cap = c.capacity().unwrap();
-            assert!(cap.heap_promised <= qemu_virt::HEAP_BUDGET, "{nw:?}: {cap:?}");
+            assert!(
+                cap.heap_promised <= qemu_virt::HEAP_BUDGET,
+                "{nw:?}: {cap:?}"
+            );
             assert_eq!(cap.table_pages_needed, 260, "{nw:?}");
-            assert!(cap.window_pages_promised * 3 < cap.window_pages, "{nw:?}: {cap:?}");
+            assert!(
+                cap.window_pages_promised * 3 < cap.window_pages,
+                "{nw:?}: {cap:?}"
+            );
         }
         // The budget leaves half the heap: with the tables, under the 15.7 MiB of the heap.
         let tables = qemu_virt::MAX_TABLE_PAGES as u64 * PAGE_SIZE;

@@ -167,9 +167,7 @@ impl<P: Platform> Tee<P> {
                 SmcRegs::call(OPTEE_SMC_RETURN_OK, &[self.config.threads.into()])
             }
             OPTEE_SMC_VM_CREATED if self.virtualized() => self.vm_created(regs.a[1], regs.a[7]),
-            OPTEE_SMC_VM_DESTROYED if self.virtualized() => {
-                self.vm_destroyed(regs.a[1], regs.a[7])
-            }
+            OPTEE_SMC_VM_DESTROYED if self.virtualized() => self.vm_destroyed(regs.a[1], regs.a[7]),
             _ => SmcRegs::ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION),
         }
     }

@@ -56,11 +56,9 @@ impl<P: Platform> Tee<P> {
         } else {
             0
         };
-        guest.counters().charge_object(
-            &self.config.quotas,
-            registered,
-            mobj.charged_bytes(),
-        )?;
+        guest
+            .counters()
+            .charge_object(&self.config.quotas, registered, mobj.charged_bytes())?;
         Ok(Arc::new(mobj))
     }
 

@@ -113,7 +113,9 @@ pub enum HypError {
     },
     /// A new guest's share of `resource` cannot be reserved: the guests admitted already hold
     /// every share the mediator has (or the platform shrank the pool below their shares).
-    #[error("no share of {resource:?} is left for a new guest: {needed} needed, {available} available")]
+    #[error(
+        "no share of {resource:?} is left for a new guest: {needed} needed, {available} available"
+    )]
     NoShare {
         /// The resource.
         resource: Resource,

@@ -47,7 +47,11 @@ fn two_guests_with(limits: HypLimits) -> System {
         limits,
         ..HypConfig::default()
     };
-    System::with_hyp(virtualized(), hyp, Some(2 * limits.max_shadow_pages as usize))
+    System::with_hyp(
+        virtualized(),
+        hyp,
+        Some(2 * limits.max_shadow_pages as usize),
+    )
 }
 
 fn two_guests() -> System {
@@ -137,7 +141,11 @@ fn a_guest_holding_every_budget_starves_no_other() {
         shadow_pages: 4,
     };
     assert_eq!(sys.stats(&a), full, "every budget held");
-    assert_eq!(sys.hyp.memory().held.len(), 4, "half the pool is still free");
+    assert_eq!(
+        sys.hyp.memory().held.len(),
+        4,
+        "half the pool is still free"
+    );
     // Calls: refused, whatever the message (a registration would also pass the buffers).
     let c3 = a.start(&mut sys, Guest::header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(c3.out.a0(), OPTEE_SMC_RETURN_ETHREAD_LIMIT);
@@ -167,7 +175,10 @@ fn a_guest_holding_every_budget_starves_no_other() {
     assert_eq!(r.ret(), gp::TEE_ERROR_OUT_OF_MEMORY);
     assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
     assert_eq!(a.unregister(&mut sys, 2), gp::TEE_SUCCESS);
-    assert_eq!(a.finish(&mut sys, suspended.remove(0)).ret(), gp::TEE_SUCCESS);
+    assert_eq!(
+        a.finish(&mut sys, suspended.remove(0)).ret(),
+        gp::TEE_SUCCESS
+    );
     assert_eq!(sys.stats(&a), GuestStats::default());
     well_behaved(&mut a, &mut sys, sa, 30);
     well_behaved(&mut b, &mut sys, sb, 31);
@@ -195,7 +206,11 @@ fn the_shadow_budget_binds_while_the_pool_has_pages() {
     let calls: Vec<Started> = (0..4)
         .map(|seed| rpc_call(&mut a, &mut sys, sa, PAGE, seed))
         .collect();
-    assert!(calls.iter().all(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC));
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC)
+    );
     assert_eq!(sys.stats(&a).shadow_pages, 4);
     let more = a.start(&mut sys, Guest::header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(more.out.a0(), OPTEE_SMC_RETURN_ENOMEM);
@@ -308,12 +323,10 @@ fn a_mediator_promising_more_than_it_has_does_not_start() {
     };
     assert_eq!(
         Mediator::new(NoTee, Pool(8), tiny).err(),
-        Some(HypError::Capacity(
-            HypCapacityError::ShadowBudgetTooSmall {
-                needed: 2,
-                budget: 1
-            }
-        ))
+        Some(HypError::Capacity(HypCapacityError::ShadowBudgetTooSmall {
+            needed: 2,
+            budget: 1
+        }))
     );
 }
 

@@ -198,7 +198,11 @@ fn a_revoked_buffer_is_never_touched_again() {
     assert_eq!(a.read(&sys, a.buf_ipa(&buf, 0), 6), b"before");
 
     assert_eq!(a.unregister(&mut sys, 9), gp::TEE_SUCCESS);
-    assert_eq!(sys.stats(&a), GuestStats::default(), "pins released at once");
+    assert_eq!(
+        sys.stats(&a),
+        GuestStats::default(),
+        "pins released at once"
+    );
     let mine: Vec<u8> = (0..buf.size).map(|i| (i * 7 % 256) as u8).collect();
     a.fill_buf(&sys, &buf, |i| mine[i as usize]);
 

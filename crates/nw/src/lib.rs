@@ -43,8 +43,8 @@ pub mod pool;
 pub mod ram;
 
 pub use driver::{
-    DEFAULT_MAX_RPC_SHM_BYTES, DEFAULT_THREAD_LIMIT_RETRIES, Driver, DriverError, MAX_RPC_ARG_BYTES,
-    MAX_RPCS_PER_CALL, MsgReply,
+    DEFAULT_MAX_RPC_SHM_BYTES, DEFAULT_THREAD_LIMIT_RETRIES, Driver, DriverError,
+    MAX_RPC_ARG_BYTES, MAX_RPCS_PER_CALL, MsgReply,
 };
 pub use list::PageList;
 pub use pool::StaticPool;

@@ -163,10 +163,22 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             }
         }
         let budgets = [
-            (Resource::Calls, g.calls.len() as u64, u64::from(limits.max_calls)),
+            (
+                Resource::Calls,
+                g.calls.len() as u64,
+                u64::from(limits.max_calls),
+            ),
             (Resource::Buffers, g.buffers, u64::from(limits.max_buffers)),
-            (Resource::PinnedPages, g.pins.total(), limits.max_pinned_pages),
-            (Resource::ShadowPages, g.shadow_pages, limits.max_shadow_pages),
+            (
+                Resource::PinnedPages,
+                g.pins.total(),
+                limits.max_pinned_pages,
+            ),
+            (
+                Resource::ShadowPages,
+                g.shadow_pages,
+                limits.max_shadow_pages,
+            ),
         ];
         for (resource, held, limit) in budgets {
             if held > limit {

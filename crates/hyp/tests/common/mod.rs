@@ -134,7 +134,9 @@ impl System {
     pub fn with_hyp(config: CoreConfig, hyp: HypConfig, pool: Option<usize>) -> Self {
         // A mediator sits only in front of a core that knows guests (a7 names them).
         assert_eq!(config.normal_world, NormalWorld::Virtualized);
-        config.capacity().expect("the core's quotas fit what it has");
+        config
+            .capacity()
+            .expect("the core's quotas fit what it has");
         let phys = Arc::new(PhysMemory::new());
         let tee = Tee::new(
             config,
