@@ -230,6 +230,48 @@ fn a_revoked_buffer_is_never_touched_again() {
     sys.destroy_and_check(&a);
 }
 
+/// An RPC arg buffer the core refuses (here: the guest's object quota is full) comes back by
+/// RPC_FUNC_FREE before the call ends, as OP-TEE's `thread_rpc_alloc_arg` does: the mediator
+/// lets its shadow and pin go before the guest sees the request, and the call fails cleanly.
+#[test]
+fn an_rpc_arg_the_core_refuses_comes_back_at_once() {
+    let mut config = virtualized();
+    // The registered buffer and the call's own arg page: no room for an RPC arg.
+    config.quotas.max_objects = 2;
+    let mut sys = System::with(config, HypLimits::default());
+    let mut a = sys.guest(1, 0);
+    let s = a.open_session(&mut sys);
+    let buf = a.buffer(PAGE, 0);
+    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    let c = a.start(
+        &mut sys,
+        Guest::invoke_header(s, cmd::RPC_BUFFER),
+        &[
+            value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
+            value(VOUT, 0, 0, 0),
+        ],
+        0,
+    );
+    assert_eq!(c.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
+    let answer = a.answer_rpc(&mut sys, &c.out);
+    let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_FREE);
+    let st = sys.stats(&a);
+    assert_eq!(
+        (st.rpc_args, st.buffers, st.pinned_pages, st.shadow_pages),
+        (0, 1, 1, 1),
+        "only the registered buffer and the call's shadow arg are left"
+    );
+    sys.check();
+    let r = a.finish(&mut sys, Started { out, ..c });
+    assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
+    assert_ne!(r.ret(), gp::TEE_SUCCESS);
+    assert!(a.rpc_bufs.is_empty(), "the guest got its buffer back");
+    assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
+    assert_eq!(sys.stats(&a), GuestStats::default());
+    sys.destroy_and_check(&a);
+}
+
 /// Destroying a guest with everything in flight: registered and draining buffers, a call
 /// suspended with an RPC buffer pinned, another suspended before its RPC arg exists, cached RPC
 /// args. Nothing of it is left in the mediator or the TEE; the other guest goes on.
