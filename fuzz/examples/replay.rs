@@ -13,6 +13,7 @@ fn main() {
             "page_list" => teeshm_fuzz::page_list(&data),
             "msg_arg" => teeshm_fuzz::msg_arg(&data),
             "smc_surface" => teeshm_fuzz::smc_surface(&data),
+            "mediator" => teeshm_fuzz::mediator::mediator(&data),
             other => panic!("unknown target {other}"),
         }
         eprintln!("{file}: ok");

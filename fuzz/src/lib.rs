@@ -41,6 +41,7 @@ pub use input::Input;
 pub use msg_arg::msg_arg;
 pub use page_list::page_list;
 pub use smc_surface::smc_surface;
+pub mod mediator;
 
 const PAGE: u64 = 4096;
 
@@ -77,6 +78,8 @@ pub fn small_config(pool: bool) -> CoreConfig {
             max_threads: 3,
             max_secure_bytes: 8192,
         },
+        // The guests' quotas must fit (CoreConfig::capacity): 4 x (12 guards + 24 pages) and
+        // a list page with its guard per thread.
         window: ShmWindowConfig {
             va: VaWindowConfig {
                 base: VirtAddr(0x40_0000_0000),

@@ -19,7 +19,7 @@ use crate::{run, workspace_root};
 use std::process::Command;
 
 /// The targets, in the order they run.
-pub const TARGETS: &[&str] = &["page_list", "msg_arg", "smc_surface"];
+pub const TARGETS: &[&str] = &["page_list", "msg_arg", "smc_surface", "mediator"];
 
 /// How the targets are built: optimized, with debug assertions (overflow checks), no sanitizer.
 const BUILD_ARGS: &[&str] = &["-O", "--debug-assertions", "--sanitizer", "none"];

@@ -4,6 +4,7 @@
 //! Call it between SMCs: a call inside `handle_guest_smc` holds buffers and shadows that no
 //! record shows yet.
 
+use crate::config::{HypLimits, Resource};
 use crate::guest::{Buffer, GuestState};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -32,6 +33,38 @@ pub enum HypDisagreement {
         recorded: u64,
         /// What the records add up to.
         recomputed: u64,
+    },
+    /// A guest holds more of `resource` than its budget.
+    OverBudget {
+        /// The guest.
+        vm: GuestId,
+        /// What it holds too much of.
+        resource: Resource,
+        /// What it holds.
+        held: u64,
+        /// Its budget.
+        limit: u64,
+    },
+    /// A pinned page is not RAM of the guest that pins it.
+    PinOutsideGuest {
+        /// The guest.
+        vm: GuestId,
+        /// The PA page.
+        pa: u64,
+    },
+    /// A shadow page is recorded twice (for two owners, or twice for one).
+    ShadowTwice {
+        /// The page.
+        pa: u64,
+    },
+    /// The live guests' shares exceed what the mediator has.
+    SharesExceed {
+        /// The resource.
+        resource: Resource,
+        /// What the live guests' shares add up to.
+        promised: u64,
+        /// What the mediator has.
+        available: u64,
     },
     /// A page's pin references differ from the buffers that name it.
     Pins {
@@ -136,6 +169,82 @@ impl GuestState {
     }
 }
 
+impl GuestState {
+    /// Appends to `found` every budget of `limits` guest `vm` exceeds, every page it pins that
+    /// is not its own RAM, and every shadow page recorded twice (`shadows` collects the shadow
+    /// pages of all guests checked so far).
+    pub(crate) fn check_budgets(
+        &self,
+        vm: GuestId,
+        limits: &HypLimits,
+        shadows: &mut BTreeSet<u64>,
+        found: &mut Vec<HypDisagreement>,
+    ) {
+        let budgets = [
+            (
+                Resource::Calls,
+                self.calls.len() as u64,
+                u64::from(limits.max_calls),
+            ),
+            (
+                Resource::Buffers,
+                self.buffers.get(),
+                u64::from(limits.max_buffers),
+            ),
+            (
+                Resource::PinnedPages,
+                self.pins.total(),
+                limits.max_pinned_pages,
+            ),
+            (
+                Resource::ShadowPages,
+                self.shadow_pages.get(),
+                limits.max_shadow_pages,
+            ),
+        ];
+        for (resource, held, limit) in budgets {
+            if held > limit {
+                found.push(HypDisagreement::OverBudget {
+                    vm,
+                    resource,
+                    held,
+                    limit,
+                });
+            }
+        }
+        let ram: BTreeSet<u64> = self.stage2.iter().map(|(_, pa)| pa).collect();
+        for &pa in self.pins.counts().keys() {
+            if !ram.contains(&pa) {
+                found.push(HypDisagreement::PinOutsideGuest { vm, pa });
+            }
+        }
+        let buffers = self
+            .registered
+            .values()
+            .chain(self.rpc_buffers.values())
+            .chain(self.draining.iter().map(|d| &d.buffer))
+            .chain(
+                self.calls
+                    .values()
+                    .flat_map(|c| c.temps.iter().map(|(_, b)| b)),
+            );
+        let own = buffers
+            .flat_map(|b| b.lists.iter().copied())
+            .chain(self.rpc_args.values().map(|a| a.shadow))
+            .chain(self.calls.values().map(|c| c.shadow_arg))
+            .chain(
+                self.calls
+                    .values()
+                    .flat_map(|c| c.stale_lists.iter().copied()),
+            );
+        for pa in own {
+            if !shadows.insert(pa) {
+                found.push(HypDisagreement::ShadowTwice { pa });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +269,9 @@ mod tests {
             Some(0x8000_0000 + self.next * PAGE_SIZE)
         }
         fn free_page(&mut self, _: u64) {}
+        fn pool_pages(&self) -> u64 {
+            1 << 20
+        }
     }
 
     const VM: GuestId = GuestId(7);
@@ -185,7 +297,7 @@ mod tests {
             },
         );
         g.pins.pin_all(&[0x4000_2000], 16).unwrap();
-        let shadow = g.alloc_shadow(&mut mem).unwrap();
+        let shadow = g.alloc_shadow(&mut mem, &HypLimits::DEFAULT).unwrap();
         g.buffers.add(1);
         g.rpc_args.insert(
             2,

@@ -1,5 +1,6 @@
 //! Why the mediator refused something, and the GlobalPlatform code a guest then sees.
 
+use crate::config::{HypCapacityError, Resource};
 use teeshm_abi::GuestId;
 use teeshm_abi::gp;
 use teeshm_abi::page_list::PageListError;
@@ -104,6 +105,28 @@ pub enum HypError {
     /// The hypervisor has no page left for a shadow.
     #[error("no hypervisor page for a shadow")]
     NoShadowPage,
+    /// The guest holds [`crate::HypLimits::max_shadow_pages`] shadow pages already.
+    #[error("the guest holds {limit} shadow pages already")]
+    TooManyShadowPages {
+        /// The limit.
+        limit: u64,
+    },
+    /// A new guest's share of `resource` cannot be reserved: the guests admitted already hold
+    /// every share the mediator has (or the platform shrank the pool below their shares).
+    #[error(
+        "no share of {resource:?} is left for a new guest: {needed} needed, {available} available"
+    )]
+    NoShare {
+        /// The resource.
+        resource: Resource,
+        /// What the guests' shares would add up to with the new one.
+        needed: u64,
+        /// What the mediator has.
+        available: u64,
+    },
+    /// The configuration promises guests more than the mediator has ([`crate::Mediator::new`]).
+    #[error("configuration: {0}")]
+    Capacity(HypCapacityError),
     /// The hypervisor heap refused an allocation.
     #[error("hypervisor heap exhausted")]
     OutOfMemory,
@@ -118,6 +141,9 @@ impl HypError {
             | Self::TooManyPins { .. }
             | Self::BufferTooLarge { .. }
             | Self::NoShadowPage
+            | Self::TooManyShadowPages { .. }
+            | Self::NoShare { .. }
+            | Self::Capacity(_)
             | Self::OutOfMemory => gp::TEE_ERROR_OUT_OF_MEMORY,
             Self::TeeRefused { .. } | Self::UnknownGuest { .. } | Self::GuestExists { .. } => {
                 gp::TEE_ERROR_GENERIC

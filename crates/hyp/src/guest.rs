@@ -226,8 +226,18 @@ impl GuestState {
         Ok(())
     }
 
-    /// A zeroed hypervisor page for a shadow.
-    pub(crate) fn alloc_shadow<M: MachineMemory>(&mut self, mem: &mut M) -> Result<u64, HypError> {
+    /// A zeroed hypervisor page for a shadow, within the guest's share of the pool.
+    pub(crate) fn alloc_shadow<M: MachineMemory>(
+        &mut self,
+        mem: &mut M,
+        limits: &HypLimits,
+    ) -> Result<u64, HypError> {
+        // The share is what makes the pool fair: without it one guest could hold every page.
+        if self.shadow_pages.get() >= limits.max_shadow_pages {
+            return Err(HypError::TooManyShadowPages {
+                limit: limits.max_shadow_pages,
+            });
+        }
         let pa = mem.alloc_page().ok_or(HypError::NoShadowPage)?;
         if pa % PAGE_SIZE != 0 {
             // A platform bug; the page is not usable as a shadow.

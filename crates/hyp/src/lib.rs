@@ -14,8 +14,10 @@
 //! - keeps registered buffers pinned until the TEE lets go of them, and gives the TEE shadow
 //!   pages for RPC arguments, copying requests to the guest and answers back (translating the
 //!   page lists of `SHM_ALLOC` answers);
-//! - enforces per-guest limits ([`HypLimits`]) and sweeps everything of a guest when it ends
-//!   ([`Mediator::destroy_guest`]), then tells the TEE (`VM_DESTROYED`);
+//! - enforces per-guest budgets of everything guests share ([`HypLimits`]), whose sum over all
+//!   guests fits what the mediator has ([`HypConfig`]), so no guest can starve another; and
+//!   sweeps everything of a guest when it ends ([`Mediator::destroy_guest`]), then tells the
+//!   TEE (`VM_DESTROYED`);
 //! - checks each guest's counts (pins, buffers, shadow pages) against its records, and reports
 //!   every release below zero ([`Mediator::check_agreement`]).
 //!
@@ -42,8 +44,9 @@
 //! | contiguous `SHM_ALLOC` answer | forwarded untranslated (§1.9: the guest's IPA used as PA) | every page translated and pinned, forwarded as a NONCONTIG shadow list |
 //! | RPC answers copied back | the whole `optee_msg_arg` | only `ret`, `ret_origin`, output values and memref sizes (and the translated `SHM_ALLOC` memref); the TEE's request is kept otherwise |
 //! | failed `SHM_ALLOC` translation | fabricated `SHM_FREE` to the guest, then `TEEC_ERROR_GENERIC` | the same `SHM_FREE`, then the code of the failure (`OUT_OF_MEMORY` for a limit, `BAD_PARAMETERS` for a bad address) |
-//! | `UNREGISTER_SHM` answered `BUSY` | (OP-TEE blocks instead) | pins kept until every call of the guest in flight at that moment has ended |
-//! | limits | 129 pages a buffer, 16 buffers, 16384 pinned pages, TEE threads a guest | configurable ([`HypLimits`]); defaults match the core's own quotas |
+//! | `UNREGISTER_SHM` of a buffer in use | (OP-TEE blocks instead) | teeshm's core answers `SUCCESS` and revokes the buffer: pins released at once; a core answering `BUSY` gets its pins kept until every call of the guest in flight at that moment has ended |
+//! | limits | 129 pages a buffer, 16 buffers, 16384 pinned pages, TEE threads a guest | configurable ([`HypLimits`]); defaults follow the core's own quotas |
+//! | shared resources | one Xen heap and page pool for all guests: one guest can take all | a per-guest budget of every shared resource (shadow pages of the pool, pins, buffers, call records); the budgets of all guests fit what the mediator has ([`HypConfig::capacity`]), checked at start and at each guest's creation |
 //! | destruction | shadows freed, pages unpinned, then `VM_DESTROYED` | pages unpinned, `VM_DESTROYED`, then shadow pages returned, so a page the TEE may still reference is never reused in between |
 //! | `GET_THREAD_COUNT` | passed through | the smaller of the TEE's count and [`HypLimits::max_calls`] |
 //! | lookups | linear lists under one lock | ordered maps: O(log n) |
@@ -88,7 +91,10 @@ mod stage2;
 mod translate;
 
 pub use check::HypDisagreement;
-pub use config::{GuestStats, HypLimits};
+pub use config::{
+    BUFFER_RECORD_BYTES, CALL_RECORD_BYTES, GuestStats, HypCapacity, HypCapacityError, HypConfig,
+    HypLimits, PIN_BYTES, Resource, SHADOW_PAGE_BYTES,
+};
 pub use error::HypError;
 pub use mediator::Mediator;
 pub use memory::MachineMemory;

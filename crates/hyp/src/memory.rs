@@ -11,6 +11,10 @@ use teeshm_abi::page_list::NsMemory;
 /// IPA with its [`Stage2`], so a guest can never make it touch memory outside its own RAM.
 /// Shadow pages must be normal-world memory the TEE may map (the TEE checks), 4 KiB aligned,
 /// and outside every guest's stage 2, so no guest can read or change them.
+///
+/// The pages [`MachineMemory::alloc_page`] hands out form one pool shared by every guest of
+/// the mediator; the mediator divides it into per-guest shares ([`crate::HypConfig`]) and is
+/// then its only user, so a guest within its share always finds a page.
 pub trait MachineMemory {
     /// Copies `buf.len()` bytes at `pa` into `buf`.
     fn read(&self, pa: u64, buf: &mut [u8]);
@@ -20,6 +24,9 @@ pub trait MachineMemory {
     fn alloc_page(&mut self) -> Option<u64>;
     /// Gives back a page from [`MachineMemory::alloc_page`].
     fn free_page(&mut self, pa: u64);
+    /// Pages of the pool in all, held or free: what the mediator divides among guests. No
+    /// default: a pool of unknown size cannot be shared fairly.
+    fn pool_pages(&self) -> u64;
 }
 
 /// Guest memory for the page-list decoder: IPAs in, each read translated through the guest's

@@ -104,7 +104,7 @@ impl GuestState {
         }
         let mut buffer = Buffer { pages, lists };
         for _ in 0..needed {
-            match self.alloc_shadow(mem) {
+            match self.alloc_shadow(mem, limits) {
                 Ok(pa) => buffer.lists.push(pa),
                 Err(e) => {
                     self.pins.unpin_all(&buffer.pages);
@@ -200,6 +200,9 @@ pub(crate) mod tests {
         fn free_page(&mut self, pa: u64) {
             assert!(self.held.remove(&pa), "double free of {pa:#x}");
             self.free.push(pa);
+        }
+        fn pool_pages(&self) -> u64 {
+            self.limit.map_or(u64::MAX, |l| l as u64)
         }
     }
 
@@ -343,8 +346,18 @@ pub(crate) mod tests {
                 .unwrap_err(),
             HypError::NoShadowPage
         );
-        // A contiguous range running off the end of guest RAM, or wrapping.
+        // The guest's share of the pool is spent: refused before the pool is asked.
         mem.limit = None;
+        let spent = HypLimits {
+            max_shadow_pages: 0,
+            ..limits
+        };
+        assert_eq!(
+            g.translate_contiguous(&mut mem, &spent, inside, 1)
+                .unwrap_err(),
+            HypError::TooManyShadowPages { limit: 0 }
+        );
+        // A contiguous range running off the end of guest RAM, or wrapping.
         assert_eq!(
             g.translate_contiguous(&mut mem, &limits, outside - 16, 32)
                 .unwrap_err(),

@@ -16,7 +16,6 @@ use teeshm_abi::gp;
 use teeshm_abi::msg::*;
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE, OPTEE_RPC_SHM_TYPE_KERNEL};
 use teeshm_abi::smc::*;
-use teeshm_core::CoreConfig;
 use teeshm_core::pta::cmd;
 use teeshm_hyp::{GuestStats, HypLimits};
 use zerocopy::IntoBytes;
@@ -381,8 +380,9 @@ fn limits() {
         max_buffers: 3,
         max_pinned_pages: 10,
         max_buffer_pages: 6,
+        ..HypLimits::default()
     };
-    let mut sys = System::with(CoreConfig::default(), limits);
+    let mut sys = System::with(virtualized(), limits);
     let mut a = sys.guest(1, 0);
     let s = a.open_session(&mut sys);
 

@@ -1,5 +1,6 @@
 //! Guest life cycle behind the mediator: creation rules, pinning against ballooning, an
-//! unregister answered BUSY, and destruction in the middle of everything.
+//! unregister of a buffer in use (revoked by the core, pins released at once), and
+//! destruction in the middle of everything.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,6 +16,7 @@ use teeshm_abi::gp;
 use teeshm_abi::msg::*;
 use teeshm_abi::rpc::{OPTEE_RPC_SHM_TYPE_APPL, OPTEE_RPC_SHM_TYPE_KERNEL};
 use teeshm_abi::smc::*;
+use teeshm_abi::uid;
 use teeshm_core::CoreConfig;
 use teeshm_core::pta::cmd;
 use teeshm_hyp::{GuestStats, HypError, HypLimits, Stage2};
@@ -26,7 +28,7 @@ const VOUT: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT;
 fn creation_rules() {
     let config = CoreConfig {
         max_guests: 3,
-        ..CoreConfig::default()
+        ..virtualized()
     };
     let mut sys = System::with(config, HypLimits::default());
     assert_eq!(
@@ -41,7 +43,9 @@ fn creation_rules() {
     sys.hyp
         .create_guest(GuestId(0xffff), Stage2::new())
         .unwrap();
-    // The core holds guest 0 and two others: the TEE refuses a fourth, nothing is kept.
+    sys.hyp.create_guest(GuestId(2), Stage2::new()).unwrap();
+    // The core admits three guests (the hypervisor not counted): the TEE refuses a fourth
+    // (the mediator had room for it), nothing is kept.
     assert_eq!(
         sys.hyp.create_guest(GuestId(3), Stage2::new()),
         Err(HypError::TeeRefused {
@@ -52,8 +56,9 @@ fn creation_rules() {
     assert!(sys.hyp.stats(GuestId(3)).is_none());
     assert_eq!(
         sys.hyp.guests().collect::<Vec<_>>(),
-        [GuestId(1), GuestId(0xffff)]
+        [GuestId(1), GuestId(2), GuestId(0xffff)]
     );
+    sys.hyp.destroy_guest(GuestId(2)).unwrap();
     assert_eq!(
         sys.hyp.destroy_guest(GuestId(3)),
         Err(HypError::UnknownGuest { vm: GuestId(3) })
@@ -96,10 +101,12 @@ fn pinned_pages_cannot_leave_the_guest() {
     sys.destroy_and_check(&a);
 }
 
-/// UNREGISTER_SHM of a buffer a suspended call uses: the TEE answers BUSY and lets the buffer
-/// go when that call ends; the mediator keeps the pages pinned until then.
+/// UNREGISTER_SHM of a buffer suspended calls use: the core answers SUCCESS and revokes the
+/// buffer (it never touches the pages again), so the mediator lets the pins go at once and the
+/// guest may reuse or give away the pages; the calls still end well and the core lets the
+/// object go with its last user.
 #[test]
-fn busy_unregister_keeps_pins_until_the_user_ends() {
+fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
     let s = a.open_session(&mut sys);
@@ -114,8 +121,7 @@ fn busy_unregister_keeps_pins_until_the_user_ends() {
     ];
     let user = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &params, 0);
     assert_eq!(user.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
-    // Another call, also suspended, that started later: it does not hold the buffer, but the
-    // mediator cannot tell and waits for it too.
+    // Another call, also suspended, that does not hold the buffer.
     let other = a.start(
         &mut sys,
         invoke_header(s, cmd::RPC_BUFFER),
@@ -126,40 +132,138 @@ fn busy_unregister_keeps_pins_until_the_user_ends() {
         0,
     );
     assert_eq!(other.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
+    // The buffer and each suspended call's arg page.
+    assert_eq!(sys.tee().guest(a.id).unwrap().snapshot().objects, 3);
 
-    assert_eq!(a.unregister(&mut sys, 7), gp::TEE_ERROR_BUSY);
+    assert_eq!(a.unregister(&mut sys, 7), gp::TEE_SUCCESS);
     let st = sys.stats(&a);
-    assert_eq!((st.registered, st.draining, st.pinned_pages), (0, 1, 3));
     assert_eq!(
-        sys.hyp.unmap_guest_page(a.id, buf.pages[0]),
-        Err(HypError::Pinned { ipa: buf.pages[0] })
+        (st.registered, st.draining, st.pinned_pages, st.buffers),
+        (0, 0, 0, 0),
+        "nothing is kept for a buffer the TEE gave up"
     );
-    // The cookie is free again at once (as in the core); a retry answers BAD_PARAMETERS
-    // without touching the draining pins.
+    sys.check();
+    // The pages are the guest's again: the platform may even take one away and give it back.
+    let pa = sys.hyp.unmap_guest_page(a.id, buf.pages[0]).unwrap();
+    sys.hyp.map_guest_page(a.id, buf.pages[0], pa).unwrap();
+    // The guest reuses them at once, as Linux does.
+    a.fill_buf(&sys, &buf, |i| (i % 251) as u8 ^ 0x5a);
+    // The cookie is free again at once; a retry answers BAD_PARAMETERS.
     assert_eq!(a.unregister(&mut sys, 7), gp::TEE_ERROR_BAD_PARAMETERS);
-    assert_eq!(sys.stats(&a).draining, 1);
     let reuse = a.buffer(PAGE, 0);
     assert_eq!(a.register(&mut sys, 7, &reuse), gp::TEE_SUCCESS);
 
     let r = a.finish(&mut sys, user);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
-    assert_eq!(
-        sys.stats(&a).draining,
-        1,
-        "the other call may still hold it"
-    );
     let r = a.finish(&mut sys, other);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
+    assert_eq!(
+        a.read_buf(&sys, &buf),
+        (0..buf.size)
+            .map(|i| (i % 251) as u8 ^ 0x5a)
+            .collect::<Vec<_>>(),
+        "the TEE never wrote the revoked pages"
+    );
     let st = sys.stats(&a);
     assert_eq!((st.draining, st.registered, st.pinned_pages), (0, 1, 1));
     assert_eq!(
         sys.tee().guest(a.id).unwrap().snapshot().objects,
         1,
-        "the core let go too"
+        "the core let go of the old buffer with its last user"
     );
     assert_eq!(a.unregister(&mut sys, 7), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.check();
+    sys.destroy_and_check(&a);
+}
+
+/// A secure thread holding a mapped buffer while its guest unregisters it (the guest sees
+/// SUCCESS, its pins go): every later access of that thread fails with ACCESS_CONFLICT, no new
+/// mapping is given, and the bytes the guest wrote into the pages afterwards stay as written.
+#[test]
+fn a_revoked_buffer_is_never_touched_again() {
+    let mut sys = System::new();
+    let mut a = sys.guest(1, 0);
+    let buf = a.buffer(2 * PAGE - 100, 100);
+    assert_eq!(a.register(&mut sys, 9, &buf), gp::TEE_SUCCESS);
+    let tee = sys.tee_arc();
+    let used = tee.use_registered(a.id, 9).unwrap();
+    let guard = tee.map(&used).unwrap();
+    guard.write(0, b"before").unwrap();
+    assert_eq!(a.read(&sys, a.buf_ipa(&buf, 0), 6), b"before");
+
+    assert_eq!(a.unregister(&mut sys, 9), gp::TEE_SUCCESS);
+    assert_eq!(
+        sys.stats(&a),
+        GuestStats::default(),
+        "pins released at once"
+    );
+    let mine: Vec<u8> = (0..buf.size).map(|i| (i * 7 % 256) as u8).collect();
+    a.fill_buf(&sys, &buf, |i| mine[i as usize]);
+
+    let conflict = gp::TEE_ERROR_ACCESS_CONFLICT;
+    assert_eq!(guard.write(0, b"after").unwrap_err().code(), conflict);
+    assert_eq!(guard.write(PAGE, &[0xee; 64]).unwrap_err().code(), conflict);
+    let mut back = [0u8; 16];
+    assert_eq!(guard.read(0, &mut back).unwrap_err().code(), conflict);
+    assert_eq!(back, [0; 16], "nothing was read");
+    assert_eq!(tee.map(&used).err().map(|e| e.code()), Some(conflict));
+    assert_eq!(a.read_buf(&sys, &buf), mine, "the bytes are untouched");
+    // (The core's checker is run once the use is gone: it finds objects through their guests'
+    // tables and calls, and this use, taken by the test, belongs to no call.)
+    assert!(sys.hyp.check_agreement().is_empty());
+
+    // The core lets the object go with its last user (at the end of the next SMC).
+    drop(guard);
+    drop(used);
+    drop(tee);
+    let out = a.smc(&mut sys, OPTEE_SMC_CALLS_UID, &[]);
+    assert_eq!(out.a0(), uid::OPTEE_MSG_UID[0]);
+    assert_eq!(sys.tee().guest(a.id).unwrap().snapshot().objects, 0);
+    assert_eq!(a.read_buf(&sys, &buf), mine);
+    sys.check();
+    sys.destroy_and_check(&a);
+}
+
+/// An RPC arg buffer the core refuses (here: the guest's object quota is full) comes back by
+/// RPC_FUNC_FREE before the call ends, as OP-TEE's `thread_rpc_alloc_arg` does: the mediator
+/// lets its shadow and pin go before the guest sees the request, and the call fails cleanly.
+#[test]
+fn an_rpc_arg_the_core_refuses_comes_back_at_once() {
+    let mut config = virtualized();
+    // The registered buffer and the call's own arg page: no room for an RPC arg.
+    config.quotas.max_objects = 2;
+    let mut sys = System::with(config, HypLimits::default());
+    let mut a = sys.guest(1, 0);
+    let s = a.open_session(&mut sys);
+    let buf = a.buffer(PAGE, 0);
+    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    let c = a.start(
+        &mut sys,
+        invoke_header(s, cmd::RPC_BUFFER),
+        &[
+            value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
+            value(VOUT, 0, 0, 0),
+        ],
+        0,
+    );
+    assert_eq!(c.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
+    let answer = a.answer_rpc(&mut sys, &c.out);
+    let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_FREE);
+    let st = sys.stats(&a);
+    assert_eq!(
+        (st.rpc_args, st.buffers, st.pinned_pages, st.shadow_pages),
+        (0, 1, 1, 1),
+        "only the registered buffer and the call's shadow arg are left"
+    );
+    sys.check();
+    let r = a.finish(&mut sys, Started { out, ..c });
+    assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
+    assert_ne!(r.ret(), gp::TEE_SUCCESS);
+    assert!(a.rpc_bufs.is_empty(), "the guest got its buffer back");
+    assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
+    assert_eq!(sys.stats(&a), GuestStats::default());
     sys.destroy_and_check(&a);
 }
 
@@ -207,8 +311,8 @@ fn destroy_in_the_middle_of_everything() {
     let answer = a.answer_rpc(&mut sys, &c1.out);
     let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_CMD, "now SHM_FREE");
-    // Unregister 3 while c1 holds it: BUSY, draining.
-    assert_eq!(a.unregister(&mut sys, 3), gp::TEE_ERROR_BUSY);
+    // Unregister 3 while c1 holds it: SUCCESS (the core revokes it), its pins go at once.
+    assert_eq!(a.unregister(&mut sys, 3), gp::TEE_SUCCESS);
     // A second call suspended at RPC_ALLOC (the cache is empty now).
     let c2 = a.start(
         &mut sys,
@@ -222,8 +326,8 @@ fn destroy_in_the_middle_of_everything() {
     assert_eq!(c2.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
     let st = sys.stats(&a);
     assert_eq!(st.calls_in_flight, 2);
-    assert_eq!((st.registered, st.draining, st.rpc_args), (2, 1, 1));
-    assert_eq!(st.pinned_pages, 3 * 6 + 1, "{st:?}");
+    assert_eq!((st.registered, st.draining, st.rpc_args), (2, 0, 1));
+    assert_eq!(st.pinned_pages, 2 * 6 + 1, "{st:?}");
     assert!(sys.shadows_held() >= 3);
     assert!(sys.tee().guest(a.id).unwrap().snapshot().threads >= 2);
 

@@ -42,7 +42,10 @@ pub mod list;
 pub mod pool;
 pub mod ram;
 
-pub use driver::{DEFAULT_THREAD_LIMIT_RETRIES, Driver, DriverError, MAX_RPCS_PER_CALL, MsgReply};
+pub use driver::{
+    DEFAULT_MAX_RPC_SHM_BYTES, DEFAULT_THREAD_LIMIT_RETRIES, Driver, DriverError,
+    MAX_RPC_ARG_BYTES, MAX_RPCS_PER_CALL, MsgReply,
+};
 pub use list::PageList;
 pub use pool::StaticPool;
 pub use ram::{GuestBuffer, GuestRam, PAGE_SIZE, RamError};

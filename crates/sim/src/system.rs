@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use teeshm_abi::GuestId;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
 use teeshm_core::{CoreConfig, Tee};
-use teeshm_hyp::{HypLimits, MachineMemory, Mediator, Stage2};
+use teeshm_hyp::{HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
 use teeshm_nw::client::Context;
 use teeshm_nw::{Driver, GuestRam, RamError};
 use teeshm_platform::RecordingTlb;
@@ -19,21 +19,23 @@ pub struct SystemConfig {
     pub guests: u16,
     /// RAM of each guest, bytes (a multiple of 4 KiB).
     pub guest_ram: u64,
-    /// Pages the hypervisor may use for shadows.
-    pub hyp_pages: u64,
+    /// Pages of the hypervisor's shadow pool set aside for each guest slot: its share, which
+    /// no other guest can take (the pool has `guests` times as many).
+    pub hyp_pages_per_guest: u64,
     /// The core.
     pub core: CoreConfig,
-    /// The mediator's per-guest limits.
+    /// The mediator's per-guest limits (its budgets; `max_shadow_pages` must fit the share).
     pub limits: HypLimits,
 }
 
 impl Default for SystemConfig {
-    /// 4 guests of 64 MiB, 16 MiB of hypervisor pages, default core and limits.
+    /// 4 guests of 64 MiB, 4 MiB of hypervisor pages each (the default shadow budget), a
+    /// virtualized default core, default limits.
     fn default() -> Self {
         Self {
             guests: 4,
             guest_ram: 64 << 20,
-            hyp_pages: 4096,
+            hyp_pages_per_guest: HypLimits::default().max_shadow_pages,
             core: CoreConfig {
                 normal_world: teeshm_core::NormalWorld::Virtualized,
                 ..CoreConfig::default()
@@ -63,22 +65,42 @@ pub enum SystemError {
     Driver(String),
 }
 
-/// The hypervisor's view of machine memory.
-#[derive(Clone)]
-pub struct HypMemory(pub Machine);
+/// The hypervisor's view of machine memory, for one guest's mediator: the machine, and that
+/// guest's share of the hypervisor's page pool.
+///
+/// The simulator runs one mediator per guest (so guests run on CPUs of their own), all drawing
+/// shadow pages from the machine's one pool; each mediator's pool is therefore its guest's
+/// share of it, counted here, so no guest's mediator can take another's pages.
+pub struct HypMemory {
+    /// The machine.
+    pub machine: Machine,
+    /// Pages of the pool this mediator may hold.
+    pub share: u64,
+    /// Pages it holds.
+    pub held: u64,
+}
 
 impl MachineMemory for HypMemory {
     fn read(&self, pa: u64, buf: &mut [u8]) {
-        self.0.memory.read(pa, buf);
+        self.machine.memory.read(pa, buf);
     }
     fn write(&self, pa: u64, data: &[u8]) {
-        self.0.memory.write(pa, data);
+        self.machine.memory.write(pa, data);
     }
     fn alloc_page(&mut self) -> Option<u64> {
-        self.0.alloc_hyp_page()
+        if self.held >= self.share {
+            return None;
+        }
+        let pa = self.machine.alloc_hyp_page()?;
+        self.held += 1;
+        Some(pa)
     }
     fn free_page(&mut self, pa: u64) {
-        self.0.free_hyp_page(pa);
+        self.machine.free_hyp_page(pa);
+        self.held = self.held.saturating_sub(1);
+    }
+    fn pool_pages(&self) -> u64 {
+        self.share
     }
 }
 
@@ -167,6 +189,11 @@ impl GuestRam for SimGuestRam {
     }
 
     fn alloc_pages(&mut self, n: u64) -> Result<Vec<u64>, RamError> {
+        // More than the guest has is refused before anything is reserved: `n` may come from
+        // the TEE (an RPC buffer's size), and must not size an allocation by itself.
+        if n > self.pages.saturating_sub(self.alloc.in_use()) {
+            return Err(RamError::OutOfMemory { pages: n });
+        }
         let mut pages = Vec::with_capacity(n as usize);
         for _ in 0..n {
             match self.alloc.alloc() {
@@ -250,7 +277,7 @@ impl System {
         let layout = Layout::new(
             u64::from(config.guests),
             config.guest_ram / PAGE,
-            config.hyp_pages,
+            u64::from(config.guests) * config.hyp_pages_per_guest,
         );
         let machine = Machine::new(layout);
         let tee = Tee::new(
@@ -293,11 +320,19 @@ impl System {
                 .map_err(|e| SystemError::Hyp(e.to_string()))?;
         }
         let vm = GuestId(id);
-        let mut mediator = Mediator::new(
-            CoreConduit(self.tee.clone()),
-            HypMemory(self.machine.clone()),
-            self.config.limits,
-        );
+        // One mediator per guest, its pool the guest's share of the machine's.
+        let memory = HypMemory {
+            machine: self.machine.clone(),
+            share: self.config.hyp_pages_per_guest,
+            held: 0,
+        };
+        let hyp = HypConfig {
+            max_guests: 1,
+            limits: self.config.limits,
+            ..HypConfig::default()
+        };
+        let mut mediator = Mediator::new(CoreConduit(self.tee.clone()), memory, hyp)
+            .map_err(|e| SystemError::Hyp(e.to_string()))?;
         mediator
             .create_guest(vm, stage2)
             .map_err(|e| SystemError::Hyp(e.to_string()))?;
@@ -365,19 +400,24 @@ impl System {
                 found.push(format!("core still holds guest {id}, which does not run"));
             }
         }
+        let mut shadows = 0u64;
         for g in self.guests() {
+            let mediator = g.mediator();
             found.extend(
-                g.mediator()
+                mediator
                     .check_agreement()
                     .into_iter()
-                    .map(|d| format!("hyp: {d:?}")),
+                    .map(|v| format!("mediator of guest {}: {v:?}", g.id.raw())),
             );
+            let (counted, held) = (mediator.shadow_pages(), mediator.memory().held);
+            if counted != held {
+                found.push(format!(
+                    "the mediator of guest {} holds {held} pool pages but accounts for {counted}",
+                    g.id.raw()
+                ));
+            }
+            shadows += counted;
         }
-        let shadows: u64 = self
-            .guests()
-            .iter()
-            .map(|g| g.mediator().shadow_pages())
-            .sum();
         let in_use = self.machine.hyp_pages_in_use();
         if shadows != in_use {
             found.push(format!(

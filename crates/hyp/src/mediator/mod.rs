@@ -10,7 +10,7 @@ mod rpc;
 mod yielding;
 
 use crate::check::HypDisagreement;
-use crate::config::{GuestStats, HypLimits};
+use crate::config::{GuestStats, HypConfig, HypLimits, Resource};
 use crate::error::HypError;
 use crate::guest::GuestState;
 use crate::memory::MachineMemory;
@@ -47,36 +47,49 @@ enum Flow {
 ///
 /// It is one object for all guests so that guests share one TEE conduit and one pool of
 /// hypervisor pages; every piece of state inside is per guest ([`Mediator::stats`]), and a
-/// guest's SMC only ever touches its own. Calls are handled to completion or to their next RPC
-/// inside [`Mediator::handle_guest_smc`]; a platform with several CPUs serialises entry (one
-/// `&mut`), as the TEE's answers come back synchronously anyway.
+/// guest's SMC only ever touches its own. What the guests share — the pool's pages, pins and
+/// call records on the heap — is divided into per-guest budgets ([`HypConfig`]) that together
+/// never exceed what the mediator has, so no guest can starve another. Calls are handled to
+/// completion or to their next RPC inside [`Mediator::handle_guest_smc`]; a platform with
+/// several CPUs serialises entry (one `&mut`), as the TEE's answers come back synchronously
+/// anyway.
 pub struct Mediator<T: SmcConduit, M: MachineMemory> {
     tee: T,
     memory: M,
-    limits: HypLimits,
+    config: HypConfig,
     guests: BTreeMap<GuestId, GuestState>,
     next_call: u64,
 }
 
 impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     /// A mediator in front of `tee`, with `memory` for guest access and shadow pages, and
-    /// `limits` for every guest. No guest exists yet.
-    pub fn new(tee: T, memory: M, limits: HypLimits) -> Self {
-        Self {
-            tee,
-            memory,
-            limits,
-            guests: BTreeMap::new(),
-            next_call: 1,
-        }
-    }
-
-    /// Guest start: allocates the guest's state and sends `VM_CREATED` (a1 = vm id, a7 = 0)
-    /// to the TEE. VM ids are chosen by the caller (1..=0xffff: 0 is the hypervisor's own).
+    /// `config` for the guests' budgets. No guest exists yet.
     ///
     /// # Errors
-    /// [`HypError::ReservedGuestId`] for 0, [`HypError::GuestExists`], or
-    /// [`HypError::TeeRefused`] when the TEE refuses the guest (nothing is kept then).
+    /// [`HypError::Capacity`] when `config.max_guests` guests' budgets do not fit the pool of
+    /// `memory` or the heap budget, or disagree ([`HypConfig::capacity`]).
+    pub fn new(tee: T, memory: M, config: HypConfig) -> Result<Self, HypError> {
+        config
+            .capacity(memory.pool_pages())
+            .map_err(HypError::Capacity)?;
+        Ok(Self {
+            tee,
+            memory,
+            config,
+            guests: BTreeMap::new(),
+            next_call: 1,
+        })
+    }
+
+    /// Guest start: reserves the guest's share of everything the guests share, allocates its
+    /// state and sends `VM_CREATED` (a1 = vm id, a7 = 0) to the TEE. VM ids are chosen by the
+    /// caller (1..=0xffff: 0 is the hypervisor's own).
+    ///
+    /// # Errors
+    /// [`HypError::ReservedGuestId`] for 0, [`HypError::GuestExists`],
+    /// [`HypError::NoShare`] when its share cannot be reserved (`max_guests` guests run, or the
+    /// platform shrank the pool below the shares), or [`HypError::TeeRefused`] when the TEE
+    /// refuses the guest. Nothing is kept and the TEE is not told when it fails.
     pub fn create_guest(&mut self, vm: GuestId, stage2: Stage2) -> Result<(), HypError> {
         if vm.is_hypervisor() {
             return Err(HypError::ReservedGuestId { vm });
@@ -84,6 +97,7 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
         if self.guests.contains_key(&vm) {
             return Err(HypError::GuestExists { vm });
         }
+        self.reserve_share()?;
         let out = self.tee.smc(
             SmcRegs::call(OPTEE_SMC_VM_CREATED, &[u64::from(vm.raw())])
                 .from_client(GuestId::HYPERVISOR),
@@ -95,6 +109,32 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             });
         }
         self.guests.insert(vm, GuestState::new(stage2));
+        Ok(())
+    }
+
+    /// Checks that one more guest's budgets fit beside the live guests' (all guests have the
+    /// same budgets, so a share is a guest slot and `max_shadow_pages` of the pool; the heap
+    /// shares were checked for `max_guests` guests by [`Mediator::new`]).
+    fn reserve_share(&self) -> Result<(), HypError> {
+        let guests = (self.guests.len() as u64).saturating_add(1);
+        let max = u64::from(self.config.max_guests);
+        if guests > max {
+            return Err(HypError::NoShare {
+                resource: Resource::Guests,
+                needed: guests,
+                available: max,
+            });
+        }
+        // The pool is asked again: the platform may have shrunk it since the start.
+        let pool = self.memory.pool_pages();
+        let shadows = guests.saturating_mul(self.config.limits.max_shadow_pages);
+        if shadows > pool {
+            return Err(HypError::NoShare {
+                resource: Resource::ShadowPages,
+                needed: shadows,
+                available: pool,
+            });
+        }
         Ok(())
     }
 
@@ -139,7 +179,7 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
         let Self {
             tee,
             memory,
-            limits,
+            config,
             guests,
             next_call,
         } = self;
@@ -150,7 +190,7 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             vm,
             tee,
             mem: memory,
-            limits,
+            limits: &config.limits,
             guest,
             next_call,
         }
@@ -179,8 +219,30 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     /// SMCs. Cost: linear in pinned pages and records.
     pub fn check_agreement(&self) -> Vec<HypDisagreement> {
         let mut found = Vec::new();
+        // The live guests' shares must fit what the mediator has (its capacity check at
+        // start and each admission keep it so).
+        let guests = self.guests.len() as u64;
+        let max_guests = u64::from(self.config.max_guests);
+        if guests > max_guests {
+            found.push(HypDisagreement::SharesExceed {
+                resource: Resource::Guests,
+                promised: guests,
+                available: max_guests,
+            });
+        }
+        let promised = guests.saturating_mul(self.config.limits.max_shadow_pages);
+        let pool = self.memory.pool_pages();
+        if promised > pool {
+            found.push(HypDisagreement::SharesExceed {
+                resource: Resource::ShadowPages,
+                promised,
+                available: pool,
+            });
+        }
+        let mut shadows = alloc::collections::BTreeSet::new();
         for (&vm, guest) in &self.guests {
             guest.check_agreement(vm, &mut found);
+            guest.check_budgets(vm, &self.config.limits, &mut shadows, &mut found);
         }
         found
     }
@@ -223,9 +285,14 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
         guest.stage2.unmap(ipa_page)
     }
 
-    /// The limits every guest gets.
+    /// The limits (budgets) every guest gets.
     pub fn limits(&self) -> HypLimits {
-        self.limits
+        self.config.limits
+    }
+
+    /// The configuration: guest slots, budgets, heap budget.
+    pub fn config(&self) -> HypConfig {
+        self.config
     }
 
     /// Machine memory (for the platform and tests).

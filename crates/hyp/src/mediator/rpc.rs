@@ -197,7 +197,7 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
         self.guest
             .pins
             .pin_all(&[pa_page], self.limits.max_pinned_pages)?;
-        let shadow = match self.guest.alloc_shadow(self.mem) {
+        let shadow = match self.guest.alloc_shadow(self.mem, self.limits) {
             Ok(shadow) => shadow,
             Err(e) => {
                 self.guest.pins.unpin_all(&[pa_page]);

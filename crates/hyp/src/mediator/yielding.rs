@@ -80,7 +80,7 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
             self.write_result(ipa, e.gp_code());
             return SmcRegs::ret(OPTEE_SMC_RETURN_OK);
         }
-        let shadow = match self.guest.alloc_shadow(self.mem) {
+        let shadow = match self.guest.alloc_shadow(self.mem, self.limits) {
             Ok(pa) => pa,
             Err(_) => {
                 for (_, buffer) in temps {
@@ -306,17 +306,22 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
 
     /// UNREGISTER_SHM answered `ret`.
     ///
-    /// - `SUCCESS`: the TEE holds nothing of the pages any more: unpin.
-    /// - `BUSY`: the TEE forgot the cookie but a call still uses the buffer and releases it
-    ///   when it ends. Its users can only be calls of this guest in flight now, so the pins are
-    ///   kept until each of those has ended (a retry of the unregister cannot tell: the core
-    ///   answers `BAD_PARAMETERS` for the forgotten cookie at once).
+    /// - `SUCCESS`: the TEE will never touch the pages again: unpin at once. teeshm's core
+    ///   answers `SUCCESS` also for a buffer a call still uses: it *revokes* the buffer before
+    ///   answering (its mapping goes, every later access of the call fails with
+    ///   `TEE_ERROR_ACCESS_CONFLICT`), because Linux frees and reuses the pages whatever the
+    ///   answer. So the guest may give the pages away as soon as it sees the answer.
+    /// - `BUSY` (a core that answers it, as teeshm's did before revocation): the TEE forgot the
+    ///   cookie but a call still uses the buffer and releases it when it ends. Its users can
+    ///   only be calls of this guest in flight now, so the pins are kept until each of those
+    ///   has ended (a retry of the unregister cannot tell: such a core answers
+    ///   `BAD_PARAMETERS` for the forgotten cookie at once).
     /// - `ITEM_NOT_FOUND` / `BAD_PARAMETERS` to a well-formed request (one `RMEM_INPUT`): the
     ///   TEE does not know the cookie, so it holds nothing under it: unpin.
     /// - anything else: the TEE may still hold the buffer: keep it.
     ///
-    /// A `BUSY` with no call in flight (which the core never answers) keeps the pins until the
-    /// guest ends: there is then no event that would show the buffer free.
+    /// A `BUSY` with no call in flight keeps the pins until the guest ends: there is then no
+    /// event that would show the buffer free.
     fn after_unregister(&mut self, call: &Call, ret: u32) {
         let Ok((_, sent)) = split_arg(&call.arg) else {
             return;

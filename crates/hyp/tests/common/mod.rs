@@ -14,10 +14,11 @@ use teeshm_abi::page_list;
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
 use teeshm_core::pta::MEMTEST_UUID;
-use teeshm_core::{CoreConfig, Tee};
-use teeshm_hyp::{GuestStats, HypLimits, MachineMemory, Mediator, Stage2};
+use teeshm_core::{CoreConfig, NormalWorld, Tee};
+use teeshm_hyp::{GuestStats, HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
+pub use teeshm_testkit::CoreConduit;
 pub use teeshm_testkit::msg::*;
-use teeshm_testkit::{CoreConduit, NS_RAM, PhysMemory, SimPlatform, scattered_page, sim_tee};
+use teeshm_testkit::{NS_RAM, PhysMemory, SimPlatform, scattered_page, sim_tee};
 use zerocopy::FromBytes;
 
 pub const PAGE: u64 = 4096;
@@ -66,6 +67,10 @@ impl MachineMemory for HypMem {
         assert!(self.held.remove(&pa), "free of a page not held: {pa:#x}");
         self.free.push(pa);
     }
+    fn pool_pages(&self) -> u64 {
+        let all = HYP_POOL.1 / PAGE;
+        self.limit.map_or(all, |l| all.min(l as u64))
+    }
 }
 
 pub type Hyp = Mediator<CoreConduit, HypMem>;
@@ -82,28 +87,56 @@ pub fn scatter(slot: u64, i: u64) -> u64 {
     scattered_page(slot * GUEST_PAGES + i)
 }
 
+/// A core for a hypervisor: guests are announced by VM_CREATED, a7 names them.
+pub fn virtualized() -> CoreConfig {
+    CoreConfig {
+        normal_world: NormalWorld::Virtualized,
+        ..CoreConfig::default()
+    }
+}
+
 impl System {
     pub fn new() -> Self {
-        Self::with(CoreConfig::default(), HypLimits::default())
+        Self::with(virtualized(), HypLimits::default())
     }
 
+    /// A system whose mediator gives every guest `limits` (16 guest slots, the whole pool).
     pub fn with(config: CoreConfig, limits: HypLimits) -> Self {
+        Self::with_hyp(
+            config,
+            HypConfig {
+                limits,
+                ..HypConfig::default()
+            },
+            None,
+        )
+    }
+
+    /// A system whose mediator has `hyp` and a pool of `pool` pages (None: the whole pool).
+    pub fn with_hyp(config: CoreConfig, hyp: HypConfig, pool: Option<usize>) -> Self {
+        // A mediator sits only in front of a core that knows guests (a7 names them).
+        assert_eq!(config.normal_world, NormalWorld::Virtualized);
         let (tee, phys) = sim_tee(config);
         let mem = HypMem {
             phys: phys.clone(),
             next: 0,
             free: Vec::new(),
             held: BTreeSet::new(),
-            limit: None,
+            limit: pool,
         };
         Self {
-            hyp: Mediator::new(CoreConduit(Arc::new(tee)), mem, limits),
+            hyp: Mediator::new(CoreConduit(Arc::new(tee)), mem, hyp).unwrap(),
             phys,
         }
     }
 
     pub fn tee(&self) -> &Tee<SimPlatform> {
         &self.hyp.tee().0
+    }
+
+    /// The core, shared (to hold a buffer as a secure thread would while guests call).
+    pub fn tee_arc(&self) -> Arc<Tee<SimPlatform>> {
+        self.hyp.tee().0.clone()
     }
 
     /// A guest `id` in IPA slot `slot` with 16 MiB of scattered RAM, announced to the TEE.
@@ -136,8 +169,11 @@ impl System {
         self.hyp.memory_mut().limit = limit;
     }
 
+    /// The core's agreement checker and the mediator's own.
     pub fn check(&self) {
         teeshm_testkit::assert_agreement(self.tee());
+        let v = self.hyp.check_agreement();
+        assert!(v.is_empty(), "mediator: {v:#?}");
     }
 
     pub fn stats(&self, g: &Guest) -> GuestStats {
@@ -281,6 +317,12 @@ impl Guest {
     }
 
     /// The whole of `buf`, read through the guest's stage 2.
+    /// The IPA of byte `at` of `buf`.
+    pub fn buf_ipa(&self, buf: &Buf, at: u64) -> u64 {
+        let x = buf.offset + at;
+        buf.pages[(x / PAGE) as usize] + x % PAGE
+    }
+
     pub fn read_buf(&self, sys: &System, buf: &Buf) -> Vec<u8> {
         buf.pieces(0, buf.size)
             .flat_map(|(ipa, range)| self.read(sys, ipa, range.len() as u64))

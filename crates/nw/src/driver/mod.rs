@@ -41,6 +41,18 @@ pub const DEFAULT_THREAD_LIMIT_RETRIES: u32 = 1000;
 /// there, and a test should fail rather than hang.
 pub const MAX_RPCS_PER_CALL: u32 = 1 << 20;
 
+/// The largest RPC arg buffer (`RPC_FUNC_ALLOC`) the driver hands out: an `optee_msg_arg`
+/// with the most params a message may have (127) fills exactly one page, so a larger request
+/// comes only from a broken or hostile TEE and gets "no memory" (address 0), never an
+/// allocation of its size.
+pub const MAX_RPC_ARG_BYTES: u64 = PAGE_SIZE;
+
+/// The default largest `SHM_ALLOC` the driver serves: 128 MiB, the largest buffer teeshm's core
+/// takes (`CoreConfig::max_buffer_pages`, 32768 pages). A larger request is answered
+/// `TEE_ERROR_OUT_OF_MEMORY` without allocating anything, so no TEE — nor a scenario that
+/// makes the pseudo-TA ask — can make the normal world allocate without bound.
+pub const DEFAULT_MAX_RPC_SHM_BYTES: u64 = 128 << 20;
+
 /// How often a fast call answering `EBUSY` is retried (SHM cache on and off).
 const BUSY_RETRIES: u32 = 1000;
 /// Where memory the driver allocated came from, so it goes back to the same place.
@@ -88,6 +100,8 @@ pub struct Driver<C: SmcConduit, R: GuestRam> {
     /// List pages of the running call's last SHM_ALLOC answer.
     call_lists: Vec<u64>,
     thread_limit_retries: u32,
+    /// The largest `SHM_ALLOC` served.
+    max_rpc_shm_bytes: u64,
 }
 
 impl<C: SmcConduit, R: GuestRam> core::fmt::Debug for Driver<C, R> {
@@ -127,6 +141,7 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
             rpc_buffers: BTreeMap::new(),
             call_lists: Vec::new(),
             thread_limit_retries: DEFAULT_THREAD_LIMIT_RETRIES,
+            max_rpc_shm_bytes: DEFAULT_MAX_RPC_SHM_BYTES,
         };
         let r = d.fast(OPTEE_SMC_CALLS_UID, &[]);
         let uid = [r.a[0], r.a[1], r.a[2], r.a[3]].map(|w| (w & 0xffff_ffff) as u32);
@@ -272,6 +287,17 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
     /// Sets how often a call is retried while the TEE reports `ETHREAD_LIMIT`.
     pub fn set_thread_limit_retries(&mut self, tries: u32) {
         self.thread_limit_retries = tries.max(1);
+    }
+
+    /// The largest `SHM_ALLOC` the driver serves (default [`DEFAULT_MAX_RPC_SHM_BYTES`]); a
+    /// larger request gets `TEE_ERROR_OUT_OF_MEMORY` and allocates nothing.
+    pub fn set_max_rpc_shm_bytes(&mut self, bytes: u64) {
+        self.max_rpc_shm_bytes = bytes;
+    }
+
+    /// The largest `SHM_ALLOC` the driver serves.
+    pub fn max_rpc_shm_bytes(&self) -> u64 {
+        self.max_rpc_shm_bytes
     }
 
     /// A cookie no other buffer of this driver has: registered buffers and RPC buffers draw

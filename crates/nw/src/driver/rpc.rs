@@ -16,7 +16,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::list;
 use crate::ram::{GuestBuffer, GuestRam};
 
-use super::{Driver, Held, RpcBuffer, RpcUse};
+use super::{Driver, Held, MAX_RPC_ARG_BYTES, RpcBuffer, RpcUse};
 
 impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
     /// The registers that resume the call after serving the RPC in `out` (Linux
@@ -63,9 +63,10 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
     }
 
     /// `RPC_FUNC_ALLOC` of `size` bytes for RPC args: one contiguous private buffer (Linux
-    /// `tee_shm_alloc_priv_buf`). Returns its address and cookie.
+    /// `tee_shm_alloc_priv_buf`), at most [`MAX_RPC_ARG_BYTES`]. Returns its address and
+    /// cookie.
     fn rpc_alloc(&mut self, size: u64) -> Option<(u64, u64)> {
-        if size == 0 {
+        if size == 0 || size > MAX_RPC_ARG_BYTES {
             return None;
         }
         let (addr, held) = self.alloc_private(size).ok()?;
@@ -146,6 +147,10 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         };
         if size == 0 {
             return TEE_ERROR_BAD_PARAMETERS;
+        }
+        if size > self.max_rpc_shm_bytes {
+            // Refused before anything is allocated, whatever the size.
+            return TEE_ERROR_OUT_OF_MEMORY;
         }
         // The previous answer's list has been read by now (Linux frees it here too).
         self.free_call_lists();
