@@ -73,6 +73,91 @@ pub struct StressOutcome {
     pub log: Vec<Op>,
 }
 
+/// One of `cookies`, at random.
+fn pick(rng: &mut Rng, cookies: &[u64]) -> Option<u64> {
+    cookies
+        .get(rng.below(cookies.len() as u64) as usize)
+        .copied()
+}
+
+/// Registers a fresh buffer of `size` bytes at `offset` in its first page under a new cookie.
+fn register_op(rng: &mut Rng, guest: u16, size: u64, next_cookie: &mut u64) -> Op {
+    *next_cookie += 1;
+    Op::Register {
+        guest,
+        cookie: *next_cookie,
+        size,
+        offset: rng.below(4096),
+    }
+}
+
+/// FILL of `size` bytes at `offset` of registered buffer `cookie` with a random seed.
+fn fill_op(rng: &mut Rng, guest: u16, cookie: u64, offset: u64, size: u64) -> Op {
+    Op::Invoke {
+        guest,
+        cmd: cmd::FILL,
+        params: vec![
+            ParamSpec::Registered {
+                dir: Dir::Out,
+                cookie,
+                offset,
+                size,
+            },
+            ParamSpec::Value {
+                dir: Dir::In,
+                a: rng.next_u64(),
+                b: 0,
+                c: 0,
+            },
+        ],
+    }
+}
+
+/// COPY of a random temporary input of 1..=`max_in` bytes into a temporary output of `out`
+/// bytes (at a random offset in its first page when `out_offset`).
+fn copy_op(rng: &mut Rng, guest: u16, max_in: u64, out: u64, out_offset: bool) -> Op {
+    Op::Invoke {
+        guest,
+        cmd: cmd::COPY,
+        params: vec![
+            ParamSpec::Temp {
+                dir: Dir::In,
+                size: 1 + rng.below(max_in),
+                offset: rng.below(4096),
+                seed: rng.next_u64(),
+            },
+            ParamSpec::Temp {
+                dir: Dir::Out,
+                size: out,
+                offset: if out_offset { rng.below(4096) } else { 0 },
+                seed: 0,
+            },
+        ],
+    }
+}
+
+/// RPC_BUFFER of 1..=`max` bytes of a random SHM type.
+fn rpc_buffer_op(rng: &mut Rng, guest: u16, max: u64) -> Op {
+    Op::Invoke {
+        guest,
+        cmd: cmd::RPC_BUFFER,
+        params: vec![
+            ParamSpec::Value {
+                dir: Dir::In,
+                a: 1 + rng.below(max),
+                b: rng.below(3),
+                c: rng.next_u64(),
+            },
+            ParamSpec::Value {
+                dir: Dir::Out,
+                a: 0,
+                b: 0,
+                c: 0,
+            },
+        ],
+    }
+}
+
 /// Picks a random operation for `guest`, given what the runner knows it holds.
 fn random_op(
     rng: &mut Rng,
@@ -85,11 +170,6 @@ fn random_op(
         return Op::CreateGuest { guest };
     }
     let cookies = runner.cookies(guest);
-    let pick = |rng: &mut Rng| {
-        cookies
-            .get(rng.below(cookies.len() as u64) as usize)
-            .copied()
-    };
     let roll = rng.below(100);
     // Keep each guest's registered buffers bounded, so long runs stay within its RAM.
     let roll = if roll < 25 && cookies.len() >= 32 {
@@ -99,46 +179,24 @@ fn random_op(
     };
     match roll {
         0..=24 => {
-            *next_cookie += 1;
             let size = match rng.below(4) {
                 0 => 1 + rng.below(64),
                 1 => 1 + rng.below(16 << 10),
                 2 => 1 + rng.below(256 << 10),
                 _ => 1 + rng.below(1 << 20),
             };
-            Op::Register {
-                guest,
-                cookie: *next_cookie,
-                size,
-                offset: rng.below(4096),
-            }
+            register_op(rng, guest, size, next_cookie)
         }
         25..=39 => Op::Unregister {
             guest,
-            cookie: pick(rng).unwrap_or(0xdead),
+            cookie: pick(rng, &cookies).unwrap_or(0xdead),
         },
-        40..=59 => match pick(rng) {
+        40..=59 => match pick(rng, &cookies) {
             Some(cookie) => {
                 let size = runner.buffer(guest, cookie).map_or(1, |b| b.size);
                 let offset = rng.below(size);
-                Op::Invoke {
-                    guest,
-                    cmd: cmd::FILL,
-                    params: vec![
-                        ParamSpec::Registered {
-                            dir: Dir::Out,
-                            cookie,
-                            offset,
-                            size: 1 + rng.below(size - offset),
-                        },
-                        ParamSpec::Value {
-                            dir: Dir::In,
-                            a: rng.next_u64(),
-                            b: 0,
-                            c: 0,
-                        },
-                    ],
-                }
+                let len = 1 + rng.below(size - offset);
+                fill_op(rng, guest, cookie, offset, len)
             }
             None => Op::Invoke {
                 guest,
@@ -159,47 +217,13 @@ fn random_op(
                 ],
             },
         },
-        60..=74 => Op::Invoke {
-            guest,
-            cmd: cmd::COPY,
-            params: vec![
-                ParamSpec::Temp {
-                    dir: Dir::In,
-                    size: 1 + rng.below(50_000),
-                    offset: rng.below(4096),
-                    seed: rng.next_u64(),
-                },
-                ParamSpec::Temp {
-                    dir: Dir::Out,
-                    size: 50_000,
-                    offset: rng.below(4096),
-                    seed: 0,
-                },
-            ],
-        },
-        75..=89 => Op::Invoke {
-            guest,
-            cmd: cmd::RPC_BUFFER,
-            params: vec![
-                ParamSpec::Value {
-                    dir: Dir::In,
-                    a: 1 + rng.below(200_000),
-                    b: rng.below(3),
-                    c: rng.next_u64(),
-                },
-                ParamSpec::Value {
-                    dir: Dir::Out,
-                    a: 0,
-                    b: 0,
-                    c: 0,
-                },
-            ],
-        },
+        60..=74 => copy_op(rng, guest, 50_000, 50_000, true),
+        75..=89 => rpc_buffer_op(rng, guest, 200_000),
         90..=95 => Op::Invoke {
             guest,
             cmd: cmd::TOUCH,
             params: vec![
-                match pick(rng) {
+                match pick(rng, &cookies) {
                     Some(cookie) => ParamSpec::Registered {
                         dir: Dir::In,
                         cookie,
@@ -229,92 +253,31 @@ fn random_op(
 /// no other guest anything.
 fn exhausting_op(rng: &mut Rng, runner: &Runner, guest: u16, next_cookie: &mut u64) -> Op {
     let cookies = runner.cookies(guest);
-    let pick = |rng: &mut Rng| {
-        cookies
-            .get(rng.below(cookies.len() as u64) as usize)
-            .copied()
-    };
     match rng.below(100) {
         0..=49 => {
-            *next_cookie += 1;
-            Op::Register {
-                guest,
-                cookie: *next_cookie,
-                size: match rng.below(3) {
-                    0 => 1 + rng.below(4096),
-                    1 => 1 + rng.below(64 << 10),
-                    _ => 1 + rng.below(1 << 20),
-                },
-                offset: rng.below(4096),
-            }
+            let size = match rng.below(3) {
+                0 => 1 + rng.below(4096),
+                1 => 1 + rng.below(64 << 10),
+                _ => 1 + rng.below(1 << 20),
+            };
+            register_op(rng, guest, size, next_cookie)
         }
         50..=54 => Op::Unregister {
             guest,
-            cookie: pick(rng).unwrap_or(0xdead),
+            cookie: pick(rng, &cookies).unwrap_or(0xdead),
         },
-        55..=79 => match pick(rng) {
+        55..=79 => match pick(rng, &cookies) {
             Some(cookie) => {
                 let size = runner.buffer(guest, cookie).map_or(1, |b| b.size);
-                Op::Invoke {
-                    guest,
-                    cmd: cmd::FILL,
-                    params: vec![
-                        ParamSpec::Registered {
-                            dir: Dir::Out,
-                            cookie,
-                            offset: 0,
-                            size,
-                        },
-                        ParamSpec::Value {
-                            dir: Dir::In,
-                            a: rng.next_u64(),
-                            b: 0,
-                            c: 0,
-                        },
-                    ],
-                }
+                fill_op(rng, guest, cookie, 0, size)
             }
             None => Op::Unregister {
                 guest,
                 cookie: 0xdead,
             },
         },
-        80..=89 => Op::Invoke {
-            guest,
-            cmd: cmd::RPC_BUFFER,
-            params: vec![
-                ParamSpec::Value {
-                    dir: Dir::In,
-                    a: 1 + rng.below(64 << 20),
-                    b: rng.below(3),
-                    c: rng.next_u64(),
-                },
-                ParamSpec::Value {
-                    dir: Dir::Out,
-                    a: 0,
-                    b: 0,
-                    c: 0,
-                },
-            ],
-        },
-        _ => Op::Invoke {
-            guest,
-            cmd: cmd::COPY,
-            params: vec![
-                ParamSpec::Temp {
-                    dir: Dir::In,
-                    size: 1 + rng.below(4 << 20),
-                    offset: rng.below(4096),
-                    seed: rng.next_u64(),
-                },
-                ParamSpec::Temp {
-                    dir: Dir::Out,
-                    size: 4 << 20,
-                    offset: 0,
-                    seed: 0,
-                },
-            ],
-        },
+        80..=89 => rpc_buffer_op(rng, guest, 64 << 20),
+        _ => copy_op(rng, guest, 4 << 20, 4 << 20, false),
     }
 }
 
