@@ -37,6 +37,11 @@ const EC_SMC64: u64 = 0x17;
 /// Where the normal-world client is loaded (`-device loader,...,addr=0x40200000`; QEMU keeps
 /// the device tree in the first MiB of RAM). A Linux kernel Image is loaded there too.
 pub const NS_ENTRY: u64 = 0x4020_0000;
+/// The exception level the normal world is entered at: 1, an operating system (the test
+/// client, or Linux). The core is told (x0 of its boot entry), and runs with one normal world
+/// at EL1 and under a hypervisor at EL2 (`NormalWorld`); entering at EL2 would also need
+/// SCR_EL3.HCE and an EL2h SPSR.
+pub const NS_ENTRY_EL: u64 = 1;
 /// With the `linux` feature: where `cargo xtask linux` loads the kernel's device tree, passed
 /// in x0 as the arm64 boot protocol asks.
 const LINUX_DTB: u64 = 0x4800_0000;
@@ -166,6 +171,7 @@ extern "C" fn monitor_main() -> ! {
         (&raw const MONITOR) as usize
     );
     m.secure = Context::new(teeshm_fw_tee::tee_boot_entry as *const () as u64);
+    m.secure.x[0] = NS_ENTRY_EL;
     m.ns = Context::new(NS_ENTRY);
     if cfg!(feature = "linux") {
         m.ns.x[0] = LINUX_DTB;

@@ -1,6 +1,7 @@
 //! Where the monitor enters the S-EL1 core, and where the core gives control back.
 //!
-//! - `tee_boot_entry` (once, MMU off): stack, vectors, then [`tee_boot`] builds the core, maps
+//! - `tee_boot_entry` (once, MMU off; x0 = the EL the monitor enters the normal world at, which
+//!   picks the core's normal-world mode): stack, vectors, then [`tee_boot`] builds the core, maps
 //!   secure RAM and the UART statically into mm's tables, turns the MMU on, and the entry ends
 //!   with `SMC SECURE_ENTRY_DONE`.
 //! - `tee_call_entry` (for every call the monitor forwards, x0..x7 = a0..a7 of the normal
@@ -126,10 +127,15 @@ fn memory_map() -> Result<MemoryMap, BootError> {
 }
 
 /// The core's configuration on QEMU: the core's `qemu_virt` preset (quotas sized to the 16 MiB
-/// of secure RAM; the mediator fuzz target runs the same), for one normal world: this firmware
-/// boots its client (or Linux) at NS-EL1 with no hypervisor, so a7 names no guest.
-pub fn config() -> CoreConfig {
-    CoreConfig::qemu_virt(NormalWorld::Single)
+/// of secure RAM; the mediator fuzz target runs the same), in the mode of what the monitor
+/// boots in the normal world: an operating system at EL1 (`ns_el` 1: one normal world, a7 names
+/// no guest) or a hypervisor at EL2 (`ns_el` 2: guests it announces).
+pub fn config(ns_el: u64) -> CoreConfig {
+    CoreConfig::qemu_virt(if ns_el == 2 {
+        NormalWorld::Virtualized
+    } else {
+        NormalWorld::Single
+    })
 }
 
 /// Maps `range` (page aligned) at VA == PA as `kind`, outside the window.
@@ -150,11 +156,11 @@ fn map_identity(
     Ok(pages)
 }
 
-fn boot() -> Result<(), BootError> {
+fn boot(ns_el: u64) -> Result<(), BootError> {
     let started = time::micros();
     crate::heap::init(layout::heap());
     let tee = Tee::new(
-        config(),
+        config(ns_el),
         memory_map()?,
         FwPlatform::new(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE),
         FwTlb,
@@ -221,8 +227,8 @@ fn boot() -> Result<(), BootError> {
 
 /// Boots the core (called once by `tee_boot_entry`, MMU off).
 #[unsafe(no_mangle)]
-extern "C" fn tee_boot() {
-    if let Err(e) = boot() {
+extern "C" fn tee_boot(ns_el: u64) {
+    if let Err(e) = boot(ns_el) {
         println!("tee: boot failed: {e:?}");
         stop(fid::SECURE_PANIC, [0; 4]);
     }
