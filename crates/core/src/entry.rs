@@ -71,7 +71,10 @@ impl<P: Platform> Tee<P> {
             memory_map,
             window: crate::sync::Mutex::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
             guests: crate::sync::RwLock::new(BTreeMap::new()),
-            threads: crate::sync::Mutex::new(ThreadTable::new(config.threads as usize)),
+            threads: crate::sync::Mutex::new(ThreadTable::new(
+                config.threads as usize,
+                usize::try_from(config.quota_holders()).unwrap_or(usize::MAX),
+            )),
             releases: Arc::new(ReleaseQueue::default()),
             next_mobj: AtomicU64::new(1),
             pool: None,

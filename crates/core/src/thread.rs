@@ -2,11 +2,12 @@
 //! result is written, across any RPCs; while it waits for the normal world, its whole state
 //! lives in the slot.
 //!
-//! Fair shares: every admitted guest has one thread reserved for it, and the threads beyond
-//! one per admitted guest form a shared pool that any guest may borrow from (up to its own
-//! `max_threads`). So a guest that holds every thread it may — even suspended in RPCs it never
-//! answers — cannot keep another admitted guest from its first thread. OP-TEE lets one guest
-//! take them all. A guest is admitted only while a thread can be reserved for it.
+//! Fair shares: one thread is reserved for each guest the core may have at once (`max_guests`
+//! under a hypervisor, the one normal world without), and the threads beyond those form a
+//! shared pool that any guest may borrow from (up to its own `max_threads`). So a guest that
+//! holds every thread it may — even suspended in RPCs it never answers — can keep no other
+//! guest from its first thread: neither one that lives now nor one created later. OP-TEE lets
+//! one guest take them all.
 
 use crate::msg::Call;
 use alloc::boxed::Box;
@@ -50,7 +51,7 @@ struct Holding {
 pub(crate) enum AdmitError {
     /// It is admitted already.
     Already,
-    /// No thread can be reserved for it: one per admitted guest, or the shared ones lent out.
+    /// Every reserved thread belongs to an admitted guest already.
     NoThread,
 }
 
@@ -63,17 +64,22 @@ pub(crate) struct ThreadTable {
     in_use: usize,
     /// Guests with a reserved thread.
     admitted: usize,
+    /// Threads set aside, one for each guest the core may have at once.
+    reserved: usize,
     /// Admitted guests that hold at least one thread (their reserved one in use).
     admitted_holders: usize,
 }
 
 impl ThreadTable {
-    pub(crate) fn new(count: usize) -> Self {
+    /// `count` threads, of which `reserved` (at most `count`) are set aside one for each guest
+    /// the core may have at once.
+    pub(crate) fn new(count: usize, reserved: usize) -> Self {
         Self {
             slots: (0..count).map(|_| Slot::Free).collect(),
             holdings: BTreeMap::new(),
             in_use: 0,
             admitted: 0,
+            reserved: reserved.min(count),
             admitted_holders: 0,
         }
     }
@@ -84,9 +90,19 @@ impl ThreadTable {
         self.in_use.saturating_sub(self.admitted_holders)
     }
 
-    /// The shared pool: threads beyond one per admitted guest.
+    /// Free slots.
+    fn free_slots(&self) -> usize {
+        self.slots.len().saturating_sub(self.in_use)
+    }
+
+    /// Admitted guests holding no thread: each must find one free.
+    fn waiting(&self) -> usize {
+        self.admitted.saturating_sub(self.admitted_holders)
+    }
+
+    /// The shared pool: threads beyond the reserved ones.
     fn shared(&self) -> usize {
-        self.slots.len().saturating_sub(self.admitted)
+        self.slots.len().saturating_sub(self.reserved)
     }
 
     /// Reserves a thread for `guest`.
@@ -95,14 +111,9 @@ impl ThreadTable {
         if holding.admitted {
             return Err(AdmitError::Already);
         }
-        // After admission the shared pool shrinks by one; what is lent out must still fit.
-        let shared_after = self.slots.len().saturating_sub(self.admitted + 1);
-        let borrowed_after = if holding.threads > 0 {
-            self.borrowed().saturating_sub(1)
-        } else {
-            self.borrowed()
-        };
-        if self.admitted >= self.slots.len() || borrowed_after > shared_after {
+        // The shared pool does not shrink: the thread was set aside for it from the start. A
+        // destroyed guest's call still running may sit on one for a moment (`free_slots`).
+        if self.admitted >= self.reserved || self.free_slots() <= self.waiting() {
             return Err(AdmitError::NoThread);
         }
         self.admitted += 1;
@@ -144,7 +155,9 @@ impl ThreadTable {
         if !holding.admitted {
             return None;
         }
-        if holding.threads > 0 && self.borrowed() >= self.shared() {
+        if holding.threads > 0
+            && (self.borrowed() >= self.shared() || self.free_slots() <= self.waiting())
+        {
             return None;
         }
         let id = self.slots.iter().position(|s| matches!(s, Slot::Free))?;
@@ -297,7 +310,8 @@ mod tests {
 
     #[test]
     fn a_greedy_guest_leaves_each_other_guest_its_thread() {
-        let mut t = ThreadTable::new(4);
+        // 5 threads, 4 of them set aside for 4 guests, 1 shared.
+        let mut t = ThreadTable::new(5, 4);
         for g in 1..=3 {
             t.admit(GuestId(g)).unwrap();
         }
@@ -307,26 +321,28 @@ mod tests {
         assert!(t.claim(GuestId(2)).is_some());
         assert!(t.claim(GuestId(3)).is_some());
         assert!(t.claim(GuestId(2)).is_none(), "nothing shared is left");
-        // A fourth guest cannot be admitted: no thread is left to reserve for it.
-        assert_eq!(t.admit(GuestId(4)), Err(AdmitError::NoThread));
-        t.free(taken[1]);
+        // A guest created now still finds its thread.
         assert_eq!(t.admit(GuestId(4)), Ok(()));
         assert_eq!(t.admit(GuestId(4)), Err(AdmitError::Already));
         assert!(t.claim(GuestId(4)).is_some());
+        // A fifth guest has no thread set aside.
+        assert_eq!(t.admit(GuestId(5)), Err(AdmitError::NoThread));
         check(&t);
     }
 
     #[test]
     fn a_dismissed_guest_keeps_its_running_threads_until_they_end() {
-        let mut t = ThreadTable::new(2);
+        let mut t = ThreadTable::new(2, 1);
         t.admit(GuestId(1)).unwrap();
         let a = t.claim(GuestId(1)).unwrap();
         t.dismiss(GuestId(1));
         assert!(t.claim(GuestId(1)).is_none(), "not admitted any more");
+        // Guest 2 takes the place set aside; its first thread is the other, free one.
         t.admit(GuestId(2)).unwrap();
         t.admit(GuestId(3)).unwrap_err();
+        let b = t.claim(GuestId(2)).unwrap();
         t.free(a);
-        t.admit(GuestId(3)).unwrap();
+        t.free(b);
         assert!(!t.holdings.contains_key(&GuestId(1)));
         check(&t);
     }
@@ -335,9 +351,10 @@ mod tests {
         #[test]
         fn fair_shares_hold_after_every_step(
             threads in 1usize..8,
+            reserved in 1usize..8,
             ops in proptest::collection::vec((0u8..4, 1u16..6, 0usize..8), 0..200),
         ) {
-            let mut t = ThreadTable::new(threads);
+            let mut t = ThreadTable::new(threads, reserved);
             for (op, g, slot) in ops {
                 let g = GuestId(g);
                 match op {

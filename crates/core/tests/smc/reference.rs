@@ -135,26 +135,34 @@ impl Model {
     }
 
     /// The a0 a yielding call of `guest` gets before its message runs, if it does not run:
-    /// its reserved thread if it holds none, else one of the shared pool if any is left.
+    /// its reserved thread if it holds none, else one of the shared pool (the threads beyond
+    /// one per guest the core may have) if any is left and every other live guest still finds
+    /// a free one.
     fn refused(&self, guest: u16) -> Option<u32> {
         if !self.guests.contains_key(&guest) {
             return Some(OPTEE_SMC_RETURN_ENOTAVAIL);
         }
         let held = self.suspended.iter().filter(|s| s.guest == guest).count();
-        let shared = THREADS - self.guests.len();
+        let shared = THREADS - usize::from(GUESTS);
+        let free = THREADS - self.suspended.len();
+        let waiting = self
+            .guests
+            .keys()
+            .filter(|g| !self.suspended.iter().any(|s| s.guest == **g))
+            .count();
         let full = held >= GUEST_THREADS
-            || self.suspended.len() >= THREADS
-            || (held > 0 && self.borrowed() >= shared);
+            || free == 0
+            || (held > 0 && (self.borrowed() >= shared || free <= waiting));
         if full {
             THREAD_LIMITED.with(|c| c.set(c.get() + 1));
         }
         full.then_some(OPTEE_SMC_RETURN_ETHREAD_LIMIT)
     }
 
-    /// Whether a new guest can have a thread reserved: the shared pool shrinks by one and
-    /// must still cover what is lent out.
+    /// Whether a new guest gets its thread: one is set aside for each of the `GUESTS` the core
+    /// may have, so always (no call of a destroyed guest outlives its destruction here).
     fn admits(&self) -> bool {
-        self.guests.len() < THREADS && self.borrowed() < THREADS - self.guests.len()
+        self.guests.len() < usize::from(GUESTS)
     }
 
     fn session_of(&self, guest: u16) -> u32 {
