@@ -265,6 +265,69 @@ fn guest_creation_needs_a_share() {
     sys.destroy_and_check(&a);
 }
 
+/// Found by the `mediator` fuzz target: the core admits a guest only while a thread can be
+/// reserved for it, and threads the live guests borrowed from its shared pool (each may run up
+/// to `max_threads`) do not count as reservable. So while guest A holds every thread it may,
+/// the TEE refuses a new guest though the mediator has a share for it: the mediator answers
+/// `TeeRefused` and keeps nothing, and the guest is admitted once A returns a thread. (A
+/// platform that wants admission guaranteed gives guests at most `(threads - 1) / (max_guests
+/// - 1)` calls each.)
+#[test]
+fn regression_fuzz_vm_created_refused_while_threads_are_lent() {
+    let core = teeshm_core::CoreConfig {
+        threads: 4,
+        max_guests: 4,
+        quotas: teeshm_core::GuestQuotas {
+            max_threads: 4,
+            ..teeshm_core::GuestQuotas::default()
+        },
+        ..virtualized()
+    };
+    let hyp = HypConfig {
+        max_guests: 2,
+        limits: HypLimits {
+            max_calls: 4,
+            max_shadow_pages: 8,
+            ..LIMITS
+        },
+        ..HypConfig::default()
+    };
+    let mut sys = System::with_hyp(core, hyp, Some(16));
+    let mut a = sys.guest(1, 0);
+    let s = a.open_session(&mut sys);
+    let calls: Vec<Started> = (0..4)
+        .map(|seed| rpc_call(&mut a, &mut sys, s, PAGE, seed))
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC)
+    );
+    let before = sys.stats(&a);
+    assert_eq!(
+        sys.hyp.create_guest(GuestId(2), Stage2::new()),
+        Err(HypError::TeeRefused {
+            call: "VM_CREATED",
+            code: OPTEE_SMC_RETURN_ENOTAVAIL
+        })
+    );
+    assert!(sys.hyp.stats(GuestId(2)).is_none(), "nothing kept");
+    assert!(sys.tee().guest(GuestId(2)).is_none());
+    assert_eq!(sys.stats(&a), before);
+    sys.check();
+    let mut calls = calls.into_iter();
+    let first = calls.next().unwrap();
+    assert_eq!(a.finish(&mut sys, first).ret(), gp::TEE_SUCCESS);
+    let mut b = sys.guest(2, 1);
+    let sb = b.open_session(&mut sys);
+    well_behaved(&mut b, &mut sys, sb, 3);
+    for c in calls {
+        assert_eq!(a.finish(&mut sys, c).ret(), gp::TEE_SUCCESS);
+    }
+    sys.destroy_and_check(&a);
+    sys.destroy_and_check(&b);
+}
+
 /// A pool of a fixed number of pages, for [`Mediator::new`]'s refusal.
 struct Pool(u64);
 
