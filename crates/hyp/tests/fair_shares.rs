@@ -265,6 +265,55 @@ fn guest_creation_needs_a_share() {
     sys.destroy_and_check(&a);
 }
 
+/// Found by the `mediator` fuzz target: the core used to set a thread aside only for the guests
+/// alive, so while guest A held every thread it may (suspended in RPCs), the TEE refused a new
+/// guest though the mediator had a share for it. Now one thread is set aside for each guest the
+/// core may have: A holds its own and the one shared thread, and guest B, created meanwhile,
+/// runs its calls at once.
+#[test]
+fn regression_fuzz_a_new_guest_finds_its_thread_while_another_holds_all_it_may() {
+    let core = teeshm_core::CoreConfig {
+        threads: 5,
+        max_guests: 4,
+        quotas: teeshm_core::GuestQuotas {
+            max_threads: 4,
+            ..teeshm_core::GuestQuotas::default()
+        },
+        ..virtualized()
+    };
+    let hyp = HypConfig {
+        max_guests: 2,
+        limits: HypLimits {
+            max_calls: 4,
+            max_shadow_pages: 8,
+            ..LIMITS
+        },
+        ..HypConfig::default()
+    };
+    let mut sys = System::with_hyp(core, hyp, Some(16));
+    let mut a = sys.guest(1, 0);
+    let s = a.open_session(&mut sys);
+    let calls: Vec<Started> = (0..4)
+        .map(|seed| rpc_call(&mut a, &mut sys, s, PAGE, seed))
+        .collect();
+    let waiting = calls
+        .iter()
+        .filter(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC)
+        .count();
+    assert_eq!(waiting, 2, "its own thread and the one shared");
+    let mut b = sys.guest(2, 1);
+    let sb = b.open_session(&mut sys);
+    well_behaved(&mut b, &mut sys, sb, 3);
+    sys.check();
+    for c in calls {
+        if c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC {
+            assert_eq!(a.finish(&mut sys, c).ret(), gp::TEE_SUCCESS);
+        }
+    }
+    sys.destroy_and_check(&a);
+    sys.destroy_and_check(&b);
+}
+
 /// A pool of a fixed number of pages, for [`Mediator::new`]'s refusal.
 struct Pool(u64);
 

@@ -238,7 +238,13 @@ pub fn mediator(data: &[u8]) {
             0 => {
                 let live: Vec<_> = w.hyp.guests().collect();
                 let before: Vec<_> = live.iter().map(|&g| w.hyp.stats(g)).collect();
-                let created = w.hyp.create_guest(id(slot), stage2(slot));
+                // (A live guest's stage 2 is not built again: refused before it is used.)
+                let s2 = if w.live(slot) {
+                    Stage2::new()
+                } else {
+                    stage2(slot)
+                };
+                let created = w.hyp.create_guest(id(slot), s2);
                 trace(format_args!("create guest {}: {created:?}", slot + 1));
                 match created {
                     Ok(()) => {

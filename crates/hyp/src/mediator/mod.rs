@@ -5,6 +5,8 @@
 //! SMC) and the per-SMC context; `fast` the fast calls, `yielding` `CALL_WITH_ARG` from the
 //! guest's arg to the copy back, `rpc` the RPCs and the guest's answers to them.
 
+#[cfg(test)]
+mod check_tests;
 mod fast;
 mod rpc;
 mod yielding;
