@@ -493,23 +493,6 @@ impl World {
         );
     }
 
-    /// Whether the core can reserve no thread for one more guest: every thread beyond one per
-    /// admitted guest is lent out (the core's admission rule, `thread.rs`).
-    fn threads_all_lent(&self) -> bool {
-        let states = self.tee.thread_states();
-        let admitted = self.tee.guests().len();
-        let in_use = states.iter().filter(|t| **t != ThreadState::Free).count();
-        let holders: BTreeSet<GuestId> = states
-            .iter()
-            .filter_map(|t| match t {
-                ThreadState::Running(g) | ThreadState::Suspended(g) => Some(*g),
-                ThreadState::Free => None,
-            })
-            .collect();
-        let borrowed = in_use - holders.len();
-        let shared_after = states.len().saturating_sub(admitted + 1);
-        borrowed > shared_after
-    }
 
     /// Everything that must hold after every step.
     pub(super) fn check(&self) {
