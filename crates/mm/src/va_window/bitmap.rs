@@ -9,46 +9,67 @@ use alloc::vec::Vec;
 /// Bits per word.
 const W: usize = 64;
 
-/// The bitmap; `levels[0]` holds one bit a page.
+/// The bitmap: `bits` one bit a page, `upper[k]` one bit a word of the level below (`bits`
+/// for k = 0), up to a single word.
 #[derive(Clone)]
 pub(super) struct PageBitmap {
-    levels: Vec<Vec<u64>>,
+    bits: Vec<u64>,
+    upper: Vec<Vec<u64>>,
 }
 
 impl PageBitmap {
     /// All clear, `bits` bits.
     pub(super) fn new(bits: usize) -> Self {
-        let mut levels = Vec::new();
-        let mut n = bits.max(1);
-        loop {
-            let words = n.div_ceil(W);
-            levels.push(vec![0u64; words]);
-            if words == 1 {
-                break;
-            }
-            n = words;
+        let words = bits.max(1).div_ceil(W);
+        let mut upper = Vec::new();
+        let mut n = words;
+        while n > 1 {
+            n = n.div_ceil(W);
+            upper.push(vec![0u64; n]);
         }
-        Self { levels }
+        Self {
+            bits: vec![0u64; words],
+            upper,
+        }
     }
 
     /// Bytes the bitmap holds.
     pub(super) fn bytes(&self) -> usize {
-        self.levels.iter().map(|l| l.len() * 8).sum()
+        (self.bits.len() + self.upper.iter().map(Vec::len).sum::<usize>()) * 8
+    }
+
+    fn level(&self, level: usize) -> Option<&Vec<u64>> {
+        match level.checked_sub(1) {
+            None => Some(&self.bits),
+            Some(up) => self.upper.get(up),
+        }
+    }
+
+    fn levels(&self) -> usize {
+        self.upper.len() + 1
     }
 
     /// Whether bit `i` is set.
-    #[inline]
+    #[inline(always)]
     pub(super) fn test(&self, i: usize) -> bool {
-        self.levels
-            .first()
-            .and_then(|l| l.get(i / W))
-            .is_some_and(|w| w & (1 << (i % W)) != 0)
+        self.bits.get(i / W).is_some_and(|w| w & (1 << (i % W)) != 0)
     }
 
     /// Sets bit `i`.
-    #[inline]
-    pub(super) fn set(&mut self, mut i: usize) {
-        for level in &mut self.levels {
+    #[inline(always)]
+    pub(super) fn set(&mut self, i: usize) {
+        let Some(word) = self.bits.get_mut(i / W) else {
+            return;
+        };
+        let was = *word;
+        *word = was | 1 << (i % W);
+        if was == 0 {
+            self.set_upper(i / W);
+        }
+    }
+
+    fn set_upper(&mut self, mut i: usize) {
+        for level in &mut self.upper {
             let Some(word) = level.get_mut(i / W) else {
                 return;
             };
@@ -62,9 +83,19 @@ impl PageBitmap {
     }
 
     /// Clears bit `i`.
-    #[inline]
-    pub(super) fn clear(&mut self, mut i: usize) {
-        for level in &mut self.levels {
+    #[inline(always)]
+    pub(super) fn clear(&mut self, i: usize) {
+        let Some(word) = self.bits.get_mut(i / W) else {
+            return;
+        };
+        *word &= !(1 << (i % W));
+        if *word == 0 {
+            self.clear_upper(i / W);
+        }
+    }
+
+    fn clear_upper(&mut self, mut i: usize) {
+        for level in &mut self.upper {
             let Some(word) = level.get_mut(i / W) else {
                 return;
             };
@@ -77,16 +108,17 @@ impl PageBitmap {
     }
 
     /// Whether no bit is set.
-    #[inline]
+    #[inline(always)]
     pub(super) fn is_empty(&self) -> bool {
-        self.levels
+        self.upper
             .last()
-            .and_then(|l| l.first())
+            .unwrap_or(&self.bits)
+            .first()
             .is_none_or(|&w| w == 0)
     }
 
     /// The lowest set bit.
-    #[inline]
+    #[inline(always)]
     pub(super) fn first(&self) -> Option<usize> {
         self.next_set(0)
     }
@@ -97,7 +129,7 @@ impl PageBitmap {
         let mut level = 0;
         let mut idx = i;
         loop {
-            let words = self.levels.get(level)?;
+            let words = self.level(level)?;
             let w = idx / W;
             let word = *words.get(w)?;
             let masked = word & (!0u64 << (idx % W));
@@ -107,11 +139,14 @@ impl PageBitmap {
             }
             level += 1;
             idx = w + 1;
+            if level >= self.levels() {
+                return None;
+            }
         }
         // Descend along the lowest set bits.
         while level > 0 {
             level -= 1;
-            let word = *self.levels.get(level)?.get(idx)?;
+            let word = *self.level(level)?.get(idx)?;
             idx = idx * W + word.trailing_zeros() as usize;
         }
         Some(idx)
@@ -122,7 +157,7 @@ impl PageBitmap {
         let mut level = 0;
         let mut idx = i;
         loop {
-            let words = self.levels.get(level)?;
+            let words = self.level(level)?;
             let w = idx / W;
             // A position beyond the level's last word looks at that last word, whole.
             let (w, masked) = match words.get(w) {
@@ -138,10 +173,13 @@ impl PageBitmap {
             }
             level += 1;
             idx = w.checked_sub(1)?;
+            if level >= self.levels() {
+                return None;
+            }
         }
         while level > 0 {
             level -= 1;
-            let word = *self.levels.get(level)?.get(idx)?;
+            let word = *self.level(level)?.get(idx)?;
             idx = idx * W + (W - 1 - word.leading_zeros() as usize);
         }
         Some(idx)

@@ -61,7 +61,7 @@ const CLASSES: usize = EXACT as usize + (29 - 6) * (1 << SUB_BITS);
 const CLASS_WORDS: usize = CLASSES.div_ceil(64);
 
 /// Class of a free run of `len` pages (`len` ≥ 1).
-#[inline]
+#[inline(always)]
 fn class_of(len: u32) -> u32 {
     if len < EXACT {
         len
@@ -73,7 +73,7 @@ fn class_of(len: u32) -> u32 {
 }
 
 /// Shortest run of class `class`.
-#[inline]
+#[inline(always)]
 fn class_min(class: u32) -> u32 {
     if class < EXACT {
         class
@@ -85,7 +85,7 @@ fn class_min(class: u32) -> u32 {
 }
 
 /// The first class all of whose runs hold `need` pages.
-#[inline]
+#[inline(always)]
 fn class_sure(need: u32) -> u32 {
     let class = class_of(need);
     if class_min(class) == need {
@@ -159,6 +159,9 @@ pub struct VaWindow {
     class_bits: [u64; CLASS_WORDS],
     /// Bit w: `class_bits[w]` is not zero.
     class_words: u64,
+    /// First page of the top run: the free run that ends at the window's end (`total_pages`
+    /// when the last page is taken). It is in no class; requests no listed run fits come here.
+    top: u32,
     live_count: usize,
     live_pages: u64,
 }
@@ -207,10 +210,11 @@ impl VaWindow {
             heads: vec![NIL; CLASSES],
             class_bits: [0; CLASS_WORDS],
             class_words: 0,
+            top: 0,
             live_count: 0,
             live_pages: 0,
         };
-        window.link_free(0, total_pages);
+        window.write_free(0, total_pages);
         Ok(window)
     }
 
@@ -242,6 +246,7 @@ impl VaWindow {
     ///
     /// # Errors
     /// [`VaWindowError::ZeroSize`], [`VaWindowError::BadAlignment`], [`VaWindowError::NoSpace`].
+    #[inline(always)]
     pub fn alloc(&mut self, pages: u64, align: u64) -> Result<VirtPages, VaWindowError> {
         if pages == 0 {
             return Err(VaWindowError::ZeroSize);
@@ -271,13 +276,14 @@ impl VaWindow {
             return Err(no_space(self));
         };
         self.take(run, len, at, need);
-        self.range_of(at, pages).ok_or_else(|| no_space(self))
+        Ok(self.range_in_window(at, pages))
     }
 
     /// Frees the live range that starts at `start`, merging it with free neighbours.
     ///
     /// # Errors
     /// [`VaWindowError::UnknownRange`] if no live range starts there; nothing changes then.
+    #[inline(always)]
     pub fn free(&mut self, start: VirtAddr) -> Result<VirtPages, VaWindowError> {
         let unknown = VaWindowError::UnknownRange(start.get());
         let p = self.page_index(start).ok_or(unknown)?;
@@ -286,37 +292,68 @@ impl VaWindow {
         }
         let head = self.tag(p);
         let len = head & LEN;
-        let range = self
-            .range_of(p, u64::from(len).saturating_sub(self.config.guard_pages))
-            .ok_or(unknown)?;
+        let range = self.range_in_window(p, u64::from(len) - self.config.guard_pages);
         self.live.clear(p as usize);
         self.live_count -= 1;
         self.live_pages -= u64::from(len);
-        let mut run = p;
-        let mut run_len = len;
+        // The free neighbours, if any: the run before (by the end tag before `p`) and after.
+        let (mut run, mut run_len) = (p, len);
+        let mut before = None;
         if head & PREV_FREE != 0 {
-            if let Some(before) = p.checked_sub(1) {
-                let end_tag = self.tag(before);
-                let prev = if end_tag & HEAD != 0 { before } else { end_tag };
-                let prev_len = p - prev;
-                self.unlink(prev, prev_len);
+            if let Some(last) = p.checked_sub(1) {
+                let end_tag = self.tag(last);
+                let prev = if end_tag & HEAD != 0 { last } else { end_tag };
+                before = Some((prev, p - prev));
                 run = prev;
-                run_len += prev_len;
+                run_len += p - prev;
             }
         }
         let after = p + len;
+        if after == self.top {
+            // Into the top run.
+            if let Some((prev, prev_len)) = before {
+                self.unlink(prev, prev_len);
+            }
+            self.top = run;
+            return Ok(range);
+        }
+        let mut next = None;
         if after < self.total_pages {
-            let next = self.tag(after);
-            if next & FREE != 0 {
+            let next_head = self.tag(after);
+            if next_head & FREE != 0 {
                 // The run after that one already says its predecessor is free.
-                let next_len = next & LEN;
-                self.unlink(after, next_len);
-                run_len += next_len;
+                next = Some(next_head & LEN);
+                run_len += next_head & LEN;
             } else {
-                self.set_tag(after, next | PREV_FREE);
+                self.set_tag(after, next_head | PREV_FREE);
             }
         }
-        self.link_free(run, run_len);
+        // Merge, keeping a neighbour's list node where the merged run stays in its class.
+        let class = class_of(run_len);
+        match (before, next) {
+            (Some((prev, prev_len)), _) if class_of(prev_len) == class => {
+                if let Some(next_len) = next {
+                    self.unlink(after, next_len);
+                }
+                self.write_free(prev, run_len);
+            }
+            (_, Some(next_len)) if class_of(next_len) == class => {
+                if let Some((prev, prev_len)) = before {
+                    self.unlink(prev, prev_len);
+                }
+                self.move_node(after, run, class);
+                self.write_free(run, run_len);
+            }
+            _ => {
+                if let Some((prev, prev_len)) = before {
+                    self.unlink(prev, prev_len);
+                }
+                if let Some(next_len) = next {
+                    self.unlink(after, next_len);
+                }
+                self.link_free(run, run_len);
+            }
+        }
         Ok(range)
     }
 
@@ -355,16 +392,17 @@ impl VaWindow {
     /// O(1) when the largest run is shorter than 64 pages (its class is its length); else a
     /// walk of the largest non-empty class's list, whose runs differ by less than 1/16.
     pub fn largest_free_run(&self) -> u64 {
-        let Some(class) = self.highest_class() else {
-            return 0;
+        let top = u64::from(self.total_pages - self.top);
+        let listed = match self.highest_class() {
+            None => 0,
+            Some(class) if class < EXACT => class,
+            Some(class) => self
+                .list(class)
+                .map(|run| self.tag(run) & LEN)
+                .max()
+                .unwrap_or(0),
         };
-        if class < EXACT {
-            return u64::from(class);
-        }
-        self.list(class)
-            .map(|run| self.tag(run) & LEN)
-            .max()
-            .map_or(0, u64::from)
+        top.max(u64::from(listed))
     }
 
     /// The whole window as a page range.
@@ -375,13 +413,17 @@ impl VaWindow {
     // ---- finding a run -------------------------------------------------------------------
 
     /// (run, its length, where the range starts) for an unaligned request.
-    #[inline]
+    #[inline(always)]
     fn find_fit(&self, need: u32) -> Option<(u32, u32, u32)> {
         if let Some(class) = self.class_from(class_sure(need)) {
             let run = self.first_run(class)?;
             return Some((run, self.tag(run) & LEN, run));
         }
-        // No class surely fits: runs of the request's own class may still hold it.
+        let top = self.total_pages - self.top;
+        if top >= need {
+            return Some((self.top, top, self.top));
+        }
+        // Runs of the request's own class may still hold it.
         let class = class_of(need);
         if class_min(class) == need {
             return None;
@@ -394,6 +436,7 @@ impl VaWindow {
     }
 
     /// The same for an alignment of `align_pages` (> 1) pages relative to address 0.
+    #[inline(never)]
     fn find_aligned(&self, need: u32, align_pages: u64) -> Option<(u32, u32, u32)> {
         let base_pfn = self.config.base.page_number();
         let fits = |run: u32, len: u32| -> Option<u32> {
@@ -423,13 +466,17 @@ impl VaWindow {
             }
             class = self.class_from(c + 1);
         }
-        let run = self.first_run(self.class_from(sure_class?)?)?;
-        let len = self.tag(run) & LEN;
-        fits(run, len).map(|at| (run, len, at))
+        if let Some(class) = sure_class.and_then(|c| self.class_from(c)) {
+            let run = self.first_run(class)?;
+            let len = self.tag(run) & LEN;
+            return fits(run, len).map(|at| (run, len, at));
+        }
+        let len = self.total_pages - self.top;
+        fits(self.top, len).map(|at| (self.top, len, at))
     }
 
     /// The lowest non-empty class at or above `class`.
-    #[inline]
+    #[inline(always)]
     fn class_from(&self, class: u32) -> Option<u32> {
         let word = (class / 64) as usize;
         let bits = *self.class_bits.get(word)? & (!0u64 << (class % 64));
@@ -453,7 +500,7 @@ impl VaWindow {
     }
 
     /// The first free run of a non-empty class.
-    #[inline]
+    #[inline(always)]
     fn first_run(&self, class: u32) -> Option<u32> {
         if class < SMALL {
             self.small_map(class)?.first().map(|p| p as u32)
@@ -497,7 +544,7 @@ impl VaWindow {
     // ---- changing runs -------------------------------------------------------------------
 
     /// Turns `need` pages at `at` of the free run `run` (`len` pages) into a live range.
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, run: u32, len: u32, at: u32, need: u32) {
         let before = at - run;
         let after = len - before - need;
@@ -506,7 +553,13 @@ impl VaWindow {
         if before > 0 {
             head |= PREV_FREE;
         }
-        if before == 0 && len >= SMALL && class_of(after) == class_of(len) {
+        if run == self.top {
+            // From the top run: what is left after the range stays the top run.
+            if before > 0 {
+                self.link_free(run, before);
+            }
+            self.top = end;
+        } else if before == 0 && len >= SMALL && class_of(after) == class_of(len) {
             // The rest stays in the run's class: move its node instead of relinking.
             self.move_node(run, end, class_of(len));
             self.write_free(end, after);
@@ -517,7 +570,8 @@ impl VaWindow {
             }
             if after > 0 {
                 self.link_free(end, after);
-            } else if end < self.total_pages {
+            } else if end < self.top {
+                // (The top run's flags are never read.)
                 let next = self.tag(end);
                 self.set_tag(end, next & !PREV_FREE);
             }
@@ -529,7 +583,7 @@ impl VaWindow {
     }
 
     /// Writes the tags of a free run (head, end) without touching its class's structure.
-    #[inline]
+    #[inline(always)]
     fn write_free(&mut self, run: u32, len: u32) {
         self.set_tag(run, HEAD | FREE | len);
         if len > 1 {
@@ -538,7 +592,7 @@ impl VaWindow {
     }
 
     /// Makes `run` (`len` pages) a free run of its class.
-    #[inline]
+    #[inline(always)]
     fn link_free(&mut self, run: u32, len: u32) {
         self.write_free(run, len);
         let class = class_of(len);
@@ -561,7 +615,7 @@ impl VaWindow {
     }
 
     /// Takes the free run `run` (`len` pages) out of its class.
-    #[inline]
+    #[inline(always)]
     fn unlink(&mut self, run: u32, len: u32) {
         let class = class_of(len);
         let empty = if len < SMALL {
@@ -593,9 +647,9 @@ impl VaWindow {
         }
     }
 
-    /// Moves the list node of a free run from `from` to a later `to` (same class, so at least
+    /// Moves the list node of a free run from `from` to `to` (same class, so at least
     /// `SMALL` pages; the links are read before they are written, so the slots may overlap).
-    #[inline]
+    #[inline(always)]
     fn move_node(&mut self, from: u32, to: u32, class: u32) {
         let prev = self.tag(from + 1);
         let next = self.tag(from + 2);
@@ -611,7 +665,7 @@ impl VaWindow {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn mark_class(&mut self, class: u32) {
         if let Some(bits) = self.class_bits.get_mut((class / 64) as usize) {
             *bits |= 1 << (class % 64);
@@ -619,7 +673,7 @@ impl VaWindow {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn unmark_class(&mut self, class: u32) {
         if let Some(bits) = self.class_bits.get_mut((class / 64) as usize) {
             *bits &= !(1 << (class % 64));
@@ -629,19 +683,19 @@ impl VaWindow {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn tag(&self, page: u32) -> u32 {
         self.tags.get(page as usize).copied().unwrap_or(0)
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_tag(&mut self, page: u32, value: u32) {
         if let Some(tag) = self.tags.get_mut(page as usize) {
             *tag = value;
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn page_index(&self, va: VirtAddr) -> Option<u32> {
         if !va.is_page_aligned() {
             return None;
@@ -650,12 +704,25 @@ impl VaWindow {
         (offset < u64::from(self.total_pages)).then_some(offset as u32)
     }
 
+    /// The range of `pages` (≥ 1) pages from page `index`, which lie in the window: the window's
+    /// bounds were checked in `new`, so the address cannot overflow.
+    #[inline(always)]
+    fn range_in_window(&self, index: u32, pages: u64) -> VirtPages {
+        let start = VirtAddr(
+            self.config
+                .base
+                .get()
+                .wrapping_add(u64::from(index).wrapping_mul(PAGE_SIZE)),
+        );
+        VirtPages::within_checked_bounds(start, pages)
+    }
+
     fn live_range_at(&self, start: u32) -> Option<VirtPages> {
         let len = u64::from(self.tag(start) & LEN);
         self.range_of(start, len.checked_sub(self.config.guard_pages)?)
     }
 
-    #[inline]
+    #[inline(always)]
     fn range_of(&self, index: u32, pages: u64) -> Option<VirtPages> {
         let start = self.config.base.checked_add_pages(u64::from(index))?;
         VirtPages::new(start, pages).ok()
@@ -676,10 +743,13 @@ impl VaWindow {
         let mut page = 0u32;
         let mut previous_free = false;
         let (mut live_seen, mut live_pages, mut free_seen) = (0usize, 0u64, 0usize);
-        while page < total {
+        if self.top > total {
+            problems.push(format!("top run at page {} past the window", self.top));
+        }
+        while page < self.top.min(total) {
             let head = self.tag(page);
             let len = head & LEN;
-            if head & HEAD == 0 || len == 0 || u64::from(page) + u64::from(len) > u64::from(total) {
+            if head & HEAD == 0 || len == 0 || u64::from(page) + u64::from(len) > u64::from(self.top) {
                 problems.push(format!(
                     "no valid run starts at page {page} (tag {head:#x})"
                 ));
@@ -730,6 +800,9 @@ impl VaWindow {
             }
             previous_free = free;
             page += len;
+        }
+        if page == self.top && self.top < total && previous_free {
+            problems.push(format!("top run at page {page} not merged with its predecessor"));
         }
         let live_bits = self.live.iter().count();
         if live_bits != live_seen {
