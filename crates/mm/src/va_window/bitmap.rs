@@ -82,33 +82,48 @@ impl PageBitmap {
         }
     }
 
-    /// Clears bit `i`.
+    /// Clears bit `i`; whether the bitmap is empty then.
     #[inline(always)]
-    pub(super) fn clear(&mut self, i: usize) {
+    pub(super) fn clear(&mut self, i: usize) -> bool {
         let Some(word) = self.bits.get_mut(i / W) else {
-            return;
+            return false;
         };
         *word &= !(1 << (i % W));
-        if *word == 0 {
-            self.clear_upper(i / W);
-        }
+        *word == 0 && self.clear_upper(i / W)
     }
 
-    fn clear_upper(&mut self, mut i: usize) {
+    /// Clears bit `i`; whether it was set.
+    #[inline(always)]
+    pub(super) fn test_and_clear(&mut self, i: usize) -> bool {
+        let Some(word) = self.bits.get_mut(i / W) else {
+            return false;
+        };
+        let bit = 1 << (i % W);
+        let was = *word;
+        *word = was & !bit;
+        if was == bit {
+            let _ = self.clear_upper(i / W);
+        }
+        was & bit != 0
+    }
+
+    /// Clears the summary bits of an emptied word; whether the whole bitmap is empty then.
+    fn clear_upper(&mut self, mut i: usize) -> bool {
         for level in &mut self.upper {
             let Some(word) = level.get_mut(i / W) else {
-                return;
+                return false;
             };
             *word &= !(1 << (i % W));
             if *word != 0 {
-                return;
+                return false;
             }
             i /= W;
         }
+        true
     }
 
     /// Whether no bit is set.
-    #[inline(always)]
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.upper
             .last()
@@ -117,10 +132,19 @@ impl PageBitmap {
             .is_none_or(|&w| w == 0)
     }
 
-    /// The lowest set bit.
+    /// The lowest set bit: one word a level, from the top.
     #[inline(always)]
     pub(super) fn first(&self) -> Option<usize> {
-        self.next_set(0)
+        let mut idx = 0usize;
+        for level in self.upper.iter().rev() {
+            let word = *level.get(idx)?;
+            if word == 0 {
+                return None;
+            }
+            idx = idx * W + word.trailing_zeros() as usize;
+        }
+        let word = *self.bits.get(idx)?;
+        (word != 0).then(|| idx * W + word.trailing_zeros() as usize)
     }
 
     /// The lowest set bit at or after `i`.

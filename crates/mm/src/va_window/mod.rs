@@ -43,10 +43,11 @@ pub const MAX_WINDOW_PAGES: u64 = 1 << 29;
 const HEAD: u32 = 1 << 31;
 /// Tag bit (on a head): the run is free.
 const FREE: u32 = 1 << 30;
-/// Tag bit (on a head): the run just before is free.
-const PREV_FREE: u32 = 1 << 29;
+/// Tag of the last page of a live range of 2 pages or more (not a page number: those are
+/// below `MAX_WINDOW_PAGES`).
+const LIVE_END: u32 = 1 << 29;
 /// Tag bits (on a head): the run's length in pages.
-const LEN: u32 = PREV_FREE - 1;
+const LEN: u32 = LIVE_END - 1;
 /// No run (end of a free list).
 const NIL: u32 = u32::MAX;
 /// Free runs shorter than this are kept in `small` bitmaps, longer ones in lists.
@@ -287,22 +288,26 @@ impl VaWindow {
     pub fn free(&mut self, start: VirtAddr) -> Result<VirtPages, VaWindowError> {
         let unknown = VaWindowError::UnknownRange(start.get());
         let p = self.page_index(start).ok_or(unknown)?;
-        if !self.live.test(p as usize) {
+        if !self.live.test_and_clear(p as usize) {
             return Err(unknown);
         }
         let head = self.tag(p);
         let len = head & LEN;
         let range = self.range_in_window(p, u64::from(len) - self.config.guard_pages);
-        self.live.clear(p as usize);
         self.live_count -= 1;
         self.live_pages -= u64::from(len);
-        // The free neighbours, if any: the run before (by the end tag before `p`) and after.
+        // The free neighbours, if any: the run before, by the tag of its last page (a free
+        // run's first page, the head of a 1-page run, or `LIVE_END`), and the run after.
         let (mut run, mut run_len) = (p, len);
         let mut before = None;
-        if head & PREV_FREE != 0 {
-            if let Some(last) = p.checked_sub(1) {
-                let end_tag = self.tag(last);
-                let prev = if end_tag & HEAD != 0 { last } else { end_tag };
+        if let Some(last) = p.checked_sub(1) {
+            let end_tag = self.tag(last);
+            let prev = if end_tag & HEAD != 0 {
+                (end_tag & FREE != 0).then_some(last)
+            } else {
+                (end_tag != LIVE_END).then_some(end_tag)
+            };
+            if let Some(prev) = prev {
                 before = Some((prev, p - prev));
                 run = prev;
                 run_len += p - prev;
@@ -321,11 +326,8 @@ impl VaWindow {
         if after < self.total_pages {
             let next_head = self.tag(after);
             if next_head & FREE != 0 {
-                // The run after that one already says its predecessor is free.
                 next = Some(next_head & LEN);
                 run_len += next_head & LEN;
-            } else {
-                self.set_tag(after, next_head | PREV_FREE);
             }
         }
         // Merge, keeping a neighbour's list node where the merged run stays in its class.
@@ -549,10 +551,6 @@ impl VaWindow {
         let before = at - run;
         let after = len - before - need;
         let end = at + need;
-        let mut head = HEAD | need;
-        if before > 0 {
-            head |= PREV_FREE;
-        }
         if run == self.top {
             // From the top run: what is left after the range stays the top run.
             if before > 0 {
@@ -570,13 +568,12 @@ impl VaWindow {
             }
             if after > 0 {
                 self.link_free(end, after);
-            } else if end < self.top {
-                // (The top run's flags are never read.)
-                let next = self.tag(end);
-                self.set_tag(end, next & !PREV_FREE);
             }
         }
-        self.set_tag(at, head);
+        self.set_tag(at, HEAD | need);
+        if need > 1 {
+            self.set_tag(end - 1, LIVE_END);
+        }
         self.live.set(at as usize);
         self.live_count += 1;
         self.live_pages += u64::from(need);
@@ -619,13 +616,9 @@ impl VaWindow {
     fn unlink(&mut self, run: u32, len: u32) {
         let class = class_of(len);
         let empty = if len < SMALL {
-            match self.small.get_mut(class as usize - 1) {
-                Some(map) => {
-                    map.clear(run as usize);
-                    map.is_empty()
-                }
-                None => false,
-            }
+            self.small
+                .get_mut(class as usize - 1)
+                .is_some_and(|map| map.clear(run as usize))
         } else {
             let prev = self.tag(run + 1);
             let next = self.tag(run + 2);
@@ -756,12 +749,6 @@ impl VaWindow {
                 break;
             }
             let free = head & FREE != 0;
-            if (head & PREV_FREE != 0) != previous_free {
-                problems.push(format!(
-                    "run at page {page} says its predecessor is {}free",
-                    if previous_free { "not " } else { "" }
-                ));
-            }
             if free {
                 free_seen += 1;
                 if previous_free {
@@ -791,6 +778,9 @@ impl VaWindow {
                     problems.push(format!(
                         "live range at page {page} missing from the live bitmap"
                     ));
+                }
+                if len > 1 && self.tag(page + len - 1) != LIVE_END {
+                    problems.push(format!("live range {page}+{len} has a wrong end tag"));
                 }
                 if u64::from(len) <= self.config.guard_pages {
                     problems.push(format!(
