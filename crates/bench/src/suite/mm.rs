@@ -77,6 +77,8 @@ impl Layout {
 }
 
 /// One allocator under P1: alloc of `pages` → a handle, free of the handle.
+/// Every implementation's `alloc` and `free` are `#[inline(always)]`, so that each allocator
+/// is inlined alike into the loop that measures it.
 trait RangeAlloc {
     type Handle;
     fn alloc(&mut self, pages: u64) -> Option<Self::Handle>;
@@ -129,9 +131,11 @@ struct Teeshm(VaWindow);
 
 impl RangeAlloc for Teeshm {
     type Handle = VirtAddr;
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<VirtAddr> {
         self.0.alloc(pages, PAGE_SIZE).ok().map(|r| r.start())
     }
+    #[inline(always)]
     fn free(&mut self, start: VirtAddr) {
         let _ = self.0.free(start);
     }
@@ -139,9 +143,11 @@ impl RangeAlloc for Teeshm {
 
 impl RangeAlloc for TeeMm {
     type Handle = TeeMmHandle;
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<TeeMmHandle> {
         TeeMm::alloc(self, pages)
     }
+    #[inline(always)]
     fn free(&mut self, handle: TeeMmHandle) {
         TeeMm::free(self, handle);
     }
@@ -178,9 +184,11 @@ struct ByRequests<'a>(&'a mut TeeMm);
 
 impl RangeAlloc for ByRequests<'_> {
     type Handle = TeeMmHandle;
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<TeeMmHandle> {
         self.0.alloc(pages)
     }
+    #[inline(always)]
     fn free(&mut self, handle: TeeMmHandle) {
         self.0.free(handle);
     }
@@ -190,9 +198,11 @@ struct RangeAllocPeer(range_alloc::RangeAllocator<u64>);
 
 impl RangeAlloc for RangeAllocPeer {
     type Handle = std::ops::Range<u64>;
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
         self.0.allocate_range(pages).ok()
     }
+    #[inline(always)]
     fn free(&mut self, range: Self::Handle) {
         self.0.free_range(range);
     }
@@ -202,9 +212,11 @@ struct OffsetAllocatorPeer(offset_allocator::Allocator<u32>);
 
 impl RangeAlloc for OffsetAllocatorPeer {
     type Handle = offset_allocator::Allocation<u32>;
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
         self.0.allocate(pages as u32)
     }
+    #[inline(always)]
     fn free(&mut self, a: Self::Handle) {
         self.0.free(a);
     }
@@ -214,19 +226,23 @@ struct BuddyPeer(buddy_system_allocator::FrameAllocator<33>);
 
 impl RangeAlloc for BuddyPeer {
     type Handle = (usize, usize);
+    #[inline(always)]
     fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
         self.0.alloc(pages as usize).map(|at| (at, pages as usize))
     }
+    #[inline(always)]
     fn free(&mut self, (at, pages): Self::Handle) {
         self.0.dealloc(at, pages);
     }
 }
 
-/// One measured alloc+free of the mix's next size (the index shared by all allocators).
-fn op<A: RangeAlloc>(a: &mut A, i: &mut u64) {
-    *i += 1;
-    if let Some(h) = a.alloc(black_box(size_of_range(*i))) {
-        a.free(h);
+/// `n` measured alloc+free pairs, each of the mix's next size (`i` counts them).
+fn ops<A: RangeAlloc>(a: &mut A, i: &mut u64, n: u64) {
+    for _ in 0..n {
+        *i += 1;
+        if let Some(h) = a.alloc(black_box(size_of_range(*i))) {
+            a.free(h);
+        }
     }
 }
 
@@ -281,11 +297,11 @@ fn p1_point(budget: Budget, layout: Layout) -> (Stats, Vec<Stats>, Vec<usize>) {
     let stats = ns_per_op_side_by_side(
         budget,
         &mut [
-            &mut || op(&mut teeshm, &mut i0),
-            &mut || op(&mut tee_mm, &mut i1),
-            &mut || op(&mut range_alloc, &mut i2),
-            &mut || op(&mut offset, &mut i3),
-            &mut || op(&mut buddy, &mut i4),
+            &mut |n| ops(&mut teeshm, &mut i0, n),
+            &mut |n| ops(&mut tee_mm, &mut i1, n),
+            &mut |n| ops(&mut range_alloc, &mut i2, n),
+            &mut |n| ops(&mut offset, &mut i3, n),
+            &mut |n| ops(&mut buddy, &mut i4, n),
         ],
     );
     debug_assert!(teeshm.0.check().is_empty());
@@ -326,7 +342,7 @@ pub(super) fn p1(budget: Budget, out: &mut Vec<Figure>, series: &mut Vec<Series>
         }
         note.push_str(&format!(
             "teeshm {:.1} ns [{:.1}, {:.1}]; guard pages 0 on every side",
-            t.min, t.median, t.max
+            t.median, t.min, t.max
         ));
         let mut f = figure(
             &layout.id(),

@@ -146,20 +146,19 @@ impl Stats {
     }
 }
 
-/// Nanoseconds per call of each of `fs`, measured side by side: each gets its own batch size
-/// (~1/20 of the budget), then the batches run in turns — one of each, then the next round —
-/// so that a change in the machine's load falls on all of them alike. At least 5 and at most
-/// 21 rounds, within about `fs.len()` budgets.
-fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
+/// Nanoseconds per operation of each of `fs`, measured side by side; `f(n)` performs `n`
+/// operations (the loop inside it, so that no indirect call per operation weighs on a fast
+/// one). Each gets its own batch size (~1/20 of the budget), then the batches run in turns —
+/// one of each, then the next round — so that a change in the machine's load falls on all of
+/// them alike. At least 5 and at most 21 rounds, within about `fs.len()` budgets.
+fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec<Stats> {
     let batches: Vec<u64> = fs
         .iter_mut()
         .map(|f| {
             let mut batch = 1u64;
             loop {
                 let t = Instant::now();
-                for _ in 0..batch {
-                    f();
-                }
+                f(batch);
                 if t.elapsed() > budget.per_figure / 20 || batch > 1 << 30 {
                     break batch;
                 }
@@ -173,9 +172,7 @@ fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut()]) -> Vec<St
     while rounds < 5 || (Instant::now() < end && rounds < 21) {
         for ((f, &batch), out) in fs.iter_mut().zip(&batches).zip(&mut samples) {
             let t = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
+            f(batch);
             out.push(t.elapsed().as_nanos() as f64 / batch as f64);
         }
         rounds += 1;

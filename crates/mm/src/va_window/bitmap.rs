@@ -123,7 +123,7 @@ impl PageBitmap {
     }
 
     /// Whether no bit is set.
-    #[cfg(test)]
+    #[inline(always)]
     pub(super) fn is_empty(&self) -> bool {
         self.upper
             .last()

@@ -154,7 +154,8 @@ pub struct VaWindow {
     live: PageBitmap,
     /// Free runs of 1, 2 and 3 pages, by first page.
     small: [PageBitmap; SMALL as usize - 1],
-    /// First run of each class's free list (classes `SMALL..`), or `NIL`.
+    /// First run of each class's free list (classes `SMALL..`), the latest freed run of each
+    /// class of 1 to 3 pages (the rest of which are in `small`), or `NIL`.
     heads: Vec<u32>,
     /// Bit c: class c holds a free run.
     class_bits: [u64; CLASS_WORDS],
@@ -504,23 +505,26 @@ impl VaWindow {
     /// The first free run of a non-empty class.
     #[inline(always)]
     fn first_run(&self, class: u32) -> Option<u32> {
-        if class < SMALL {
+        let head = self.heads.get(class as usize).copied().filter(|&h| h != NIL);
+        if class < SMALL && head.is_none() {
             self.small_map(class)?.first().map(|p| p as u32)
         } else {
-            self.heads
-                .get(class as usize)
-                .copied()
-                .filter(|&h| h != NIL)
+            head
         }
     }
 
-    /// The free runs of a class, in list or address order.
+    /// The free runs of a class: in list order, or the latest freed then address order.
     fn runs_of(&self, class: u32) -> impl Iterator<Item = u32> + '_ {
+        let latest = (class < SMALL)
+            .then(|| self.heads.get(class as usize).copied())
+            .flatten()
+            .filter(|&h| h != NIL);
         let small = (class < SMALL)
             .then(|| self.small_map(class))
             .flatten()
             .into_iter()
             .flat_map(|map| map.iter().map(|p| p as u32));
+        let small = latest.into_iter().chain(small);
         let listed = (class >= SMALL)
             .then(|| self.list(class))
             .into_iter()
@@ -594,8 +598,16 @@ impl VaWindow {
         self.write_free(run, len);
         let class = class_of(len);
         if len < SMALL {
-            if let Some(map) = self.small.get_mut(class as usize - 1) {
-                map.set(run as usize);
+            // The latest freed run of the class is its head; the one it replaces goes to the
+            // class's bitmap.
+            let old = self.heads.get(class as usize).copied().unwrap_or(NIL);
+            if old != NIL {
+                if let Some(map) = self.small.get_mut(class as usize - 1) {
+                    map.set(old as usize);
+                }
+            }
+            if let Some(head) = self.heads.get_mut(class as usize) {
+                *head = run;
             }
         } else {
             let old = self.heads.get(class as usize).copied().unwrap_or(NIL);
@@ -616,9 +628,21 @@ impl VaWindow {
     fn unlink(&mut self, run: u32, len: u32) {
         let class = class_of(len);
         let empty = if len < SMALL {
-            self.small
-                .get_mut(class as usize - 1)
-                .is_some_and(|map| map.clear(run as usize))
+            let head = self.heads.get_mut(class as usize);
+            let latest = head.as_ref().is_some_and(|h| **h == run);
+            let none_latest = match head {
+                Some(h) if latest => {
+                    *h = NIL;
+                    true
+                }
+                Some(h) => *h == NIL,
+                None => true,
+            };
+            match self.small.get_mut(class as usize - 1) {
+                Some(map) if latest => map.is_empty(),
+                Some(map) => map.clear(run as usize) && none_latest,
+                None => none_latest,
+            }
         } else {
             let prev = self.tag(run + 1);
             let next = self.tag(run + 2);
@@ -764,7 +788,8 @@ impl VaWindow {
                 }
                 let class = class_of(len);
                 let listed = if len < SMALL {
-                    self.small_map(class).is_some_and(|m| m.test(page as usize))
+                    self.heads.get(class as usize) == Some(&page)
+                        || self.small_map(class).is_some_and(|m| m.test(page as usize))
                 } else {
                     self.list(class).any(|run| run == page)
                 };
