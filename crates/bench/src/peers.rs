@@ -272,3 +272,33 @@ impl OpteeModel {
         size_of::<OpteeRegShm>() as u64 + 8 * pages
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// First fit from the pool's start, the new entry linked in after the gap's left entry;
+    /// free by identity; the pool end checked.
+    #[test]
+    fn tee_mm_model_is_first_fit_over_a_sorted_list() {
+        let mut pool = TeeMm::new(16);
+        let a = pool.alloc(4).unwrap();
+        let b = pool.alloc(2).unwrap();
+        let c = pool.alloc(4).unwrap();
+        assert_eq!((a.offset, b.offset, c.offset), (0, 4, 6));
+        assert!(pool.free(b));
+        assert!(!pool.free(b), "an entry is freed once");
+        // A 2-page gap at 4 and 6 free pages at 10: a 1-page request takes the first gap.
+        assert_eq!(pool.alloc(1).unwrap().offset, 4);
+        assert_eq!(pool.alloc(3).unwrap().offset, 10);
+        assert_eq!(pool.alloc(4), None, "3 pages left at the end");
+        assert_eq!(pool.alloc(3).unwrap().offset, 13);
+        let offsets: Vec<u64> = pool.handles().iter().map(|h| h.offset).collect();
+        assert_eq!(offsets, [0, 4, 6, 10, 13]);
+        let built = TeeMm::with_areas(16, [(0, 4), (6, 4)].into_iter());
+        assert_eq!(
+            built.handles().iter().map(|h| h.offset).collect::<Vec<_>>(),
+            [0, 6]
+        );
+    }
+}

@@ -325,10 +325,7 @@ pub(super) fn p1(budget: Budget, out: &mut Vec<Figure>, series: &mut Vec<Series>
         if let (Layout::Packed(n), Some(tee_mm)) = (layout, peers.first()) {
             s.points.push((n as f64, t.median, tee_mm.median));
         }
-        let best = peers
-            .iter()
-            .map(|p| p.median)
-            .fold(f64::INFINITY, f64::min);
+        let best = peers.iter().map(|p| p.median).fold(f64::INFINITY, f64::min);
         let mut note = String::new();
         for (((name, what), p), &h) in P1_PEERS.iter().zip(&peers).zip(held.iter().skip(1)) {
             note.push_str(&format!(
@@ -350,7 +347,10 @@ pub(super) fn p1(budget: Budget, out: &mut Vec<Figure>, series: &mut Vec<Series>
             t.median,
             "ns",
             peers.first().map(|p| (p.median, P1_PEERS[0].1)),
-            Some((best / t.median, "fastest peer / teeshm (> 1: teeshm faster than every peer)")),
+            Some((
+                best / t.median,
+                "fastest peer / teeshm (> 1: teeshm faster than every peer)",
+            )),
             "below every peer",
             Some(t.median < best),
             &note,

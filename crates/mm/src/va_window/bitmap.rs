@@ -52,7 +52,9 @@ impl PageBitmap {
     /// Whether bit `i` is set.
     #[inline(always)]
     pub(super) fn test(&self, i: usize) -> bool {
-        self.bits.get(i / W).is_some_and(|w| w & (1 << (i % W)) != 0)
+        self.bits
+            .get(i / W)
+            .is_some_and(|w| w & (1 << (i % W)) != 0)
     }
 
     /// Sets bit `i`.

@@ -505,7 +505,11 @@ impl VaWindow {
     /// The first free run of a non-empty class.
     #[inline(always)]
     fn first_run(&self, class: u32) -> Option<u32> {
-        let head = self.heads.get(class as usize).copied().filter(|&h| h != NIL);
+        let head = self
+            .heads
+            .get(class as usize)
+            .copied()
+            .filter(|&h| h != NIL);
         if class < SMALL && head.is_none() {
             self.small_map(class)?.first().map(|p| p as u32)
         } else {
@@ -766,7 +770,10 @@ impl VaWindow {
         while page < self.top.min(total) {
             let head = self.tag(page);
             let len = head & LEN;
-            if head & HEAD == 0 || len == 0 || u64::from(page) + u64::from(len) > u64::from(self.top) {
+            if head & HEAD == 0
+                || len == 0
+                || u64::from(page) + u64::from(len) > u64::from(self.top)
+            {
                 problems.push(format!(
                     "no valid run starts at page {page} (tag {head:#x})"
                 ));
@@ -817,7 +824,9 @@ impl VaWindow {
             page += len;
         }
         if page == self.top && self.top < total && previous_free {
-            problems.push(format!("top run at page {page} not merged with its predecessor"));
+            problems.push(format!(
+                "top run at page {page} not merged with its predecessor"
+            ));
         }
         let live_bits = self.live.iter().count();
         if live_bits != live_seen {

@@ -315,8 +315,8 @@ proptest! {
                             if a == 1 { prop_assert!(!model_fits); } else { prop_assert!(!surely); }
                             let mut best = 0u64;
                             let mut run = 0u64;
-                            for p in 0..PAGES as usize {
-                                run = if owner[p].is_none() { run + 1 } else { 0 };
+                            for o in &owner {
+                                run = if o.is_none() { run + 1 } else { 0 };
                                 best = best.max(run);
                             }
                             prop_assert_eq!(largest_free, best);
