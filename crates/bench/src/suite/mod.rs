@@ -148,9 +148,11 @@ impl Stats {
 
 /// Nanoseconds per operation of each of `fs`, measured side by side; `f(n)` performs `n`
 /// operations (the loop inside it, so that no indirect call per operation weighs on a fast
-/// one). Each gets its own batch size (~1/20 of the budget), then the batches run in turns —
-/// one of each, then the next round — so that a change in the machine's load falls on all of
-/// them alike. At least 5 and at most 21 rounds, within about `fs.len()` budgets.
+/// one). Each gets its own batch size (~1/1000 of the budget: 0.3 ms with `--quick`), then the
+/// batches run in turns — one of each, then the next round — so that a change in the
+/// machine's load falls on all of them alike: a round is shorter than a scheduler's time slice,
+/// so when another process shares the CPU for a while, it slows whole rounds, every allocator
+/// of them. At least 5 and at most 1001 rounds, within about `fs.len()` budgets.
 fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec<Stats> {
     let batches: Vec<u64> = fs
         .iter_mut()
@@ -159,7 +161,7 @@ fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec
             loop {
                 let t = Instant::now();
                 f(batch);
-                if t.elapsed() > budget.per_figure / 20 || batch > 1 << 30 {
+                if t.elapsed() > budget.per_figure / 1000 || batch > 1 << 30 {
                     break batch;
                 }
                 batch *= 2;
@@ -169,7 +171,7 @@ fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec
     let mut samples = vec![Vec::new(); fs.len()];
     let end = Instant::now() + budget.per_figure * fs.len() as u32;
     let mut rounds = 0;
-    while rounds < 5 || (Instant::now() < end && rounds < 21) {
+    while rounds < 5 || (Instant::now() < end && rounds < 1001) {
         for ((f, &batch), out) in fs.iter_mut().zip(&batches).zip(&mut samples) {
             let t = Instant::now();
             f(batch);

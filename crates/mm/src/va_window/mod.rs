@@ -2,18 +2,25 @@
 //!
 //! A two-level segregated fit (TLSF) over page runs, with every piece of bookkeeping in side
 //! tables sized once, when the window is built, from the window's size — so `alloc` and `free`
-//! never allocate, and each costs O(1) except for a bitmap search of O(log₆₄ n):
+//! never allocate, and each costs O(1) plus at most one bitmap search of O(log₆₄ n) (4 words
+//! for a 4 GiB window):
 //!
 //! - **Boundary tags** (`tags`, one `u32` a page): the first page of every run, free or live,
-//!   holds its length and two flags (free; the run before it is free); the last page of a free
-//!   run holds the run's first page. Freeing a range reads the tag before it and the tag after it
-//!   and merges with free neighbours in O(1), as OP-TEE's list never can.
+//!   holds its length and whether it is free; the last page of a free run holds the run's first
+//!   page, the last page of a live range `LIVE_END`. Freeing a range reads the tag before it and
+//!   the tag after it and merges with free neighbours in O(1), where OP-TEE's `tee_mm` walks a
+//!   list.
 //! - **Segregated free lists**: every length below 64 pages has a class of its own (so a small
 //!   request gets an exact best fit), longer runs 16 classes per power of two. A free run of 4
-//!   pages or more is a node of its class's doubly linked list, its two links kept in the tags of
-//!   its own second and third pages; a free run of 1 to 3 pages, too short to hold links, is a
-//!   bit in one of three page bitmaps. A two-level bitmap of the non-empty classes finds the
-//!   smallest class that surely fits with two bit scans.
+//!   pages or more is a node of its class's doubly linked list (latest freed first), its two
+//!   links kept in the tags of its own second and third pages. A free run of 1 to 3 pages, too
+//!   short to hold links, is its class's head if it is the latest freed, else a bit in one of
+//!   three page bitmaps. A two-level bitmap of the non-empty classes finds the smallest class
+//!   that surely fits with two bit scans.
+//! - **The top run**: the free run that reaches the window's end is in no class. A request that
+//!   no listed run fits is cut from its start, and a range freed next to it joins it, by one
+//!   comparison; so a window that fills from the bottom allocates and frees at its frontier with
+//!   no list operation at all.
 //! - **Live starts** (a page bitmap): exactly the first pages of live ranges, so freeing an
 //!   unknown or already-freed address is an error that changes nothing, and `range_containing`
 //!   is a previous-set-bit search.
@@ -236,14 +243,16 @@ impl VaWindow {
 
     /// Allocates `pages` pages whose first address is a multiple of `align` bytes.
     ///
-    /// A request of fewer than 64 pages (guard included) takes a run of exactly its size if one
-    /// is free (the lowest of them for 1 to 3 pages, the latest freed for 4 to 63), else one of
-    /// the next size up, and so on: best fit. A larger request takes a run of the first size class
-    /// whose every run fits (classes are 1/16 of a power of two wide), or failing that, one of its
-    /// own class that fits among the first [`ALIGNED_SCAN_LIMIT`]. With an alignment above 4 KiB
-    /// a run of `pages + guard + align/4K - 1` pages always fits; smaller runs fit only if their
-    /// start happens to suit, and up to [`ALIGNED_SCAN_LIMIT`] of them are tried first. Either
-    /// way the cost is O(1) plus one O(log₆₄ n) bitmap search, and nothing is allocated. Guard
+    /// A request of fewer than 64 pages (guard included) takes a free run of exactly its size if
+    /// there is one (the latest freed, else for 1 to 3 pages the lowest), else one of the next
+    /// size up, and so on: best fit among the listed runs. A larger request takes a run of the
+    /// first size class whose every run fits (classes are 1/16 of a power of two wide). Failing
+    /// that, the request is cut from the top run (the free run that reaches the window's end),
+    /// and failing that too, from a run of its own class that fits among the first
+    /// [`ALIGNED_SCAN_LIMIT`]. With an alignment above 4 KiB a run of
+    /// `pages + guard + align/4K - 1` pages always fits; smaller runs fit only if their start
+    /// happens to suit, and up to [`ALIGNED_SCAN_LIMIT`] of them are tried first. Either way the
+    /// cost is O(1) plus at most one O(log₆₄ n) bitmap search, and nothing is allocated. Guard
     /// pages follow the range inside the window.
     ///
     /// # Errors
@@ -392,8 +401,9 @@ impl VaWindow {
 
     /// The largest free run, in pages.
     ///
-    /// O(1) when the largest run is shorter than 64 pages (its class is its length); else a
-    /// walk of the largest non-empty class's list, whose runs differ by less than 1/16.
+    /// The larger of the top run and the largest listed run: O(1) when the largest listed run
+    /// is shorter than 64 pages (its class is its length); else a walk of the largest non-empty
+    /// class's list, whose runs differ by less than 1/16. Called by `alloc` only when it fails.
     pub fn largest_free_run(&self) -> u64 {
         let top = u64::from(self.total_pages - self.top);
         let listed = match self.highest_class() {
