@@ -26,7 +26,7 @@
 //!   is a previous-set-bit search.
 //!
 //! Memory: 4 bytes a window page for the tags and 4 bits a page for the bitmaps (with their
-//! summary levels): 4.5 MiB for a 4 GiB window, 36 KiB for OP-TEE's 32 MiB one
+//! summary levels): 4.5 MiB for a 4 GiB window, 38 KiB for OP-TEE's 32 MiB one
 //! ([`VaWindow::side_table_bytes`]).
 
 mod bitmap;
