@@ -1,7 +1,7 @@
 //! Benchmarks of the memory manager, each beside its peer in the same run.
 //!
-//! - `va_window`: alloc+free with 1k/10k/100k live ranges, teeshm's `VaWindow` beside a first-fit
-//!   sorted linked list like OP-TEE's `tee_mm` and the `range-alloc` crate (best fit over a sorted
+//! - `va_window`: alloc+free with 1k/10k/100k live ranges, teeshm's `VaWindow` beside a model of
+//!   OP-TEE's `tee_mm` (first fit over a sorted linked list) and the `range-alloc` crate (best fit over a sorted
 //!   vector of free ranges).
 //! - `map_unmap`: map then unmap 1, 64 and 4096 scattered pages, through the whole `ShmWindow`
 //!   (VA + tables + reverse map + records) and through the translation tables alone.
@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use teeshm_abi::GuestId;
 use teeshm_bench::fixtures;
-use teeshm_bench::peers::FirstFitList;
+use teeshm_bench::peers::TeeMm;
 use teeshm_mm::{
     MemKind, PAGE_SIZE, PhysAddr, ShmWindow, TranslationTables, VaWindow, VaWindowConfig, VirtAddr,
     VirtPages,
@@ -109,7 +109,7 @@ fn va_window(c: &mut Criterion) {
                     w.free(r.start()).unwrap();
                 })
             });
-            let mut list = FirstFitList::new(pages);
+            let mut list = TeeMm::new(pages);
             layout.build(
                 live,
                 &mut list,
@@ -119,8 +119,8 @@ fn va_window(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("first_fit_list", live), |b| {
                 b.iter(|| {
                     i += 1;
-                    let at = list.alloc(black_box(size_of(i))).unwrap();
-                    assert!(list.free(at));
+                    let h = list.alloc(black_box(size_of(i))).unwrap();
+                    assert!(list.free(h));
                 })
             });
             let mut ra = range_alloc::RangeAllocator::new(0..pages);

@@ -6,77 +6,143 @@ use teeshm_testkit::{NS_RAM, PhysMemory};
 
 const PAGE: u64 = 4096;
 
-/// A first-fit allocator over a sorted singly linked list of live blocks, as OP-TEE's `tee_mm`:
-/// alloc walks the gaps between consecutive blocks from the bottom; free walks to the block.
-pub struct FirstFitList {
-    head: Option<Box<Node>>,
+/// A model of OP-TEE's `tee_mm` allocator (core/mm/tee_mm.c, read at optee_os commit
+/// 5f76bc75f7a0f5e906fed575c01e1c410d19fb85, the last to change it in the snapshot of
+/// d5001fe0af66a4c059dc6816a7be08d7fb83ff1a), written in Rust from its algorithm:
+///
+/// - the pool is a singly linked list of the allocated areas sorted by offset, behind a
+///   sentinel entry of offset 0 and size 0 (`pool->entry`);
+/// - `tee_mm_alloc` allocates the new entry on the heap first (`malloc_flags`, before the pool
+///   lock), then walks from the sentinel while the request does not fit the gap between an
+///   entry's end and the next entry's start (first fit), checks the space after the last entry
+///   if it reached the end, and links the new entry in after the one it stopped at;
+/// - `tee_mm_free` walks from the sentinel to the entry (compared by identity), unlinks it and
+///   frees it.
+///
+/// The pool's `TEE_MM_POOL_HI_ALLOC` mode and statistics are not modelled (the SHM VA pool,
+/// `core_virt_shm_pool`, uses neither). Offsets and sizes are in pages (`shift` 12).
+pub struct TeeMm {
+    sentinel: TeeMmEntry,
     size: u64,
 }
 
-struct Node {
+/// One allocated area (`tee_mm_entry_t`).
+pub struct TeeMmEntry {
     offset: u64,
     size: u64,
-    next: Option<Box<Node>>,
+    next: Option<Box<TeeMmEntry>>,
 }
 
-impl FirstFitList {
-    /// An empty allocator over `size` units.
+/// What `tee_mm_alloc` returns: the entry, kept by the caller (as OP-TEE's `mobj_reg_shm`
+/// keeps `r->mm`) and given back to `tee_mm_free`. Only compared, never dereferenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TeeMmHandle {
+    entry: *const TeeMmEntry,
+    /// The area's first page.
+    pub offset: u64,
+}
+
+impl TeeMm {
+    /// An empty pool of `size` pages (`tee_mm_init`).
     pub fn new(size: u64) -> Self {
-        Self { head: None, size }
+        Self {
+            sentinel: TeeMmEntry {
+                offset: 0,
+                size: 0,
+                next: None,
+            },
+            size,
+        }
     }
 
-    /// A list already holding `blocks` (offset, size), sorted by offset and not overlapping:
-    /// builds in O(n), where `alloc` would take O(n²) to get there.
-    pub fn with_blocks(size: u64, blocks: impl DoubleEndedIterator<Item = (u64, u64)>) -> Self {
-        let mut head = None;
-        for (offset, len) in blocks.rev() {
-            head = Some(Box::new(Node {
+    /// A pool already holding `areas` (offset, size), sorted by offset and not overlapping:
+    /// builds in O(n) the list `tee_mm_alloc` would take O(n²) to build.
+    pub fn with_areas(size: u64, areas: impl DoubleEndedIterator<Item = (u64, u64)>) -> Self {
+        let mut pool = Self::new(size);
+        for (offset, len) in areas.rev() {
+            let next = pool.sentinel.next.take();
+            pool.sentinel.next = Some(Box::new(TeeMmEntry {
                 offset,
                 size: len,
-                next: head,
+                next,
             }));
         }
-        Self { head, size }
+        pool
     }
 
-    /// First fit of `size` units; the offset.
-    pub fn alloc(&mut self, size: u64) -> Option<u64> {
-        let mut cursor = &mut self.head;
-        let mut end_of_previous = 0;
-        loop {
-            match cursor {
-                Some(node) if node.offset - end_of_previous < size => {
-                    end_of_previous = node.offset + node.size;
-                    cursor = &mut cursor.as_mut()?.next;
-                }
-                _ => break,
+    /// The handles of the areas, in address order (what the callers of `tee_mm_alloc` hold).
+    pub fn handles(&self) -> Vec<TeeMmHandle> {
+        let mut out = Vec::new();
+        let mut entry = self.sentinel.next.as_deref();
+        while let Some(e) = entry {
+            out.push(TeeMmHandle {
+                entry: e,
+                offset: e.offset,
+            });
+            entry = e.next.as_deref();
+        }
+        out
+    }
+
+    /// `tee_mm_alloc` of `psize` pages: first fit from the pool's start.
+    pub fn alloc(&mut self, psize: u64) -> Option<TeeMmHandle> {
+        // malloc_flags(.., sizeof(tee_mm_entry_t)) before the lock.
+        let mut nn = Box::new(TeeMmEntry {
+            offset: 0,
+            size: 0,
+            next: None,
+        });
+        let mut entry = &mut self.sentinel;
+        while let Some(next) = entry.next.as_deref() {
+            if psize <= next.offset - entry.size - entry.offset {
+                break;
             }
+            entry = entry.next.as_deref_mut()?;
         }
-        if cursor.is_none() && self.size - end_of_previous < size {
-            return None;
+        if entry.next.is_none() && self.size - (entry.offset + entry.size) < psize {
+            return None; // the entry is freed (free_flags) on the way out
         }
-        let next = cursor.take();
-        *cursor = Some(Box::new(Node {
-            offset: end_of_previous,
-            size,
-            next,
-        }));
-        Some(end_of_previous)
+        nn.offset = entry.offset + entry.size;
+        nn.size = psize;
+        nn.next = entry.next.take();
+        let handle = TeeMmHandle {
+            entry: &*nn,
+            offset: nn.offset,
+        };
+        entry.next = Some(nn);
+        Some(handle)
     }
 
-    /// Frees the block at `offset`.
-    pub fn free(&mut self, offset: u64) -> bool {
-        let mut cursor = &mut self.head;
+    /// `tee_mm_free`: walks to the entry, unlinks and frees it; false where OP-TEE panics
+    /// ("invalid mm_entry").
+    pub fn free(&mut self, handle: TeeMmHandle) -> bool {
+        let mut entry = &mut self.sentinel;
         loop {
-            match cursor {
-                Some(node) if node.offset == offset => {
-                    let next = node.next.take();
-                    *cursor = next;
-                    return true;
-                }
-                Some(node) => cursor = &mut node.next,
+            match entry.next.as_deref() {
+                Some(next) if std::ptr::eq(next, handle.entry) => break,
+                Some(_) => {}
                 None => return false,
             }
+            let Some(next) = entry.next.as_deref_mut() else {
+                return false;
+            };
+            entry = next;
+        }
+        let Some(mut found) = entry.next.take() else {
+            return false;
+        };
+        entry.next = found.next.take();
+        drop(found);
+        true
+    }
+}
+
+impl Drop for TeeMm {
+    /// Unlinks iteratively: a recursive drop of a 200 000-entry list would overflow the stack.
+    fn drop(&mut self) {
+        let mut next = self.sentinel.next.take();
+        while let Some(mut entry) = next {
+            next = entry.next.take();
         }
     }
 }
@@ -204,5 +270,35 @@ impl OpteeModel {
     /// Secure bytes one registered object of `pages` pages keeps in the model.
     pub fn object_bytes(pages: u64) -> u64 {
         size_of::<OpteeRegShm>() as u64 + 8 * pages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// First fit from the pool's start, the new entry linked in after the gap's left entry;
+    /// free by identity; the pool end checked.
+    #[test]
+    fn tee_mm_model_is_first_fit_over_a_sorted_list() {
+        let mut pool = TeeMm::new(16);
+        let a = pool.alloc(4).unwrap();
+        let b = pool.alloc(2).unwrap();
+        let c = pool.alloc(4).unwrap();
+        assert_eq!((a.offset, b.offset, c.offset), (0, 4, 6));
+        assert!(pool.free(b));
+        assert!(!pool.free(b), "an entry is freed once");
+        // A 2-page gap at 4 and 6 free pages at 10: a 1-page request takes the first gap.
+        assert_eq!(pool.alloc(1).unwrap().offset, 4);
+        assert_eq!(pool.alloc(3).unwrap().offset, 10);
+        assert_eq!(pool.alloc(4), None, "3 pages left at the end");
+        assert_eq!(pool.alloc(3).unwrap().offset, 13);
+        let offsets: Vec<u64> = pool.handles().iter().map(|h| h.offset).collect();
+        assert_eq!(offsets, [0, 4, 6, 10, 13]);
+        let built = TeeMm::with_areas(16, [(0, 4), (6, 4)].into_iter());
+        assert_eq!(
+            built.handles().iter().map(|h| h.offset).collect::<Vec<_>>(),
+            [0, 6]
+        );
     }
 }

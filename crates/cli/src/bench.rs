@@ -30,6 +30,13 @@ pub fn run(quick: bool, only: &[String], json: bool, plots: Option<&Path>) -> Ex
                         "title": f.title, "value": f.value, "unit": f.unit, "peer": f.peer,
                         "peer_name": f.peer_name, "ratio": f.ratio, "ratio_meaning": f.ratio_meaning,
                         "goal": f.goal, "met": f.met, "note": f.note,
+                        "kind": f.kind, "spread": f.spread,
+                        "peers": (!f.peers.is_empty()).then(|| f.peers.iter()
+                            .map(|(name, v)| (name.clone(), serde_json::json!(v)))
+                            .collect::<serde_json::Map<_, _>>()),
+                        "peers_spread": (!f.peers_spread.is_empty()).then(|| f.peers_spread.iter()
+                            .map(|(name, v)| (name.clone(), serde_json::json!(v)))
+                            .collect::<serde_json::Map<_, _>>()),
                     }),
                 )
             })

@@ -214,6 +214,13 @@ impl VirtPages {
         Ok(Self { start, pages })
     }
 
+    /// The range of `pages` pages from `start`, for a caller that knows `start` is page aligned,
+    /// `pages` is not 0 and the range ends below 2⁶⁴ (the VA window, whose bounds were checked
+    /// when it was built). Nothing is checked here: a wrong caller makes a wrong range, no more.
+    pub(crate) const fn within_checked_bounds(start: VirtAddr, pages: u64) -> Self {
+        Self { start, pages }
+    }
+
     /// First address.
     pub const fn start(self) -> VirtAddr {
         self.start

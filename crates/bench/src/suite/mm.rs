@@ -1,9 +1,9 @@
 //! Figures of the memory manager alone: P1 VA window alloc+free, P3 map and unmap per page
 //! and TLB requests per unmap, P5 phys_to_virt.
 
-use super::{Budget, Figure, Series, figure, ns_per_op};
+use super::{Budget, Figure, Series, Stats, figure, ns_per_op, ns_per_op_side_by_side};
 use crate::fixtures;
-use crate::peers::FirstFitList;
+use crate::peers::{TeeMm, TeeMmHandle};
 use std::hint::black_box;
 use teeshm_abi::GuestId;
 use teeshm_mm::{
@@ -14,99 +14,360 @@ use teeshm_platform::{RecordingTlb, TlbRequest};
 
 // ---- P1 -------------------------------------------------------------------------------------
 
+/// Pages of the setup ranges and of the measured requests: a fixed mix of 1 to 8 pages.
 fn size_of_range(i: u64) -> u64 {
     1 + (i * 5 + i / 3) % 8
 }
 
-/// (teeshm ns, first-fit ns, range-alloc ns) per alloc+free with `live` packed live ranges.
-fn p1_point(budget: Budget, live: u64) -> (f64, f64, f64) {
-    let pages = live * 9 + 4096;
-    let mut w = VaWindow::new(VaWindowConfig {
-        base: VirtAddr(0x10_0000_0000),
-        size: pages * PAGE_SIZE,
-        guard_pages: 0,
-    })
-    .unwrap();
-    let mut blocks = Vec::new();
-    let mut at = 0;
-    for i in 0..live {
-        let s = size_of_range(i);
-        w.alloc(s, PAGE_SIZE).unwrap();
-        blocks.push((at, s));
-        at += s;
-    }
-    let mut i = 0u64;
-    let teeshm = ns_per_op(budget, || {
-        i += 1;
-        let r = w.alloc(black_box(size_of_range(i)), PAGE_SIZE).unwrap();
-        w.free(r.start()).unwrap();
-    });
-    let mut list = FirstFitList::with_blocks(pages, blocks.iter().copied());
-    let peer = ns_per_op(budget, || {
-        i += 1;
-        let at = list.alloc(black_box(size_of_range(i))).unwrap();
-        list.free(at);
-    });
-    let mut ra = range_alloc::RangeAllocator::new(0..pages);
-    for i in 0..live {
-        ra.allocate_range(size_of_range(i)).unwrap();
-    }
-    let range_alloc = ns_per_op(budget, || {
-        i += 1;
-        let r = ra.allocate_range(black_box(size_of_range(i))).unwrap();
-        ra.free_range(r);
-    });
-    (teeshm, peer, range_alloc)
+/// OP-TEE's SHM VA space (`SHM_VASPACE_SIZE` in core/mm/core_mmu.c): 32 MiB, 8192 pages.
+const OPTEE_SHM_PAGES: u64 = 8192;
+
+/// The states every allocator is measured in, each reached by the same requests:
+/// - `Packed(n)`: n ranges allocated back to back, the free space one run after them;
+/// - `Holes(n)`: 2n allocated back to back, then every other one freed: n holes of 1 to 8 pages
+///   between n live ranges, and the rest of the window after them;
+/// - `Optee32m(n)`: OP-TEE's 32 MiB window after a seeded random churn: allocations up to n
+///   live ranges, then 4n rounds of one random free and one allocation, so the free space is
+///   fragmented as a long-running window's is, each allocator by its own placement.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Packed(u64),
+    Holes(u64),
+    Optee32m(u64),
 }
 
-pub(super) fn p1(budget: Budget, quick: bool, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
-    let sizes: &[u64] = if quick {
-        &[1_000, 10_000, 100_000]
-    } else {
-        &[1_000, 3_000, 10_000, 30_000, 100_000]
-    };
+impl Layout {
+    fn id(self) -> String {
+        let n = |n: u64| {
+            if n % 1000 == 0 {
+                format!("{}k", n / 1000)
+            } else {
+                n.to_string()
+            }
+        };
+        match self {
+            Layout::Packed(l) => format!("P1.packed.{}", n(l)),
+            Layout::Holes(l) => format!("P1.holes.{}", n(l)),
+            Layout::Optee32m(l) => format!("P1.optee32m.{}", n(l)),
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Layout::Packed(l) => {
+                format!("VA window alloc+free, {l} live ranges packed, free space after them")
+            }
+            Layout::Holes(l) => {
+                format!("VA window alloc+free, {l} live ranges with a 1-8 page hole after each")
+            }
+            Layout::Optee32m(l) => format!(
+                "VA window alloc+free in OP-TEE's 32 MiB SHM VA space, {l} live ranges after random churn"
+            ),
+        }
+    }
+
+    /// Pages of the window.
+    fn pages(self) -> u64 {
+        match self {
+            Layout::Packed(l) => l * 9 + 4096,
+            Layout::Holes(l) => 2 * l * 9 + 4096,
+            Layout::Optee32m(_) => OPTEE_SHM_PAGES,
+        }
+    }
+}
+
+/// One allocator under P1: alloc of `pages` → a handle, free of the handle.
+/// Every implementation's `alloc` and `free` are `#[inline(always)]`, so that each allocator
+/// is inlined alike into the loop that measures it.
+trait RangeAlloc {
+    type Handle;
+    fn alloc(&mut self, pages: u64) -> Option<Self::Handle>;
+    fn free(&mut self, handle: Self::Handle);
+
+    /// Brings the allocator to `layout`; the number of live ranges it holds then.
+    fn build(&mut self, layout: Layout) -> usize {
+        let mut live = Vec::new();
+        match layout {
+            Layout::Packed(n) => live.extend((0..n).filter_map(|i| self.alloc(size_of_range(i)))),
+            Layout::Holes(n) => {
+                let all: Vec<Option<Self::Handle>> =
+                    (0..2 * n).map(|i| self.alloc(size_of_range(i))).collect();
+                for (i, h) in all.into_iter().enumerate() {
+                    match h {
+                        Some(h) if i % 2 == 0 => self.free(h),
+                        Some(h) => live.push(h),
+                        None => {}
+                    }
+                }
+            }
+            Layout::Optee32m(n) => {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                let mut rng = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                while (live.len() as u64) < n {
+                    match self.alloc(size_of_range(rng())) {
+                        Some(h) => live.push(h),
+                        None => break,
+                    }
+                }
+                for _ in 0..4 * n {
+                    if !live.is_empty() {
+                        let victim = live.swap_remove((rng() % live.len() as u64) as usize);
+                        self.free(victim);
+                    }
+                    live.extend(self.alloc(size_of_range(rng())));
+                }
+            }
+        }
+        live.len()
+    }
+}
+
+struct Teeshm(VaWindow);
+
+impl RangeAlloc for Teeshm {
+    type Handle = VirtAddr;
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<VirtAddr> {
+        self.0.alloc(pages, PAGE_SIZE).ok().map(|r| r.start())
+    }
+    #[inline(always)]
+    fn free(&mut self, start: VirtAddr) {
+        let _ = self.0.free(start);
+    }
+}
+
+impl RangeAlloc for TeeMm {
+    type Handle = TeeMmHandle;
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<TeeMmHandle> {
+        TeeMm::alloc(self, pages)
+    }
+    #[inline(always)]
+    fn free(&mut self, handle: TeeMmHandle) {
+        TeeMm::free(self, handle);
+    }
+    /// Packed and holes are built as lists directly (the same areas first fit would give:
+    /// back to back, the even ones freed), since `tee_mm_alloc` would take O(n²) to get there.
+    fn build(&mut self, layout: Layout) -> usize {
+        let areas = |n: u64, keep: &dyn Fn(u64) -> bool| {
+            let mut at = 0;
+            let mut out = Vec::new();
+            for i in 0..n {
+                let s = size_of_range(i);
+                if keep(i) {
+                    out.push((at, s));
+                }
+                at += s;
+            }
+            out
+        };
+        let blocks = match layout {
+            Layout::Packed(n) => areas(n, &|_| true),
+            Layout::Holes(n) => areas(2 * n, &|i| i % 2 == 1),
+            Layout::Optee32m(_) => {
+                *self = TeeMm::new(layout.pages());
+                return ByRequests(self).build(layout);
+            }
+        };
+        *self = TeeMm::with_areas(layout.pages(), blocks.iter().copied());
+        blocks.len()
+    }
+}
+
+/// `TeeMm` built by its own requests (the trait's default `build`).
+struct ByRequests<'a>(&'a mut TeeMm);
+
+impl RangeAlloc for ByRequests<'_> {
+    type Handle = TeeMmHandle;
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<TeeMmHandle> {
+        self.0.alloc(pages)
+    }
+    #[inline(always)]
+    fn free(&mut self, handle: TeeMmHandle) {
+        self.0.free(handle);
+    }
+}
+
+struct RangeAllocPeer(range_alloc::RangeAllocator<u64>);
+
+impl RangeAlloc for RangeAllocPeer {
+    type Handle = std::ops::Range<u64>;
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
+        self.0.allocate_range(pages).ok()
+    }
+    #[inline(always)]
+    fn free(&mut self, range: Self::Handle) {
+        self.0.free_range(range);
+    }
+}
+
+struct OffsetAllocatorPeer(offset_allocator::Allocator<u32>);
+
+impl RangeAlloc for OffsetAllocatorPeer {
+    type Handle = offset_allocator::Allocation<u32>;
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
+        self.0.allocate(pages as u32)
+    }
+    #[inline(always)]
+    fn free(&mut self, a: Self::Handle) {
+        self.0.free(a);
+    }
+}
+
+struct BuddyPeer(buddy_system_allocator::FrameAllocator<33>);
+
+impl RangeAlloc for BuddyPeer {
+    type Handle = (usize, usize);
+    #[inline(always)]
+    fn alloc(&mut self, pages: u64) -> Option<Self::Handle> {
+        self.0.alloc(pages as usize).map(|at| (at, pages as usize))
+    }
+    #[inline(always)]
+    fn free(&mut self, (at, pages): Self::Handle) {
+        self.0.dealloc(at, pages);
+    }
+}
+
+/// `n` measured alloc+free pairs, each of the mix's next size (`i` counts them).
+fn ops<A: RangeAlloc>(a: &mut A, i: &mut u64, n: u64) {
+    for _ in 0..n {
+        *i += 1;
+        if let Some(h) = a.alloc(black_box(size_of_range(*i))) {
+            a.free(h);
+        }
+    }
+}
+
+/// The peers of P1, in the order they are reported: name, what it is.
+const P1_PEERS: [(&str, &str); 4] = [
+    (
+        "tee_mm",
+        "OP-TEE's tee_mm (model): first fit over a sorted singly linked list, an entry malloc'd per alloc",
+    ),
+    (
+        "range-alloc",
+        "range-alloc 0.1: best fit over a sorted vector of free ranges",
+    ),
+    (
+        "offset-allocator",
+        "offset-allocator 0.2: O(1) TLSF-like bins with a node pool, no alignment",
+    ),
+    (
+        "buddy_system_allocator",
+        "buddy_system_allocator 0.13 FrameAllocator: binary buddy, a BTreeSet per order, sizes rounded to powers of two",
+    ),
+];
+
+/// (teeshm, peers in `P1_PEERS` order, live ranges each holds) for one layout.
+fn p1_point(budget: Budget, layout: Layout) -> (Stats, Vec<Stats>, Vec<usize>) {
+    let pages = layout.pages();
+    let mut teeshm = Teeshm(
+        VaWindow::new(VaWindowConfig {
+            base: VirtAddr(0x10_0000_0000),
+            size: pages * PAGE_SIZE,
+            guard_pages: 0,
+        })
+        .expect("a valid window"),
+    );
+    let mut tee_mm = TeeMm::new(pages);
+    let mut range_alloc = RangeAllocPeer(range_alloc::RangeAllocator::new(0..pages));
+    let max_allocs = (2 * pages).min(u64::from(u32::MAX) - 2) as u32;
+    let mut offset = OffsetAllocatorPeer(offset_allocator::Allocator::with_max_allocs(
+        pages as u32,
+        max_allocs,
+    ));
+    let mut buddy = BuddyPeer(buddy_system_allocator::FrameAllocator::new());
+    buddy.0.add_frame(0, pages as usize);
+    let held = vec![
+        teeshm.build(layout),
+        tee_mm.build(layout),
+        range_alloc.build(layout),
+        offset.build(layout),
+        buddy.build(layout),
+    ];
+    let (mut i0, mut i1, mut i2, mut i3, mut i4) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let stats = ns_per_op_side_by_side(
+        budget,
+        &mut [
+            &mut |n| ops(&mut teeshm, &mut i0, n),
+            &mut |n| ops(&mut tee_mm, &mut i1, n),
+            &mut |n| ops(&mut range_alloc, &mut i2, n),
+            &mut |n| ops(&mut offset, &mut i3, n),
+            &mut |n| ops(&mut buddy, &mut i4, n),
+        ],
+    );
+    debug_assert!(teeshm.0.check().is_empty());
+    let mut stats = stats.into_iter();
+    let teeshm = stats.next().expect("five measurements");
+    (teeshm, stats.collect(), held)
+}
+
+pub(super) fn p1(budget: Budget, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
     let mut s = Series {
         id: "P1".into(),
         ..Series::default()
     };
-    let mut at = std::collections::BTreeMap::new();
-    for &live in sizes {
-        let (t, p, r) = p1_point(budget, live);
-        s.points.push((live as f64, t, p));
-        at.insert(live, t);
-        if [1_000, 10_000, 100_000].contains(&live) {
-            let goal = if live == 10_000 {
-                "≥ 30× the first-fit list"
-            } else {
-                ""
-            };
-            out.push(figure(
-                &format!("P1.{}k", live / 1000),
-                &format!("VA window alloc+free, {live} live ranges (packed)"),
-                t,
-                "ns",
-                Some((p, "first-fit sorted list (OP-TEE tee_mm)")),
-                Some((p / t, "peer / teeshm (speed-up)")),
-                goal,
-                (live == 10_000).then_some(p / t >= 30.0),
-                &format!(
-                    "range-alloc 0.1 (best fit over a sorted vector) in the same run: {r:.1} ns"
-                ),
-            ));
+    let layouts = [1_000u64, 10_000, 100_000]
+        .into_iter()
+        .map(Layout::Packed)
+        .chain([1_000u64, 10_000, 100_000].into_iter().map(Layout::Holes))
+        .chain([800u64, 1_500].into_iter().map(Layout::Optee32m));
+    for layout in layouts {
+        let (t, peers, held) = p1_point(budget, layout);
+        if let (Layout::Packed(n), Some(tee_mm)) = (layout, peers.first()) {
+            s.points.push((n as f64, t.median, tee_mm.median));
         }
+        let best = peers.iter().map(|p| p.median).fold(f64::INFINITY, f64::min);
+        let mut note = String::new();
+        for (((name, what), p), &h) in P1_PEERS.iter().zip(&peers).zip(held.iter().skip(1)) {
+            note.push_str(&format!(
+                "{name} ({what}): {:.1} ns [{:.1}, {:.1}]",
+                p.median, p.min, p.max
+            ));
+            if h != held[0] {
+                note.push_str(&format!(" (holds {h} live ranges, teeshm {})", held[0]));
+            }
+            note.push_str("; ");
+        }
+        note.push_str(&format!(
+            "teeshm {:.1} ns [{:.1}, {:.1}]; guard pages 0 on every side",
+            t.median, t.min, t.max
+        ));
+        let mut f = figure(
+            &layout.id(),
+            &layout.title(),
+            t.median,
+            "ns",
+            peers.first().map(|p| (p.median, P1_PEERS[0].1)),
+            Some((
+                best / t.median,
+                "fastest peer / teeshm (> 1: teeshm faster than every peer)",
+            )),
+            "below every peer",
+            Some(t.median < best),
+            &note,
+        );
+        f.spread = Some(t.spread());
+        f.peers = P1_PEERS
+            .iter()
+            .zip(&peers)
+            .map(|((name, _), p)| ((*name).to_owned(), p.median))
+            .collect();
+        f.peers_spread = P1_PEERS
+            .iter()
+            .zip(&peers)
+            .map(|((name, _), p)| ((*name).to_owned(), p.spread()))
+            .collect();
+        out.push(f);
     }
-    let growth = at[&100_000] / at[&1_000];
-    out.push(figure(
-        "P1.growth",
-        "VA window alloc+free at 100k live ranges over 1k",
-        growth,
-        "×",
-        None,
-        None,
-        "≤ 2",
-        Some(growth <= 2.0),
-        "logarithmic: two ordered trees",
-    ));
     series.push(s);
 }
 

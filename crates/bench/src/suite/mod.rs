@@ -41,6 +41,15 @@ pub struct Figure {
     pub met: Option<bool>,
     /// Why, when it is missed, or anything else worth knowing.
     pub note: String,
+    /// `measured` (timed by running code) or `computed` (arithmetic).
+    pub kind: String,
+    /// `[min, median, max]` of the batches `value` is the median of, when measured so.
+    pub spread: Option<[f64; 3]>,
+    /// Every peer measured in the same run, by name (value in `unit`), for figures with
+    /// several peers; `peer` is then the first of them.
+    pub peers: Vec<(String, f64)>,
+    /// `[min, median, max]` of each peer's batches, by name.
+    pub peers_spread: Vec<(String, [f64; 3])>,
 }
 
 /// Points of a growth plot: (input size, teeshm, peer).
@@ -76,6 +85,10 @@ fn figure(
         goal: goal.into(),
         met,
         note: note.into(),
+        kind: "measured".into(),
+        spread: None,
+        peers: Vec::new(),
+        peers_spread: Vec::new(),
     }
 }
 
@@ -110,6 +123,65 @@ fn ns_per_op(budget: Budget, mut f: impl FnMut()) -> f64 {
     median(samples)
 }
 
+/// Minimum, median and maximum of a measurement's batches (ns per call).
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self {
+            min: v.first().copied().unwrap_or(f64::NAN),
+            median: v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn spread(self) -> [f64; 3] {
+        [self.min, self.median, self.max]
+    }
+}
+
+/// Nanoseconds per operation of each of `fs`, measured side by side; `f(n)` performs `n`
+/// operations (the loop inside it, so that no indirect call per operation weighs on a fast
+/// one). Each gets its own batch size (~1/1000 of the budget: 0.3 ms with `--quick`), then the
+/// batches run in turns — one of each, then the next round — so that a change in the
+/// machine's load falls on all of them alike: a round is shorter than a scheduler's time slice,
+/// so when another process shares the CPU for a while, it slows whole rounds, every allocator
+/// of them. At least 5 and at most 1001 rounds, within about `fs.len()` budgets.
+fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec<Stats> {
+    let batches: Vec<u64> = fs
+        .iter_mut()
+        .map(|f| {
+            let mut batch = 1u64;
+            loop {
+                let t = Instant::now();
+                f(batch);
+                if t.elapsed() > budget.per_figure / 1000 || batch > 1 << 30 {
+                    break batch;
+                }
+                batch *= 2;
+            }
+        })
+        .collect();
+    let mut samples = vec![Vec::new(); fs.len()];
+    let end = Instant::now() + budget.per_figure * fs.len() as u32;
+    let mut rounds = 0;
+    while rounds < 5 || (Instant::now() < end && rounds < 1001) {
+        for ((f, &batch), out) in fs.iter_mut().zip(&batches).zip(&mut samples) {
+            let t = Instant::now();
+            f(batch);
+            out.push(t.elapsed().as_nanos() as f64 / batch as f64);
+        }
+        rounds += 1;
+    }
+    samples.into_iter().map(Stats::of).collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -135,7 +207,7 @@ pub fn run(quick: bool, only: &[String], progress: &dyn Fn(&str)) -> (Vec<Figure
         yes
     };
     if wanted("P1", "VA window") {
-        p1(budget, quick, &mut out, &mut series);
+        p1(budget, &mut out, &mut series);
     }
     if wanted("P2", "registration") {
         p2(budget, &mut out);
