@@ -34,6 +34,7 @@ use teeshm_abi::msg::{
     OPTEE_MSG_CMD_UNREGISTER_SHM, Rmem, Tmem,
 };
 use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_RETURN_OK, split_pair};
+use teeshm_bench::fixtures::guests_config;
 use teeshm_bench::peers::OpteeModel;
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, SmcRegs};
@@ -262,14 +263,15 @@ fn touch_world(config: CoreConfig, sizes: &[u64]) -> (World, u32) {
 fn touch_group(c: &mut Criterion) {
     const MIB: u64 = 1 << 20;
     // Cached: the default quotas keep both mappings.
-    let (cached, s) = touch_world(CoreConfig::default(), &[MIB, PAGE]);
+    let (cached, s) = touch_world(guests_config(1), &[MIB, PAGE]);
     touch(&cached, s, 1, MIB);
     touch(&cached, s, 2, PAGE);
     assert!(was_cached(&cached, s, 1, MIB) && was_cached(&cached, s, 2, PAGE));
     // Not cached: two 1 MiB buffers and room for one (256 pages) plus the arg page, so each
     // call maps its buffer and evicts the other's mapping.
-    let mut config = CoreConfig::default();
+    let mut config = guests_config(1);
     config.quotas.max_mapped_pages = 300;
+    config.max_buffer_pages = 300;
     let (uncached, su) = touch_world(config, &[MIB, MIB]);
     touch(&uncached, su, 1, MIB);
     assert!(!was_cached(&uncached, su, 2, MIB));
@@ -322,7 +324,7 @@ fn vm_destroyed(c: &mut Criterion) {
     group.sample_size(10);
     const VICTIM: u16 = 64;
     for others in [0u16, 63] {
-        let w = World::default_world();
+        let w = World::new(guests_config(64));
         let buf = w.buffer(BUFFER_PAGES * PAGE, 0);
         let (buf_ptr, _) = w.page_list(&buf);
         let arg_page = w.alloc_page();

@@ -34,3 +34,20 @@ pub fn window(pages: u64, tlb: RecordingTlb) -> ShmWindow<RecordingTlb> {
     };
     ShmWindow::new(config, memory_map(), tlb).expect("a valid window")
 }
+
+/// A core under a hypervisor with room for `guests` guests of the benchmarks' size at once:
+/// a thread set aside for each, 1100 objects and 8192 mappable pages each (the capacity check
+/// wants every guest's share to fit), a heap budget to match.
+pub fn guests_config(guests: u32) -> teeshm_core::CoreConfig {
+    let mut c = teeshm_core::CoreConfig {
+        normal_world: teeshm_core::NormalWorld::Virtualized,
+        threads: guests,
+        max_guests: guests,
+        max_buffer_pages: 8192,
+        heap_budget: 1 << 30,
+        ..teeshm_core::CoreConfig::default()
+    };
+    c.quotas.max_objects = 1100;
+    c.quotas.max_mapped_pages = 8192;
+    c
+}

@@ -37,8 +37,11 @@ pub(super) fn p2(budget: Budget, out: &mut Vec<Figure>) {
         let w = World::new(CoreConfig {
             quotas: GuestQuotas {
                 max_registered_pages: 1 << 24,
+                // Room for the page frames of 2^24 registered pages.
+                max_secure_bytes: 1 << 28,
                 ..GuestQuotas::default()
             },
+            heap_budget: 1 << 30,
             ..CoreConfig::default()
         });
         let buf = w.buffer(n * PAGE, 0);
@@ -170,6 +173,7 @@ pub(super) fn p4(budget: Budget, out: &mut Vec<Figure>) {
             max_mapped_pages: 300,
             ..GuestQuotas::default()
         },
+        max_buffer_pages: 300,
         ..CoreConfig::default()
     });
     let us = u.open_session(g);

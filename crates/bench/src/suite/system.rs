@@ -38,7 +38,7 @@ fn fill_guest(w: &World, guest: u16, arg_page: u64, buf_ptr: u64) {
 /// Median time to destroy a guest of 1000 × 64-page buffers beside `others` guests holding the
 /// same (the others also hold a mapped, cached buffer each: they are busy).
 fn p6_point(rounds: usize, others: u16) -> f64 {
-    let w = World::default_world();
+    let w = World::new(crate::fixtures::guests_config(u32::from(others) + 1));
     let buf = w.buffer(BUFFER_PAGES * PAGE, 0);
     let (buf_ptr, _) = w.page_list(&buf);
     let arg = w.alloc_page();
@@ -100,7 +100,7 @@ pub(super) fn p7(out: &mut Vec<Figure>) {
     const GUESTS: u16 = 64;
     const PER_GUEST: u64 = 16_384;
     const BUF_PAGES: u64 = 1024;
-    let w = World::default_world();
+    let w = World::new(crate::fixtures::guests_config(u32::from(GUESTS)));
     let buf = w.buffer(BUF_PAGES * PAGE, 0);
     let (buf_ptr, _) = w.page_list(&buf);
     let arg = w.alloc_page();
