@@ -60,8 +60,9 @@ pub fn ns_page(k: u64) -> u64 {
 }
 
 /// A core small enough for fast executions, under a hypervisor: 4 threads, 4 guests, tight
-/// quotas, buffers of at most 16 pages, and a window of 160 pages — just what the capacity
-/// check asks for 4 guests of 24 mapped pages and 12 objects each (`CoreConfig::capacity`).
+/// quotas, buffers of at most 16 pages, a window of 160 pages and a 128 KiB heap budget — just
+/// what the capacity check asks for 4 guests of 24 mapped pages and 12 objects each and 4 calls
+/// in flight (`CoreConfig::capacity`).
 /// `pool` is kept for the targets' input format but no longer used: the static pool belongs to
 /// a normal world without a hypervisor (the core's front-end tests cover it).
 pub fn small_config(pool: bool) -> CoreConfig {
@@ -90,7 +91,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
         },
         max_buffer_pages: 16,
         static_pool: None,
-        heap_budget: 64 << 10,
+        heap_budget: 128 << 10,
     }
 }
 
