@@ -18,6 +18,9 @@ pub(crate) const PAGE_MASK: u64 = PAGE_SIZE - 1;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stage2 {
     pages: BTreeMap<u64, u64>,
+    /// PA page → how many IPA pages it backs, so that "is this PA the guest's RAM" costs
+    /// O(log pages) (the checker asks it of every pinned page after every step).
+    backing: BTreeMap<u64, u32>,
 }
 
 impl Stage2 {
@@ -45,6 +48,7 @@ impl Stage2 {
             return Err(HypError::AlreadyMapped { ipa: ipa_page });
         }
         self.pages.insert(ipa_page, pa_page);
+        *self.backing.entry(pa_page).or_default() += 1;
         Ok(())
     }
 
@@ -57,9 +61,41 @@ impl Stage2 {
         if ipa_page & PAGE_MASK != 0 {
             return Err(HypError::Unaligned { addr: ipa_page });
         }
-        self.pages
+        let pa_page = self
+            .pages
             .remove(&ipa_page)
-            .ok_or(HypError::NotGuestRam { ipa: ipa_page })
+            .ok_or(HypError::NotGuestRam { ipa: ipa_page })?;
+        if let Some(n) = self.backing.get_mut(&pa_page) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.backing.remove(&pa_page);
+            }
+        }
+        Ok(pa_page)
+    }
+
+    /// Whether PA page `pa_page` backs some page of this guest's RAM.
+    pub fn backs(&self, pa_page: u64) -> bool {
+        self.backing.contains_key(&pa_page)
+    }
+
+    /// Of `pa_pages` (sorted, no repeats), those that back no page of this guest's RAM. Merges
+    /// the two sorted sets when `pa_pages` is a sizeable fraction of the RAM, looks each up
+    /// otherwise; either way at most O(RAM pages).
+    pub fn not_backing<'a>(
+        &'a self,
+        pa_pages: impl ExactSizeIterator<Item = u64> + 'a,
+    ) -> impl Iterator<Item = u64> + 'a {
+        let merge = pa_pages.len().saturating_mul(16) >= self.backing.len();
+        let mut backed = self.backing.keys().copied().peekable();
+        pa_pages.filter(move |&pa| {
+            if merge {
+                while backed.next_if(|&b| b < pa).is_some() {}
+                backed.peek() != Some(&pa)
+            } else {
+                !self.backing.contains_key(&pa)
+            }
+        })
     }
 
     /// The PA of `ipa` (same offset within the page), or `None` when it is not guest RAM.
@@ -102,8 +138,10 @@ mod tests {
             s.iter().collect::<std::vec::Vec<_>>(),
             [(0x8000_0000, 0x4123_4000), (0x8000_1000, 0x4000_0000)]
         );
+        assert!(s.backs(0x4123_4000) && s.backs(0x4000_0000) && !s.backs(0x4000_1000));
         assert_eq!(s.unmap(0x8000_0000), Ok(0x4123_4000));
         assert_eq!(s.translate(0x8000_0010), None);
+        assert!(!s.backs(0x4123_4000));
         assert_eq!(
             s.unmap(0x8000_0000),
             Err(HypError::NotGuestRam { ipa: 0x8000_0000 })
@@ -142,10 +180,11 @@ mod tests {
 
     proptest! {
         /// Against a plain hash map: translate keeps the offset, every unmapped page answers
-        /// None, remaps are refused and leave the old mapping.
+        /// None, remaps are refused and leave the old mapping, and a PA backs the guest's RAM
+        /// while some IPA maps it (PAs drawn from few pages, so that they alias).
         #[test]
         fn agrees_with_model(
-            ops in proptest::collection::vec((0u64..64, 0u64..1 << 20, any::<bool>()), 1..200),
+            ops in proptest::collection::vec((0u64..64, 0u64..32, any::<bool>()), 1..200),
             probes in proptest::collection::vec(0u64..64 * 4096 + 100, 1..50),
         ) {
             let mut s = Stage2::new();
@@ -161,6 +200,18 @@ mod tests {
                     prop_assert_eq!(s.map(ipa, pa), Err(HypError::AlreadyMapped { ipa }));
                 }
                 prop_assert_eq!(s.ram_pages(), model.len() as u64);
+                for pa in 0..32 {
+                    let pa = pa * PAGE_SIZE;
+                    prop_assert_eq!(s.backs(pa), model.values().any(|&p| p == pa));
+                }
+                // Both ways of `not_backing`: few pages (lookups) and many (a merge).
+                for n in [1, 32] {
+                    let pages: std::vec::Vec<u64> = (0..n).map(|p| p * PAGE_SIZE).collect();
+                    let want: std::vec::Vec<u64> =
+                        pages.iter().copied().filter(|&p| !s.backs(p)).collect();
+                    let got: std::vec::Vec<u64> = s.not_backing(pages.into_iter()).collect();
+                    prop_assert_eq!(got, want);
+                }
             }
             for ipa in probes {
                 let want = model.get(&(ipa & !PAGE_MASK)).map(|pa| pa + ipa % PAGE_SIZE);
