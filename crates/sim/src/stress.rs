@@ -2,7 +2,9 @@
 //!
 //! A step is one operation per worker thread, run at the same time (each thread drives its own
 //! guests, so calls of different guests overlap in the core); then the whole system is checked
-//! while nothing runs. The operations of every step are kept, so a failing run can be written as
+//! while nothing runs, by the worker that finished its step last (no thread of its own: with
+//! one worker a step hands nothing to another thread, so a loaded machine's scheduler does not
+//! sit between every operation and its check). The operations of every step are kept, so a failing run can be written as
 //! a replay file (docs/replay.md).
 
 use crate::scenario::{Dir, Op, OpResult, ParamSpec, Runner, buffer_byte, read_buffer};
@@ -370,7 +372,7 @@ pub fn run(
 ) -> StressOutcome {
     let threads = threads.clamp(1, usize::from(guests.max(1)));
     let steps = ops.div_ceil(threads as u64);
-    let barrier = Barrier::new(threads + 1);
+    let barrier = Barrier::new(threads);
     let log: Mutex<Vec<(u64, usize, Op)>> = Mutex::new(Vec::new());
     let violation: Mutex<Option<Violation>> = Mutex::new(None);
     let succeeded = std::sync::atomic::AtomicU64::new(0);
@@ -398,9 +400,7 @@ pub fn run(
                 let mut next_cookie = (t as u64 + 1) << 48;
                 for step in 0..steps {
                     if stop.load(std::sync::atomic::Ordering::Acquire) {
-                        barrier.wait();
-                        barrier.wait();
-                        continue;
+                        break;
                     }
                     let guest = mine[rng.below(mine.len() as u64) as usize];
                     let running = system.guest(guest).is_some();
@@ -436,30 +436,27 @@ pub fn run(
                     log.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push((step, t, op));
-                    barrier.wait(); // everyone's step is done
-                    barrier.wait(); // the check is done
+                    // Everyone's step is done: the last to arrive checks, the others wait for
+                    // it, and all see `stop` alike.
+                    if barrier.wait().is_leader() {
+                        let found = system.check();
+                        let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
+                        if v.is_none() {
+                            if let Some(first) = found.first() {
+                                *v = Some(Violation {
+                                    step,
+                                    what: first.clone(),
+                                });
+                            }
+                        }
+                        if v.is_some() {
+                            stop.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        progress(step + 1);
+                    }
+                    barrier.wait();
                 }
             });
-        }
-        for step in 0..steps {
-            barrier.wait();
-            if !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let found = system.check();
-                let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
-                if v.is_none() {
-                    if let Some(first) = found.first() {
-                        *v = Some(Violation {
-                            step,
-                            what: first.clone(),
-                        });
-                    }
-                }
-                if v.is_some() {
-                    stop.store(true, std::sync::atomic::Ordering::Release);
-                }
-                progress(step + 1);
-            }
-            barrier.wait();
         }
     });
     let mut log = log.into_inner().unwrap_or_else(|e| e.into_inner());
