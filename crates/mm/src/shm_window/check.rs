@@ -41,6 +41,8 @@ pub enum Disagreement {
     MissingReverse(ReverseEntry),
     /// A reverse-map entry matches no table entry of that owner's mappings.
     StrayReverse(ReverseEntry),
+    /// The reverse map's own tree is broken (order, balance, heights or count).
+    ReverseShape(&'static str),
     /// A page is mapped as a kind its memory-map region does not allow.
     Isolation {
         /// Virtual page.
@@ -66,6 +68,9 @@ impl<T: TlbMaintenance> ShmWindow<T> {
     pub fn check_agreement(&self) -> Vec<Disagreement> {
         let mut found = Vec::new();
         found.extend(self.va.check().into_iter().map(Disagreement::Allocator));
+        if let Err(fault) = self.reverse.check() {
+            found.push(Disagreement::ReverseShape(fault));
+        }
         let live: Vec<VirtPages> = self.va.live_ranges().collect();
         for range in &live {
             if self.mappings.get(&range.start()).map(|m| m.range) != Some(*range) {

@@ -107,7 +107,7 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             memory_map,
             va,
             tables: TranslationTables::new(config.max_table_pages, tlb)?,
-            reverse: ReverseMap::new(),
+            reverse: ReverseMap::new(window),
             mappings: BTreeMap::new(),
             mapped_pages: 0,
         })
