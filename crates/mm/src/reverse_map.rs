@@ -248,6 +248,11 @@ impl ReverseMap {
         }
         self.len += 1;
         let bucket = self.bucket(key);
+        if self.root(bucket) == NIL {
+            // The common case when pages spread over the buckets: a tree of one.
+            self.set_root(bucket, node);
+            return true;
+        }
         let wanted = order(key, node);
         let mut path = [(NIL, false); MAX_DEPTH];
         let mut depth = 0;
@@ -275,13 +280,43 @@ impl ReverseMap {
 
     /// Forgets an entry. Returns false if it was not there.
     pub fn remove(&mut self, entry: ReverseEntry) -> bool {
-        if !self.contains(entry) {
-            return false;
+        match self.locate(entry) {
+            Some((node, key)) if self.height(node) != 0 && self.key(node) == key => {
+                self.unlink(node, key)
+            }
+            _ => false,
         }
-        let Some((node, key)) = self.locate(entry) else {
-            return false;
-        };
+    }
+
+    /// Forgets the entry of virtual page `va`, whatever it maps; the entry, or `None` if the
+    /// page had none. An unmap uses it: the node holds what the page mapped, so no table walk
+    /// is needed to find it.
+    pub fn remove_page(&mut self, va: VirtAddr) -> Option<ReverseEntry> {
+        let node = u32::try_from(
+            va.page_number()
+                .checked_sub(self.base_page)?
+                .checked_add(1)?,
+        )
+        .ok()?;
+        if self.height(node) == 0 {
+            return None;
+        }
+        let entry = self.entry_of(node)?;
+        self.unlink(node, self.key(node)).then_some(entry)
+    }
+
+    /// Takes node `node` (in the tree, with key `key`) out of its bucket's tree.
+    fn unlink(&mut self, node: u32, key: u64) -> bool {
         let bucket = self.bucket(key);
+        if self.root(bucket) == node && self.word(node)[1] == 0 {
+            // A tree of one.
+            self.set_root(bucket, NIL);
+            if let Some(w) = self.nodes.get_mut(node as usize) {
+                *w = [0; 2];
+            }
+            self.len -= 1;
+            return true;
+        }
         let wanted = order(key, node);
         let mut path = [(NIL, false); MAX_DEPTH];
         let mut depth = 0;
@@ -584,21 +619,29 @@ mod tests {
         /// Against a plain list: every answer is what a linear scan gives, and the tree keeps
         /// its order, balance and count after every step.
         #[test]
-        fn agrees_with_list_model(ops in proptest::collection::vec((0u64..6, 0u16..4, 0u64..72, any::<bool>()), 1..300),
+        fn agrees_with_list_model(ops in proptest::collection::vec((0u64..6, 0u16..4, 0u64..72, 0u8..3), 1..300),
                                   queries in proptest::collection::vec((0u64..8, proptest::option::of(0u16..4)), 1..20)) {
             let mut r = map();
             let mut model: Vec<ReverseEntry> = Vec::new();
-            for (pa, owner, va, add) in ops {
+            for (pa, owner, va, action) in ops {
                 // Pages 0..72 of which 1..=64 lie in the window.
                 let e = entry(pa * 97 * 4096, owner, va * 4096);
-                if add {
-                    let fits = (BASE..BASE + PAGES * PAGE_SIZE).contains(&e.va.get())
-                        && !model.iter().any(|m| m.va == e.va);
-                    prop_assert_eq!(r.insert(e), fits);
-                    if fits { model.push(e); }
-                } else {
-                    prop_assert_eq!(r.remove(e), model.contains(&e));
-                    model.retain(|m| *m != e);
+                match action {
+                    0 => {
+                        let fits = (BASE..BASE + PAGES * PAGE_SIZE).contains(&e.va.get())
+                            && !model.iter().any(|m| m.va == e.va);
+                        prop_assert_eq!(r.insert(e), fits);
+                        if fits { model.push(e); }
+                    }
+                    1 => {
+                        prop_assert_eq!(r.remove(e), model.contains(&e));
+                        model.retain(|m| *m != e);
+                    }
+                    _ => {
+                        let held = model.iter().copied().find(|m| m.va == e.va);
+                        prop_assert_eq!(r.remove_page(e.va), held);
+                        model.retain(|m| m.va != e.va);
+                    }
                 }
                 prop_assert_eq!(r.check(), Ok(()));
             }
