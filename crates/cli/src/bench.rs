@@ -95,6 +95,15 @@ fn print_table(figures: &[Figure]) {
         if !f.note.is_empty() {
             println!("    {}", f.note);
         }
+        if let Some([min, median, max]) = f.spread {
+            println!(
+                "    spread of the batches (min, median, max): {}, {}, {} {}",
+                number(min),
+                number(median),
+                number(max),
+                f.unit
+            );
+        }
     }
 }
 

@@ -5,9 +5,9 @@ use super::{Budget, Figure, Stats, figure, ns_per_op, ns_per_op_side_by_side};
 use crate::peers::OpteeModel;
 use std::hint::black_box;
 use teeshm_abi::GuestId;
-use teeshm_abi::gp::TEE_SUCCESS;
+use teeshm_abi::gp::{TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_NOT_IMPLEMENTED, TEE_SUCCESS};
 use teeshm_abi::msg::*;
-use teeshm_abi::smc::OPTEE_SMC_CALL_WITH_ARG;
+use teeshm_abi::smc::{OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALLS_COUNT};
 use teeshm_core::pta::cmd;
 use teeshm_core::{CoreConfig, GuestQuotas, SmcRegs};
 use teeshm_testkit::msg::{header, rmem, value};
@@ -106,7 +106,83 @@ pub(super) fn p2(budget: Budget, out: &mut Vec<Figure>) {
                 assert!(model.unregister(black_box(cookie)));
             }
         };
-        let stats = ns_per_op_side_by_side(budget, &mut [&mut teeshm, &mut peer]);
+        // The stages of a 1-page registration's fixed cost, timed beside it: the SMC alone (a
+        // fast call), a yielding call that does nothing (a message of an unknown command: a
+        // thread, the arg read and written back), and an unregister of an unknown cookie (that
+        // and a cookie lookup).
+        let empty_page = w.alloc_page();
+        let empty = write_arg(
+            &w,
+            empty_page,
+            0xdead,
+            MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, 0)),
+        );
+        let unknown_page = w.alloc_page();
+        let unknown = unregister_arg(&w, unknown_page, 7_000_000);
+        let fast = SmcRegs::call(OPTEE_SMC_CALLS_COUNT, &[]);
+        let mut fast_call = |ops: u64| {
+            for _ in 0..ops {
+                black_box(w.tee.handle_smc(black_box(fast)));
+            }
+        };
+        let mut empty_call = |ops: u64| {
+            for _ in 0..ops {
+                black_box(w.tee.handle_smc(empty));
+                assert_eq!(arg_ret(&w, empty_page), TEE_ERROR_NOT_IMPLEMENTED);
+            }
+        };
+        let mut unknown_unregister = |ops: u64| {
+            for _ in 0..ops {
+                black_box(w.tee.handle_smc(unknown));
+                assert_eq!(arg_ret(&w, unknown_page), TEE_ERROR_BAD_PARAMETERS);
+            }
+        };
+        let stats = if n == 1 {
+            ns_per_op_side_by_side(
+                budget,
+                &mut [
+                    &mut teeshm,
+                    &mut peer,
+                    &mut fast_call,
+                    &mut empty_call,
+                    &mut unknown_unregister,
+                ],
+            )
+        } else {
+            ns_per_op_side_by_side(budget, &mut [&mut teeshm, &mut peer])
+        };
+        for (stage, what, st) in [
+            (
+                "smc",
+                "a fast call (CALLS_COUNT) through Tee::handle_smc",
+                stats.get(2),
+            ),
+            (
+                "call",
+                "a yielding call of an unknown message command (thread, arg read and written back)",
+                stats.get(3),
+            ),
+            (
+                "unregister_unknown",
+                "UNREGISTER_SHM of an unknown cookie (a call and a cookie lookup)",
+                stats.get(4),
+            ),
+        ] {
+            let Some(st) = st else { continue };
+            let mut f = figure(
+                &format!("P2.stage.{stage}"),
+                what,
+                st.median,
+                "ns",
+                None,
+                None,
+                "",
+                None,
+                "a stage of P2.register.1's fixed cost, timed beside it",
+            );
+            f.spread = Some(st.spread());
+            out.push(f);
+        }
         let per_page = |s: &Stats| Stats {
             min: s.min / n as f64,
             median: s.median / n as f64,
