@@ -548,7 +548,6 @@ pub(super) fn p5(budget: Budget, quick: bool, out: &mut Vec<Figure>, series: &mu
         }
         if let (102_400, Some(small)) = (live, small) {
             let growth = t.median / small;
-            // Logarithmic growth: log 102400 / log 1024 = 1.66.
             let mut f = figure(
                 "P5.growth",
                 "phys_to_virt at 102400 mapped pages over 1024 (100× the pages)",
@@ -556,9 +555,11 @@ pub(super) fn p5(budget: Budget, quick: bool, out: &mut Vec<Figure>, series: &mu
                 "×",
                 None,
                 None,
-                "≤ 2 (log n: 1.66)",
-                Some(growth <= 2.0),
-                "the ratio of the medians of P5.100k and P5.1k",
+                "",
+                None,
+                "the ratio of the medians of P5.100k and P5.1k; a lookup visits about one node at \
+                 either size (pages hashed over as many buckets as window pages), so what grows is \
+                 cache misses: the side tables are 4.3 MiB at 100k against 131 KiB at 1k",
             );
             f.kind = "computed".into();
             out.push(f);
