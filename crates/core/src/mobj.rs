@@ -403,11 +403,21 @@ pub const OBJECT_BOOKKEEPING_BYTES: u64 = 256;
 /// Objects whose last use ended after they were retired; the core releases them at the end of
 /// the SMC in which that happened (a use may end where no lock may be taken).
 #[derive(Debug, Default)]
-pub struct ReleaseQueue(crate::sync::Mutex<Vec<Arc<Mobj>>>);
+pub struct ReleaseQueue {
+    queue: crate::sync::Mutex<Vec<Arc<Mobj>>>,
+    /// Whether the queue may hold something: written only under the lock, read without it,
+    /// so the drain at the end of every SMC takes the lock (a full barrier, costly after a
+    /// call's copies) only when there is something to release. A CPU that queues an object
+    /// sees its own write at the end of its SMC, so nothing waits past that SMC.
+    queued: core::sync::atomic::AtomicBool,
+}
 
 impl ReleaseQueue {
     fn push(&self, mobj: Arc<Mobj>) {
-        self.0.lock().push(mobj);
+        let mut queue = self.queue.lock();
+        queue.push(mobj);
+        self.queued
+            .store(true, core::sync::atomic::Ordering::Release);
     }
 
     /// Retires `mobj` for its owner; when nobody uses it, it is queued for release now.
@@ -424,12 +434,18 @@ impl ReleaseQueue {
 
     /// Takes everything queued.
     pub(crate) fn take(&self) -> Vec<Arc<Mobj>> {
-        core::mem::take(&mut *self.0.lock())
+        if !self.queued.load(core::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut queue = self.queue.lock();
+        self.queued
+            .store(false, core::sync::atomic::Ordering::Relaxed);
+        core::mem::take(&mut *queue)
     }
 
     /// Whether nothing waits for release.
     pub fn is_empty(&self) -> bool {
-        self.0.lock().is_empty()
+        self.queue.lock().is_empty()
     }
 }
 
