@@ -611,6 +611,19 @@ mod tests {
         assert_eq!(r.check(), Ok(()));
     }
 
+    /// The side tables are what `side_table_bytes` says: 16 B a node (one a window page and
+    /// the unused node 0) and 4 B a bucket, buckets a power of two at least the pages.
+    #[test]
+    fn side_tables_are_sized_with_the_window() {
+        for pages in [1u64, 64, 100, 4096] {
+            let r = ReverseMap::new(VirtPages::new(VirtAddr(BASE), pages).unwrap());
+            let bytes = r.nodes.len() * 16 + r.roots.len() * 4;
+            assert_eq!(ReverseMap::side_table_bytes(pages), bytes as u64);
+        }
+        // The default 4 GiB window: 20 MiB.
+        assert_eq!(ReverseMap::side_table_bytes(1 << 20), (20 << 20) + 16);
+    }
+
     /// Every window page mapping the same physical page (the worst case for a map grouped by
     /// frame): still a balanced tree, every lookup right, and removals in any order keep it so.
     #[test]
