@@ -66,12 +66,12 @@ fn number(v: f64) -> String {
 
 fn print_table(figures: &[Figure]) {
     println!(
-        "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5}",
-        "figure", "teeshm", "unit", "peer", "ratio", "goal", "met"
+        "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5} {:<8}",
+        "figure", "teeshm", "unit", "peer", "ratio", "goal", "met", "kind"
     );
     for f in figures {
         println!(
-            "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5}",
+            "{:<18} {:>12} {:<10} {:>12} {:>9}  {:<22} {:<5} {:<8}",
             f.id,
             number(f.value),
             f.unit,
@@ -82,7 +82,8 @@ fn print_table(figures: &[Figure]) {
                 Some(true) => "yes",
                 Some(false) => "NO",
                 None => "",
-            }
+            },
+            f.kind
         );
     }
     println!();
@@ -93,6 +94,15 @@ fn print_table(figures: &[Figure]) {
         }
         if !f.note.is_empty() {
             println!("    {}", f.note);
+        }
+        if let Some([min, median, max]) = f.spread {
+            println!(
+                "    spread of the batches (min, median, max): {}, {}, {} {}",
+                number(min),
+                number(median),
+                number(max),
+                f.unit
+            );
         }
     }
 }
@@ -109,12 +119,7 @@ fn write_plots(dir: &Path, series: &[Series]) -> std::io::Result<()> {
                 "ns per alloc+free",
                 "first-fit list (OP-TEE tee_mm)",
             ),
-            "P5" => (
-                "P5: phys_to_virt",
-                "mapped pages",
-                "ns per lookup",
-                "scan of mapping records",
-            ),
+            "P5" => ("P5: phys_to_virt", "mapped pages", "ns per lookup", ""),
             _ => (
                 "P6: VM_DESTROYED of a 64k-page guest",
                 "guests in the system",
@@ -122,18 +127,19 @@ fn write_plots(dir: &Path, series: &[Series]) -> std::io::Result<()> {
                 "alone (1 guest)",
             ),
         };
-        let lines = [
-            Line {
-                name: "teeshm",
-                colour: "#4e79a7",
-                points: &ours,
-            },
-            Line {
+        let mut lines = vec![Line {
+            name: "teeshm",
+            colour: "#4e79a7",
+            points: &ours,
+        }];
+        // A figure without a peer (P5) has none to draw.
+        if peer.iter().all(|p| p.1.is_finite()) {
+            lines.push(Line {
                 name: peer_name,
                 colour: "#e15759",
                 points: &peer,
-            },
-        ];
+            });
+        }
         let name = format!("{}.svg", s.id.to_lowercase());
         std::fs::write(dir.join(name), svg(title, x, y, &lines))?;
     }

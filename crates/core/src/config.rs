@@ -47,9 +47,10 @@ impl Default for GuestQuotas {
     }
 }
 
-/// An upper bound of the secure heap one mapped page costs in the reverse map (an 8-byte slot
-/// in its 2 MiB frame's array, the array's spare capacity, and at worst a frame of its own: an
-/// array allocation and a B-tree entry).
+/// The secure heap reckoned for each page a guest may map. The reverse map no longer takes heap
+/// per mapped page (its nodes are side tables allocated with the window at boot, 20 bytes a
+/// window page: `teeshm_mm::ReverseMap::side_table_bytes`); the 96 bytes the per-frame arrays
+/// it replaced could cost are kept as a margin until the capacity check is re-derived.
 pub const MAPPED_PAGE_BYTES: u64 = 96;
 
 /// An upper bound of the secure heap a call in flight holds besides the frames of the list it

@@ -13,7 +13,8 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
-use teeshm_mm::{PAGE_SIZE, PhysAddr};
+use teeshm_mm::{PAGE_SIZE, PhysAddr, PhysRange};
+use zerocopy::little_endian::U64;
 
 /// Identity of a memory object, unique for the life of the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +145,34 @@ impl FramesBuilder {
             None => self.narrow.push((pa >> 12) as u32),
         }
         Ok(())
+    }
+
+    /// Appends every page of `pages` in one pass if all of them lie inside `region` and below
+    /// the narrow limit and the builder is still narrow; false (nothing appended) otherwise,
+    /// for the caller to take the pages one by one. The loop is one the compiler vectorizes: it
+    /// is how a list page's worth of a buffer inside one region of normal-world RAM is stored.
+    pub fn extend_within(&mut self, region: PhysRange, pages: &[U64]) -> bool {
+        let Some(last_start) = region.end().get().checked_sub(PAGE_SIZE) else {
+            return false;
+        };
+        let first = region.start().get();
+        let span = last_start - first;
+        let fits = self.wide.is_none()
+            && last_start < NARROW_LIMIT
+            && self.len().saturating_add(pages.len()) <= self.capacity;
+        // A count, not `all`: no early exit and no chain of dependent steps, so the compiler
+        // unrolls it over independent sums. One comparison a page: below `first` wraps above
+        // `span`.
+        let outside: usize = pages
+            .iter()
+            .map(|p| usize::from(p.get().wrapping_sub(first) > span))
+            .sum();
+        if !fits || outside != 0 {
+            return false;
+        }
+        self.narrow
+            .extend(pages.iter().map(|p| (p.get() >> 12) as u32));
+        true
     }
 
     fn len(&self) -> usize {
@@ -374,11 +403,21 @@ pub const OBJECT_BOOKKEEPING_BYTES: u64 = 256;
 /// Objects whose last use ended after they were retired; the core releases them at the end of
 /// the SMC in which that happened (a use may end where no lock may be taken).
 #[derive(Debug, Default)]
-pub struct ReleaseQueue(crate::sync::Mutex<Vec<Arc<Mobj>>>);
+pub struct ReleaseQueue {
+    queue: crate::sync::Mutex<Vec<Arc<Mobj>>>,
+    /// Whether the queue may hold something: written only under the lock, read without it,
+    /// so the drain at the end of every SMC takes the lock (a full barrier, costly after a
+    /// call's copies) only when there is something to release. A CPU that queues an object
+    /// sees its own write at the end of its SMC, so nothing waits past that SMC.
+    queued: core::sync::atomic::AtomicBool,
+}
 
 impl ReleaseQueue {
     fn push(&self, mobj: Arc<Mobj>) {
-        self.0.lock().push(mobj);
+        let mut queue = self.queue.lock();
+        queue.push(mobj);
+        self.queued
+            .store(true, core::sync::atomic::Ordering::Release);
     }
 
     /// Retires `mobj` for its owner; when nobody uses it, it is queued for release now.
@@ -395,12 +434,18 @@ impl ReleaseQueue {
 
     /// Takes everything queued.
     pub(crate) fn take(&self) -> Vec<Arc<Mobj>> {
-        core::mem::take(&mut *self.0.lock())
+        if !self.queued.load(core::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut queue = self.queue.lock();
+        self.queued
+            .store(false, core::sync::atomic::Ordering::Relaxed);
+        core::mem::take(&mut *queue)
     }
 
     /// Whether nothing waits for release.
     pub fn is_empty(&self) -> bool {
-        self.0.lock().is_empty()
+        self.queue.lock().is_empty()
     }
 }
 
@@ -561,6 +606,48 @@ mod tests {
                 prop_assert_eq!(frames.get(i), Some(PhysAddr(*pa)));
             }
             prop_assert_eq!(frames.get(pages.len()), None);
+        }
+
+        /// Chunks appended in one pass when inside the region, else page by page: the frames
+        /// are those of pushing every page, a chunk outside the region or past the capacity
+        /// appends nothing, and a wide page later widens what the chunks stored.
+        #[test]
+        fn chunks_store_what_pushes_store(chunks in proptest::collection::vec(
+                proptest::collection::vec(0u64..64, 0..12), 1..6),
+            capacity in 0usize..40, wide_at in proptest::option::of(0usize..6)) {
+            // The region: pages 16..48 of a 64-page space at 4 GiB.
+            let base = 1u64 << 32;
+            let region = PhysRange::new(PhysAddr(base + 16 * PAGE_SIZE), 32 * PAGE_SIZE).unwrap();
+            let mut builder = FramesBuilder::with_capacity(capacity).unwrap();
+            let mut pushed: std::vec::Vec<u64> = std::vec::Vec::new();
+            for (k, chunk) in chunks.iter().enumerate() {
+                let mut pages: std::vec::Vec<u64> = chunk.iter().map(|p| base + p * PAGE_SIZE).collect();
+                if wide_at == Some(k) {
+                    pages.push(1 << 50);
+                }
+                let words: std::vec::Vec<U64> = pages.iter().map(|&p| U64::new(p)).collect();
+                let inside = pages.iter().all(|&p| region.contains_range(PhysRange::page(PhysAddr(p)).unwrap()));
+                let room = pushed.len() + pages.len() <= capacity;
+                let narrow = pushed.iter().all(|&p| p < NARROW_LIMIT);
+                let took = builder.extend_within(region, &words);
+                prop_assert_eq!(took, inside && room && narrow);
+                if !took {
+                    for &p in &pages {
+                        if builder.push(p).is_err() {
+                            prop_assert!(pushed.len() >= capacity);
+                            break;
+                        }
+                        pushed.push(p);
+                    }
+                } else {
+                    pushed.extend(&pages);
+                }
+            }
+            let frames = builder.finish();
+            prop_assert_eq!(frames.len(), pushed.len());
+            for (i, &pa) in pushed.iter().enumerate() {
+                prop_assert_eq!(frames.get(i), Some(PhysAddr(pa)));
+            }
         }
     }
 }

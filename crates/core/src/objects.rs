@@ -88,19 +88,37 @@ impl<P: Platform> Tee<P> {
         let mut frames = FramesBuilder::with_capacity(count)?;
         let mut region: Option<PhysRange> = None;
         let mut refusal = None;
-        let decoded =
-            page_list::decode_each(&mut reader, buf_ptr - offset, offset, size, max, |_, pa| {
-                match self
-                    .check_in_region(&mut region, pa)
-                    .and_then(|()| frames.push(pa))
-                {
-                    Ok(()) => true,
-                    Err(e) => {
+        let decoded = page_list::decode_chunks(
+            &mut reader,
+            buf_ptr - offset,
+            offset,
+            size,
+            max,
+            |_, pages| {
+                // A list page's worth inside the region of its first page (the usual case: a
+                // buffer in one region of normal-world RAM) is checked and stored in one pass.
+                if let Some(first) = pages.first() {
+                    if let Err(e) = self.check_in_region(&mut region, first.get()) {
                         refusal = Some(e);
-                        false
+                        return Err(0);
                     }
                 }
-            });
+                if region.is_some_and(|r| frames.extend_within(r, pages)) {
+                    return Ok(());
+                }
+                for (i, pa) in pages.iter().enumerate() {
+                    let pa = pa.get();
+                    if let Err(e) = self
+                        .check_in_region(&mut region, pa)
+                        .and_then(|()| frames.push(pa))
+                    {
+                        refusal = Some(e);
+                        return Err(i);
+                    }
+                }
+                Ok(())
+            },
+        );
         let shape = match decoded {
             Ok(shape) => shape,
             Err(PageListError::Refused { .. }) => {

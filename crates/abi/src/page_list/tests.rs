@@ -623,3 +623,61 @@ fn decode_each_visits_in_order_and_stops_where_refused() {
     );
     assert_eq!(mem.reads, [(list_pa(0), LIST_PAGE_SIZE)]);
 }
+
+proptest! {
+    /// The chunked decoder agrees with visiting page by page: the same pages in the same order,
+    /// and the same error (a refusal or an unaligned entry, whichever comes first) at the same
+    /// index, for lists over two list pages with a refused and an unaligned entry anywhere.
+    #[test]
+    fn decode_chunks_agrees_with_decode_each(n in 1usize..1100, refuse in proptest::option::of(0usize..1100),
+                                             unaligned in proptest::option::of(0usize..1100)) {
+        let mut pages: Vec<u64> = (0..n).map(data_pa).collect();
+        if let Some(u) = unaligned.filter(|&u| u < n) {
+            pages[u] += 8;
+        }
+        let mut mem = MockMem::default();
+        for (j, chunk) in pages.chunks(ENTRIES_PER_LIST_PAGE).enumerate() {
+            mem.store_list(list_pa(j), chunk, list_pa(j + 1));
+        }
+        let size = size_for(n as u64, 0);
+        let mut each = Vec::new();
+        let by_each = decode_each(&mut mem, list_pa(0), 0, size, 2000, |i, pa| {
+            each.push((i, pa));
+            Some(i as usize) != refuse
+        });
+        let mut chunks = Vec::new();
+        let by_chunks = decode_chunks(&mut mem, list_pa(0), 0, size, 2000, |first, entries| {
+            for (k, e) in entries.iter().enumerate() {
+                chunks.push((first + k as u64, e.get()));
+                if Some(first as usize + k) == refuse {
+                    return Err(k);
+                }
+            }
+            Ok(())
+        });
+        prop_assert!(chunks.iter().all(|&(_, pa)| pa & 0xfff == 0), "a chunk holds aligned entries only");
+        // The model: pages visited in order until the first refused or unaligned one; an
+        // unaligned entry is never visited.
+        let u = unaligned.filter(|&u| u < n);
+        let r = refuse.filter(|&r| r < n);
+        let (expected, visited) = match (u, r) {
+            (Some(u), r) if r.is_none_or(|r| u <= r) => (
+                Err(PageListError::EntryUnaligned { index: u as u64, value: pages[u] }),
+                u,
+            ),
+            (_, Some(r)) => (
+                Err(PageListError::Refused { index: r as u64, value: pages[r] }),
+                r + 1,
+            ),
+            _ => (
+                Ok(ListShape { offset: 0, size, num_pages: n as u64 }),
+                n,
+            ),
+        };
+        let model: Vec<(u64, u64)> = (0..visited).map(|i| (i as u64, pages[i])).collect();
+        prop_assert_eq!(&by_chunks, &expected);
+        prop_assert_eq!(&by_each, &expected);
+        prop_assert_eq!(&chunks, &model);
+        prop_assert_eq!(&each, &model);
+    }
+}

@@ -41,6 +41,8 @@ pub enum Disagreement {
     MissingReverse(ReverseEntry),
     /// A reverse-map entry matches no table entry of that owner's mappings.
     StrayReverse(ReverseEntry),
+    /// The reverse map's own tree is broken (order, balance, heights or count).
+    ReverseShape(&'static str),
     /// A page is mapped as a kind its memory-map region does not allow.
     Isolation {
         /// Virtual page.
@@ -80,6 +82,9 @@ impl<T: TlbMaintenance> ShmWindow<T> {
         // One walk over the whole window: each valid entry must belong to a mapping.
         let mut seen_pages = 0u64;
         let mut seen = BTreeSet::<VirtAddr>::new();
+        // The reverse entries found where they belong, and the pages they map.
+        let mut reverse_found = 0usize;
+        let mut mapped_pas = Vec::new();
         if let Some(window) = self.va.window() {
             self.tables
                 .for_each_mapping(window, &mut |va, translation| {
@@ -113,10 +118,18 @@ impl<T: TlbMaintenance> ShmWindow<T> {
                         owner: mapping.owner,
                         va,
                     };
-                    if !self.reverse.contains(entry) {
+                    if self.reverse.contains(entry) {
+                        reverse_found += 1;
+                    } else {
                         found.push(Disagreement::MissingReverse(entry));
                     }
+                    mapped_pas.push(translation.pa);
                 });
+        }
+        // The trees the mapped pages' entries are in keep their shape; an entry elsewhere is a
+        // stray, found below by the count.
+        if let Err(fault) = self.reverse.check_buckets_of(mapped_pas.into_iter()) {
+            found.push(Disagreement::ReverseShape(fault));
         }
         if seen_pages != self.mapped_pages {
             for mapping in self.mappings.values() {
@@ -129,16 +142,24 @@ impl<T: TlbMaintenance> ShmWindow<T> {
                 }
             }
         }
-        for entry in self.reverse.iter() {
-            let matches = self
-                .mapping_at(entry.va)
-                .is_some_and(|m| m.owner == entry.owner)
-                && self
-                    .tables
-                    .translate_page(entry.va)
-                    .is_some_and(|t| t.pa == entry.pa);
-            if !matches {
-                found.push(Disagreement::StrayReverse(entry));
+        // A window page holds one entry at most, so when every mapped page's entry was found
+        // and there are no more, there is no stray: the full scan (every bucket of the
+        // window) runs only to name them.
+        if self.reverse.len() != reverse_found {
+            if let Err(fault) = self.reverse.check() {
+                found.push(Disagreement::ReverseShape(fault));
+            }
+            for entry in self.reverse.iter() {
+                let matches = self
+                    .mapping_at(entry.va)
+                    .is_some_and(|m| m.owner == entry.owner)
+                    && self
+                        .tables
+                        .translate_page(entry.va)
+                        .is_some_and(|t| t.pa == entry.pa);
+                if !matches {
+                    found.push(Disagreement::StrayReverse(entry));
+                }
             }
         }
         let unreserved = self.tables.pool_stats().unreserved_allocations;

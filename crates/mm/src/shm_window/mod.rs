@@ -107,7 +107,7 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             memory_map,
             va,
             tables: TranslationTables::new(config.max_table_pages, tlb)?,
-            reverse: ReverseMap::new(),
+            reverse: ReverseMap::new(window),
             mappings: BTreeMap::new(),
             mapped_pages: 0,
         })
@@ -217,16 +217,12 @@ impl<T: TlbMaintenance> ShmWindow<T> {
             .mappings
             .remove(&start)
             .ok_or(WindowError::UnknownMapping(start.get()))?;
-        let reverse = &mut self.reverse;
-        let owner = mapping.owner;
-        self.tables
-            .for_each_mapping(mapping.range, &mut |va, translation| {
-                reverse.remove(ReverseEntry {
-                    pa: translation.pa,
-                    owner,
-                    va,
-                });
-            });
+        // Each page's reverse node holds what it maps: no table walk to find the entries.
+        let mut va = mapping.range.start();
+        while va < mapping.range.end() {
+            self.reverse.remove_page(va);
+            va = VirtAddr(va.get() + PAGE_SIZE);
+        }
         self.tables.unmap(mapping.range);
         let _ = self.va.free(start);
         self.mapped_pages -= mapping.range.pages();

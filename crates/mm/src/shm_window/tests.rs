@@ -338,9 +338,10 @@ fn checker_sees_each_kind_of_disagreement() {
     w.reverse.remove(entry);
     assert_eq!(w.check_agreement(), [Disagreement::MissingReverse(entry)]);
     w.reverse.insert(entry);
-    // A reverse entry for another owner that has no such mapping.
+    // A reverse entry at a page of the window no mapping holds.
     let stray = ReverseEntry {
         owner: GuestId(2),
+        va: VirtAddr(a.start().get() + 30 * PAGE_SIZE),
         ..entry
     };
     w.reverse.insert(stray);
