@@ -174,7 +174,7 @@ impl<P: Platform> Tee<P> {
                 }
             }
         }
-        let window = self.window.lock();
+        let window = self.window.read();
         found.extend(
             window
                 .shm()
@@ -407,13 +407,13 @@ mod tests {
         };
         let mobj = tee.new_mobj(&guest, spec).unwrap();
         let id = mobj.id();
-        let mut window = tee.window.lock();
+        let mut window = tee.window.write();
         window.acquire(&mobj).unwrap();
         window.release_guard(id);
         drop(window);
         // One guard taken and released: the mapping is idle, cached for the next use.
         assert_eq!(tee.check_agreement(), vec![]);
-        tee.window.lock().release_guard(id);
+        tee.window.write().release_guard(id);
         assert_eq!(
             tee.check_agreement(),
             vec![CoreDisagreement::GuardUnderflow { mobj: id }]

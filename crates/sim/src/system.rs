@@ -107,6 +107,13 @@ impl MachineMemory for HypMemory {
 /// One guest's mediator.
 pub type GuestMediator = Mediator<CoreConduit, HypMemory>;
 
+/// Whether `TEESHM_TRACE` asks for every guest SMC on stderr; read once (the environment's
+/// lock would otherwise be taken by every SMC of every simulated CPU).
+fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("TEESHM_TRACE").is_some())
+}
+
 /// Conduit from a guest to its mediator (the hypervisor call path).
 #[derive(Clone)]
 pub struct GuestConduit {
@@ -119,7 +126,7 @@ impl SmcConduit for GuestConduit {
         match self.mediator.lock() {
             Ok(mut m) => {
                 let out = m.handle_guest_smc(self.vm, regs);
-                if std::env::var_os("TEESHM_TRACE").is_some() {
+                if tracing() {
                     eprintln!("smc {:x?} -> {:x?}", regs.a, out.a);
                 }
                 out
