@@ -69,7 +69,10 @@ impl<P: Platform> Tee<P> {
             config,
             platform,
             memory_map,
-            window: crate::sync::RwLock::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
+            window: crate::sync::RwLock::new(SharedWindow::new(
+                shm,
+                config.quotas.max_mapped_pages,
+            )),
             guests: crate::sync::RwLock::new(BTreeMap::new()),
             threads: crate::sync::Mutex::new(ThreadTable::new(
                 config.threads as usize,

@@ -301,7 +301,10 @@ mod tests {
                 waited += 1;
                 std::thread::yield_now();
             });
-            assert!(wrote.load(Ordering::Relaxed), "the copy ended before revoke returned");
+            assert!(
+                wrote.load(Ordering::Relaxed),
+                "the copy ended before revoke returned"
+            );
             assert!(waited > 0, "the revoke had to wait for the copy");
             copier.join().unwrap();
         }

@@ -181,7 +181,10 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     /// ([`Mobj::revoke`], with no lock held), so no copy through the mapping runs or can
     /// begin; guards still held fail every access from here on, and no new guard is given.
     pub(crate) fn revoke(&mut self, mobj: &Arc<Mobj>) {
-        debug_assert!(mobj.is_revoked(), "the copies are shut out before the unmap");
+        debug_assert!(
+            mobj.is_revoked(),
+            "the copies are shut out before the unmap"
+        );
         self.unmap_entry(mobj.id());
     }
 

@@ -160,7 +160,11 @@ impl GuestState {
             .filter_map(|run| Some((*run.first()?, run.len() as u64)))
             .collect();
         let recorded = self.pins.counts();
-        if named.iter().copied().ne(recorded.iter().map(|(&p, &n)| (p, n))) {
+        if named
+            .iter()
+            .copied()
+            .ne(recorded.iter().map(|(&p, &n)| (p, n)))
+        {
             let named: BTreeMap<u64, u64> = named.into_iter().collect();
             let pages: BTreeSet<u64> = recorded.keys().chain(named.keys()).copied().collect();
             for page in pages {

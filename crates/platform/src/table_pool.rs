@@ -102,7 +102,10 @@ impl TablePagePool {
         if missing == 0 {
             return Ok(());
         }
-        let held = self.live.load(Ordering::Relaxed).saturating_add(spare.len());
+        let held = self
+            .live
+            .load(Ordering::Relaxed)
+            .saturating_add(spare.len());
         let available = self.capacity.saturating_sub(held);
         if missing > available {
             return Err(TablePoolError::Exhausted {
