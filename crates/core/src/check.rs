@@ -224,7 +224,12 @@ impl<P: Platform> Tee<P> {
                         && idle_by_guest.contains(&(mobj.owner(), stamp))
                         && (!mobj.uses().is_retired() || mobj.uses().users() > 0)
                 }
-                None => entry.guards.get() > 0,
+                // Not idle: guarded, or a call's temporary between two guards (never
+                // evictable while its call uses it, so never in the eviction index).
+                None => {
+                    entry.guards.get() > 0
+                        || (mobj.kind() == MobjKind::Temporary && mobj.uses().users() > 0)
+                }
             };
             if !idle_ok {
                 found.push(CoreDisagreement::IdleIndex { mobj: id });
@@ -395,7 +400,7 @@ mod tests {
         let tee = tee();
         let guest = tee.guest(GuestId::HYPERVISOR).unwrap();
         let spec = MobjSpec {
-            kind: MobjKind::Temporary,
+            kind: MobjKind::Registered,
             owner: GuestId::HYPERVISOR,
             cookie: None,
             size: 2 * PAGE_SIZE,

@@ -272,14 +272,14 @@ mod tests {
     }
 
     /// A revoke returns only after the copies that began before it ended, however long they
-    /// take: the copier below still writes after the revoke was asked for, and the revoker
-    /// sees that write once it returns.
+    /// take: the copier below still writes 1 ms after it saw the revocation begin, and the
+    /// revoker sees that write once it returns.
     #[test]
     #[cfg(not(loom))]
     fn revoke_waits_for_the_copies_in_flight() {
         use std::sync::Arc;
         use std::sync::atomic::AtomicBool;
-        for _ in 0..50 {
+        for _ in 0..20 {
             let g = Arc::new(CopyGate::new());
             let wrote = Arc::new(AtomicBool::new(false));
             let started = Arc::new(AtomicBool::new(false));
@@ -288,7 +288,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let pass = g.begin().expect("not revoked yet");
                     started.store(true, Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    while !g.is_revoked() {
+                        std::thread::yield_now();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                     wrote.store(true, Ordering::Relaxed);
                     drop(pass);
                 })
@@ -296,16 +299,11 @@ mod tests {
             while !started.load(Ordering::SeqCst) {
                 std::thread::yield_now();
             }
-            let mut waited = 0u64;
-            g.revoke(|| {
-                waited += 1;
-                std::thread::yield_now();
-            });
+            g.revoke(std::thread::yield_now);
             assert!(
                 wrote.load(Ordering::Relaxed),
                 "the copy ended before revoke returned"
             );
-            assert!(waited > 0, "the revoke had to wait for the copy");
             copier.join().unwrap();
         }
     }
