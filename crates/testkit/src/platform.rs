@@ -57,26 +57,42 @@ impl SimPlatform {
     }
 }
 
+impl SimPlatform {
+    /// Every page piece of an access, translated before any byte moves (so a fault leaves
+    /// memory and `buf` untouched): the access's own TLB. Each page is walked once; the
+    /// translations are used after the walk, as the MMU uses its TLB entries, and the core
+    /// keeps them valid for the access (a map guard's mapping is neither evicted nor released
+    /// while it lives, and a revocation waits for the copy: docs/core.md).
+    fn translate_all(
+        map: &dyn Translate,
+        va: VirtAddr,
+        len: usize,
+    ) -> Result<Vec<(u64, std::ops::Range<usize>)>, AccessFault> {
+        let mut pieces = Vec::with_capacity(len / PAGE_SIZE as usize + 2);
+        Self::walk(map, va, len, |pa, range| pieces.push((pa, range)))?;
+        Ok(pieces)
+    }
+}
+
 impl Platform for SimPlatform {
     type Tlb = RecordingTlb;
 
     fn read(&self, map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
-        // Translate everything first, so a fault leaves `buf` untouched by later pages.
-        Self::walk(map, va, buf.len(), |_, _| {})?;
-        Self::walk(map, va, buf.len(), |pa, range| {
+        for (pa, range) in Self::translate_all(map, va, buf.len())? {
             if let Some(dst) = buf.get_mut(range) {
                 self.memory.read(pa, dst);
             }
-        })
+        }
+        Ok(())
     }
 
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
-        Self::walk(map, va, data.len(), |_, _| {})?;
-        Self::walk(map, va, data.len(), |pa, range| {
+        for (pa, range) in Self::translate_all(map, va, data.len())? {
             if let Some(src) = data.get(range) {
                 self.memory.write(pa, src);
             }
-        })
+        }
+        Ok(())
     }
 }
 
