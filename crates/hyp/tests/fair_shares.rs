@@ -331,6 +331,7 @@ impl MachineMemory for Pool {
     }
 }
 
+#[derive(Clone)]
 struct NoTee;
 
 impl SmcConduit for NoTee {

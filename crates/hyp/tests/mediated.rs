@@ -417,3 +417,47 @@ fn default_limits_never_undercut_the_cores_defaults() {
     // guests' reserved ones or shared), so that is what the mediator's calls must cover.
     assert!(u64::from(limits.max_calls) >= core.quotas.max_threads);
 }
+
+/// One mediator serves different guests at once: four guests on four threads register
+/// buffers, have the pseudo-TA fill them, check every byte in their own memory and unregister
+/// them, all through the same mediator (its `handle_guest_smc` takes `&self`). Afterwards the
+/// core's and the mediator's checkers agree, and no guest holds a pin, a shadow or a buffer.
+#[test]
+fn one_mediator_serves_guests_on_several_cpus_at_once() {
+    let mut sys = System::new();
+    let mut guests: Vec<Guest> = (0..4u16).map(|i| sys.guest(1 + i, u64::from(i))).collect();
+    let sys = &sys;
+    std::thread::scope(|s| {
+        for g in &mut guests {
+            s.spawn(move || {
+                let session = g.open_session(sys);
+                for i in 0..25u64 {
+                    let buf = g.buffer(3 * PAGE + 100, 100);
+                    let cookie = g.cookie();
+                    assert_eq!(g.register(sys, cookie, &buf), gp::TEE_SUCCESS);
+                    let seed = (u64::from(g.id.raw()) << 32) | i;
+                    let out = OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT;
+                    let r = g.invoke(
+                        sys,
+                        session,
+                        cmd::FILL,
+                        &[rmem(out, cookie, 0, buf.size), value(VIN, seed, 0, 0)],
+                    );
+                    assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
+                    assert_eq!(g.read_buf(sys, &buf), pattern(seed, buf.size));
+                    assert_eq!(g.unregister(sys, cookie), gp::TEE_SUCCESS);
+                }
+            });
+        }
+    });
+    sys.check();
+    for g in &guests {
+        let stats = sys.stats(g);
+        assert_eq!(sys.hyp.pinned_pages(g.id), 0, "{stats:?}");
+        assert_eq!(
+            sys.tee().guest(g.id).unwrap().snapshot().registered_buffers,
+            0
+        );
+    }
+    assert_eq!(sys.shadows_held(), 0);
+}

@@ -124,7 +124,7 @@ pub struct GuestConduit {
 impl SmcConduit for GuestConduit {
     fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
         match self.mediator.lock() {
-            Ok(mut m) => {
+            Ok(m) => {
                 let out = m.handle_guest_smc(self.vm, regs);
                 if tracing() {
                     eprintln!("smc {:x?} -> {:x?}", regs.a, out.a);
@@ -338,7 +338,7 @@ impl System {
             limits: self.config.limits,
             ..HypConfig::default()
         };
-        let mut mediator = Mediator::new(CoreConduit(self.tee.clone()), memory, hyp)
+        let mediator = Mediator::new(CoreConduit(self.tee.clone()), memory, hyp)
             .map_err(|e| SystemError::Hyp(e.to_string()))?;
         mediator
             .create_guest(vm, stage2)
@@ -374,7 +374,7 @@ impl System {
             .guests_map()
             .remove(&id)
             .ok_or(SystemError::NoGuest(id))?;
-        let mut mediator = guest.mediator();
+        let mediator = guest.mediator();
         mediator
             .destroy_guest(guest.id)
             .map_err(|e| SystemError::Hyp(e.to_string()))
