@@ -262,12 +262,18 @@ impl<T: TlbMaintenance> SharedWindow<T> {
                 });
             }
         }
-        let mut pages: Vec<PhysAddr> = Vec::new();
-        pages
-            .try_reserve_exact(usize::try_from(n).map_err(|_| TeeError::OutOfMemory)?)
-            .map_err(|_| TeeError::OutOfMemory)?;
-        pages.extend(mobj.pages());
-        let range = self.map_with_eviction(mobj.owner(), &pages)?;
+        let range = if n == 1 {
+            // One page (every call's arg): no list to allocate under the lock.
+            let page = mobj.pages().next().ok_or(TeeError::OutOfMemory)?;
+            self.map_with_eviction(mobj.owner(), &[page])?
+        } else {
+            let mut pages: Vec<PhysAddr> = Vec::new();
+            pages
+                .try_reserve_exact(usize::try_from(n).map_err(|_| TeeError::OutOfMemory)?)
+                .map_err(|_| TeeError::OutOfMemory)?;
+            pages.extend(mobj.pages());
+            self.map_with_eviction(mobj.owner(), &pages)?
+        };
         counters.add_mapped(range.pages());
         Ok(range)
     }
