@@ -9,7 +9,6 @@ use teeshm_core::{CoreConfig, Tee};
 use teeshm_hyp::{HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
 use teeshm_nw::client::Context;
 use teeshm_nw::{Driver, GuestRam, RamError};
-use teeshm_platform::RecordingTlb;
 use teeshm_testkit::{CoreConduit, SimPlatform};
 
 /// How a system is built.
@@ -287,13 +286,9 @@ impl System {
             u64::from(config.guests) * config.hyp_pages_per_guest,
         );
         let machine = Machine::new(layout);
-        let tee = Tee::new(
-            config.core,
-            layout.memory_map(),
-            SimPlatform::new(machine.memory.clone()),
-            RecordingTlb::counting(),
-        )
-        .map_err(|e| SystemError::Boot(e.to_string()))?;
+        let (platform, tlb) = SimPlatform::with_tlb(machine.memory.clone());
+        let tee = Tee::new(config.core, layout.memory_map(), platform, tlb)
+            .map_err(|e| SystemError::Boot(e.to_string()))?;
         Ok(Self {
             config,
             machine,
