@@ -1,4 +1,5 @@
-//! `cargo xtask loom`: the loom models of the use count and of the mapping cache's eviction
+//! `cargo xtask loom`: the loom models of the use count, the mapping cache's eviction and the
+//! copy gate
 //! (crates/core/src/lifecycle.rs, docs/assurance.md), built with `--cfg loom` in a target
 //! directory of their own so the host build is untouched:
 //! `RUSTFLAGS="--cfg loom" cargo test -p teeshm-core --release --lib loom --target-dir target/loom`.

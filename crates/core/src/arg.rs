@@ -7,7 +7,7 @@
 use crate::error::TeeError;
 use crate::mobj::MobjUse;
 use crate::platform::Platform;
-use crate::window::{MapGuard, SharedWindow};
+use crate::window::{MapGuard, WindowLock};
 use alloc::vec::Vec;
 use teeshm_abi::msg::{
     ArgError, MSG_ARG_HEADER_SIZE, MsgArgHeader, MsgParam, OPTEE_MSG_MAX_NUM_PARAMS, RPC_ARG_SIZE,
@@ -28,7 +28,7 @@ impl NsRef {
     /// Maps the object for one access.
     pub(crate) fn map<'a, P: Platform>(
         &'a self,
-        window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
+        window: &'a WindowLock<P::Tlb>,
         platform: &'a P,
     ) -> Result<MapGuard<'a, P>, TeeError> {
         MapGuard::new(window, platform, &self.used)
@@ -79,7 +79,7 @@ impl ArgCopy {
     /// (an appended RPC arg) must also fit the buffer.
     pub(crate) fn read<P: Platform>(
         at: &NsRef,
-        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
+        window: &WindowLock<P::Tlb>,
         platform: &P,
         reserve: u64,
     ) -> Result<Self, ArgReadError> {
@@ -165,7 +165,7 @@ impl ArgCopy {
     pub(crate) fn write_back<P: Platform>(
         &self,
         at: &NsRef,
-        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
+        window: &WindowLock<P::Tlb>,
         platform: &P,
     ) -> Result<(), TeeError> {
         let guard = at.map(window, platform)?;
@@ -180,7 +180,7 @@ impl ArgCopy {
     /// four params in one read, and at most as many params as the request had.
     pub(crate) fn read_rpc_reply<P: Platform>(
         at: &NsRef,
-        window: &crate::sync::Mutex<SharedWindow<P::Tlb>>,
+        window: &WindowLock<P::Tlb>,
         platform: &P,
         sent_params: u32,
     ) -> Result<Self, TeeError> {

@@ -174,7 +174,7 @@ impl<P: Platform> Tee<P> {
                 }
             }
         }
-        let window = self.window.lock();
+        let window = self.window.read();
         found.extend(
             window
                 .shm()
@@ -224,7 +224,12 @@ impl<P: Platform> Tee<P> {
                         && idle_by_guest.contains(&(mobj.owner(), stamp))
                         && (!mobj.uses().is_retired() || mobj.uses().users() > 0)
                 }
-                None => entry.guards.get() > 0,
+                // Not idle: guarded, or a call's temporary between two guards (never
+                // evictable while its call uses it, so never in the eviction index).
+                None => {
+                    entry.guards.get() > 0
+                        || (mobj.kind() == MobjKind::Temporary && mobj.uses().users() > 0)
+                }
             };
             if !idle_ok {
                 found.push(CoreDisagreement::IdleIndex { mobj: id });
@@ -395,7 +400,7 @@ mod tests {
         let tee = tee();
         let guest = tee.guest(GuestId::HYPERVISOR).unwrap();
         let spec = MobjSpec {
-            kind: MobjKind::Temporary,
+            kind: MobjKind::Registered,
             owner: GuestId::HYPERVISOR,
             cookie: None,
             size: 2 * PAGE_SIZE,
@@ -407,13 +412,13 @@ mod tests {
         };
         let mobj = tee.new_mobj(&guest, spec).unwrap();
         let id = mobj.id();
-        let mut window = tee.window.lock();
+        let mut window = tee.window.write();
         window.acquire(&mobj).unwrap();
         window.release_guard(id);
         drop(window);
         // One guard taken and released: the mapping is idle, cached for the next use.
         assert_eq!(tee.check_agreement(), vec![]);
-        tee.window.lock().release_guard(id);
+        tee.window.write().release_guard(id);
         assert_eq!(
             tee.check_agreement(),
             vec![CoreDisagreement::GuardUnderflow { mobj: id }]

@@ -44,7 +44,7 @@ pub struct Tee<P: Platform> {
     pub(crate) config: CoreConfig,
     pub(crate) platform: P,
     pub(crate) memory_map: MemoryMap,
-    pub(crate) window: crate::sync::Mutex<SharedWindow<P::Tlb>>,
+    pub(crate) window: crate::window::WindowLock<P::Tlb>,
     guests: crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
     pub(crate) threads: crate::sync::Mutex<ThreadTable>,
     pub(crate) releases: Arc<ReleaseQueue>,
@@ -69,7 +69,10 @@ impl<P: Platform> Tee<P> {
             config,
             platform,
             memory_map,
-            window: crate::sync::Mutex::new(SharedWindow::new(shm, config.quotas.max_mapped_pages)),
+            window: crate::sync::RwLock::new(SharedWindow::new(
+                shm,
+                config.quotas.max_mapped_pages,
+            )),
             guests: crate::sync::RwLock::new(BTreeMap::new()),
             threads: crate::sync::Mutex::new(ThreadTable::new(
                 config.threads as usize,
@@ -111,7 +114,7 @@ impl<P: Platform> Tee<P> {
                 },
             };
             let mobj = Arc::new(Mobj::new(tee.next_id(), spec, Arc::default()));
-            tee.window.lock().pin(&mobj).map_err(BootError::Pool)?;
+            tee.window.write().pin(&mobj).map_err(BootError::Pool)?;
             tee.pool = Some((range, mobj));
         }
         Ok(tee)
@@ -376,8 +379,8 @@ impl<P: Platform> Tee<P> {
     }
 
     /// The window, locked (for reports and tests; hold it briefly).
-    pub fn window(&self) -> crate::sync::MutexGuard<'_, SharedWindow<P::Tlb>> {
-        self.window.lock()
+    pub fn window(&self) -> crate::sync::RwLockWriteGuard<'_, SharedWindow<P::Tlb>> {
+        self.window.write()
     }
 
     /// The static pool's range, if configured.

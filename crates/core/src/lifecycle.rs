@@ -110,6 +110,88 @@ impl UseCount {
     }
 }
 
+const REVOKED: u32 = 1 << 31;
+const COPIES: u32 = REVOKED - 1;
+
+/// The copies in flight through a memory object's mapping, and whether the normal world has
+/// taken its pages back (`UNREGISTER_SHM` while calls still used it): one atomic word, so that
+/// a copy and a revocation cannot both believe they came first.
+///
+/// A map guard copies a buffer's bytes holding no lock (docs/core.md, "Copies and
+/// revocation"); this word is what keeps the revocation promise then: a copy begins only while
+/// the object is not revoked ([`CopyGate::begin`]), and [`CopyGate::revoke`] returns only once
+/// every copy that began has ended, so the caller may take the mapping away and answer the
+/// normal world knowing that no access of the core reaches those pages any more. A copy never
+/// waits; a revocation waits only for copies already running on other CPUs, which never wait
+/// for anything (no RPC, no lock, no normal world), so the wait is bounded by one copy.
+#[derive(Debug)]
+pub struct CopyGate(AtomicU32);
+
+impl Default for CopyGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A copy in flight: the gate counts it until it is dropped.
+#[derive(Debug)]
+#[must_use = "the copy is counted only while the pass lives"]
+pub struct CopyPass<'a>(&'a CopyGate);
+
+impl Drop for CopyPass<'_> {
+    fn drop(&mut self) {
+        // Release: the copy's accesses happen before a revoker's Acquire load sees the count
+        // drop.
+        self.0.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl CopyGate {
+    /// An object nobody copies and that is not revoked.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// An object nobody copies and that is not revoked.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// Starts a copy, unless the object is revoked (or 2^31 - 1 copies run): the pass keeps
+    /// the mapping's pages the object's until it is dropped.
+    pub fn begin(&self) -> Option<CopyPass<'_>> {
+        self.0
+            .fetch_update(Ordering::Acquire, Ordering::Acquire, |v| {
+                (v & REVOKED == 0 && v & COPIES < COPIES).then_some(v + 1)
+            })
+            .ok()
+            .map(|_| CopyPass(self))
+    }
+
+    /// Revokes the object: no copy begins from now on, and this returns once every copy that
+    /// had begun has ended (`relax` is called while one runs). Returns whether it was revoked
+    /// before.
+    pub fn revoke(&self, mut relax: impl FnMut()) -> bool {
+        let before = self.0.fetch_or(REVOKED, Ordering::AcqRel);
+        while self.0.load(Ordering::Acquire) & COPIES != 0 {
+            relax();
+        }
+        before & REVOKED != 0
+    }
+
+    /// Whether the object is revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.0.load(Ordering::Acquire) & REVOKED != 0
+    }
+
+    /// Copies in flight.
+    pub fn copies(&self) -> u32 {
+        self.0.load(Ordering::Acquire) & COPIES
+    }
+}
+
 /// The mapping cache's eviction rule ([`crate::window`]): an idle mapping may be evicted only
 /// when no map guard holds it (`guards`, counted under the window lock) and no call uses its
 /// object. The window's code and the loom model below both use this function.
@@ -174,6 +256,55 @@ mod tests {
                 h.join().unwrap();
             }
             assert_eq!(releases.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn no_copy_begins_after_a_revoke() {
+        let g = CopyGate::new();
+        let pass = g.begin().expect("a live object is copied");
+        assert_eq!(g.copies(), 1);
+        drop(pass);
+        assert!(!g.revoke(|| panic!("no copy runs, nothing to wait for")));
+        assert!(g.is_revoked());
+        assert!(g.begin().is_none(), "a revoked object is never copied");
+        assert!(g.revoke(|| {}), "a second revoke reports the first");
+    }
+
+    /// A revoke returns only after the copies that began before it ended, however long they
+    /// take: the copier below still writes 1 ms after it saw the revocation begin, and the
+    /// revoker sees that write once it returns.
+    #[test]
+    #[cfg(not(loom))]
+    fn revoke_waits_for_the_copies_in_flight() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        for _ in 0..20 {
+            let g = Arc::new(CopyGate::new());
+            let wrote = Arc::new(AtomicBool::new(false));
+            let started = Arc::new(AtomicBool::new(false));
+            let copier = {
+                let (g, wrote, started) = (g.clone(), wrote.clone(), started.clone());
+                std::thread::spawn(move || {
+                    let pass = g.begin().expect("not revoked yet");
+                    started.store(true, Ordering::SeqCst);
+                    while !g.is_revoked() {
+                        std::thread::yield_now();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    wrote.store(true, Ordering::Relaxed);
+                    drop(pass);
+                })
+            };
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            g.revoke(std::thread::yield_now);
+            assert!(
+                wrote.load(Ordering::Relaxed),
+                "the copy ended before revoke returned"
+            );
+            copier.join().unwrap();
         }
     }
 
@@ -303,6 +434,31 @@ mod loom_models {
             assert_eq!(c.retire(), Retire::AlreadyRetired);
             call.join().unwrap();
             released_once(&c, &releases);
+        });
+    }
+
+    /// A copy through a mapping races the revocation of its object (`UNREGISTER_SHM`) and the
+    /// normal world's reuse of the pages once the revocation returned: the copy either never
+    /// begins or ends before the revocation returns, so it never touches a reused page.
+    #[test]
+    fn loom_copy_races_revoke() {
+        loom::model(|| {
+            let gate = Arc::new(CopyGate::new());
+            let freed = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+            let (g2, f2) = (gate.clone(), freed.clone());
+            let copier = thread::spawn(move || {
+                if let Some(pass) = g2.begin() {
+                    // The copy's two accesses of the page.
+                    assert!(!f2.load(Ordering::Relaxed), "a copy touched a freed page");
+                    assert!(!f2.load(Ordering::Relaxed), "a copy touched a freed page");
+                    drop(pass);
+                }
+            });
+            gate.revoke(thread::yield_now);
+            // The normal world frees (and reuses) the pages once the unregister returned.
+            freed.store(true, Ordering::Relaxed);
+            copier.join().unwrap();
+            assert!(gate.begin().is_none());
         });
     }
 

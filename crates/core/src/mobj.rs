@@ -8,7 +8,7 @@
 
 use crate::error::TeeError;
 use crate::guest::GuestCounters;
-use crate::lifecycle::UseCount;
+use crate::lifecycle::{CopyGate, CopyPass, UseCount};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -233,9 +233,10 @@ pub struct Mobj {
     /// Whether the window holds a mapping of it (so a release of an object never mapped
     /// need not take the window's lock).
     mapped: core::sync::atomic::AtomicBool,
-    /// Set once, under the window's lock, when the normal world took the buffer back
-    /// (`UNREGISTER_SHM`) while calls still used it: from then on no access reaches its pages.
-    revoked: core::sync::atomic::AtomicBool,
+    /// The copies in flight through its mapping, and whether the normal world took the
+    /// buffer back (`UNREGISTER_SHM`) while calls still used it: from then on no access
+    /// reaches its pages (see [`CopyGate`]).
+    copies: CopyGate,
     counters: Arc<GuestCounters>,
 }
 
@@ -261,7 +262,7 @@ impl Mobj {
             backing,
             uses: UseCount::new(),
             mapped: core::sync::atomic::AtomicBool::new(false),
-            revoked: core::sync::atomic::AtomicBool::new(false),
+            copies: CopyGate::new(),
             counters,
         }
     }
@@ -360,13 +361,20 @@ impl Mobj {
 
     /// Whether the normal world took it back while calls used it (their accesses now fail).
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(core::sync::atomic::Ordering::Acquire)
+        self.copies.is_revoked()
     }
 
-    /// Set by the window, under its lock, as it revokes the object.
-    pub(crate) fn set_revoked(&self) {
-        self.revoked
-            .store(true, core::sync::atomic::Ordering::Release);
+    /// Revokes it: no copy through its mapping begins from now on, and this returns once the
+    /// copies in flight on other CPUs have ended; its mapping may then go. Called with no lock
+    /// held (a copier takes the window's read lock for its table walks on the host).
+    pub(crate) fn revoke(&self) {
+        self.copies.revoke(crate::sync::relax);
+    }
+
+    /// Starts a copy through its mapping, unless it is revoked: while the pass lives, a
+    /// revocation waits before it takes the mapping away.
+    pub(crate) fn begin_copy(&self) -> Option<CopyPass<'_>> {
+        self.copies.begin()
     }
 
     /// Users and retirement.

@@ -378,7 +378,10 @@ impl<P: Platform> Tee<P> {
         match mobj.uses().retire() {
             crate::lifecycle::Retire::ReleaseNow => self.release(&mobj),
             crate::lifecycle::Retire::InUse { .. } | crate::lifecycle::Retire::AlreadyRetired => {
-                self.window.lock().revoke(&mobj);
+                // First no copy may run (this waits, holding no lock, for the copies in flight
+                // on other CPUs), then the mapping goes with its TLB invalidation.
+                mobj.revoke();
+                self.window.write().revoke(&mobj);
             }
         }
         Ok(())

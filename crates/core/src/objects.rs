@@ -29,7 +29,7 @@ impl<P: Platform> NsMemory for ListReader<'_, P> {
 
     fn read(&mut self, pa: u64, buf: &mut [u8]) -> Result<(), AccessFault> {
         let page = PhysAddr(pa);
-        let mut window = self.tee.window.lock();
+        let mut window = self.tee.window.write();
         let platform = &self.tee.platform;
         match window.with_transient_page(self.guest, page, |shm, va| platform.read(shm, va, buf)) {
             Ok(read) => read,
@@ -293,7 +293,7 @@ impl<P: Platform> Tee<P> {
         // Only an object that was mapped needs the window's lock (a guest's destruction
         // releases thousands that never were).
         if mobj.is_mapped() {
-            self.window.lock().forget(mobj.id());
+            self.window.write().forget(mobj.id());
         }
         let registered = if mobj.kind() == MobjKind::Registered {
             mobj.num_pages()

@@ -13,3 +13,10 @@ pub type Mutex<T> = spin::mutex::Mutex<T, Relax>;
 pub type MutexGuard<'a, T> = spin::mutex::MutexGuard<'a, T, Relax>;
 /// A reader-writer lock.
 pub type RwLock<T> = spin::rwlock::RwLock<T, Relax>;
+/// Its write guard.
+pub type RwLockWriteGuard<'a, T> = spin::rwlock::RwLockWriteGuard<'a, T, Relax>;
+
+/// What a waiter does while it waits for another CPU (spin, or yield on the host).
+pub fn relax() {
+    <Relax as spin::relax::RelaxStrategy>::relax();
+}

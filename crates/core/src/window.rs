@@ -176,11 +176,15 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         Ok((range, false))
     }
 
-    /// Takes `mobj`'s pages away from the core for good: it is marked revoked and its
-    /// mapping, if any, goes now, guards or not. Guards still held fail every access from
-    /// here on (the check is made under this same lock), and no new guard is given.
+    /// Takes a revoked object's pages away from the core for good: its mapping, if any, goes
+    /// now, guards or not (with its TLB invalidation). The caller revoked the object first
+    /// ([`Mobj::revoke`], with no lock held), so no copy through the mapping runs or can
+    /// begin; guards still held fail every access from here on, and no new guard is given.
     pub(crate) fn revoke(&mut self, mobj: &Arc<Mobj>) {
-        mobj.set_revoked();
+        debug_assert!(
+            mobj.is_revoked(),
+            "the copies are shut out before the unmap"
+        );
         self.unmap_entry(mobj.id());
     }
 
@@ -206,6 +210,13 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         // A live object's mapping stays for its next use (a registered buffer's next call, a
         // call's own temporaries until the call ends); a retired one's goes now.
         if crate::lifecycle::keep_idle_after_last_guard(entry.mobj.uses()) {
+            if entry.mobj.kind() == MobjKind::Temporary {
+                // A call's temporary (its arg page, a page-list param) is used by its call
+                // until it is retired and released with it, so it can never be evicted: it
+                // stays mapped for the call's next access, outside the eviction index (four
+                // B-tree operations fewer under the window lock on every call).
+                return;
+            }
             let stamp = self.clock;
             self.clock += 1;
             entry.idle_since = Some(stamp);
@@ -251,12 +262,18 @@ impl<T: TlbMaintenance> SharedWindow<T> {
                 });
             }
         }
-        let mut pages: Vec<PhysAddr> = Vec::new();
-        pages
-            .try_reserve_exact(usize::try_from(n).map_err(|_| TeeError::OutOfMemory)?)
-            .map_err(|_| TeeError::OutOfMemory)?;
-        pages.extend(mobj.pages());
-        let range = self.map_with_eviction(mobj.owner(), &pages)?;
+        let range = if n == 1 {
+            // One page (every call's arg): no list to allocate under the lock.
+            let page = mobj.pages().next().ok_or(TeeError::OutOfMemory)?;
+            self.map_with_eviction(mobj.owner(), &[page])?
+        } else {
+            let mut pages: Vec<PhysAddr> = Vec::new();
+            pages
+                .try_reserve_exact(usize::try_from(n).map_err(|_| TeeError::OutOfMemory)?)
+                .map_err(|_| TeeError::OutOfMemory)?;
+            pages.extend(mobj.pages());
+            self.map_with_eviction(mobj.owner(), &pages)?
+        };
         counters.add_mapped(range.pages());
         Ok(range)
     }
@@ -343,11 +360,34 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     }
 }
 
+/// The window's lock: a reader-writer lock, taken for writing by everything that changes the
+/// window (map, unmap, the cache's bookkeeping) and for reading, one table walk at a time, by
+/// the host platform's software walker ([`WindowWalk`]). No copy of a buffer's bytes runs
+/// under it.
+pub(crate) type WindowLock<T> = crate::sync::RwLock<SharedWindow<T>>;
+
+/// The core's stage-1 translation as a map guard hands it to the platform: each page's walk
+/// takes the window's read lock for the walk alone, as the MMU reads one descriptor at a time
+/// while other CPUs change other entries. The mapping walked cannot change under a copy: its
+/// guard keeps it from eviction and release, and its object's copy pass holds off a
+/// revocation (docs/core.md, "Copies and revocation").
+pub(crate) struct WindowWalk<'a, T: TlbMaintenance>(pub(crate) &'a WindowLock<T>);
+
+impl<T: TlbMaintenance> crate::platform::Translate for WindowWalk<'_, T> {
+    fn translate_page(&self, page: VirtAddr) -> Option<teeshm_mm::tables::Translation> {
+        self.0.read().shm().tables().translate_page(page)
+    }
+}
+
 /// The only way to the bytes of a memory object: a mapping held for as long as the guard
 /// lives. The mapping is made on first need and, for a registered buffer, kept after the last
 /// guard until the object is released or the space is needed.
+///
+/// Its copies run with no lock held: the guard keeps the mapping from eviction and release,
+/// and each copy holds its object's [`CopyPass`](crate::lifecycle::CopyPass), which a
+/// revocation waits for before it takes the mapping away.
 pub struct MapGuard<'a, P: Platform> {
-    window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
+    window: &'a WindowLock<P::Tlb>,
     platform: &'a P,
     mobj: &'a Arc<Mobj>,
     range: VirtPages,
@@ -356,12 +396,12 @@ pub struct MapGuard<'a, P: Platform> {
 
 impl<'a, P: Platform> MapGuard<'a, P> {
     pub(crate) fn new(
-        window: &'a crate::sync::Mutex<SharedWindow<P::Tlb>>,
+        window: &'a WindowLock<P::Tlb>,
         platform: &'a P,
         used: &'a MobjUse,
     ) -> Result<Self, TeeError> {
         let mobj = used.mobj();
-        let (range, was_cached) = window.lock().acquire(mobj)?;
+        let (range, was_cached) = window.write().acquire(mobj)?;
         Ok(Self {
             window,
             platform,
@@ -400,40 +440,39 @@ impl<'a, P: Platform> MapGuard<'a, P> {
         Ok(VirtAddr(self.va().get() + offset))
     }
 
-    /// Copies `buf.len()` bytes at `offset` of the buffer into secure memory.
+    /// Copies `buf.len()` bytes at `offset` of the buffer into secure memory, holding no lock.
     ///
     /// # Errors
-    /// Out of the buffer's bounds, or a fault of the access.
+    /// Out of the buffer's bounds, [`TeeError::Revoked`] once the normal world took the
+    /// buffer back, or a fault of the access.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), TeeError> {
         let va = self.va_of(offset, buf.len())?;
-        let window = self.window.lock();
-        self.check_not_revoked()?;
-        Ok(self.platform.read(window.shm(), va, buf)?)
+        let _copy = self.begin_copy()?;
+        Ok(self.platform.read(&WindowWalk(self.window), va, buf)?)
     }
 
-    /// Copies `data` to `offset` of the buffer.
+    /// Copies `data` to `offset` of the buffer, holding no lock.
     ///
     /// # Errors
-    /// Out of the buffer's bounds, or a fault of the access.
+    /// Out of the buffer's bounds, [`TeeError::Revoked`] once the normal world took the
+    /// buffer back, or a fault of the access.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), TeeError> {
         let va = self.va_of(offset, data.len())?;
-        let window = self.window.lock();
-        self.check_not_revoked()?;
-        Ok(self.platform.write(window.shm(), va, data)?)
+        let _copy = self.begin_copy()?;
+        Ok(self.platform.write(&WindowWalk(self.window), va, data)?)
     }
 
-    /// Called under the window's lock, which [`SharedWindow::revoke`] also holds: once a
-    /// revocation returns, no access of this guard reaches the buffer's pages.
-    fn check_not_revoked(&self) -> Result<(), TeeError> {
-        if self.mobj.is_revoked() {
-            return Err(TeeError::Revoked(self.mobj.id()));
-        }
-        Ok(())
+    /// The copy's pass: refused once the object is revoked; while it lives, a revocation
+    /// waits before the mapping goes, so the copy reaches the buffer's pages or nothing.
+    fn begin_copy(&self) -> Result<crate::lifecycle::CopyPass<'a>, TeeError> {
+        self.mobj
+            .begin_copy()
+            .ok_or(TeeError::Revoked(self.mobj.id()))
     }
 }
 
 impl<P: Platform> Drop for MapGuard<'_, P> {
     fn drop(&mut self) {
-        self.window.lock().release_guard(self.mobj.id());
+        self.window.write().release_guard(self.mobj.id());
     }
 }

@@ -58,7 +58,7 @@ fn two_guests() -> System {
     two_guests_with(LIMITS)
 }
 
-fn rpc_call(g: &mut Guest, sys: &mut System, session: u32, bytes: u64, seed: u64) -> Started {
+fn rpc_call(g: &mut Guest, sys: &System, session: u32, bytes: u64, seed: u64) -> Started {
     g.start(
         sys,
         invoke_header(session, cmd::RPC_BUFFER),
@@ -72,7 +72,7 @@ fn rpc_call(g: &mut Guest, sys: &mut System, session: u32, bytes: u64, seed: u64
 
 /// What a well-behaved guest does: register a buffer, fill it through the TEE and check it,
 /// fill a temporary buffer, get an RPC buffer, unregister. Every step must succeed.
-fn well_behaved(g: &mut Guest, sys: &mut System, session: u32, seed: u64) {
+fn well_behaved(g: &mut Guest, sys: &System, session: u32, seed: u64) {
     let buf = g.buffer(16 * PAGE - 0x40, 0x40);
     let cookie = g.cookie();
     assert_eq!(g.register(sys, cookie, &buf), gp::TEE_SUCCESS, "register");
@@ -108,25 +108,25 @@ fn a_guest_holding_every_budget_starves_no_other() {
     let mut sys = two_guests();
     let mut a = sys.guest(1, 0);
     let mut b = sys.guest(2, 1);
-    let (sa, sb) = (a.open_session(&mut sys), b.open_session(&mut sys));
+    let (sa, sb) = (a.open_session(&sys), b.open_session(&sys));
 
     // Pins: two buffers of 16 pages, then 3 more pages would pass 34.
     let (b1, b2) = (a.buffer(16 * PAGE, 0), a.buffer(16 * PAGE, 0));
-    assert_eq!(a.register(&mut sys, 1, &b1), gp::TEE_SUCCESS);
-    assert_eq!(a.register(&mut sys, 2, &b2), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &b1), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 2, &b2), gp::TEE_SUCCESS);
     let three = a.buffer(3 * PAGE, 0);
     let before = sys.stats(&a);
-    assert_eq!(a.register(&mut sys, 3, &three), gp::TEE_ERROR_OUT_OF_MEMORY);
+    assert_eq!(a.register(&sys, 3, &three), gp::TEE_ERROR_OUT_OF_MEMORY);
     assert_eq!(sys.stats(&a), before, "a refusal changes nothing");
 
     // Two calls suspended in SHM_ALLOC, each holding its arg's shadow and an RPC arg (shadow,
     // pin, buffer).
     let mut suspended = Vec::new();
     for seed in [1, 2] {
-        let c = rpc_call(&mut a, &mut sys, sa, PAGE, seed);
+        let c = rpc_call(&mut a, &sys, sa, PAGE, seed);
         assert_eq!(c.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
-        let answer = a.answer_rpc(&mut sys, &c.out);
-        let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+        let answer = a.answer_rpc(&sys, &c.out);
+        let out = a.smc(&sys, answer.a0(), &answer.a[1..6]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_CMD);
         suspended.push(Started { out, ..c });
     }
@@ -147,41 +147,38 @@ fn a_guest_holding_every_budget_starves_no_other() {
         "half the pool is still free"
     );
     // Calls: refused, whatever the message (a registration would also pass the buffers).
-    let c3 = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let c3 = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(c3.out.a0(), OPTEE_SMC_RETURN_ETHREAD_LIMIT);
     assert_eq!(sys.stats(&a), full);
     sys.check();
 
     // B is within its own budgets: everything works, more than once.
     for seed in 10..13 {
-        well_behaved(&mut b, &mut sys, sb, seed);
+        well_behaved(&mut b, &sys, sb, seed);
         assert_eq!(sys.stats(&a), full, "B took nothing of A's");
         sys.check();
     }
     // B can even hold its own budgets at the same time as A.
     let bc = [
-        rpc_call(&mut b, &mut sys, sb, PAGE, 20),
-        rpc_call(&mut b, &mut sys, sb, PAGE, 21),
+        rpc_call(&mut b, &sys, sb, PAGE, 20),
+        rpc_call(&mut b, &sys, sb, PAGE, 21),
     ];
     assert!(bc.iter().all(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC));
     for c in bc {
-        assert_eq!(b.finish(&mut sys, c).ret(), gp::TEE_SUCCESS);
+        assert_eq!(b.finish(&sys, c).ret(), gp::TEE_SUCCESS);
     }
 
     // A's own budgets bind A: the first call's SHM_ALLOC answer would be a fifth buffer, so
     // the mediator has the guest free it and the TEE hears OUT_OF_MEMORY; the call ends
     // cleanly. Then A lets go of its buffers, its other call ends well, and A works again.
-    let r = a.finish(&mut sys, suspended.remove(0));
+    let r = a.finish(&sys, suspended.remove(0));
     assert_eq!(r.ret(), gp::TEE_ERROR_OUT_OF_MEMORY);
-    assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
-    assert_eq!(a.unregister(&mut sys, 2), gp::TEE_SUCCESS);
-    assert_eq!(
-        a.finish(&mut sys, suspended.remove(0)).ret(),
-        gp::TEE_SUCCESS
-    );
+    assert_eq!(a.unregister(&sys, 1), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 2), gp::TEE_SUCCESS);
+    assert_eq!(a.finish(&sys, suspended.remove(0)).ret(), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a), GuestStats::default());
-    well_behaved(&mut a, &mut sys, sa, 30);
-    well_behaved(&mut b, &mut sys, sb, 31);
+    well_behaved(&mut a, &sys, sa, 30);
+    well_behaved(&mut b, &sys, sb, 31);
     sys.check();
     sys.destroy_and_check(&a);
     sys.destroy_and_check(&b);
@@ -202,9 +199,9 @@ fn the_shadow_budget_binds_while_the_pool_has_pages() {
     let mut sys = two_guests_with(limits);
     let mut a = sys.guest(1, 0);
     let mut b = sys.guest(2, 1);
-    let (sa, sb) = (a.open_session(&mut sys), b.open_session(&mut sys));
+    let (sa, sb) = (a.open_session(&sys), b.open_session(&sys));
     let calls: Vec<Started> = (0..4)
-        .map(|seed| rpc_call(&mut a, &mut sys, sa, PAGE, seed))
+        .map(|seed| rpc_call(&mut a, &sys, sa, PAGE, seed))
         .collect();
     assert!(
         calls
@@ -212,17 +209,17 @@ fn the_shadow_budget_binds_while_the_pool_has_pages() {
             .all(|c| c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC)
     );
     assert_eq!(sys.stats(&a).shadow_pages, 4);
-    let more = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let more = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(more.out.a0(), OPTEE_SMC_RETURN_ENOMEM);
     assert_eq!(sys.hyp.memory().held.len(), 4, "B's share is untouched");
-    well_behaved(&mut b, &mut sys, sb, 7);
+    well_behaved(&mut b, &sys, sb, 7);
     sys.check();
     for c in calls {
         // Each answer needs an RPC arg's shadow: there is one as soon as a call has ended.
-        let _ = a.finish(&mut sys, c);
+        let _ = a.finish(&sys, c);
     }
     assert_eq!(sys.stats(&a), GuestStats::default());
-    well_behaved(&mut a, &mut sys, sa, 8);
+    well_behaved(&mut a, &sys, sa, 8);
     sys.destroy_and_check(&a);
     sys.destroy_and_check(&b);
 }
@@ -259,8 +256,8 @@ fn guest_creation_needs_a_share() {
     assert!(sys.tee().guest(GuestId(3)).is_none());
     sys.hyp_memory_limit(None);
     let mut c = sys.guest(3, 1);
-    let s = c.open_session(&mut sys);
-    well_behaved(&mut c, &mut sys, s, 5);
+    let s = c.open_session(&sys);
+    well_behaved(&mut c, &sys, s, 5);
     sys.destroy_and_check(&c);
     sys.destroy_and_check(&a);
 }
@@ -292,9 +289,9 @@ fn regression_fuzz_a_new_guest_finds_its_thread_while_another_holds_all_it_may()
     };
     let mut sys = System::with_hyp(core, hyp, Some(16));
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let calls: Vec<Started> = (0..4)
-        .map(|seed| rpc_call(&mut a, &mut sys, s, PAGE, seed))
+        .map(|seed| rpc_call(&mut a, &sys, s, PAGE, seed))
         .collect();
     let waiting = calls
         .iter()
@@ -302,12 +299,12 @@ fn regression_fuzz_a_new_guest_finds_its_thread_while_another_holds_all_it_may()
         .count();
     assert_eq!(waiting, 2, "its own thread and the one shared");
     let mut b = sys.guest(2, 1);
-    let sb = b.open_session(&mut sys);
-    well_behaved(&mut b, &mut sys, sb, 3);
+    let sb = b.open_session(&sys);
+    well_behaved(&mut b, &sys, sb, 3);
     sys.check();
     for c in calls {
         if c.out.a0() == OPTEE_SMC_RETURN_RPC_ALLOC {
-            assert_eq!(a.finish(&mut sys, c).ret(), gp::TEE_SUCCESS);
+            assert_eq!(a.finish(&sys, c).ret(), gp::TEE_SUCCESS);
         }
     }
     sys.destroy_and_check(&a);
@@ -331,6 +328,7 @@ impl MachineMemory for Pool {
     }
 }
 
+#[derive(Clone)]
 struct NoTee;
 
 impl SmcConduit for NoTee {
@@ -411,7 +409,7 @@ proptest! {
         let mut sys = two_guests();
         let mut a = sys.guest(1, 0);
         let mut b = sys.guest(2, 1);
-        let (sa, sb) = (a.open_session(&mut sys), b.open_session(&mut sys));
+        let (sa, sb) = (a.open_session(&sys), b.open_session(&sys));
         let mut registered: Vec<u64> = Vec::new();
         let mut suspended: Vec<Started> = Vec::new();
         for (step, op) in ops.iter().enumerate() {
@@ -426,7 +424,7 @@ proptest! {
                         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
                         Tmem::new(buf_ptr, buf.size, cookie),
                     );
-                    let r = a.call(&mut sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+                    let r = a.call(&sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
                     match (r.a0, r.ret()) {
                         (OPTEE_SMC_RETURN_OK, gp::TEE_SUCCESS) => registered.push(cookie),
                         (OPTEE_SMC_RETURN_OK, ret) => {
@@ -442,7 +440,7 @@ proptest! {
                 Greedy::Unregister(i) if !registered.is_empty() => {
                     let at = i % registered.len();
                     let p = rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, registered[at], 0, 0);
-                    let r = a.call(&mut sys, header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
+                    let r = a.call(&sys, header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
                     // Even an unregister needs a call record and a shadow for its arg.
                     if r.a0 == OPTEE_SMC_RETURN_OK {
                         prop_assert_eq!(r.ret(), gp::TEE_SUCCESS);
@@ -456,7 +454,7 @@ proptest! {
                     }
                 }
                 Greedy::Suspend => {
-                    let s = rpc_call(&mut a, &mut sys, sa, PAGE, step as u64);
+                    let s = rpc_call(&mut a, &sys, sa, PAGE, step as u64);
                     if is_rpc_return(s.out.a0()) {
                         suspended.push(s);
                     } else {
@@ -470,8 +468,8 @@ proptest! {
                 Greedy::Advance(i) if !suspended.is_empty() => {
                     let at = i % suspended.len();
                     let s = suspended[at];
-                    let answer = a.answer_rpc(&mut sys, &s.out);
-                    let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+                    let answer = a.answer_rpc(&sys, &s.out);
+                    let out = a.smc(&sys, answer.a0(), &answer.a[1..6]);
                     if is_rpc_return(out.a0()) {
                         suspended[at] = Started { out, ..s };
                     } else {
@@ -483,13 +481,13 @@ proptest! {
                 Greedy::Resume(i) if !suspended.is_empty() => {
                     let s = suspended.swap_remove(i % suspended.len());
                     // It may fail (its RPC arg may pass A's budgets), but cleanly.
-                    let r = a.finish(&mut sys, s);
+                    let r = a.finish(&sys, s);
                     prop_assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
                 }
                 Greedy::TempFill(pages) => {
                     let temp = a.buffer(pages * PAGE, 0);
                     let p = a.tmem_list(&sys, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &temp);
-                    let s = a.start(&mut sys, invoke_header(sa, cmd::FILL), &[p, value(VIN, 1, 0, 0)], 0);
+                    let s = a.start(&sys, invoke_header(sa, cmd::FILL), &[p, value(VIN, 1, 0, 0)], 0);
                     if s.out.a0() == OPTEE_SMC_RETURN_OK {
                         let r = a.reply(&sys, 0, s);
                         prop_assert!(
@@ -501,12 +499,12 @@ proptest! {
                 _ => {}
             }
             sys.check();
-            well_behaved(&mut b, &mut sys, sb, step as u64);
+            well_behaved(&mut b, &sys, sb, step as u64);
             prop_assert_eq!(sys.stats(&b), GuestStats::default());
             sys.check();
         }
         for s in suspended {
-            let _ = a.finish(&mut sys, s);
+            let _ = a.finish(&sys, s);
         }
         sys.destroy_and_check(&a);
         sys.destroy_and_check(&b);

@@ -63,7 +63,7 @@ fn arg_address_outside_guest_ram() {
         a.end() + 0x10,
     ] {
         let (hi, lo) = split_pair(ipa);
-        let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
+        let out = a.smc(&sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADADDR, "{ipa:#x}");
     }
     assert_nothing_held(&sys, &a);
@@ -76,10 +76,10 @@ fn malformed_args() {
     let mut a = sys.guest(1, 0);
     let v = value(VIN, 1, 2, 3);
     // Crossing the end of its page (the core's rule): 64 bytes at 40 bytes before the end.
-    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 40);
+    let s = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 40);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADADDR);
     // Not even a header.
-    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], PAGE - 16);
+    let s = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], PAGE - 16);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADADDR);
     // Too many params, and an unknown command.
     let mut h = header(OPTEE_MSG_CMD_CANCEL);
@@ -87,19 +87,19 @@ fn malformed_args() {
     h.num_params.set(128);
     a.write(&sys, page, h.as_bytes());
     let (hi, lo) = split_pair(page);
-    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
+    let out = a.smc(&sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_EBADCMD);
     for cmd in [
         OPTEE_MSG_CMD_DO_BOTTOM_HALF,
         OPTEE_MSG_CMD_LEND_PROTMEM,
         0xdead,
     ] {
-        let s = a.start(&mut sys, header(cmd), &[v], 0);
+        let s = a.start(&sys, header(cmd), &[v], 0);
         assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_EBADCMD, "cmd {cmd}");
     }
     // An unaligned arg that fits its page is fine (the core accepts it too).
-    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 64);
-    let r = a.finish(&mut sys, s);
+    let s = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[v], PAGE - 64);
+    let r = a.finish(&sys, s);
     assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
     assert_nothing_held(&sys, &a);
 }
@@ -126,7 +126,7 @@ fn page_lists_outside_guest_ram() {
         buf.pages[1] = bad;
         let (buf_ptr, _) = a.page_list(&sys, &buf);
         let r = a.call(
-            &mut sys,
+            &sys,
             header(OPTEE_MSG_CMD_REGISTER_SHM),
             &[register_param(buf_ptr, size, 1)],
         );
@@ -145,7 +145,7 @@ fn page_lists_outside_guest_ram() {
     }
     b.write(&sys, b.base + 8 * PAGE, &list);
     let r = a.call(
-        &mut sys,
+        &sys,
         header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(b.base + 8 * PAGE, size, 2)],
     );
@@ -156,11 +156,11 @@ fn page_lists_outside_guest_ram() {
     assert_nothing_held(&sys, &a);
 
     // The same in a temporary memref of an invoke: B's page is never written.
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let mut buf = a.buffer(size, 0);
     buf.pages[0] = b.base;
     let p = a.tmem_list(&sys, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &buf);
-    let r = a.invoke(&mut sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
+    let r = a.invoke(&sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
     assert_eq!(
         (r.ret(), r.origin()),
         (gp::TEE_ERROR_BAD_PARAMETERS, gp::TEE_ORIGIN_COMMS)
@@ -168,7 +168,7 @@ fn page_lists_outside_guest_ram() {
     assert_eq!(b.read(&sys, b.base, 10), b"B's secret");
     // A list page in B's range for a temporary memref.
     let p = MsgParam::from_tmem(REG, Tmem::new(b.base + 8 * PAGE, size, 0));
-    let r = a.invoke(&mut sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
+    let r = a.invoke(&sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
     assert_eq!(
         (r.ret(), r.origin()),
         (gp::TEE_ERROR_BAD_PARAMETERS, gp::TEE_ORIGIN_COMMS)
@@ -186,7 +186,7 @@ fn page_lists_outside_guest_ram() {
     let mut bad = a.buffer(PAGE, 0);
     bad.pages[0] = a.end();
     let p1 = a.tmem_list(&sys, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &bad);
-    let r = a.invoke(&mut sys, s, cmd::COPY, &[p0, p1]);
+    let r = a.invoke(&sys, s, cmd::COPY, &[p0, p1]);
     assert_eq!(
         (r.ret(), r.origin()),
         (gp::TEE_ERROR_BAD_PARAMETERS, gp::TEE_ORIGIN_COMMS)
@@ -202,7 +202,7 @@ fn page_lists_outside_guest_ram() {
 fn malformed_params() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let bad_params = [
         // A contiguous tmem naming memory: only NULL or a page list is mediated.
         MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, Tmem::new(a.base, 16, 0)),
@@ -219,7 +219,7 @@ fn malformed_params() {
         MsgParam::from_tmem(REG, Tmem::new(a.base, 0, 0)),
     ];
     for p in bad_params {
-        let r = a.invoke(&mut sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
+        let r = a.invoke(&sys, s, cmd::FILL, &[p, value(VIN, 1, 0, 0)]);
         assert_eq!(
             (r.a0, r.ret(), r.origin()),
             (0, gp::TEE_ERROR_BAD_PARAMETERS, gp::TEE_ORIGIN_COMMS),
@@ -228,18 +228,18 @@ fn malformed_params() {
     }
     // A NULL memref passes to the TEE, which refuses it itself (origin: the TA).
     let null = MsgParam::from_tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, Tmem::new(0, 16, 0));
-    let r = a.invoke(&mut sys, s, cmd::FILL, &[null, value(VIN, 1, 0, 0)]);
+    let r = a.invoke(&sys, s, cmd::FILL, &[null, value(VIN, 1, 0, 0)]);
     assert_eq!(
         (r.ret(), r.origin()),
         (gp::TEE_ERROR_BAD_PARAMETERS, gp::TEE_ORIGIN_TRUSTED_APP)
     );
     // A duplicate registration is refused before anything is pinned.
     let buf = a.buffer(PAGE, 0);
-    assert_eq!(a.register(&mut sys, 9, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 9, &buf), gp::TEE_SUCCESS);
     let other = a.buffer(2 * PAGE, 0);
     let (buf_ptr, _) = a.page_list(&sys, &other);
     let r = a.call(
-        &mut sys,
+        &sys,
         header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(buf_ptr, 2 * PAGE, 9)],
     );
@@ -250,7 +250,7 @@ fn malformed_params() {
     assert_eq!(sys.hyp.pinned_pages(a.id), 1);
     // A registration refused by the TEE itself (it wants one param) unpins.
     let r = a.call(
-        &mut sys,
+        &sys,
         header(OPTEE_MSG_CMD_REGISTER_SHM),
         &[register_param(buf_ptr, 2 * PAGE, 10), value(VIN, 0, 0, 0)],
     );
@@ -260,14 +260,14 @@ fn malformed_params() {
     );
     assert_eq!(sys.hyp.pinned_pages(a.id), 1);
     // An unregister of an unknown cookie changes nothing; of the right one, unpins.
-    assert_eq!(a.unregister(&mut sys, 77), gp::TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(a.unregister(&sys, 77), gp::TEE_ERROR_BAD_PARAMETERS);
     assert_eq!(sys.hyp.pinned_pages(a.id), 1);
-    assert_eq!(a.unregister(&mut sys, 9), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 9), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.destroy_and_check(&a);
 }
 
-fn rpc_buffer(a: &mut Guest, sys: &mut System, session: u32, bytes: u64) -> Reply {
+fn rpc_buffer(a: &mut Guest, sys: &System, session: u32, bytes: u64) -> Reply {
     a.invoke(
         sys,
         session,
@@ -288,10 +288,10 @@ fn hostile_rpc_answers() {
     let mut a = sys.guest(1, 0);
     let b = sys.guest(2, 1);
     b.write(&sys, b.base, &[0x5a; 64]);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
 
     a.rpc_mode = RpcMode::AllocOutside;
-    let r = rpc_buffer(&mut a, &mut sys, s, 2 * PAGE);
+    let r = rpc_buffer(&mut a, &sys, s, 2 * PAGE);
     assert_eq!(r.a0, 0);
     assert_ne!(r.ret(), gp::TEE_SUCCESS);
     assert!(a.served.is_empty(), "no RPC arg buffer, no RPC command");
@@ -305,7 +305,7 @@ fn hostile_rpc_answers() {
     ] {
         a.rpc_mode = mode;
         a.served.clear();
-        let r = rpc_buffer(&mut a, &mut sys, s, 2 * PAGE);
+        let r = rpc_buffer(&mut a, &sys, s, 2 * PAGE);
         assert_eq!(r.a0, 0);
         assert_ne!(r.ret(), gp::TEE_SUCCESS, "{mode:?}");
         // The guest was asked to free what it allocated; only then did the TEE hear.
@@ -324,7 +324,7 @@ fn hostile_rpc_answers() {
 
     // And a good answer still works afterwards.
     a.rpc_mode = RpcMode::Good;
-    let r = rpc_buffer(&mut a, &mut sys, s, 2 * PAGE);
+    let r = rpc_buffer(&mut a, &sys, s, 2 * PAGE);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     assert_nothing_held(&sys, &a);
     sys.destroy_and_check(&a);
@@ -337,9 +337,9 @@ fn bogus_resumes() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
     let mut b = sys.guest(2, 1);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let started = a.start(
-        &mut sys,
+        &sys,
         invoke_header(s, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
@@ -354,20 +354,20 @@ fn bogus_resumes() {
     let page = b.alloc_page();
     let (hi, lo) = split_pair(page);
     let out = b.smc(
-        &mut sys,
+        &sys,
         OPTEE_SMC_CALL_RETURN_FROM_RPC,
         &[hi, lo, thread, 0, 1],
     );
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_ERESUME);
     for t in [thread + 1, u64::MAX, 1 << 40] {
-        let out = a.smc(&mut sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, t]);
+        let out = a.smc(&sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, t]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_ERESUME, "{t:#x}");
     }
-    let r = a.finish(&mut sys, started);
+    let r = a.finish(&sys, started);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a).calls_in_flight, 0);
     // A resume after the call ended.
-    let out = a.smc(&mut sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]);
+    let out = a.smc(&sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_ERESUME);
     sys.destroy_and_check(&a);
     sys.destroy_and_check(&b);
@@ -384,43 +384,43 @@ fn limits() {
     };
     let mut sys = System::with(virtualized(), limits);
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
 
     // Calls: two suspended in an RPC, the third is refused.
     let rpc = [
         value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
         value(VOUT, 0, 0, 0),
     ];
-    let c1 = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
-    let c2 = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
+    let c1 = a.start(&sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
+    let c2 = a.start(&sys, invoke_header(s, cmd::RPC_BUFFER), &rpc, 0);
     assert!(is_rpc_return(c1.out.a0()) && is_rpc_return(c2.out.a0()));
-    let c3 = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let c3 = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(c3.out.a0(), OPTEE_SMC_RETURN_ETHREAD_LIMIT);
-    assert_eq!(a.finish(&mut sys, c1).ret(), gp::TEE_SUCCESS);
-    assert_eq!(a.finish(&mut sys, c2).ret(), gp::TEE_SUCCESS);
-    let c3 = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
-    assert_eq!(a.finish(&mut sys, c3).ret(), gp::TEE_SUCCESS);
+    assert_eq!(a.finish(&sys, c1).ret(), gp::TEE_SUCCESS);
+    assert_eq!(a.finish(&sys, c2).ret(), gp::TEE_SUCCESS);
+    let c3 = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    assert_eq!(a.finish(&sys, c3).ret(), gp::TEE_SUCCESS);
 
     // One buffer of 7 pages is too large.
     let big = a.buffer(7 * PAGE, 0);
-    assert_eq!(a.register(&mut sys, 1, &big), gp::TEE_ERROR_OUT_OF_MEMORY);
+    assert_eq!(a.register(&sys, 1, &big), gp::TEE_ERROR_OUT_OF_MEMORY);
     // Pins: 6 + 3 fit, 2 more do not.
     let (b6, b3, b2) = (
         a.buffer(6 * PAGE, 0),
         a.buffer(3 * PAGE, 0),
         a.buffer(2 * PAGE, 0),
     );
-    assert_eq!(a.register(&mut sys, 1, &b6), gp::TEE_SUCCESS);
-    assert_eq!(a.register(&mut sys, 2, &b3), gp::TEE_SUCCESS);
-    assert_eq!(a.register(&mut sys, 3, &b2), gp::TEE_ERROR_OUT_OF_MEMORY);
+    assert_eq!(a.register(&sys, 1, &b6), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 2, &b3), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 3, &b2), gp::TEE_ERROR_OUT_OF_MEMORY);
     assert_eq!(sys.hyp.pinned_pages(a.id), 9);
     // Buffers: a third fits, a fourth does not.
     let one = a.buffer(1, 0);
-    assert_eq!(a.register(&mut sys, 3, &one), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 3, &one), gp::TEE_SUCCESS);
     let other = a.buffer(1, 0);
-    assert_eq!(a.register(&mut sys, 4, &other), gp::TEE_ERROR_OUT_OF_MEMORY);
+    assert_eq!(a.register(&sys, 4, &other), gp::TEE_ERROR_OUT_OF_MEMORY);
     // An RPC buffer now finds no room: the call fails cleanly, nothing more is held.
-    let r = rpc_buffer(&mut a, &mut sys, s, PAGE);
+    let r = rpc_buffer(&mut a, &sys, s, PAGE);
     assert_ne!(r.ret(), gp::TEE_SUCCESS);
     a.rpc_bufs.clear();
     let st = sys.stats(&a);
@@ -430,7 +430,7 @@ fn limits() {
     );
     sys.check();
     for c in 1..=3 {
-        assert_eq!(a.unregister(&mut sys, c), gp::TEE_SUCCESS);
+        assert_eq!(a.unregister(&sys, c), gp::TEE_SUCCESS);
     }
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.destroy_and_check(&a);
@@ -443,18 +443,18 @@ fn hypervisor_pages_exhausted() {
     let mut a = sys.guest(1, 0);
     let buf = a.buffer(PAGE, 0);
     sys.hyp_memory_limit(Some(0));
-    let s = a.start(&mut sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
+    let s = a.start(&sys, header(OPTEE_MSG_CMD_CANCEL), &[], 0);
     assert_eq!(s.out.a0(), OPTEE_SMC_RETURN_ENOMEM);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_ERROR_OUT_OF_MEMORY);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_ERROR_OUT_OF_MEMORY);
     // One page: the shadow list takes it, the shadow arg finds none; the list goes back.
     sys.hyp_memory_limit(Some(1));
     let (buf_ptr, _) = a.page_list(&sys, &buf);
     let p = MsgParam::from_tmem(REG, Tmem::new(buf_ptr, PAGE, 1));
-    let r = a.call(&mut sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
+    let r = a.call(&sys, header(OPTEE_MSG_CMD_REGISTER_SHM), &[p]);
     assert_eq!(r.a0, OPTEE_SMC_RETURN_ENOMEM);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.hyp_memory_limit(None);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_SUCCESS);
     assert_eq!(sys.shadows_held(), 0);
     sys.destroy_and_check(&a);
 }
@@ -494,10 +494,10 @@ proptest! {
                 let ipa = pages[page as usize] + (offset & !7);
                 (regs[0], regs[1]) = split_pair(ipa);
             }
-            let out = a.smc(&mut sys, funcs[f], &regs);
+            let out = a.smc(&sys, funcs[f], &regs);
             if is_rpc_return(out.a0()) {
                 // Answer with garbage too.
-                let _ = a.smc(&mut sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[regs[3], regs[4], out.a[3], regs[5], regs[0]]);
+                let _ = a.smc(&sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[regs[3], regs[4], out.a[3], regs[5], regs[0]]);
             }
             let d = sys.tee().check_agreement();
             prop_assert!(d.is_empty(), "{:?}", d);

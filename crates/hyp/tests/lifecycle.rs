@@ -68,7 +68,7 @@ fn creation_rules() {
     // An id may come back.
     let mut a = sys.guest(1, 0);
     let buf = a.buffer(PAGE, 0);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_SUCCESS);
     sys.destroy_and_check(&a);
 }
 
@@ -78,7 +78,7 @@ fn pinned_pages_cannot_leave_the_guest() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
     let buf = a.buffer(2 * PAGE, 0x10);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_SUCCESS);
     let page = buf.pages[1];
     assert_eq!(
         sys.hyp.unmap_guest_page(a.id, page),
@@ -89,15 +89,12 @@ fn pinned_pages_cannot_leave_the_guest() {
     assert_eq!(pa, a.pa(free));
     assert_eq!(sys.hyp.stage2(a.id).unwrap().translate(free), None);
     sys.hyp.map_guest_page(a.id, free, pa).unwrap();
-    assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 1), gp::TEE_SUCCESS);
     assert_eq!(sys.hyp.unmap_guest_page(a.id, page), Ok(a.pa(page)));
     // A page that left the guest cannot be named any more.
     let mut again = a.buffer(PAGE, 0);
     again.pages[0] = page;
-    assert_eq!(
-        a.register(&mut sys, 2, &again),
-        gp::TEE_ERROR_BAD_PARAMETERS
-    );
+    assert_eq!(a.register(&sys, 2, &again), gp::TEE_ERROR_BAD_PARAMETERS);
     sys.destroy_and_check(&a);
 }
 
@@ -109,9 +106,9 @@ fn pinned_pages_cannot_leave_the_guest() {
 fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let buf = a.buffer(3 * PAGE, 0);
-    assert_eq!(a.register(&mut sys, 7, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 7, &buf), gp::TEE_SUCCESS);
     // RPC_BUFFER takes two value params; the third, a memref of the registered buffer, is
     // held by the call while it waits for its RPC.
     let params = [
@@ -119,11 +116,11 @@ fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
         value(VOUT, 0, 0, 0),
         rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 7, 0, 16),
     ];
-    let user = a.start(&mut sys, invoke_header(s, cmd::RPC_BUFFER), &params, 0);
+    let user = a.start(&sys, invoke_header(s, cmd::RPC_BUFFER), &params, 0);
     assert_eq!(user.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
     // Another call, also suspended, that does not hold the buffer.
     let other = a.start(
-        &mut sys,
+        &sys,
         invoke_header(s, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_APPL, 4),
@@ -135,7 +132,7 @@ fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
     // The buffer and each suspended call's arg page.
     assert_eq!(sys.tee().guest(a.id).unwrap().snapshot().objects, 3);
 
-    assert_eq!(a.unregister(&mut sys, 7), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 7), gp::TEE_SUCCESS);
     let st = sys.stats(&a);
     assert_eq!(
         (st.registered, st.draining, st.pinned_pages, st.buffers),
@@ -149,13 +146,13 @@ fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
     // The guest reuses them at once, as Linux does.
     a.fill_buf(&sys, &buf, |i| (i % 251) as u8 ^ 0x5a);
     // The cookie is free again at once; a retry answers BAD_PARAMETERS.
-    assert_eq!(a.unregister(&mut sys, 7), gp::TEE_ERROR_BAD_PARAMETERS);
+    assert_eq!(a.unregister(&sys, 7), gp::TEE_ERROR_BAD_PARAMETERS);
     let reuse = a.buffer(PAGE, 0);
-    assert_eq!(a.register(&mut sys, 7, &reuse), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 7, &reuse), gp::TEE_SUCCESS);
 
-    let r = a.finish(&mut sys, user);
+    let r = a.finish(&sys, user);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
-    let r = a.finish(&mut sys, other);
+    let r = a.finish(&sys, other);
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     assert_eq!(
         a.read_buf(&sys, &buf),
@@ -171,7 +168,7 @@ fn unregister_of_a_buffer_in_use_releases_the_pins_at_once() {
         1,
         "the core let go of the old buffer with its last user"
     );
-    assert_eq!(a.unregister(&mut sys, 7), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 7), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.check();
     sys.destroy_and_check(&a);
@@ -185,14 +182,14 @@ fn a_revoked_buffer_is_never_touched_again() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
     let buf = a.buffer(2 * PAGE - 100, 100);
-    assert_eq!(a.register(&mut sys, 9, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 9, &buf), gp::TEE_SUCCESS);
     let tee = sys.tee_arc();
     let used = tee.use_registered(a.id, 9).unwrap();
     let guard = tee.map(&used).unwrap();
     guard.write(0, b"before").unwrap();
     assert_eq!(a.read(&sys, a.buf_ipa(&buf, 0), 6), b"before");
 
-    assert_eq!(a.unregister(&mut sys, 9), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 9), gp::TEE_SUCCESS);
     assert_eq!(
         sys.stats(&a),
         GuestStats::default(),
@@ -217,7 +214,7 @@ fn a_revoked_buffer_is_never_touched_again() {
     drop(guard);
     drop(used);
     drop(tee);
-    let out = a.smc(&mut sys, OPTEE_SMC_CALLS_UID, &[]);
+    let out = a.smc(&sys, OPTEE_SMC_CALLS_UID, &[]);
     assert_eq!(out.a0(), uid::OPTEE_MSG_UID[0]);
     assert_eq!(sys.tee().guest(a.id).unwrap().snapshot().objects, 0);
     assert_eq!(a.read_buf(&sys, &buf), mine);
@@ -235,11 +232,11 @@ fn an_rpc_arg_the_core_refuses_comes_back_at_once() {
     config.quotas.max_objects = 2;
     let mut sys = System::with(config, HypLimits::default());
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let buf = a.buffer(PAGE, 0);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_SUCCESS);
     let c = a.start(
-        &mut sys,
+        &sys,
         invoke_header(s, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 1),
@@ -248,8 +245,8 @@ fn an_rpc_arg_the_core_refuses_comes_back_at_once() {
         0,
     );
     assert_eq!(c.out.a0(), OPTEE_SMC_RETURN_RPC_ALLOC);
-    let answer = a.answer_rpc(&mut sys, &c.out);
-    let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+    let answer = a.answer_rpc(&sys, &c.out);
+    let out = a.smc(&sys, answer.a0(), &answer.a[1..6]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_FREE);
     let st = sys.stats(&a);
     assert_eq!(
@@ -258,11 +255,11 @@ fn an_rpc_arg_the_core_refuses_comes_back_at_once() {
         "only the registered buffer and the call's shadow arg are left"
     );
     sys.check();
-    let r = a.finish(&mut sys, Started { out, ..c });
+    let r = a.finish(&sys, Started { out, ..c });
     assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
     assert_ne!(r.ret(), gp::TEE_SUCCESS);
     assert!(a.rpc_bufs.is_empty(), "the guest got its buffer back");
-    assert_eq!(a.unregister(&mut sys, 1), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 1), gp::TEE_SUCCESS);
     assert_eq!(sys.stats(&a), GuestStats::default());
     sys.destroy_and_check(&a);
 }
@@ -275,18 +272,18 @@ fn destroy_in_the_middle_of_everything() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
     let mut b = sys.guest(2, 1);
-    let (sa, sb) = (a.open_session(&mut sys), b.open_session(&mut sys));
+    let (sa, sb) = (a.open_session(&sys), b.open_session(&sys));
     let buf_b = b.buffer(2 * PAGE, 0x20);
-    assert_eq!(b.register(&mut sys, 1, &buf_b), gp::TEE_SUCCESS);
+    assert_eq!(b.register(&sys, 1, &buf_b), gp::TEE_SUCCESS);
     let b_before = sys.stats(&b);
 
     assert_eq!(
-        a.smc(&mut sys, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a0(),
+        a.smc(&sys, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a0(),
         OPTEE_SMC_RETURN_OK
     );
     // One finished call leaves a cached RPC arg.
     let r = a.invoke(
-        &mut sys,
+        &sys,
         sa,
         cmd::RPC_BUFFER,
         &[
@@ -297,7 +294,7 @@ fn destroy_in_the_middle_of_everything() {
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     for cookie in 1..=3 {
         let buf = a.buffer(5 * PAGE, 0x30);
-        assert_eq!(a.register(&mut sys, cookie, &buf), gp::TEE_SUCCESS);
+        assert_eq!(a.register(&sys, cookie, &buf), gp::TEE_SUCCESS);
     }
     // A call holding buffer 3, left suspended at its SHM_FREE.
     let rpc = [
@@ -305,17 +302,17 @@ fn destroy_in_the_middle_of_everything() {
         value(VOUT, 0, 0, 0),
         rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 3, 0, 1),
     ];
-    let c1 = a.start(&mut sys, invoke_header(sa, cmd::RPC_BUFFER), &rpc, 0);
+    let c1 = a.start(&sys, invoke_header(sa, cmd::RPC_BUFFER), &rpc, 0);
     // It reuses the cached RPC arg: straight to RPC_CMD (SHM_ALLOC).
     assert_eq!(c1.out.a0(), OPTEE_SMC_RETURN_RPC_CMD);
-    let answer = a.answer_rpc(&mut sys, &c1.out);
-    let out = a.smc(&mut sys, answer.a0(), &answer.a[1..6]);
+    let answer = a.answer_rpc(&sys, &c1.out);
+    let out = a.smc(&sys, answer.a0(), &answer.a[1..6]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_RPC_CMD, "now SHM_FREE");
     // Unregister 3 while c1 holds it: SUCCESS (the core revokes it), its pins go at once.
-    assert_eq!(a.unregister(&mut sys, 3), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 3), gp::TEE_SUCCESS);
     // A second call suspended at RPC_ALLOC (the cache is empty now).
     let c2 = a.start(
-        &mut sys,
+        &sys,
         invoke_header(sa, cmd::RPC_BUFFER),
         &[
             value(VIN, PAGE, OPTEE_RPC_SHM_TYPE_KERNEL, 3),
@@ -336,7 +333,7 @@ fn destroy_in_the_middle_of_everything() {
     assert_eq!(sys.stats(&b), b_before);
     // B is untouched and goes on.
     let r = b.invoke(
-        &mut sys,
+        &sys,
         sb,
         cmd::FILL,
         &[
@@ -347,7 +344,7 @@ fn destroy_in_the_middle_of_everything() {
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     assert_eq!(b.read_buf(&sys, &buf_b), pattern(9, buf_b.size));
     let r = b.invoke(
-        &mut sys,
+        &sys,
         sb,
         cmd::RPC_BUFFER,
         &[
@@ -358,12 +355,8 @@ fn destroy_in_the_middle_of_everything() {
     assert_eq!(r.ret(), gp::TEE_SUCCESS);
     // A's old thread ids mean nothing to B.
     assert_eq!(
-        b.smc(
-            &mut sys,
-            OPTEE_SMC_CALL_RETURN_FROM_RPC,
-            &[0, 0, c2.out.a[3]]
-        )
-        .a0(),
+        b.smc(&sys, OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, c2.out.a[3]])
+            .a0(),
         OPTEE_SMC_RETURN_ERESUME
     );
     sys.destroy_and_check(&b);
@@ -408,7 +401,7 @@ struct Model {
 }
 
 impl Model {
-    fn step(&mut self, sys: &mut System, op: &Op) {
+    fn step(&mut self, sys: &System, op: &Op) {
         let g = &mut self.g;
         match op.clone() {
             Op::Register { pages, offset, bad } => {
@@ -520,7 +513,7 @@ impl Model {
         }
     }
 
-    fn drain_cache(&mut self, sys: &mut System) {
+    fn drain_cache(&mut self, sys: &System) {
         loop {
             let out = self.g.smc(sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
             match out.a0() {
@@ -539,7 +532,7 @@ impl Model {
     }
 
     /// Ends everything; the guest must then hold nothing anywhere.
-    fn wind_down(&mut self, sys: &mut System) {
+    fn wind_down(&mut self, sys: &System) {
         for s in std::mem::take(&mut self.suspended) {
             assert_eq!(self.g.finish(sys, s).ret(), gp::TEE_SUCCESS);
         }
@@ -563,16 +556,16 @@ proptest::proptest! {
         let mut sys = System::new();
         let mut models = [0u16, 1].map(|i| {
             let mut g = sys.guest(i + 1, u64::from(i));
-            let session = g.open_session(&mut sys);
+            let session = g.open_session(&sys);
             Model { g, session, registered: Vec::new(), suspended: Vec::new() }
         });
         for (second, op) in &ops {
-            models[usize::from(*second)].step(&mut sys, op);
+            models[usize::from(*second)].step(&sys, op);
             let d = sys.tee().check_agreement();
             proptest::prop_assert!(d.is_empty(), "{:?}", d);
         }
         let [mut a, b] = models;
-        a.wind_down(&mut sys);
+        a.wind_down(&sys);
         sys.destroy_and_check(&a.g);
         sys.destroy_and_check(&b.g);
         proptest::prop_assert_eq!(sys.shadows_held(), 0);

@@ -42,13 +42,13 @@ fn identity_capabilities_and_refused_calls() {
     assert!(full.contains(SecureCaps::RPC_ARG | SecureCaps::VIRTUALIZATION));
     assert!(!full.contains(SecureCaps::HAVE_RESERVED_SHM));
 
-    let out = a.smc(&mut sys, OPTEE_SMC_CALLS_UID, &[]);
+    let out = a.smc(&sys, OPTEE_SMC_CALLS_UID, &[]);
     assert_eq!(
         [out.a0(), out.a[1] as u32, out.a[2] as u32, out.a[3] as u32],
         uid::OPTEE_MSG_UID
     );
     for ns_caps in [0, 1, 0xffff_fff0] {
-        let out = a.smc(&mut sys, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[ns_caps]);
+        let out = a.smc(&sys, OPTEE_SMC_EXCHANGE_CAPABILITIES, &[ns_caps]);
         assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
         assert_eq!(
             out.a[1],
@@ -57,10 +57,10 @@ fn identity_capabilities_and_refused_calls() {
         assert_eq!(out.a[2..], [0; 6], "no RPC_ARG param count, nothing else");
     }
     assert_eq!(
-        a.smc(&mut sys, OPTEE_SMC_GET_SHM_CONFIG, &[]).a0(),
+        a.smc(&sys, OPTEE_SMC_GET_SHM_CONFIG, &[]).a0(),
         OPTEE_SMC_RETURN_ENOTAVAIL
     );
-    let threads = a.smc(&mut sys, OPTEE_SMC_GET_THREAD_COUNT, &[]);
+    let threads = a.smc(&sys, OPTEE_SMC_GET_THREAD_COUNT, &[]);
     assert_eq!(
         (threads.a0(), threads.a[1]),
         (OPTEE_SMC_RETURN_OK, 3),
@@ -70,10 +70,7 @@ fn identity_capabilities_and_refused_calls() {
     // Guests may not announce or end guests, whatever a1 says.
     for func in [OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED] {
         for who in [0u64, 1, 9] {
-            assert_eq!(
-                a.smc(&mut sys, func, &[who]).a0(),
-                OPTEE_SMC_RETURN_ENOTAVAIL
-            );
+            assert_eq!(a.smc(&sys, func, &[who]).a0(), OPTEE_SMC_RETURN_ENOTAVAIL);
         }
     }
     assert!(sys.tee().guest(GuestId(9)).is_none());
@@ -88,7 +85,7 @@ fn identity_capabilities_and_refused_calls() {
         0x3200_0042,
     ] {
         assert_eq!(
-            a.smc(&mut sys, func, &[1, 2, 3]).a0(),
+            a.smc(&sys, func, &[1, 2, 3]).a0(),
             OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
             "{func:#x}"
         );
@@ -120,10 +117,10 @@ fn bytes_land_in_the_right_guest() {
     let (buf_a, copy_a) = (a.buffer(size, 0x123), a.buffer(size, 0xff8));
     let buf_b = b.buffer(size, 0x7);
     a.fill_buf(&sys, &copy_a, |_| 0xee);
-    assert_eq!(a.register(&mut sys, 0x10, &buf_a), gp::TEE_SUCCESS);
-    assert_eq!(a.register(&mut sys, 0x11, &copy_a), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 0x10, &buf_a), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 0x11, &copy_a), gp::TEE_SUCCESS);
     // B uses the same cookie: cookies are per guest.
-    assert_eq!(b.register(&mut sys, 0x10, &buf_b), gp::TEE_SUCCESS);
+    assert_eq!(b.register(&sys, 0x10, &buf_b), gp::TEE_SUCCESS);
     let pages = |buf: &Buf| buf.pages.len() as u64;
     assert_eq!(sys.hyp.pinned_pages(a.id), pages(&buf_a) + pages(&copy_a));
     assert_eq!(sys.hyp.pinned_pages(b.id), pages(&buf_b));
@@ -141,17 +138,17 @@ fn bytes_land_in_the_right_guest() {
         1
     );
 
-    let (sa, sb) = (a.open_session(&mut sys), b.open_session(&mut sys));
+    let (sa, sb) = (a.open_session(&sys), b.open_session(&sys));
     let out = OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT;
     let r = a.invoke(
-        &mut sys,
+        &sys,
         sa,
         cmd::FILL,
         &[rmem(out, 0x10, 0, size), value(VIN, 11, 0, 0)],
     );
     assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
     let r = b.invoke(
-        &mut sys,
+        &sys,
         sb,
         cmd::FILL,
         &[rmem(out, 0x10, 0, size), value(VIN, 22, 0, 0)],
@@ -163,7 +160,7 @@ fn bytes_land_in_the_right_guest() {
     // COPY from one registered buffer to the other, with an offset into each.
     let inp = OPTEE_MSG_ATTR_TYPE_RMEM_INPUT;
     let r = a.invoke(
-        &mut sys,
+        &sys,
         sa,
         cmd::COPY,
         &[rmem(inp, 0x10, 5, 5000), rmem(out, 0x11, 9, 5000)],
@@ -186,7 +183,7 @@ fn bytes_land_in_the_right_guest() {
     // A temporary page list, unaligned: filled, then gone.
     let tmp = a.buffer(2 * PAGE + 1, 0x801);
     let p = a.tmem_list(&sys, OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, &tmp);
-    let r = a.invoke(&mut sys, sa, cmd::FILL, &[p, value(VIN, 33, 0, 0)]);
+    let r = a.invoke(&sys, sa, cmd::FILL, &[p, value(VIN, 33, 0, 0)]);
     assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
     assert_eq!(a.read_buf(&sys, &tmp), pattern(33, tmp.size));
     assert_eq!(
@@ -200,15 +197,15 @@ fn bytes_land_in_the_right_guest() {
     assert_eq!(b.read_buf(&sys, &buf_b), pattern(22, size));
     sys.check();
 
-    assert_eq!(a.unregister(&mut sys, 0x10), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 0x10), gp::TEE_SUCCESS);
     assert_eq!(sys.hyp.pinned_pages(a.id), pages(&copy_a));
-    assert_eq!(a.unregister(&mut sys, 0x11), gp::TEE_SUCCESS);
+    assert_eq!(a.unregister(&sys, 0x11), gp::TEE_SUCCESS);
     assert_eq!(sys.hyp.pinned_pages(a.id), 0);
     assert_eq!(sys.stats(&a).buffers, 0);
     sys.destroy_and_check(&a);
     // B still works after A is gone.
     let r = b.invoke(
-        &mut sys,
+        &sys,
         sb,
         cmd::FILL,
         &[rmem(out, 0x10, 0, size), value(VIN, 44, 0, 0)],
@@ -261,11 +258,11 @@ fn large_buffer_over_two_list_pages() {
     let size = 600 * PAGE - 0x200;
     let buf = a.buffer(size, 0x100);
     assert_eq!(buf.pages.len(), 600);
-    assert_eq!(a.register(&mut sys, 1, &buf), gp::TEE_SUCCESS);
+    assert_eq!(a.register(&sys, 1, &buf), gp::TEE_SUCCESS);
     assert_eq!(sys.hyp.pinned_pages(a.id), 600);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     let r = a.invoke(
-        &mut sys,
+        &sys,
         s,
         cmd::FILL,
         &[
@@ -280,7 +277,7 @@ fn large_buffer_over_two_list_pages() {
     assert_eq!(sys.shadows_held(), 0);
 }
 
-fn rpc_buffer(a: &mut Guest, sys: &mut System, session: u32, bytes: u64, seed: u64) -> Reply {
+fn rpc_buffer(a: &mut Guest, sys: &System, session: u32, bytes: u64, seed: u64) -> Reply {
     a.invoke(
         sys,
         session,
@@ -299,7 +296,7 @@ fn rpc_buffer(a: &mut Guest, sys: &mut System, session: u32, bytes: u64, seed: u
 fn rpc_buffers_both_ways() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     for (mode, bytes, seed) in [
         (RpcMode::Good, 3 * PAGE + 5, 1),
         (RpcMode::Contiguous, 5 * PAGE, 2),
@@ -308,7 +305,7 @@ fn rpc_buffers_both_ways() {
     ] {
         a.rpc_mode = mode;
         a.served.clear();
-        let r = rpc_buffer(&mut a, &mut sys, s, bytes, seed);
+        let r = rpc_buffer(&mut a, &sys, s, bytes, seed);
         assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS), "{mode:?}");
         assert_eq!(r.value(1)[0], bytes);
         assert_eq!(a.served, [OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE]);
@@ -338,13 +335,13 @@ fn rpc_buffers_both_ways() {
 fn shm_cache_keeps_and_returns_rpc_args() {
     let mut sys = System::new();
     let mut a = sys.guest(1, 0);
-    let s = a.open_session(&mut sys);
+    let s = a.open_session(&sys);
     assert_eq!(
-        a.smc(&mut sys, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a0(),
+        a.smc(&sys, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a0(),
         OPTEE_SMC_RETURN_OK
     );
     for seed in 0..3 {
-        let r = rpc_buffer(&mut a, &mut sys, s, 2 * PAGE, seed);
+        let r = rpc_buffer(&mut a, &sys, s, 2 * PAGE, seed);
         assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
     }
     let st = sys.stats(&a);
@@ -354,12 +351,12 @@ fn shm_cache_keeps_and_returns_rpc_args() {
     );
     assert_eq!(a.rpc_bufs.len(), 1, "one RPC arg buffer served every call");
     let cookie = *a.rpc_bufs.keys().next().unwrap();
-    let out = a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
+    let out = a.smc(&sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     assert_eq!(reg_pair(out.a[1], out.a[2]), cookie);
     a.rpc_bufs.remove(&cookie);
     assert_eq!(
-        a.smc(&mut sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a0(),
+        a.smc(&sys, OPTEE_SMC_DISABLE_SHM_CACHE, &[]).a0(),
         OPTEE_SMC_RETURN_ENOTAVAIL
     );
     assert_eq!(sys.stats(&a), teeshm_hyp::GuestStats::default());
@@ -386,7 +383,7 @@ fn guest_arg_and_list_pages_are_read_once() {
     a.write(&sys, arg, &bytes);
     sys.phys.trace_reads(true);
     let (hi, lo) = split_pair(arg);
-    let out = a.smc(&mut sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
+    let out = a.smc(&sys, OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]);
     assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
     for page in [arg, lists[0], lists[1]] {
         assert_eq!(sys.phys.reads_of(a.pa(page)), 1, "page {page:#x}");
@@ -416,4 +413,48 @@ fn default_limits_never_undercut_the_cores_defaults() {
     // A guest holds at most its own thread quota of the core's threads (the rest are other
     // guests' reserved ones or shared), so that is what the mediator's calls must cover.
     assert!(u64::from(limits.max_calls) >= core.quotas.max_threads);
+}
+
+/// One mediator serves different guests at once: four guests on four threads register
+/// buffers, have the pseudo-TA fill them, check every byte in their own memory and unregister
+/// them, all through the same mediator (its `handle_guest_smc` takes `&self`). Afterwards the
+/// core's and the mediator's checkers agree, and no guest holds a pin, a shadow or a buffer.
+#[test]
+fn one_mediator_serves_guests_on_several_cpus_at_once() {
+    let mut sys = System::new();
+    let mut guests: Vec<Guest> = (0..4u16).map(|i| sys.guest(1 + i, u64::from(i))).collect();
+    let sys = &sys;
+    std::thread::scope(|s| {
+        for g in &mut guests {
+            s.spawn(move || {
+                let session = g.open_session(sys);
+                for i in 0..25u64 {
+                    let buf = g.buffer(3 * PAGE + 100, 100);
+                    let cookie = g.cookie();
+                    assert_eq!(g.register(sys, cookie, &buf), gp::TEE_SUCCESS);
+                    let seed = (u64::from(g.id.raw()) << 32) | i;
+                    let out = OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT;
+                    let r = g.invoke(
+                        sys,
+                        session,
+                        cmd::FILL,
+                        &[rmem(out, cookie, 0, buf.size), value(VIN, seed, 0, 0)],
+                    );
+                    assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
+                    assert_eq!(g.read_buf(sys, &buf), pattern(seed, buf.size));
+                    assert_eq!(g.unregister(sys, cookie), gp::TEE_SUCCESS);
+                }
+            });
+        }
+    });
+    sys.check();
+    for g in &guests {
+        let stats = sys.stats(g);
+        assert_eq!(sys.hyp.pinned_pages(g.id), 0, "{stats:?}");
+        assert_eq!(
+            sys.tee().guest(g.id).unwrap().snapshot().registered_buffers,
+            0
+        );
+    }
+    assert_eq!(sys.shadows_held(), 0);
 }

@@ -31,4 +31,4 @@ mod table_pool;
 mod tlb;
 
 pub use table_pool::{TablePagePool, TablePoolError, TablePoolStats};
-pub use tlb::{RecordingTlb, TlbMaintenance, TlbRequest};
+pub use tlb::{RecordingTlb, TlbListener, TlbMaintenance, TlbRequest};

@@ -4,8 +4,8 @@ use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
 use aarch64_paging::paging::{PageTable, Translation};
 use alloc::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use alloc::vec::Vec;
-use core::cell::Cell;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// One translation table of the EL1&0 regime (4 KiB, 512 descriptors).
 type Table = PageTable<El1Attributes>;
@@ -50,18 +50,25 @@ pub struct TablePoolStats {
 /// that holds the heap is identity-mapped, so the same rule holds.
 pub struct TablePagePool {
     // `aarch64_paging::paging::RootTable` only lends its translation by shared reference, so the
-    // reservation is reached through `&self`: cells, swapped out and back, never borrowed.
-    spare: Cell<Vec<NonNull<Table>>>,
+    // reservation is reached through `&self`: a lock (never contended: every change of the
+    // tables is made under the core's window lock held for writing) and atomic counters, so
+    // that CPUs walking the tables under the window's read lock may share the pool.
+    spare: spin::Mutex<Vec<NonNull<Table>>>,
     capacity: usize,
-    live: Cell<usize>,
-    unreserved_allocations: Cell<u64>,
+    live: AtomicUsize,
+    unreserved_allocations: AtomicU64,
 }
 
 // SAFETY: The pool exclusively owns every page in `spare` (no other pointer to them exists) and
 // the pages handed out are owned by the table hierarchy that holds the pool. Moving the pool to
-// another thread moves that ownership with it; nothing here is tied to a thread. (The cells make
-// the pool `!Sync`, so it is never used from two threads at once.)
+// another thread moves that ownership with it; nothing here is tied to a thread.
 unsafe impl Send for TablePagePool {}
+
+// SAFETY: Shared access reaches the pool's state only through its lock (`spare`) and atomics
+// (`live`, `unreserved_allocations`); the raw page pointers in `spare` are only dereferenced
+// by the pool's own methods under that lock (allocation, zeroing, freeing), and
+// `physical_to_virtual` only turns an address into a pointer without reading through it.
+unsafe impl Sync for TablePagePool {}
 
 impl TablePagePool {
     const LAYOUT: Layout = Layout::new::<Table>();
@@ -69,10 +76,10 @@ impl TablePagePool {
     /// An empty pool that will never hold more than `capacity` pages.
     pub fn new(capacity: usize) -> Self {
         Self {
-            spare: Cell::new(Vec::new()),
+            spare: spin::Mutex::new(Vec::new()),
             capacity,
-            live: Cell::new(0),
-            unreserved_allocations: Cell::new(0),
+            live: AtomicUsize::new(0),
+            unreserved_allocations: AtomicU64::new(0),
         }
     }
 
@@ -82,10 +89,8 @@ impl TablePagePool {
     /// [`TablePoolError::Exhausted`] if live + spare pages would pass the capacity, and
     /// [`TablePoolError::OutOfMemory`] if the heap refuses; pages already reserved stay reserved.
     pub fn reserve(&self, pages: usize) -> Result<(), TablePoolError> {
-        let mut spare = self.spare.take();
-        let result = self.reserve_into(&mut spare, pages);
-        self.spare.set(spare);
-        result
+        let mut spare = self.spare.lock();
+        self.reserve_into(&mut spare, pages)
     }
 
     fn reserve_into(
@@ -97,7 +102,10 @@ impl TablePagePool {
         if missing == 0 {
             return Ok(());
         }
-        let held = self.live.get().saturating_add(spare.len());
+        let held = self
+            .live
+            .load(Ordering::Relaxed)
+            .saturating_add(spare.len());
         let available = self.capacity.saturating_sub(held);
         if missing > available {
             return Err(TablePoolError::Exhausted {
@@ -117,25 +125,21 @@ impl TablePagePool {
 
     /// Returns spare pages to the heap, keeping `keep` of them.
     pub fn shrink_spare(&self, keep: usize) {
-        let mut spare = self.spare.take();
+        let mut spare = self.spare.lock();
         while spare.len() > keep {
             if let Some(page) = spare.pop() {
                 Self::free_page(page);
             }
         }
-        self.spare.set(spare);
     }
 
     /// Current counters.
     pub fn stats(&self) -> TablePoolStats {
-        let spare = self.spare.take();
-        let spare_len = spare.len();
-        self.spare.set(spare);
         TablePoolStats {
-            live: self.live.get(),
-            spare: spare_len,
+            live: self.live.load(Ordering::Relaxed),
+            spare: self.spare.lock().len(),
             capacity: self.capacity,
-            unreserved_allocations: self.unreserved_allocations.get(),
+            unreserved_allocations: self.unreserved_allocations.load(Ordering::Relaxed),
         }
     }
 

@@ -1,5 +1,6 @@
 //! TLB maintenance requests from the memory manager.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Invalidation of cached translations, issued by the memory manager after it clears entries.
@@ -27,12 +28,35 @@ pub enum TlbRequest {
     All,
 }
 
-/// Host implementation of [`TlbMaintenance`]: there is no TLB, so it records what was asked.
-#[derive(Debug, Default, Clone)]
+/// Who else hears of each invalidation: a simulated machine's TLBs (host only), which must
+/// drop what they cached of the pages the memory manager unmapped, as a broadcast `TLBI` makes
+/// every CPU's TLB drop them.
+pub trait TlbListener: Send + Sync {
+    /// `pages` pages from `va` were invalidated.
+    fn invalidate_pages(&self, va: u64, pages: u64);
+    /// Everything was invalidated.
+    fn invalidate_all(&self);
+}
+
+/// Host implementation of [`TlbMaintenance`]: it records what was asked and passes it on to
+/// its listener, if any (a simulated platform's TLBs).
+#[derive(Default, Clone)]
 pub struct RecordingTlb {
     requests: Vec<TlbRequest>,
     recording: bool,
     count: u64,
+    listener: Option<Arc<dyn TlbListener>>,
+}
+
+impl core::fmt::Debug for RecordingTlb {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RecordingTlb")
+            .field("requests", &self.requests)
+            .field("recording", &self.recording)
+            .field("count", &self.count)
+            .field("listener", &self.listener.is_some())
+            .finish()
+    }
 }
 
 impl RecordingTlb {
@@ -42,6 +66,7 @@ impl RecordingTlb {
             requests: Vec::new(),
             recording: true,
             count: 0,
+            listener: None,
         }
     }
 
@@ -51,6 +76,16 @@ impl RecordingTlb {
             requests: Vec::new(),
             recording: false,
             count: 0,
+            listener: None,
+        }
+    }
+
+    /// A counting recorder that passes every request on to `listener` (a simulated
+    /// platform's TLBs).
+    pub fn counting_for(listener: Arc<dyn TlbListener>) -> Self {
+        Self {
+            listener: Some(listener),
+            ..Self::counting()
         }
     }
 
@@ -80,10 +115,16 @@ impl RecordingTlb {
 impl TlbMaintenance for RecordingTlb {
     fn invalidate_pages(&mut self, va: u64, pages: u64) {
         self.push(TlbRequest::Pages { va, pages });
+        if let Some(listener) = &self.listener {
+            listener.invalidate_pages(va, pages);
+        }
     }
 
     fn invalidate_all(&mut self) {
         self.push(TlbRequest::All);
+        if let Some(listener) = &self.listener {
+            listener.invalidate_all();
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use teeshm_core::{CoreConfig, Tee};
 use teeshm_hyp::{HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
 use teeshm_nw::client::Context;
 use teeshm_nw::{Driver, GuestRam, RamError};
-use teeshm_platform::RecordingTlb;
 use teeshm_testkit::{CoreConduit, SimPlatform};
 
 /// How a system is built.
@@ -107,6 +106,13 @@ impl MachineMemory for HypMemory {
 /// One guest's mediator.
 pub type GuestMediator = Mediator<CoreConduit, HypMemory>;
 
+/// Whether `TEESHM_TRACE` asks for every guest SMC on stderr; read once (the environment's
+/// lock would otherwise be taken by every SMC of every simulated CPU).
+fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("TEESHM_TRACE").is_some())
+}
+
 /// Conduit from a guest to its mediator (the hypervisor call path).
 #[derive(Clone)]
 pub struct GuestConduit {
@@ -117,9 +123,9 @@ pub struct GuestConduit {
 impl SmcConduit for GuestConduit {
     fn smc(&mut self, regs: SmcRegs) -> SmcRegs {
         match self.mediator.lock() {
-            Ok(mut m) => {
+            Ok(m) => {
                 let out = m.handle_guest_smc(self.vm, regs);
-                if std::env::var_os("TEESHM_TRACE").is_some() {
+                if tracing() {
                     eprintln!("smc {:x?} -> {:x?}", regs.a, out.a);
                 }
                 out
@@ -280,13 +286,9 @@ impl System {
             u64::from(config.guests) * config.hyp_pages_per_guest,
         );
         let machine = Machine::new(layout);
-        let tee = Tee::new(
-            config.core,
-            layout.memory_map(),
-            SimPlatform::new(machine.memory.clone()),
-            RecordingTlb::counting(),
-        )
-        .map_err(|e| SystemError::Boot(e.to_string()))?;
+        let (platform, tlb) = SimPlatform::with_tlb(machine.memory.clone());
+        let tee = Tee::new(config.core, layout.memory_map(), platform, tlb)
+            .map_err(|e| SystemError::Boot(e.to_string()))?;
         Ok(Self {
             config,
             machine,
@@ -331,7 +333,7 @@ impl System {
             limits: self.config.limits,
             ..HypConfig::default()
         };
-        let mut mediator = Mediator::new(CoreConduit(self.tee.clone()), memory, hyp)
+        let mediator = Mediator::new(CoreConduit(self.tee.clone()), memory, hyp)
             .map_err(|e| SystemError::Hyp(e.to_string()))?;
         mediator
             .create_guest(vm, stage2)
@@ -367,7 +369,7 @@ impl System {
             .guests_map()
             .remove(&id)
             .ok_or(SystemError::NoGuest(id))?;
-        let mut mediator = guest.mediator();
+        let mediator = guest.mediator();
         mediator
             .destroy_guest(guest.id)
             .map_err(|e| SystemError::Hyp(e.to_string()))

@@ -49,22 +49,17 @@ pub use world::{ArgMode, World};
 use std::sync::Arc;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
 use teeshm_core::{CoreConfig, Tee};
-use teeshm_platform::RecordingTlb;
 
 /// A core configured by `config` on the simulated platform over fresh memory
-/// ([`sim_memory_map`], a counting TLB), and that memory.
+/// ([`sim_memory_map`], simulated TLBs and a counting recorder), and that memory.
 ///
 /// # Panics
 /// If the core refuses `config` (a test's own configuration).
 pub fn sim_tee(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
     let mem = Arc::new(PhysMemory::new());
-    let tee = Tee::new(
-        config,
-        sim_memory_map(),
-        SimPlatform::new(mem.clone()),
-        RecordingTlb::counting(),
-    )
-    .expect("the core boots with the test's configuration");
+    let (platform, tlb) = SimPlatform::with_tlb(mem.clone());
+    let tee = Tee::new(config, sim_memory_map(), platform, tlb)
+        .expect("the core boots with the test's configuration");
     (tee, mem)
 }
 

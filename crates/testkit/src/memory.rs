@@ -24,6 +24,21 @@ pub struct PhysMemory {
     /// Writes a hostile normal world makes between the TEE's reads (see
     /// [`PhysMemory::rewrite_after_reads`]).
     rewrites: Mutex<Vec<Rewrite>>,
+    /// Whether `watch` holds anything (the fast path of every access reads only this).
+    watching: AtomicBool,
+    /// Pages whose accesses are slowed down or recorded (tests of revocation).
+    watch: Mutex<Watch>,
+}
+
+/// Pages a revocation test watches: accesses to `slow` pages take `delay` between their
+/// translation and their copy (a slow bus, which widens any race with a revocation), and
+/// accesses to `freed` pages are recorded in `hits`.
+#[derive(Debug, Default)]
+struct Watch {
+    slow: std::collections::BTreeSet<u64>,
+    delay: std::time::Duration,
+    freed: std::collections::BTreeSet<u64>,
+    hits: Vec<u64>,
 }
 
 /// Bytes to write at `pa` once the page holding `pa` has been read `after` times.
@@ -50,6 +65,8 @@ impl Default for PhysMemory {
             tracing: AtomicBool::new(false),
             traced: Mutex::new(None),
             rewrites: Mutex::new(Vec::new()),
+            watching: AtomicBool::new(false),
+            watch: Mutex::new(Watch::default()),
         }
     }
 }
@@ -91,6 +108,53 @@ impl PhysMemory {
         lock(&self.rewrites).len()
     }
 
+    /// Plays a slow bus for the pages holding `pages`: each access to one of them waits `delay`
+    /// before its bytes are copied (after the core's translation, when there is one), so a
+    /// test can make a copy last while another CPU revokes its buffer.
+    pub fn slow_down(&self, pages: &[u64], delay: std::time::Duration) {
+        let mut watch = lock(&self.watch);
+        watch.slow.extend(pages.iter().map(|pa| pa / PAGE_SIZE));
+        watch.delay = delay;
+        self.watching.store(true, Ordering::Release);
+    }
+
+    /// Marks the pages holding `pages` as given back to the normal world's allocator (after
+    /// an `UNREGISTER_SHM` returned): every later access to them is recorded
+    /// ([`PhysMemory::accesses_to_freed`]).
+    pub fn mark_freed(&self, pages: &[u64]) {
+        let mut watch = lock(&self.watch);
+        for pa in pages {
+            watch.slow.remove(&(pa / PAGE_SIZE));
+            watch.freed.insert(pa / PAGE_SIZE);
+        }
+        self.watching.store(true, Ordering::Release);
+    }
+
+    /// Pages (by address) accessed after [`PhysMemory::mark_freed`] named them, one entry an
+    /// access.
+    pub fn accesses_to_freed(&self) -> Vec<u64> {
+        lock(&self.watch).hits.clone()
+    }
+
+    /// What the watch makes of an access to `page`: delayed if slow, then recorded if the page
+    /// is freed by the time the access lands.
+    fn watched(&self, page: u64) {
+        if !self.watching.load(Ordering::Acquire) {
+            return;
+        }
+        let delay = {
+            let watch = lock(&self.watch);
+            watch.slow.contains(&page).then_some(watch.delay)
+        };
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
+        let mut watch = lock(&self.watch);
+        if watch.freed.contains(&page) {
+            watch.hits.push(page * PAGE_SIZE);
+        }
+    }
+
     fn shard(&self, page: u64) -> &Mutex<BTreeMap<u64, Frame>> {
         &self.shards[(page % SHARDS as u64) as usize]
     }
@@ -119,6 +183,7 @@ impl PhysMemory {
             }
         }
         Self::pieces(pa, buf.len(), |page, in_page, range| {
+            self.watched(page);
             let n = range.len();
             let dst = &mut buf[range];
             match lock(self.shard(page)).get(&page) {
@@ -144,6 +209,7 @@ impl PhysMemory {
     /// Copies into physical memory.
     pub fn write(&self, pa: u64, data: &[u8]) {
         Self::pieces(pa, data.len(), |page, in_page, range| {
+            self.watched(page);
             let n = range.len();
             let mut shard = lock(self.shard(page));
             let p = shard

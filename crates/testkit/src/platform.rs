@@ -6,22 +6,140 @@
 //! memory the core never mapped.
 
 use crate::memory::PhysMemory;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use teeshm_core::{AccessFault, Platform, Translate};
+use teeshm_mm::tables::Translation;
 use teeshm_mm::{MemKind, PAGE_SIZE, VirtAddr};
-use teeshm_platform::RecordingTlb;
+use teeshm_platform::{RecordingTlb, TlbListener};
+
+/// Buckets of [`SimTlb`]'s invalidation generations (pages hash into them).
+const BUCKETS: usize = 4096;
+/// Entries a simulated CPU's TLB holds before it is emptied.
+const TLB_ENTRIES: usize = 4096;
+
+/// The simulated machine's TLBs: every simulated CPU (host thread) caches the translations it
+/// walked, and each invalidation the core's memory manager issues (its `TLBI`, through
+/// [`RecordingTlb`]) is broadcast to all of them at once by bumping a generation: a page's
+/// bucket for `invalidate_pages`, the whole TLB's for `invalidate_all`. A cached translation
+/// is used only while neither generation moved since the walk that filled it (read before the
+/// walk), so it is always what the tables said after the last invalidation of its page — what
+/// a TLB holds between two `TLBI`s. The core keeps the rule the MMU imposes: it invalidates
+/// every page it unmaps (one request per unmap batch).
+#[derive(Debug)]
+pub struct SimTlb {
+    id: u64,
+    pages: Box<[AtomicU64]>,
+    all: AtomicU64,
+}
+
+impl SimTlb {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            pages: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            all: AtomicU64::new(0),
+        }
+    }
+
+    fn bucket(&self, page: u64) -> &AtomicU64 {
+        // Cannot be out of range: the index is taken modulo the length.
+        &self.pages[((page / PAGE_SIZE) % BUCKETS as u64) as usize]
+    }
+
+    /// The generations a translation of `page` walked now is valid for.
+    fn generation(&self, page: u64) -> (u64, u64) {
+        (
+            self.bucket(page).load(Ordering::Acquire),
+            self.all.load(Ordering::Acquire),
+        )
+    }
+}
+
+impl TlbListener for SimTlb {
+    fn invalidate_pages(&self, va: u64, pages: u64) {
+        if pages >= BUCKETS as u64 {
+            self.all.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        for i in 0..pages {
+            self.bucket(va.wrapping_add(i * PAGE_SIZE))
+                .fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// One cached translation: the TLB it belongs to, its page, what it maps, and the
+/// generations it was walked under.
+type CpuTlb = HashMap<(u64, u64), (Translation, (u64, u64))>;
+
+thread_local! {
+    /// This simulated CPU's TLB (each host thread is a CPU).
+    static CPU_TLB: RefCell<CpuTlb> = RefCell::new(HashMap::new());
+}
 
 /// The host [`Platform`]: every access is translated page by page through the core's tables
-/// and faults unless the page is mapped as normal-world shared memory or secure RAM.
+/// (or the simulated TLB, when the platform has one: [`SimPlatform::with_tlb`]) and faults
+/// unless the page is mapped as normal-world shared memory or secure RAM.
 #[derive(Debug, Clone, Default)]
 pub struct SimPlatform {
     memory: Arc<PhysMemory>,
+    tlb: Option<Arc<SimTlb>>,
 }
 
 impl SimPlatform {
-    /// A platform over `memory` (which the simulated normal world shares).
+    /// A platform over `memory` (which the simulated normal world shares), with no TLB: every
+    /// access walks the tables.
     pub fn new(memory: Arc<PhysMemory>) -> Self {
-        Self { memory }
+        Self { memory, tlb: None }
+    }
+
+    /// A platform over `memory` with simulated TLBs, and the TLB maintenance the core must be
+    /// built with ([`teeshm_core::Tee::new`]) so that its invalidations reach them.
+    pub fn with_tlb(memory: Arc<PhysMemory>) -> (Self, RecordingTlb) {
+        let tlb = Arc::new(SimTlb::new());
+        let maintenance = RecordingTlb::counting_for(tlb.clone());
+        (
+            Self {
+                memory,
+                tlb: Some(tlb),
+            },
+            maintenance,
+        )
+    }
+
+    /// The translation of `page`: this CPU's TLB entry while it is valid, else a walk.
+    fn translate(&self, map: &dyn Translate, page: VirtAddr) -> Option<Translation> {
+        let Some(tlb) = &self.tlb else {
+            return map.translate_page(page);
+        };
+        let generation = tlb.generation(page.get());
+        let key = (tlb.id, page.get());
+        let cached = CPU_TLB.with(|t| {
+            t.borrow()
+                .get(&key)
+                .filter(|(_, g)| *g == generation)
+                .map(|(tr, _)| *tr)
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let walked = map.translate_page(page)?;
+        CPU_TLB.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.len() >= TLB_ENTRIES {
+                t.clear();
+            }
+            t.insert(key, (walked, generation));
+        });
+        Some(walked)
     }
 
     /// The physical memory.
@@ -31,6 +149,7 @@ impl SimPlatform {
 
     /// Calls `f(pa, range)` for each page-sized piece of an access of `len` bytes at `va`.
     fn walk(
+        &self,
         map: &dyn Translate,
         va: VirtAddr,
         len: usize,
@@ -43,7 +162,9 @@ impl SimPlatform {
                 .checked_add(done as u64)
                 .ok_or(AccessFault::Wrap(va.get()))?;
             let page = VirtAddr(at).page_base();
-            let translation = map.translate_page(page).ok_or(AccessFault::NotMapped(at))?;
+            let translation = self
+                .translate(map, page)
+                .ok_or(AccessFault::NotMapped(at))?;
             match translation.kind {
                 Some(MemKind::NonSecureShared | MemKind::SecureRam) => {}
                 _ => return Err(AccessFault::Permission(at)),
@@ -57,26 +178,43 @@ impl SimPlatform {
     }
 }
 
+impl SimPlatform {
+    /// Every page piece of an access, translated before any byte moves (so a fault leaves
+    /// memory and `buf` untouched): the access's own TLB. Each page is walked once; the
+    /// translations are used after the walk, as the MMU uses its TLB entries, and the core
+    /// keeps them valid for the access (a map guard's mapping is neither evicted nor released
+    /// while it lives, and a revocation waits for the copy: docs/core.md).
+    fn translate_all(
+        &self,
+        map: &dyn Translate,
+        va: VirtAddr,
+        len: usize,
+    ) -> Result<Vec<(u64, std::ops::Range<usize>)>, AccessFault> {
+        let mut pieces = Vec::with_capacity(len / PAGE_SIZE as usize + 2);
+        self.walk(map, va, len, |pa, range| pieces.push((pa, range)))?;
+        Ok(pieces)
+    }
+}
+
 impl Platform for SimPlatform {
     type Tlb = RecordingTlb;
 
     fn read(&self, map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
-        // Translate everything first, so a fault leaves `buf` untouched by later pages.
-        Self::walk(map, va, buf.len(), |_, _| {})?;
-        Self::walk(map, va, buf.len(), |pa, range| {
+        for (pa, range) in self.translate_all(map, va, buf.len())? {
             if let Some(dst) = buf.get_mut(range) {
                 self.memory.read(pa, dst);
             }
-        })
+        }
+        Ok(())
     }
 
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
-        Self::walk(map, va, data.len(), |_, _| {})?;
-        Self::walk(map, va, data.len(), |pa, range| {
+        for (pa, range) in self.translate_all(map, va, data.len())? {
             if let Some(src) = data.get(range) {
                 self.memory.write(pa, src);
             }
-        })
+        }
+        Ok(())
     }
 }
 
@@ -86,6 +224,41 @@ mod tests {
     use crate::layout::{DEVICES, NS_RAM, sim_memory_map};
     use teeshm_abi::GuestId;
     use teeshm_mm::{PhysAddr, ShmWindow, ShmWindowConfig, VaWindowConfig};
+
+    /// The simulated TLB never serves a translation the tables no longer hold: an access
+    /// fills it, the unmap's invalidation reaches it, and the same access then faults; a new
+    /// mapping at the same VA is walked afresh.
+    #[test]
+    fn the_tlb_forgets_what_the_memory_manager_invalidates() {
+        let memory = Arc::new(PhysMemory::new());
+        let (platform, tlb) = SimPlatform::with_tlb(memory.clone());
+        let config = ShmWindowConfig {
+            va: VaWindowConfig {
+                base: VirtAddr(0x40_0000_0000),
+                size: 64 * PAGE_SIZE,
+                guard_pages: 0,
+            },
+            max_table_pages: 16,
+        };
+        let mut w = ShmWindow::new(config, sim_memory_map(), tlb).unwrap();
+        let (a, b) = (PhysAddr(NS_RAM.0 + 0x5000), PhysAddr(NS_RAM.0 + 0x9000));
+        memory.write(a.get(), b"first");
+        memory.write(b.get(), b"other");
+        let r = w.map(GuestId(1), &[a], MemKind::NonSecureShared).unwrap();
+        let mut buf = [0u8; 5];
+        platform.read(&w, r.start(), &mut buf).unwrap();
+        platform.read(&w, r.start(), &mut buf).unwrap();
+        assert_eq!(&buf, b"first");
+        w.unmap(r.start()).unwrap();
+        assert_eq!(
+            platform.read(&w, r.start(), &mut buf),
+            Err(AccessFault::NotMapped(r.start().get()))
+        );
+        let again = w.map(GuestId(1), &[b], MemKind::NonSecureShared).unwrap();
+        assert_eq!(again.start(), r.start(), "the VA is reused");
+        platform.read(&w, again.start(), &mut buf).unwrap();
+        assert_eq!(&buf, b"other", "the new mapping, not the cached one");
+    }
 
     /// The software walk faults exactly where the MMU would: an unmapped page, a page mapped
     /// as device memory, an access running off the end of a mapping.

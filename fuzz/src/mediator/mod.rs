@@ -74,6 +74,7 @@ const PROBE_COOKIE: u64 = 0x7072_6f62_6500;
 
 /// The core behind the mediator: an SMC is a call into it. Every answer to a yielding call is
 /// checked to be an OP-TEE code.
+#[derive(Clone)]
 struct Core {
     tee: Arc<Tee<SimPlatform>>,
 }

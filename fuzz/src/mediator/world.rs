@@ -78,7 +78,7 @@ impl World {
         while done < data.len() {
             let at = ipa.wrapping_add(done as u64);
             let n = ((PAGE - at % PAGE) as usize).min(data.len() - done);
-            if let Some(pa) = self.hyp.stage2(id(slot)).and_then(|s| s.translate(at)) {
+            if let Some(pa) = self.hyp.translate_ipa(id(slot), at) {
                 self.phys.write(pa, &data[done..done + n]);
             }
             done += n;
@@ -91,7 +91,7 @@ impl World {
         while done < len {
             let at = ipa.wrapping_add(done as u64);
             let n = ((PAGE - at % PAGE) as usize).min(len - done);
-            if let Some(pa) = self.hyp.stage2(id(slot)).and_then(|s| s.translate(at)) {
+            if let Some(pa) = self.hyp.translate_ipa(id(slot), at) {
                 self.phys.read(pa, &mut out[done..done + n]);
             }
             done += n;
@@ -538,7 +538,7 @@ impl World {
     }
 
     /// Destroys every guest and checks that nothing is left anywhere.
-    pub(super) fn end(mut self) {
+    pub(super) fn end(self) {
         for slot in 0..SLOTS {
             if self.live(slot) {
                 self.hyp.destroy_guest(id(slot)).expect("a live guest");

@@ -396,6 +396,74 @@ fn calls_from_several_cpus_at_once() {
     }
 }
 
+/// A copy racing the revocation of its buffer: once `UNREGISTER_SHM` returns, the TEE never
+/// reads or writes the buffer's pages again (invariant 5), although map guards copy with no
+/// lock held. Each round a call FILLs a 64-page registered buffer over a slow bus (every access
+/// to its pages waits 200 µs after its translation, so a revocation lands in the middle of a
+/// copy), the normal world unregisters the buffer while the call holds a guard, and from the
+/// moment the unregister returns every access to those pages is recorded: there must be none.
+#[test]
+fn a_copy_racing_a_revocation_never_touches_the_pages_after_unregister_returns() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let w = Arc::new(World::default_world());
+    let s = w.open_session(G0);
+    let mut conflicts = 0;
+    for round in 0..12u64 {
+        let buf = w.buffer(64 * PAGE, 0);
+        let cookie = w.cookie();
+        assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
+        w.mem.slow_down(&buf.pages, Duration::from_micros(200));
+        let size = buf.size;
+        let copier = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                w.invoke(
+                    G0,
+                    s,
+                    cmd::FILL,
+                    &[
+                        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, 0, size),
+                        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, round, 0, 0),
+                    ],
+                )
+            })
+        };
+        // Wait until the call holds a guard of the buffer (it is copying), then a little more
+        // (0 to 2.2 ms, a different moment each round).
+        while !w
+            .tee
+            .window()
+            .object_mappings()
+            .any(|m| m.cookie == Some(cookie) && m.guards > 0)
+        {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_micros(round * 200));
+        assert_eq!(w.unregister(G0, cookie), TEE_SUCCESS);
+        // The driver frees the pages now; from here on no access may reach them.
+        w.mem.mark_freed(&buf.pages);
+        let r = copier.join().unwrap();
+        assert_eq!(r.a0, 0);
+        if r.ret() == TEE_ERROR_ACCESS_CONFLICT {
+            conflicts += 1;
+        } else {
+            assert_eq!(
+                r.ret(),
+                TEE_SUCCESS,
+                "a FILL that ended before the revocation"
+            );
+        }
+    }
+    assert_eq!(
+        w.mem.accesses_to_freed(),
+        Vec::<u64>::new(),
+        "accesses to pages after their UNREGISTER_SHM returned"
+    );
+    assert!(conflicts > 0, "some revocation landed while a copy ran");
+    w.check();
+}
+
 /// When the guest's own calls hold its whole mapped-pages quota, its next call cannot map its
 /// arg: a lack of room (`ENOMEM`, which the driver may retry), not a bad address.
 #[test]

@@ -12,6 +12,7 @@ use teeshm_abi::GuestId;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
 
 /// A TEE that accepts every guest.
+#[derive(Clone)]
 struct Yes;
 impl SmcConduit for Yes {
     fn smc(&mut self, _: SmcRegs) -> SmcRegs {
@@ -32,7 +33,7 @@ fn mediator() -> Mediator<Yes, TestMemory> {
         },
         ..HypConfig::default()
     };
-    let mut m = Mediator::new(Yes, mem, config).unwrap();
+    let m = Mediator::new(Yes, mem, config).unwrap();
     let mut s = Stage2::new();
     s.map(0x8000_0000, 0x4000_0000).unwrap();
     m.create_guest(GuestId(1), s).unwrap();
@@ -44,7 +45,7 @@ fn the_checker_sees_each_kind_of_disagreement() {
     let mut m = mediator();
     assert_eq!(m.check_agreement(), []);
     let vm = GuestId(1);
-    let g = m.guests.get_mut(&vm).unwrap();
+    let g = m.guest_mut(vm).unwrap();
     // A buffer recorded without its count, its pin outside the guest's RAM, and a pin
     // reference nobody holds.
     g.registered.insert(

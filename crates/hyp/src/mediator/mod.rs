@@ -20,6 +20,7 @@ use crate::stage2::{PAGE_MASK, PAGE_SIZE, Stage2};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
 use teeshm_abi::GuestId;
 use teeshm_abi::msg::{MsgArgHeader, MsgParam, Tmem};
 use teeshm_abi::smc::*;
@@ -47,23 +48,59 @@ enum Flow {
 /// The hypervisor's OP-TEE mediator: guests' SMCs in, the TEE behind `T`, machine memory
 /// behind `M`.
 ///
-/// It is one object for all guests so that guests share one TEE conduit and one pool of
-/// hypervisor pages; every piece of state inside is per guest ([`Mediator::stats`]), and a
-/// guest's SMC only ever touches its own. What the guests share — the pool's pages, pins and
-/// call records on the heap — is divided into per-guest budgets ([`HypConfig`]) that together
-/// never exceed what the mediator has, so no guest can starve another. Calls are handled to
-/// completion or to their next RPC inside [`Mediator::handle_guest_smc`]; a platform with
-/// several CPUs serialises entry (one `&mut`), as the TEE's answers come back synchronously
-/// anyway.
-pub struct Mediator<T: SmcConduit, M: MachineMemory> {
+/// It is one object for all guests so that guests share one pool of hypervisor pages; every
+/// piece of state inside is per guest ([`Mediator::stats`]), and a guest's SMC only ever
+/// touches its own. What the guests share — the pool's pages, pins and call records on the
+/// heap — is divided into per-guest budgets ([`HypConfig`]) that together never exceed what
+/// the mediator has, so no guest can starve another. Calls are handled to completion or to
+/// their next RPC inside [`Mediator::handle_guest_smc`].
+///
+/// Different guests are served at once, on as many CPUs as call ([`Mediator::handle_guest_smc`]
+/// takes `&self`): each guest's state sits under its own lock with its own clone of the TEE
+/// conduit, so one guest's SMC — the TEE's work inside it included — never waits for
+/// another's; the pool is behind a short lock taken for each page and each copy; the table of
+/// guests is read-locked by every SMC and write-locked only to admit or remove a guest. One
+/// guest's SMCs (its vCPUs) are served one at a time. Lock order: the guest table, one
+/// guest's state, the pool.
+pub struct Mediator<T: SmcConduit + Clone, M: MachineMemory> {
+    /// The conduit the hypervisor's own calls (`VM_CREATED`, `VM_DESTROYED`) are made on, and
+    /// the one each guest's is cloned from.
     tee: T,
-    memory: M,
+    memory: spin::Mutex<M>,
     config: HypConfig,
-    guests: BTreeMap<GuestId, GuestState>,
-    next_call: u64,
+    guests: spin::RwLock<BTreeMap<GuestId, spin::Mutex<GuestSlot<T>>>>,
+    next_call: AtomicU64,
 }
 
-impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
+/// One guest's state and its conduit to the TEE.
+struct GuestSlot<T> {
+    state: GuestState,
+    tee: T,
+}
+
+/// The pool as one SMC reaches it: the mediator's lock taken for each access, never held
+/// across a call into the TEE.
+struct Pool<'a, M>(&'a spin::Mutex<M>);
+
+impl<M: MachineMemory> MachineMemory for Pool<'_, M> {
+    fn read(&self, pa: u64, buf: &mut [u8]) {
+        self.0.lock().read(pa, buf);
+    }
+    fn write(&self, pa: u64, data: &[u8]) {
+        self.0.lock().write(pa, data);
+    }
+    fn alloc_page(&mut self) -> Option<u64> {
+        self.0.lock().alloc_page()
+    }
+    fn free_page(&mut self, pa: u64) {
+        self.0.lock().free_page(pa);
+    }
+    fn pool_pages(&self) -> u64 {
+        self.0.lock().pool_pages()
+    }
+}
+
+impl<T: SmcConduit + Clone, M: MachineMemory> Mediator<T, M> {
     /// A mediator in front of `tee`, with `memory` for guest access and shadow pages, and
     /// `config` for the guests' budgets. No guest exists yet.
     ///
@@ -76,10 +113,10 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             .map_err(HypError::Capacity)?;
         Ok(Self {
             tee,
-            memory,
+            memory: spin::Mutex::new(memory),
             config,
-            guests: BTreeMap::new(),
-            next_call: 1,
+            guests: spin::RwLock::new(BTreeMap::new()),
+            next_call: AtomicU64::new(1),
         })
     }
 
@@ -92,15 +129,19 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     /// [`HypError::NoShare`] when its share cannot be reserved (`max_guests` guests run, or the
     /// platform shrank the pool below the shares), or [`HypError::TeeRefused`] when the TEE
     /// refuses the guest. Nothing is kept and the TEE is not told when it fails.
-    pub fn create_guest(&mut self, vm: GuestId, stage2: Stage2) -> Result<(), HypError> {
+    pub fn create_guest(&self, vm: GuestId, stage2: Stage2) -> Result<(), HypError> {
         if vm.is_hypervisor() {
             return Err(HypError::ReservedGuestId { vm });
         }
-        if self.guests.contains_key(&vm) {
+        // Admission under the table's write lock: two guests admitted at once cannot both
+        // take the last share.
+        let mut guests = self.guests.write();
+        if guests.contains_key(&vm) {
             return Err(HypError::GuestExists { vm });
         }
-        self.reserve_share()?;
-        let out = self.tee.smc(
+        self.reserve_share(guests.len())?;
+        let mut tee = self.tee.clone();
+        let out = tee.smc(
             SmcRegs::call(OPTEE_SMC_VM_CREATED, &[u64::from(vm.raw())])
                 .from_client(GuestId::HYPERVISOR),
         );
@@ -110,15 +151,21 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
                 code: out.a0(),
             });
         }
-        self.guests.insert(vm, GuestState::new(stage2));
+        guests.insert(
+            vm,
+            spin::Mutex::new(GuestSlot {
+                state: GuestState::new(stage2),
+                tee,
+            }),
+        );
         Ok(())
     }
 
     /// Checks that one more guest's budgets fit beside the live guests' (all guests have the
     /// same budgets, so a share is a guest slot and `max_shadow_pages` of the pool; the heap
     /// shares were checked for `max_guests` guests by [`Mediator::new`]).
-    fn reserve_share(&self) -> Result<(), HypError> {
-        let guests = (self.guests.len() as u64).saturating_add(1);
+    fn reserve_share(&self, live: usize) -> Result<(), HypError> {
+        let guests = (live as u64).saturating_add(1);
         let max = u64::from(self.config.max_guests);
         if guests > max {
             return Err(HypError::NoShare {
@@ -128,7 +175,7 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             });
         }
         // The pool is asked again: the platform may have shrunk it since the start.
-        let pool = self.memory.pool_pages();
+        let pool = self.memory.lock().pool_pages();
         let shadows = guests.saturating_mul(self.config.limits.max_shadow_pages);
         if shadows > pool {
             return Err(HypError::NoShare {
@@ -151,19 +198,23 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     /// # Errors
     /// [`HypError::UnknownGuest`], or [`HypError::TeeRefused`] if the TEE refused
     /// `VM_DESTROYED` (the mediator has forgotten the guest all the same).
-    pub fn destroy_guest(&mut self, vm: GuestId) -> Result<(), HypError> {
-        let guest = self
+    pub fn destroy_guest(&self, vm: GuestId) -> Result<(), HypError> {
+        let slot = self
             .guests
+            .write()
             .remove(&vm)
             .ok_or(HypError::UnknownGuest { vm })?;
-        let shadows = guest.release_all();
-        let out = self.tee.smc(
+        let GuestSlot { state, mut tee } = slot.into_inner();
+        let shadows = state.release_all();
+        let out = tee.smc(
             SmcRegs::call(OPTEE_SMC_VM_DESTROYED, &[u64::from(vm.raw())])
                 .from_client(GuestId::HYPERVISOR),
         );
+        let mut memory = self.memory.lock();
         for pa in shadows {
-            self.memory.free_page(pa);
+            memory.free_page(pa);
         }
+        drop(memory);
         if out.a[0] != u64::from(OPTEE_SMC_RETURN_OK) {
             return Err(HypError::TeeRefused {
                 call: "VM_DESTROYED",
@@ -177,53 +228,57 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
     ///
     /// Never panics, whatever the registers and the guest's memory hold. An unknown guest gets
     /// `ENOTAVAIL` (as the TEE answers an unknown client id).
-    pub fn handle_guest_smc(&mut self, vm: GuestId, regs: SmcRegs) -> SmcRegs {
-        let Self {
-            tee,
-            memory,
-            config,
-            guests,
-            next_call,
-        } = self;
-        let Some(guest) = guests.get_mut(&vm) else {
+    ///
+    /// Takes `&self`: SMCs of different guests run at once (see [`Mediator`]).
+    pub fn handle_guest_smc(&self, vm: GuestId, regs: SmcRegs) -> SmcRegs {
+        let guests = self.guests.read();
+        let Some(slot) = guests.get(&vm) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
         };
+        let mut slot = slot.lock();
+        let GuestSlot { state, tee } = &mut *slot;
+        let mut pool = Pool(&self.memory);
         Ctx {
             vm,
             tee,
-            mem: memory,
-            limits: &config.limits,
-            guest,
-            next_call,
+            mem: &mut pool,
+            limits: &self.config.limits,
+            guest: state,
+            next_call: &self.next_call,
         }
         .handle(&regs)
     }
 
     /// Pin references guest `vm` holds (0 for an unknown guest), for leak checks.
     pub fn pinned_pages(&self, vm: GuestId) -> u64 {
-        self.guests.get(&vm).map_or(0, |g| g.pins.total())
+        self.guests
+            .read()
+            .get(&vm)
+            .map_or(0, |g| g.lock().state.pins.total())
     }
 
     /// What guest `vm` holds, or `None` if it does not exist.
     pub fn stats(&self, vm: GuestId) -> Option<GuestStats> {
-        self.guests.get(&vm).map(GuestState::stats)
+        self.guests.read().get(&vm).map(|g| g.lock().state.stats())
     }
 
     /// Shadow pages held for all guests together (0 when nothing leaks).
     pub fn shadow_pages(&self) -> u64 {
-        self.guests
-            .values()
-            .fold(0u64, |n, g| n.saturating_add(g.shadow_pages.get()))
+        self.guests.read().values().fold(0u64, |n, g| {
+            n.saturating_add(g.lock().state.shadow_pages.get())
+        })
     }
 
     /// Every disagreement of a guest's counts (pins, buffers, shadow pages) with its records,
     /// and every release below zero of those counts; empty when all agree. Call it between
-    /// SMCs. Cost: linear in pinned pages and records.
+    /// SMCs (it waits for the SMCs in flight, guest by guest). Cost: linear in pinned pages
+    /// and records.
     pub fn check_agreement(&self) -> Vec<HypDisagreement> {
         let mut found = Vec::new();
+        let table = self.guests.read();
         // The live guests' shares must fit what the mediator has (its capacity check at
         // start and each admission keep it so).
-        let guests = self.guests.len() as u64;
+        let guests = table.len() as u64;
         let max_guests = u64::from(self.config.max_guests);
         if guests > max_guests {
             found.push(HypDisagreement::SharesExceed {
@@ -233,7 +288,7 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             });
         }
         let promised = guests.saturating_mul(self.config.limits.max_shadow_pages);
-        let pool = self.memory.pool_pages();
+        let pool = self.memory.lock().pool_pages();
         if promised > pool {
             found.push(HypDisagreement::SharesExceed {
                 resource: Resource::ShadowPages,
@@ -242,21 +297,39 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
             });
         }
         let mut shadows = alloc::collections::BTreeSet::new();
-        for (&vm, guest) in &self.guests {
+        for (&vm, slot) in table.iter() {
+            let guest = &slot.lock().state;
             guest.check_agreement(vm, &mut found);
             guest.check_budgets(vm, &self.config.limits, &mut shadows, &mut found);
         }
         found
     }
 
-    /// The live guests, in id order.
-    pub fn guests(&self) -> impl Iterator<Item = GuestId> + '_ {
-        self.guests.keys().copied()
+    /// The live guests, in id order (a snapshot: guests may come and go on other CPUs).
+    pub fn guests(&self) -> impl Iterator<Item = GuestId> + use<T, M> {
+        self.guests
+            .read()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
-    /// Guest `vm`'s stage 2.
-    pub fn stage2(&self, vm: GuestId) -> Option<&Stage2> {
-        self.guests.get(&vm).map(|g| &g.stage2)
+    /// The machine address guest `vm`'s stage 2 gives `ipa` now, if it maps it (what a
+    /// platform's own accesses on the guest's behalf use; cheaper than [`Mediator::stage2`]).
+    pub fn translate_ipa(&self, vm: GuestId, ipa: u64) -> Option<u64> {
+        self.guests
+            .read()
+            .get(&vm)
+            .and_then(|g| g.lock().state.stage2.translate(ipa))
+    }
+
+    /// Guest `vm`'s stage 2 (a copy: the live one may change under other CPUs).
+    pub fn stage2(&self, vm: GuestId) -> Option<Stage2> {
+        self.guests
+            .read()
+            .get(&vm)
+            .map(|g| g.lock().state.stage2.clone())
     }
 
     /// Adds RAM to a live guest (ballooning in).
@@ -297,14 +370,15 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
         self.config
     }
 
-    /// Machine memory (for the platform and tests).
-    pub fn memory(&self) -> &M {
-        &self.memory
+    /// Machine memory (for the platform and tests), locked: hold it briefly, and never while
+    /// calling the mediator.
+    pub fn memory(&self) -> spin::MutexGuard<'_, M> {
+        self.memory.lock()
     }
 
     /// Machine memory, mutably (for the platform: e.g. to grow or shrink the hypervisor's pool).
     pub fn memory_mut(&mut self) -> &mut M {
-        &mut self.memory
+        self.memory.get_mut()
     }
 
     /// The TEE conduit.
@@ -319,7 +393,9 @@ impl<T: SmcConduit, M: MachineMemory> Mediator<T, M> {
 
     fn guest_mut(&mut self, vm: GuestId) -> Result<&mut GuestState, HypError> {
         self.guests
+            .get_mut()
             .get_mut(&vm)
+            .map(|slot| &mut slot.get_mut().state)
             .ok_or(HypError::UnknownGuest { vm })
     }
 }
@@ -331,7 +407,7 @@ struct Ctx<'a, T: SmcConduit, M: MachineMemory> {
     mem: &'a mut M,
     limits: &'a HypLimits,
     guest: &'a mut GuestState,
-    next_call: &'a mut u64,
+    next_call: &'a AtomicU64,
 }
 
 impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {

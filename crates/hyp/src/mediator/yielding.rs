@@ -90,8 +90,9 @@ impl<T: SmcConduit, M: MachineMemory> Ctx<'_, T, M> {
             }
         };
         self.mem.write(shadow, &arg);
-        let id = *self.next_call;
-        *self.next_call = id.wrapping_add(1);
+        let id = self
+            .next_call
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         let call = Call {
             id,
             guest_arg_ipa: ipa,

@@ -355,7 +355,7 @@ impl Guest {
     }
 
     /// One SMC as the guest (with garbage in a7, which the mediator must overwrite).
-    pub fn smc(&self, sys: &mut System, func: u32, args: &[u64]) -> SmcRegs {
+    pub fn smc(&self, sys: &System, func: u32, args: &[u64]) -> SmcRegs {
         let mut regs = SmcRegs::call(func, args);
         regs.a[7] = 0xdead_0000 | 0x7;
         sys.hyp.handle_guest_smc(self.id, regs)
@@ -365,7 +365,7 @@ impl Guest {
     /// at the first answer (done or RPC).
     pub fn start(
         &mut self,
-        sys: &mut System,
+        sys: &System,
         header: MsgArgHeader,
         params: &[MsgParam],
         offset: u64,
@@ -385,7 +385,7 @@ impl Guest {
     }
 
     /// Answers RPCs until the call ends, then reads the arg back.
-    pub fn finish(&mut self, sys: &mut System, started: Started) -> Reply {
+    pub fn finish(&mut self, sys: &System, started: Started) -> Reply {
         let mut out = started.out;
         let mut rpcs = Vec::new();
         while is_rpc_return(out.a0()) {
@@ -413,13 +413,13 @@ impl Guest {
         }
     }
 
-    pub fn call(&mut self, sys: &mut System, header: MsgArgHeader, params: &[MsgParam]) -> Reply {
+    pub fn call(&mut self, sys: &System, header: MsgArgHeader, params: &[MsgParam]) -> Reply {
         let s = self.start(sys, header, params, 0);
         self.finish(sys, s)
     }
 
     /// The registers this guest answers an RPC with (IPAs everywhere).
-    pub fn answer_rpc(&mut self, sys: &mut System, out: &SmcRegs) -> SmcRegs {
+    pub fn answer_rpc(&mut self, sys: &System, out: &SmcRegs) -> SmcRegs {
         let a = out.a;
         let thread = a[3];
         match out.a0() {
@@ -464,7 +464,7 @@ impl Guest {
         }
     }
 
-    fn serve_rpc_cmd(&mut self, sys: &mut System, at: u64) {
+    fn serve_rpc_cmd(&mut self, sys: &System, at: u64) {
         let mut raw = self.read(sys, at, 160);
         let (hdr, rest) = MsgArgHeader::mut_from_prefix(&mut raw).unwrap();
         let n = hdr.num_params.get() as usize;
@@ -542,7 +542,7 @@ impl Guest {
         self.write(sys, at, &raw);
     }
 
-    pub fn register(&mut self, sys: &mut System, cookie: u64, buf: &Buf) -> u32 {
+    pub fn register(&mut self, sys: &System, cookie: u64, buf: &Buf) -> u32 {
         let (buf_ptr, lists) = self.page_list(sys, buf);
         let p = MsgParam::from_tmem(
             OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
@@ -554,27 +554,21 @@ impl Guest {
         r.ret()
     }
 
-    pub fn unregister(&mut self, sys: &mut System, cookie: u64) -> u32 {
+    pub fn unregister(&mut self, sys: &System, cookie: u64) -> u32 {
         let p = MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, Rmem::new(0, 0, cookie));
         let r = self.call(sys, header(OPTEE_MSG_CMD_UNREGISTER_SHM), &[p]);
         assert_eq!(r.a0, OPTEE_SMC_RETURN_OK);
         r.ret()
     }
 
-    pub fn open_session(&mut self, sys: &mut System) -> u32 {
+    pub fn open_session(&mut self, sys: &System) -> u32 {
         let params = open_session_params(MEMTEST_UUID);
         let r = self.call(sys, header(OPTEE_MSG_CMD_OPEN_SESSION), &params);
         assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS), "open session");
         r.header.session.get()
     }
 
-    pub fn invoke(
-        &mut self,
-        sys: &mut System,
-        session: u32,
-        func: u32,
-        params: &[MsgParam],
-    ) -> Reply {
+    pub fn invoke(&mut self, sys: &System, session: u32, func: u32, params: &[MsgParam]) -> Reply {
         self.call(sys, invoke_header(session, func), params)
     }
 
