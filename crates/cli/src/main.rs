@@ -56,6 +56,10 @@ enum Command {
         /// run the usual mix and must still succeed; prints each guest's success rate.
         #[arg(long)]
         exhaust: bool,
+        /// Check the whole system after every N-th step (and after the last) instead of after
+        /// every step; every operation's answer is still judged.
+        #[arg(long, default_value_t = 1)]
+        check_every: u64,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -104,8 +108,20 @@ fn main() -> ExitCode {
             threads,
             replay_out,
             exhaust,
+            check_every,
             json,
-        } => stress_command(guests, ops, seed, threads, exhaust, &replay_out, json),
+        } => stress_command(
+            stress::StressPlan {
+                guests,
+                ops,
+                seed,
+                threads,
+                exhaust,
+                check_every,
+            },
+            &replay_out,
+            json,
+        ),
         Command::Inspect { scenario, json } => inspect(scenario, json),
         Command::Replay { file, guests } => replay(&file, guests),
         Command::Bench {
@@ -128,15 +144,15 @@ fn system(guests: u16) -> Result<Arc<System>, ExitCode> {
     })
 }
 
-fn stress_command(
-    guests: u16,
-    ops: u64,
-    seed: u64,
-    threads: usize,
-    exhaust: bool,
-    replay_out: &PathBuf,
-    json: bool,
-) -> ExitCode {
+fn stress_command(plan: stress::StressPlan, replay_out: &PathBuf, json: bool) -> ExitCode {
+    let stress::StressPlan {
+        guests,
+        ops,
+        seed,
+        threads,
+        exhaust,
+        check_every,
+    } = plan;
     if guests == 0 || ops == 0 {
         eprintln!("teeshm stress: --guests and --ops must be at least 1");
         return ExitCode::from(2);
@@ -155,9 +171,7 @@ fn stress_command(
     if json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let outcome = stress::run(system, guests, ops, seed, threads, exhaust, &|done| {
-        bar.set_position(done)
-    });
+    let outcome = stress::run(system, plan, &|done| bar.set_position(done));
     let rate = |t: &stress::GuestTally| {
         if t.ops == 0 {
             0.0
@@ -171,7 +185,7 @@ fn stress_command(
         let v = serde_json::json!({
             "guests": guests, "ops": outcome.ops, "steps": outcome.steps, "seed": seed,
             "threads": threads, "succeeded": outcome.succeeded, "violations": violations,
-            "exhaust": exhaust,
+            "exhaust": exhaust, "check_every": check_every,
             "guests_detail": outcome.per_guest.iter().map(|(g, t)| serde_json::json!({
                 "guest": g, "ops": t.ops, "succeeded": t.succeeded, "success_rate": rate(t),
                 "exhausting": exhaust && *g == stress::EXHAUSTER,
@@ -181,8 +195,8 @@ fn stress_command(
         println!("{v}");
     } else {
         println!(
-            "stress: {} guests, {} operations in {} steps on {} threads, seed {}; {} answered success",
-            guests, outcome.ops, outcome.steps, threads, seed, outcome.succeeded
+            "stress: {} guests, {} operations in {} steps on {} threads, seed {}, checked after every {} step(s); {} answered success",
+            guests, outcome.ops, outcome.steps, threads, seed, check_every.max(1), outcome.succeeded
         );
         if exhaust {
             for (g, t) in &outcome.per_guest {

@@ -357,19 +357,57 @@ fn verify(runner: &Runner, op: &Op) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `ops` operations over `guests` guests with `threads` threads from `seed`, calling
-/// `progress(steps_done)` after every step. With `exhaust`, guest [`EXHAUSTER`] runs the
-/// exhaustion mix (its refusals only need to be clean) while the others run the usual mix and
-/// must succeed as if it were not there.
+/// What a stress run does.
+#[derive(Debug, Clone, Copy)]
+pub struct StressPlan {
+    /// Guests, 1..=guests.
+    pub guests: u16,
+    /// Operations in all.
+    pub ops: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Worker threads, each driving its own guests.
+    pub threads: usize,
+    /// Guest [`EXHAUSTER`] runs the exhaustion mix (its refusals only need to be clean) while
+    /// the others run the usual mix and must succeed as if it were not there.
+    pub exhaust: bool,
+    /// The whole system is checked after every `check_every`-th step and after the last (1:
+    /// after every step). Each operation's answer is judged whatever this is; the checker's
+    /// cost grows with what the guests hold (an exhauster holding its whole quota makes it
+    /// milliseconds), which is what a sparser check is for in a long run.
+    pub check_every: u64,
+}
+
+impl StressPlan {
+    /// `ops` operations over `guests` guests on one thread from `seed`, checked after every
+    /// step, the usual mix.
+    pub fn new(guests: u16, ops: u64, seed: u64) -> Self {
+        Self {
+            guests,
+            ops,
+            seed,
+            threads: 1,
+            exhaust: false,
+            check_every: 1,
+        }
+    }
+}
+
+/// Runs `plan` on `system`, calling `progress(steps_done)` after every check.
 pub fn run(
     system: Arc<System>,
-    guests: u16,
-    ops: u64,
-    seed: u64,
-    threads: usize,
-    exhaust: bool,
+    plan: StressPlan,
     progress: &(dyn Fn(u64) + Sync),
 ) -> StressOutcome {
+    let StressPlan {
+        guests,
+        ops,
+        seed,
+        threads,
+        exhaust,
+        check_every,
+    } = plan;
+    let check_every = check_every.max(1);
     let threads = threads.clamp(1, usize::from(guests.max(1)));
     let steps = ops.div_ceil(threads as u64);
     let barrier = Barrier::new(threads);
@@ -438,7 +476,8 @@ pub fn run(
                         .push((step, t, op));
                     // Everyone's step is done: the last to arrive checks, the others wait for
                     // it, and all see `stop` alike.
-                    if barrier.wait().is_leader() {
+                    let checked = (step + 1) % check_every == 0 || step + 1 == steps;
+                    if barrier.wait().is_leader() && checked {
                         let found = system.check();
                         let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
                         if v.is_none() {

@@ -31,7 +31,14 @@ fn stress_on_three_cpus_finds_no_violation() {
         })
         .unwrap(),
     );
-    let outcome = stress::run(system.clone(), 6, 3000, 42, 3, false, &|_| {});
+    let outcome = stress::run(
+        system.clone(),
+        stress::StressPlan {
+            threads: 3,
+            ..stress::StressPlan::new(6, 3000, 42)
+        },
+        &|_| {},
+    );
     assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
     assert_eq!(outcome.ops, 3000);
     assert!(outcome.succeeded > 2500);
@@ -41,7 +48,7 @@ fn stress_on_three_cpus_finds_no_violation() {
 #[test]
 fn a_stress_log_replays_to_the_same_state() {
     let system = Arc::new(System::new(SystemConfig::default()).unwrap());
-    let outcome = stress::run(system.clone(), 4, 400, 9, 1, false, &|_| {});
+    let outcome = stress::run(system.clone(), stress::StressPlan::new(4, 400, 9), &|_| {});
     assert!(outcome.violation.is_none());
     let text: String = outcome
         .log
