@@ -6,8 +6,20 @@ use std::process::ExitCode;
 use teeshm_bench::plot::{Line, svg};
 use teeshm_bench::{Figure, Series};
 
+/// How the figures are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// An aligned table for a terminal.
+    Table,
+    /// One JSON object keyed by figure id.
+    Json,
+    /// A Markdown table and the notes under it, as docs/performance.md holds them.
+    Markdown,
+}
+
 /// Runs the suite; exit 0 whatever the goals say (a missed goal is a finding, not a failure).
-pub fn run(quick: bool, only: &[String], json: bool, plots: Option<&Path>) -> ExitCode {
+pub fn run(quick: bool, only: &[String], output: Output, plots: Option<&Path>) -> ExitCode {
+    let json = output != Output::Table;
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {elapsed} {msg}")
@@ -20,7 +32,7 @@ pub fn run(quick: bool, only: &[String], json: bool, plots: Option<&Path>) -> Ex
     let (figures, series) =
         teeshm_bench::run(quick, only, &|what| spinner.set_message(what.to_owned()));
     spinner.finish_and_clear();
-    if json {
+    if output == Output::Json {
         let map: serde_json::Map<String, serde_json::Value> = figures
             .iter()
             .map(|f| {
@@ -42,6 +54,8 @@ pub fn run(quick: bool, only: &[String], json: bool, plots: Option<&Path>) -> Ex
             })
             .collect();
         println!("{}", serde_json::Value::Object(map));
+    } else if output == Output::Markdown {
+        print_markdown(&figures);
     } else {
         print_table(&figures);
     }
@@ -104,6 +118,58 @@ fn print_table(figures: &[Figure]) {
                 f.unit
             );
         }
+    }
+}
+
+/// `median [min–max]` of a measured figure, the value alone otherwise.
+fn with_spread(f: &Figure) -> String {
+    match f.spread {
+        Some([min, median, max]) => {
+            format!("{} [{}–{}]", number(median), number(min), number(max))
+        }
+        None => number(f.value),
+    }
+}
+
+fn print_markdown(figures: &[Figure]) {
+    println!("| figure | teeshm: median [min–max] | unit | peer | ratio | goal | met | kind |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for f in figures {
+        let peer = if f.peers.is_empty() {
+            f.peer.map_or("–".into(), number)
+        } else {
+            f.peers
+                .iter()
+                .map(|(name, v)| format!("{name} {}", number(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            f.id,
+            with_spread(f),
+            f.unit,
+            peer,
+            f.ratio.map_or("–".into(), number),
+            f.goal,
+            match f.met {
+                Some(true) => "**yes**",
+                Some(false) => "**no**",
+                None => "",
+            },
+            f.kind
+        );
+    }
+    println!();
+    for f in figures {
+        let mut line = format!("- **{}**: {}", f.id, f.title);
+        if !f.peer_name.is_empty() {
+            line += &format!("; peer: {}; ratio: {}", f.peer_name, f.ratio_meaning);
+        }
+        if !f.note.is_empty() {
+            line += &format!(". {}", f.note);
+        }
+        println!("{line}");
     }
 }
 

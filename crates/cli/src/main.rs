@@ -81,6 +81,9 @@ enum Command {
         /// Print one JSON object keyed by figure id.
         #[arg(long)]
         json: bool,
+        /// Print a Markdown table and its notes (docs/performance.md's form).
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
         /// Write SVG plots of how P1, P5 and P6 grow with their input into this folder.
         #[arg(long)]
         plots: Option<PathBuf>,
@@ -127,9 +130,17 @@ fn main() -> ExitCode {
         Command::Bench {
             quick,
             json,
+            markdown,
             plots,
             only,
-        } => bench::run(quick, &only, json, plots.as_deref()),
+        } => {
+            let output = match (json, markdown) {
+                (true, _) => bench::Output::Json,
+                (_, true) => bench::Output::Markdown,
+                _ => bench::Output::Table,
+            };
+            bench::run(quick, &only, output, plots.as_deref())
+        }
     }
 }
 

@@ -98,31 +98,6 @@ struct Budget {
     per_figure: Duration,
 }
 
-/// Nanoseconds per call of `f`: batches sized to ~1/10 of the budget, the median of them.
-fn ns_per_op(budget: Budget, mut f: impl FnMut()) -> f64 {
-    let mut batch = 1u64;
-    loop {
-        let t = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        if t.elapsed() > budget.per_figure / 20 || batch > 1 << 30 {
-            break;
-        }
-        batch *= 2;
-    }
-    let mut samples = Vec::new();
-    let end = Instant::now() + budget.per_figure;
-    while samples.len() < 5 || (Instant::now() < end && samples.len() < 21) {
-        let t = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        samples.push(t.elapsed().as_nanos() as f64 / batch as f64);
-    }
-    median(samples)
-}
-
 /// Minimum, median and maximum of a measurement's batches (ns per call).
 #[derive(Debug, Clone, Copy)]
 struct Stats {
@@ -154,6 +129,16 @@ impl Stats {
 /// so when another process shares the CPU for a while, it slows whole rounds, every allocator
 /// of them. At least 5 and at most 1001 rounds, within about `fs.len()` budgets.
 fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec<Stats> {
+    rounds_side_by_side(budget, fs)
+        .into_iter()
+        .map(Stats::of)
+        .collect()
+}
+
+/// The per-round samples (ns per operation) of [`ns_per_op_side_by_side`], one vector per
+/// function, round `i` of each taken back to back: for a figure that is a ratio of two of them,
+/// the ratio of each round is a sample of the ratio.
+fn rounds_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec<Vec<f64>> {
     let batches: Vec<u64> = fs
         .iter_mut()
         .map(|f| {
@@ -179,13 +164,14 @@ fn ns_per_op_side_by_side(budget: Budget, fs: &mut [&mut dyn FnMut(u64)]) -> Vec
         }
         rounds += 1;
     }
-    samples.into_iter().map(Stats::of).collect()
+    samples
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// `[min, median, max]` of `a[i] / b[i]` over the rounds of two sample vectors.
+fn ratio_stats(a: &[f64], b: &[f64]) -> Stats {
+    Stats::of(a.iter().zip(b).map(|(x, y)| x / y).collect())
 }
+
 /// Runs the suite, or only the groups whose id (`P1`..`P8`) is in `only` when it is not empty.
 /// `quick` finishes in under two minutes on a 2-core machine; `progress` is told each group as
 /// it starts.
@@ -229,6 +215,13 @@ pub fn run(quick: bool, only: &[String], progress: &dyn Fn(&str)) -> (Vec<Figure
     }
     if wanted("P8", "throughput") {
         p8(budget, &mut out);
+    }
+    // A count or an arithmetic figure has one value however often it is run: its spread is
+    // that value three times (a timed figure without batches would stay without one and show).
+    for f in &mut out {
+        if f.spread.is_none() && (f.kind == "computed" || f.unit == "pages") {
+            f.spread = Some([f.value; 3]);
+        }
     }
     (out, series)
 }

@@ -2,7 +2,7 @@
 //! system held at once, P8 simulated invoke throughput on 1, 2 and 4 threads.
 
 use super::calls::touch;
-use super::{Budget, Figure, Series, Stats, figure, median};
+use super::{Budget, Figure, Series, Stats, figure};
 use crate::peers::OpteeModel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,9 +35,9 @@ fn fill_guest(w: &World, guest: u16, arg_page: u64, buf_ptr: u64) {
     }
 }
 
-/// Median time to destroy a guest of 1000 × 64-page buffers beside `others` guests holding the
+/// Times (ns) to destroy a guest of 1000 × 64-page buffers beside `others` guests holding the
 /// same (the others also hold a mapped, cached buffer each: they are busy).
-fn p6_point(rounds: usize, others: u16) -> f64 {
+fn p6_point(rounds: usize, others: u16) -> Stats {
     let w = World::new(crate::fixtures::guests_config(u32::from(others) + 1));
     let buf = w.buffer(BUFFER_PAGES * PAGE, 0);
     let (buf_ptr, _) = w.page_list(&buf);
@@ -57,7 +57,7 @@ fn p6_point(rounds: usize, others: u16) -> f64 {
         w.destroy_guest(VICTIM);
         samples.push(t.elapsed().as_nanos() as f64);
     }
-    median(samples)
+    Stats::of(samples)
 }
 
 pub(super) fn p6(quick: bool, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
@@ -67,30 +67,39 @@ pub(super) fn p6(quick: bool, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
         id: "P6".into(),
         ..Series::default()
     };
-    let mut alone = 0.0;
+    let mut alone = Stats::of(Vec::new());
+    let mut beside = alone;
     for &others in counts {
         let t = p6_point(rounds, others);
         if others == 0 {
             alone = t;
         }
-        s.points.push((f64::from(others) + 1.0, t, alone));
+        beside = t;
+        s.points.push((f64::from(others) + 1.0, t.median, alone.median));
     }
-    let beside = s.points.last().map_or(0.0, |p| p.1);
-    out.push(figure(
+    let ratio = beside.median / alone.median;
+    let mut f = figure(
         "P6",
         "VM_DESTROYED of a guest with 1000 buffers × 64 pages, beside 63 busy guests, over alone",
-        beside / alone,
+        ratio,
         "×",
-        Some((alone, "the same destroy with no other guest (ns)")),
-        Some((beside / alone, "beside / alone")),
+        Some((alone.median, "the same destroy with no other guest (ns)")),
+        Some((ratio, "beside / alone")),
         "≤ 1.2",
-        Some(beside / alone <= 1.2),
+        Some(ratio <= 1.2),
         &format!(
-            "alone {:.0} µs, beside 63 {:.0} µs",
-            alone / 1e3,
-            beside / 1e3
+            "alone {:.0} µs, beside 63 {:.0} µs (medians of {rounds} rounds); the spread is of the rounds beside 63 over the median alone",
+            alone.median / 1e3,
+            beside.median / 1e3
         ),
-    ));
+    );
+    f.spread = Some([
+        beside.min / alone.median,
+        ratio,
+        beside.max / alone.median,
+    ]);
+    f.peers_spread = vec![("alone".into(), alone.spread())];
+    out.push(f);
     series.push(s);
 }
 
@@ -186,7 +195,7 @@ pub(super) fn p7(out: &mut Vec<Figure>) {
     }
     let distinct = held.len() as u64;
     assert!(w.tee.check_agreement().is_empty());
-    let mut f = figure(
+    let f = figure(
         "P7",
         "distinct registered pages held at once by 64 guests (16 buffers × 1024 pages each, every buffer its own pages)",
         distinct as f64,
@@ -201,7 +210,6 @@ pub(super) fn p7(out: &mut Vec<Figure>) {
             took.as_secs_f64() * 1e3
         ),
     );
-    f.spread = None;
     out.push(f);
     let mut b = figure(
         "P7.bytes",
