@@ -207,7 +207,13 @@ fn stress_command(plan: stress::StressPlan, replay_out: &PathBuf, json: bool) ->
     } else {
         println!(
             "stress: {} guests, {} operations in {} steps on {} threads, seed {}, checked after every {} step(s); {} answered success",
-            guests, outcome.ops, outcome.steps, threads, seed, check_every.max(1), outcome.succeeded
+            guests,
+            outcome.ops,
+            outcome.steps,
+            threads,
+            seed,
+            check_every.max(1),
+            outcome.succeeded
         );
         if exhaust {
             for (g, t) in &outcome.per_guest {

@@ -322,11 +322,16 @@ pub(super) fn p4(budget: Budget, out: &mut Vec<Figure>) {
         "repeat INVOKE (TOUCH first and last byte) with a 1 MiB registered memref, over a 4 KiB one",
         ratio.median,
         "×",
-        Some((peer.median, "1 MiB remapped on every call (OP-TEE's way), over 4 KiB")),
+        Some((
+            peer.median,
+            "1 MiB remapped on every call (OP-TEE's way), over 4 KiB",
+        )),
         Some((ratio.median, "1 MiB / 4 KiB")),
         "≤ 1.2",
         Some(ratio.median <= 1.2),
-        &format!("4 KiB: {small:.0} ns, 1 MiB cached: {big:.0} ns, 1 MiB remapped: {uncached:.0} ns per call (medians); the spread is of each round's ratio"),
+        &format!(
+            "4 KiB: {small:.0} ns, 1 MiB cached: {big:.0} ns, 1 MiB remapped: {uncached:.0} ns per call (medians); the spread is of each round's ratio"
+        ),
     );
     f.spread = Some(ratio.spread());
     f.peers_spread = vec![("1 MiB remapped".into(), peer.spread())];

@@ -75,7 +75,8 @@ pub(super) fn p6(quick: bool, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
             alone = t;
         }
         beside = t;
-        s.points.push((f64::from(others) + 1.0, t.median, alone.median));
+        s.points
+            .push((f64::from(others) + 1.0, t.median, alone.median));
     }
     let ratio = beside.median / alone.median;
     let mut f = figure(
@@ -93,11 +94,7 @@ pub(super) fn p6(quick: bool, out: &mut Vec<Figure>, series: &mut Vec<Series>) {
             beside.median / 1e3
         ),
     );
-    f.spread = Some([
-        beside.min / alone.median,
-        ratio,
-        beside.max / alone.median,
-    ]);
+    f.spread = Some([beside.min / alone.median, ratio, beside.max / alone.median]);
     f.peers_spread = vec![("alone".into(), alone.spread())];
     out.push(f);
     series.push(s);
