@@ -103,21 +103,42 @@ pub fn main(args: &[String]) -> Result<(), String> {
         let shown = format!("{command:?}");
         eprintln!("xtask: running {shown}");
         let started = std::time::Instant::now();
-        let output = command
-            .output()
+        // libFuzzer's log is read as it comes: its `pulse` lines (at every power of two
+        // executions) are shown so that a long run can be followed, and the whole log is kept for
+        // the final statistics and, on failure, its tail.
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot start {shown}: {e}"))?;
-        let log = String::from_utf8_lossy(&output.stderr);
+        let mut log = String::new();
+        if let Some(stderr) = child.stderr.take() {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.map_err(|e| format!("cannot read the log of {target}: {e}"))?;
+                if line.contains("pulse") {
+                    eprintln!(
+                        "xtask fuzz: {target} ({:.0} s): {line}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("cannot wait for {shown}: {e}"))?;
         let execs = log.lines().rev().find_map(|l| {
             l.strip_prefix("stat::number_of_executed_units:")
                 .and_then(|n| n.trim().parse::<u64>().ok())
         });
-        if !output.status.success() {
+        if !status.success() {
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             eprintln!("{}", tail.join("\n"));
             return Err(format!(
                 "fuzz target {target} failed ({}) after {:.0} s: see fuzz/artifacts/{target}",
-                output.status,
+                status,
                 started.elapsed().as_secs_f64()
             ));
         }

@@ -90,10 +90,16 @@ impl ArgCopy {
         let guard = at
             .map(window, platform)
             .map_err(|e| ArgReadError::of_map(&e))?;
-        let mut header = MsgArgHeader::new_zeroed();
+        // One access takes the header with up to four params (what nearly every call has);
+        // params beyond those are read by a second access after them. No byte is read twice.
+        let mut first = [0u8; RPC_ARG_SIZE];
+        let first_len = usize::try_from(available).map_or(RPC_ARG_SIZE, |a| a.min(RPC_ARG_SIZE));
+        let prefix = first.get_mut(..first_len).ok_or(ArgReadError::BadAddress)?;
         guard
-            .read(at.offset, header.as_mut_bytes())
+            .read(at.offset, prefix)
             .map_err(|_| ArgReadError::BadAddress)?;
+        let (header, in_prefix) =
+            MsgArgHeader::read_from_prefix(prefix).map_err(|_| ArgReadError::BadAddress)?;
         let num_params = header.num_params.get();
         let size = arg_size_checked(num_params).map_err(|_| ArgReadError::BadCommand)?;
         let count = usize::try_from(num_params).map_err(|_| ArgReadError::BadCommand)?;
@@ -106,10 +112,16 @@ impl ArgCopy {
             .try_reserve_exact(count)
             .map_err(|_| ArgReadError::OutOfMemory)?;
         params.resize(count, MsgParam::new_zeroed());
-        let params_at = at.offset + MSG_ARG_HEADER_SIZE as u64;
-        guard
-            .read(params_at, params.as_mut_bytes())
-            .map_err(|_| ArgReadError::BadAddress)?;
+        let bytes = params.as_mut_bytes();
+        let have = in_prefix.len().min(bytes.len());
+        let (copied, rest) = bytes.split_at_mut(have);
+        copied.copy_from_slice(in_prefix.get(..have).ok_or(ArgReadError::BadAddress)?);
+        if !rest.is_empty() {
+            let rest_at = at.offset + (MSG_ARG_HEADER_SIZE + have) as u64;
+            guard
+                .read(rest_at, rest)
+                .map_err(|_| ArgReadError::BadAddress)?;
+        }
         Ok(Self { header, params })
     }
 
@@ -169,11 +181,18 @@ impl ArgCopy {
         platform: &P,
     ) -> Result<(), TeeError> {
         let guard = at.map(window, platform)?;
+        // One access for the whole arg (a stack copy for up to four params).
+        let params = self.params.as_bytes();
+        let mut small = [0u8; RPC_ARG_SIZE];
+        let whole_len = MSG_ARG_HEADER_SIZE + params.len();
+        if let Some(whole) = small.get_mut(..whole_len) {
+            let (h, p) = whole.split_at_mut(MSG_ARG_HEADER_SIZE);
+            h.copy_from_slice(self.header.as_bytes());
+            p.copy_from_slice(params);
+            return guard.write(at.offset, whole);
+        }
         guard.write(at.offset, self.header.as_bytes())?;
-        guard.write(
-            at.offset + MSG_ARG_HEADER_SIZE as u64,
-            self.params.as_bytes(),
-        )
+        guard.write(at.offset + MSG_ARG_HEADER_SIZE as u64, params)
     }
 
     /// Reads back an RPC arg at `at` (after the normal world answered): header and up to

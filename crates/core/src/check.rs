@@ -215,22 +215,26 @@ impl<P: Platform> Tee<P> {
                     });
                 }
             }
-            let idle_ok = match entry.idle_since {
-                // An idle mapping's object is live, or retired while a call still uses it (a
-                // busy unregister after the mapping went idle: it goes with the release).
-                Some(stamp) => {
-                    entry.guards.get() == 0
-                        && idle.get(&stamp) == Some(&id)
-                        && idle_by_guest.contains(&(mobj.owner(), stamp))
+            // A record in the index: the one the entry names, no younger than its last use.
+            let record_ok = entry.indexed_at.is_none_or(|stamp| {
+                idle.get(&stamp) == Some(&id)
+                    && idle_by_guest.contains(&(mobj.owner(), stamp))
+                    && entry.last_used >= stamp
+            });
+            let idle_ok = record_ok
+                && if entry.guards.get() > 0 {
+                    true
+                } else if mobj.kind() == MobjKind::Temporary {
+                    // A call's temporary between two guards: never evictable while its call
+                    // uses it, so never in the eviction index.
+                    entry.indexed_at.is_none() && mobj.uses().users() > 0
+                } else {
+                    // An idle mapping is in the index (else it could never be evicted), and its
+                    // object is live, or retired while a call still uses it (a busy unregister
+                    // after the mapping went idle: it goes with the release).
+                    entry.indexed_at.is_some()
                         && (!mobj.uses().is_retired() || mobj.uses().users() > 0)
-                }
-                // Not idle: guarded, or a call's temporary between two guards (never
-                // evictable while its call uses it, so never in the eviction index).
-                None => {
-                    entry.guards.get() > 0
-                        || (mobj.kind() == MobjKind::Temporary && mobj.uses().users() > 0)
-                }
-            };
+                };
             if !idle_ok {
                 found.push(CoreDisagreement::IdleIndex { mobj: id });
             }
@@ -248,7 +252,11 @@ impl<P: Platform> Tee<P> {
                 None => found.push(CoreDisagreement::Orphan { mobj: id }),
             }
         }
-        if idle.len() != idle_by_guest.len() || idle.values().any(|id| !window.has_entry(*id)) {
+        if idle.len() != idle_by_guest.len()
+            || idle
+                .iter()
+                .any(|(&stamp, id)| window.indexed_at(*id) != Some(stamp))
+        {
             found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
         }
         for m in window.shm().mappings() {

@@ -7,6 +7,13 @@
 //! when the window (or the guest's mapped-pages quota) needs the space. A mapping with a guard,
 //! or whose object a call still uses, is never evicted. A retired object's mapping goes with its
 //! last guard.
+//!
+//! The eviction index is kept lazily, so that a mapping used again and again (a registered
+//! arg buffer, on every call) costs no index update: a mapping enters the index when it first
+//! goes idle, keyed by that moment, and stays there while it is used again; each use only
+//! stamps the entry. Eviction walks the index from its oldest record and, before it evicts,
+//! moves a record whose entry was used since to that use's time, so what it evicts is the
+//! least recently used idle mapping, as with an index updated on every use.
 
 use crate::error::{QuotaKind, TeeError};
 use crate::mobj::{Mobj, MobjId, MobjKind, MobjUse};
@@ -27,8 +34,10 @@ pub(crate) struct WindowEntry {
     pub(crate) range: VirtPages,
     /// Live map guards (the static pool holds one for ever).
     pub(crate) guards: Count,
-    /// When the last guard went, for a cached mapping now idle.
-    pub(crate) idle_since: Option<u64>,
+    /// The stamp of its record in the eviction index, once it went idle a first time.
+    pub(crate) indexed_at: Option<u64>,
+    /// When its last guard went last (the clock's stamp; 0 before the first time).
+    pub(crate) last_used: u64,
 }
 
 /// Counters of the mapping cache.
@@ -65,7 +74,8 @@ pub struct ObjectMapping {
 pub struct SharedWindow<T: TlbMaintenance> {
     shm: ShmWindow<T>,
     entries: BTreeMap<MobjId, WindowEntry>,
-    /// Idle cached mappings by the time they went idle, oldest first.
+    /// The eviction index: cached mappings by the stamp of their record, oldest first (see
+    /// the module's doc: a record may be older than its entry's last use).
     idle: BTreeMap<u64, MobjId>,
     /// The same, per guest, for evicting within a guest's quota.
     idle_by_guest: BTreeSet<(GuestId, u64)>,
@@ -112,9 +122,12 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         self.entries.len()
     }
 
-    /// Idle cached mappings.
+    /// Idle cached mappings (no guard, kept for the next use).
     pub fn idle_mappings(&self) -> usize {
-        self.idle.len()
+        self.idle
+            .values()
+            .filter(|id| self.entries.get(id).is_some_and(|e| e.guards.get() == 0))
+            .count()
     }
 
     /// Every object's mapping, by object id.
@@ -126,12 +139,13 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             cookie: e.mobj.cookie(),
             range: e.range,
             guards: e.guards.get(),
-            idle: e.idle_since.is_some(),
+            idle: e.guards.get() == 0 && e.indexed_at.is_some(),
         })
     }
 
-    pub(crate) fn has_entry(&self, id: MobjId) -> bool {
-        self.entries.contains_key(&id)
+    /// The stamp of `id`'s record in the eviction index, if it has an entry and a record.
+    pub(crate) fn indexed_at(&self, id: MobjId) -> Option<u64> {
+        self.entries.get(&id).and_then(|e| e.indexed_at)
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&MobjId, &WindowEntry)> {
@@ -153,11 +167,8 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             return Err(TeeError::Revoked(mobj.id()));
         }
         if let Some(entry) = self.entries.get_mut(&mobj.id()) {
+            // Its index record, if any, stays (the module's doc).
             entry.guards.add(1);
-            if let Some(stamp) = entry.idle_since.take() {
-                self.idle.remove(&stamp);
-                self.idle_by_guest.remove(&(mobj.owner(), stamp));
-            }
             self.stats.hits += 1;
             return Ok((entry.range, true));
         }
@@ -169,7 +180,8 @@ impl<T: TlbMaintenance> SharedWindow<T> {
                 mobj: mobj.clone(),
                 range,
                 guards: Count::new(1),
-                idle_since: None,
+                indexed_at: None,
+                last_used: 0,
             },
         );
         self.stats.misses += 1;
@@ -217,11 +229,14 @@ impl<T: TlbMaintenance> SharedWindow<T> {
                 // B-tree operations fewer under the window lock on every call).
                 return;
             }
-            let stamp = self.clock;
             self.clock += 1;
-            entry.idle_since = Some(stamp);
-            self.idle.insert(stamp, id);
-            self.idle_by_guest.insert((entry.mobj.owner(), stamp));
+            let stamp = self.clock;
+            entry.last_used = stamp;
+            if entry.indexed_at.is_none() {
+                entry.indexed_at = Some(stamp);
+                self.idle.insert(stamp, id);
+                self.idle_by_guest.insert((entry.mobj.owner(), stamp));
+            }
         } else {
             self.unmap_entry(id);
         }
@@ -314,42 +329,52 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         }
     }
 
-    /// Evicts the oldest idle mapping (of `guest`, if given) whose object no call uses.
-    /// Returns false when there is none.
+    /// Evicts the least recently used idle mapping (of `guest`, if given) whose object no call
+    /// uses. Returns false when there is none.
+    ///
+    /// Records are visited oldest first. One whose entry was used since it was written moves
+    /// to that use's stamp, later in the walk; one whose object is in use (a guard, or a call)
+    /// is passed over and stays. So every record is passed at most twice.
     fn evict_oldest(&mut self, guest: Option<GuestId>) -> bool {
-        let candidate = match guest {
-            None => self
-                .idle
-                .values()
-                .copied()
-                .find(|id| self.is_evictable(*id)),
-            Some(g) => self
-                .idle_by_guest
-                .range((g, 0)..=(g, u64::MAX))
-                .filter_map(|&(_, stamp)| self.idle.get(&stamp).copied())
-                .find(|id| self.is_evictable(*id)),
-        };
-        match candidate {
-            Some(id) => {
-                self.unmap_entry(id);
-                self.stats.evictions += 1;
-                true
+        let mut from = 0u64;
+        loop {
+            let next = match guest {
+                None => self.idle.range(from..).next().map(|(&s, &id)| (s, id)),
+                Some(g) => self
+                    .idle_by_guest
+                    .range((g, from)..=(g, u64::MAX))
+                    .find_map(|&(_, s)| self.idle.get(&s).map(|&id| (s, id))),
+            };
+            let Some((stamp, id)) = next else {
+                return false;
+            };
+            from = stamp.saturating_add(1);
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if !crate::lifecycle::evictable(entry.guards.get(), entry.mobj.uses()) {
+                continue;
             }
-            None => false,
+            if entry.last_used > stamp {
+                let owner = entry.mobj.owner();
+                entry.indexed_at = Some(entry.last_used);
+                self.idle.remove(&stamp);
+                self.idle_by_guest.remove(&(owner, stamp));
+                self.idle.insert(entry.last_used, id);
+                self.idle_by_guest.insert((owner, entry.last_used));
+                continue;
+            }
+            self.unmap_entry(id);
+            self.stats.evictions += 1;
+            return true;
         }
-    }
-
-    fn is_evictable(&self, id: MobjId) -> bool {
-        self.entries
-            .get(&id)
-            .is_some_and(|e| crate::lifecycle::evictable(e.guards.get(), e.mobj.uses()))
     }
 
     fn unmap_entry(&mut self, id: MobjId) {
         let Some(entry) = self.entries.remove(&id) else {
             return;
         };
-        if let Some(stamp) = entry.idle_since {
+        if let Some(stamp) = entry.indexed_at {
             self.idle.remove(&stamp);
             self.idle_by_guest.remove(&(entry.mobj.owner(), stamp));
         }

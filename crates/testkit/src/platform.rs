@@ -7,7 +7,6 @@
 
 use crate::memory::PhysMemory;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use teeshm_core::{AccessFault, Platform, Translate};
@@ -17,7 +16,8 @@ use teeshm_platform::{RecordingTlb, TlbListener};
 
 /// Buckets of [`SimTlb`]'s invalidation generations (pages hash into them).
 const BUCKETS: usize = 4096;
-/// Entries a simulated CPU's TLB holds before it is emptied.
+/// Entries of a simulated CPU's TLB (direct-mapped: a page's entry is at one index, and a walk
+/// replaces whatever translation held it).
 const TLB_ENTRIES: usize = 4096;
 
 /// The simulated machine's TLBs: every simulated CPU (host thread) caches the translations it
@@ -78,11 +78,22 @@ impl TlbListener for SimTlb {
 
 /// One cached translation: the TLB it belongs to, its page, what it maps, and the
 /// generations it was walked under.
-type CpuTlb = HashMap<(u64, u64), (Translation, (u64, u64))>;
+#[derive(Clone, Copy)]
+struct CpuTlbEntry {
+    tlb: u64,
+    page: u64,
+    translation: Translation,
+    generation: (u64, u64),
+}
+
+/// The index of `page` of TLB `tlb` in a CPU's direct-mapped TLB.
+fn tlb_index(tlb: u64, page: u64) -> usize {
+    ((page / PAGE_SIZE) ^ tlb.wrapping_mul(0x9e37_79b9)) as usize % TLB_ENTRIES
+}
 
 thread_local! {
     /// This simulated CPU's TLB (each host thread is a CPU).
-    static CPU_TLB: RefCell<CpuTlb> = RefCell::new(HashMap::new());
+    static CPU_TLB: RefCell<Vec<Option<CpuTlbEntry>>> = RefCell::new(vec![None; TLB_ENTRIES]);
 }
 
 /// The host [`Platform`]: every access is translated page by page through the core's tables
@@ -121,23 +132,28 @@ impl SimPlatform {
             return map.translate_page(page);
         };
         let generation = tlb.generation(page.get());
-        let key = (tlb.id, page.get());
+        let index = tlb_index(tlb.id, page.get());
         let cached = CPU_TLB.with(|t| {
             t.borrow()
-                .get(&key)
-                .filter(|(_, g)| *g == generation)
-                .map(|(tr, _)| *tr)
+                .get(index)
+                .copied()
+                .flatten()
+                .filter(|e| e.tlb == tlb.id && e.page == page.get() && e.generation == generation)
+                .map(|e| e.translation)
         });
         if cached.is_some() {
             return cached;
         }
         let walked = map.translate_page(page)?;
         CPU_TLB.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.len() >= TLB_ENTRIES {
-                t.clear();
+            if let Some(slot) = t.borrow_mut().get_mut(index) {
+                *slot = Some(CpuTlbEntry {
+                    tlb: tlb.id,
+                    page: page.get(),
+                    translation: walked,
+                    generation,
+                });
             }
-            t.insert(key, (walked, generation));
         });
         Some(walked)
     }
@@ -196,10 +212,34 @@ impl SimPlatform {
     }
 }
 
+impl SimPlatform {
+    /// The physical address of an access of `len` bytes at `va` that lies within one page
+    /// (most of the core's accesses: an arg, a list page), translated without a list of pieces;
+    /// `None` for an access over several pages or none.
+    fn within_one_page(
+        &self,
+        map: &dyn Translate,
+        va: VirtAddr,
+        len: usize,
+    ) -> Result<Option<u64>, AccessFault> {
+        let in_page = va.get() % PAGE_SIZE;
+        if len == 0 || in_page.saturating_add(len as u64) > PAGE_SIZE {
+            return Ok(None);
+        }
+        let mut found = None;
+        self.walk(map, va, len, |pa, _| found = Some(pa))?;
+        Ok(found)
+    }
+}
+
 impl Platform for SimPlatform {
     type Tlb = RecordingTlb;
 
     fn read(&self, map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
+        if let Some(pa) = self.within_one_page(map, va, buf.len())? {
+            self.memory.read(pa, buf);
+            return Ok(());
+        }
         for (pa, range) in self.translate_all(map, va, buf.len())? {
             if let Some(dst) = buf.get_mut(range) {
                 self.memory.read(pa, dst);
@@ -209,6 +249,10 @@ impl Platform for SimPlatform {
     }
 
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
+        if let Some(pa) = self.within_one_page(map, va, data.len())? {
+            self.memory.write(pa, data);
+            return Ok(());
+        }
         for (pa, range) in self.translate_all(map, va, data.len())? {
             if let Some(src) = data.get(range) {
                 self.memory.write(pa, src);

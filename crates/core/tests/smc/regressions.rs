@@ -149,10 +149,10 @@ fn regression_a0c3590b4_noncontig_offset_applied_once() {
 
 /// OP-TEE eecd6bd23 / 19cae8dc8 (2018): fields of the arg were read from normal-world memory
 /// more than once, so a normal world could change them between the check and the use. Here it
-/// does: after the TEE's first read of the arg page (the header) it changes the command and the
-/// session, and after the second (the params) it changes the fill seed. The call runs what was
-/// read — FILL in the real session with seed 4 — and the arg page is read twice in all, never
-/// again, however the call goes.
+/// does: after the TEE's read of the arg page (the header with its params, in one access) it
+/// changes the command, the session and the fill seed. The call runs what was read — FILL in
+/// the real session with seed 4 — and the arg page is read once in all, however the call goes.
+/// (An arg of more than four params is read in two accesses: the next test.)
 #[test]
 fn regression_eecd6bd23_arg_read_once() {
     let w = World::default_world();
@@ -176,9 +176,9 @@ fn regression_eecd6bd23_arg_read_once() {
         .rewrite_after_reads(page, 1, changed.as_bytes().to_vec());
     // The value param is the second one: 32 bytes of header, 32 of the tmem, then a (u64).
     w.mem
-        .rewrite_after_reads(page + 32 + 32 + 8, 2, 9u64.to_le_bytes().to_vec());
+        .rewrite_after_reads(page + 32 + 32 + 8, 1, 9u64.to_le_bytes().to_vec());
     let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
-    assert_eq!(w.mem.reads_of(page), 2);
+    assert_eq!(w.mem.reads_of(page), 1);
     w.mem.trace_reads(false);
     assert_eq!(w.mem.pending_rewrites(), 0, "the arg was changed twice");
     assert_eq!(r.a[0], 0);
@@ -191,6 +191,49 @@ fn regression_eecd6bd23_arg_read_once() {
             .all(|(i, b)| *b == pattern_byte(4, i as u64)),
         "FILL with the seed read once"
     );
+    w.check();
+}
+
+/// The same rule for an arg of six params, read in two accesses (the header with four params,
+/// then the last two): the normal world changes the header after the first and the last param
+/// after the second. The copy is what each access read: the header and the last param are
+/// written back as they were first read, and the page is read twice in all.
+#[test]
+fn regression_eecd6bd23_arg_of_six_params_read_once() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::FILL);
+    h.num_params.set(6);
+    let params: Vec<MsgParam> = (0..6u64)
+        .map(|i| value(OPTEE_MSG_ATTR_TYPE_VALUE_INOUT, i, i, i))
+        .collect();
+    let page = w.alloc_page();
+    w.mem.write(page, &arg_bytes(h, &params));
+    w.mem.trace_reads(true);
+    let mut changed = h;
+    changed.session.set(s.wrapping_add(99));
+    w.mem
+        .rewrite_after_reads(page, 1, changed.as_bytes().to_vec());
+    let last = page + 32 + 5 * 32;
+    w.mem.rewrite_after_reads(
+        last,
+        2,
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INOUT, 9, 9, 9)
+            .as_bytes()
+            .to_vec(),
+    );
+    let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
+    assert_eq!(w.mem.reads_of(page), 2);
+    w.mem.trace_reads(false);
+    assert_eq!(w.mem.pending_rewrites(), 0, "the arg was changed twice");
+    assert_eq!(r.a[0], 0);
+    let mut back = vec![0u8; 32 + 6 * 32];
+    w.mem.read(page, &mut back);
+    let (got, got_params) = parse_arg(&back);
+    assert_eq!(got.session.get(), s, "the header as first read");
+    assert_eq!(got_params[5], params[5], "the last param as read");
     w.check();
 }
 
