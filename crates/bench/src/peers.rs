@@ -1,7 +1,12 @@
 //! The peers every figure is measured beside: hand-written models of what OP-TEE does, kept
 //! simple and honest (each says where it is generous to OP-TEE).
 
+use teeshm_abi::gp::{TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS};
+use teeshm_abi::msg::{OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM};
 use teeshm_abi::page_list::ENTRIES_PER_LIST_PAGE;
+use teeshm_mm::tables::TranslationTables;
+use teeshm_mm::{MemKind, PhysAddr, VirtAddr, VirtPages};
+use teeshm_platform::RecordingTlb;
 use teeshm_testkit::{NS_RAM, PhysMemory};
 
 const PAGE: u64 = 4096;
@@ -197,6 +202,19 @@ impl OpteeModel {
 
     /// Registers the list at `buf_ptr` like OP-TEE; false where OP-TEE refuses.
     pub fn register(&mut self, mem: &PhysMemory, buf_ptr: u64, size: u64, cookie: u64) -> bool {
+        self.register_with(mem, buf_ptr, size, cookie, &mut |_| {})
+    }
+
+    /// [`Self::register`], calling `list_page(pa)` before each list page is read (where
+    /// OP-TEE maps it: [`OpteeEntryModel`]).
+    pub fn register_with(
+        &mut self,
+        mem: &PhysMemory,
+        buf_ptr: u64,
+        size: u64,
+        cookie: u64,
+        list_page: &mut dyn FnMut(u64),
+    ) -> bool {
         let offset = buf_ptr & (PAGE - 1);
         let count = (offset + size).div_ceil(PAGE) as usize;
         // 1. The page list into a temporary array.
@@ -208,6 +226,7 @@ impl OpteeModel {
             let here = remaining.min(ENTRIES_PER_LIST_PAGE);
             let more = remaining > here;
             let len = if more { PAGE as usize } else { here * 8 };
+            list_page(list);
             mem.read(list, &mut raw[..len]);
             for entry in raw[..here * 8].chunks_exact(8) {
                 let pa = u64::from_le_bytes(entry.try_into().unwrap());
@@ -267,9 +286,212 @@ impl OpteeModel {
         }
     }
 
+    /// The registered object `cookie`, found as `mobj_reg_shm_get_by_cookie` finds it (a walk
+    /// of the list from its head).
+    fn find(&self, cookie: u64) -> Option<&OpteeRegShm> {
+        let mut cursor = &self.head;
+        while let Some(node) = cursor {
+            if node.cookie == cookie {
+                return Some(node);
+            }
+            cursor = &node.next;
+        }
+        None
+    }
+
     /// Secure bytes one registered object of `pages` pages keeps in the model.
     pub fn object_bytes(pages: u64) -> u64 {
         size_of::<OpteeRegShm>() as u64 + 8 * pages
+    }
+}
+
+/// `CFG_NUM_THREADS` of the model: OP-TEE's threads (its default is 2; platforms set 4-16).
+const OPTEE_THREADS: usize = 8;
+/// OP-TEE's SHM VA space (`SHM_VASPACE_SIZE`, core/mm/core_mmu.c): 32 MiB of 4 KiB pages.
+const SHM_VASPACE_PAGES: u64 = 8192;
+/// Where the model's SHM VA space lies.
+const SHM_VASPACE_BASE: u64 = 0x20_0000_0000;
+
+/// One object OP-TEE maps for a call (`mobj_mapped_shm_alloc`'s `mobj_reg_shm` of one page):
+/// allocated and freed with the call, as OP-TEE does. Kept, not read.
+#[allow(dead_code)]
+struct OpteeMappedPage {
+    mm: TeeMmHandle,
+    page: u64,
+}
+
+/// A model of OP-TEE's whole yielding call as Linux makes it when the TEE offers
+/// `OPTEE_SMC_SEC_CAP_RPC_ARG` (Linux 6.1's `optee_smc_do_call_with_arg`: the arg inside a
+/// registered buffer, `OPTEE_SMC_CALL_WITH_REGD_ARG`), written from OP-TEE's
+/// `std_entry_with_regd_arg` (core/arch/arm/kernel/thread_optee_smc.c), `mobj_reg_shm_inc_map`
+/// and `mobj_reg_shm_dec_map` (core/mm/mobj_dyn_shm.c), `msg_param_extract_pages`
+/// (core/kernel/msg_param.c) and `core_mmu_map_pages` / `core_mmu_unmap_pages`
+/// (core/mm/core_mmu.c):
+///
+/// 1. a thread is claimed: a spin lock and a scan of the thread array
+///    (`thread_alloc_and_run`);
+/// 2. the arg's buffer is found by its cookie (a walk of the registered list under
+///    `reg_shm_slist_lock`) and mapped, as its map count goes from 0 to 1 (under
+///    `reg_shm_map_lock`): its pages are allocated in the SHM VA space ([`TeeMm`], 32 MiB)
+///    and mapped one by one (the P3 peer);
+/// 3. the header is read, then its params (two reads of the simulated memory);
+/// 4. `REGISTER_SHM`: [`OpteeModel`]'s registration, each list page first mapped as OP-TEE
+///    maps it (`mobj_mapped_shm_alloc`: an object allocated, a page of SHM VA, one page
+///    mapped; unmapped, freed and its VA freed once read), the object inserted under
+///    `reg_shm_slist_lock`; `UNREGISTER_SHM`: the object found in the list and freed, under
+///    the same lock;
+/// 5. `ret` and `ret_origin` written back (one write of 8 bytes);
+/// 6. the arg's mapping goes as its map count drops to 0 (unmapped page by page, VA freed,
+///    under `reg_shm_map_lock`: `mobj_reg_shm_dec_map`), and the thread is freed.
+///
+/// Generous to OP-TEE: its TLB invalidation (`tlbi_all` after each unmap) is only counted;
+/// the model reads memory by physical address without walking its own tables (teeshm's side
+/// reads through its translation, the simulated TLB and its checks); the arg's buffer is the
+/// most recently registered one (at the head of the list, found at once), and nothing else
+/// lives in the SHM VA space.
+pub struct OpteeEntryModel {
+    /// The registered buffers.
+    pub registry: OpteeModel,
+    threads: spin::Mutex<[bool; OPTEE_THREADS]>,
+    /// `reg_shm_slist_lock` and `reg_shm_map_lock` (spin locks in OP-TEE).
+    slist_lock: spin::Mutex<()>,
+    map_lock: spin::Mutex<()>,
+    shm_va: TeeMm,
+    tables: TranslationTables<RecordingTlb>,
+}
+
+impl Default for OpteeEntryModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpteeEntryModel {
+    /// No thread busy, nothing registered or mapped.
+    pub fn new() -> Self {
+        Self {
+            registry: OpteeModel::new(),
+            threads: spin::Mutex::new([false; OPTEE_THREADS]),
+            slist_lock: spin::Mutex::new(()),
+            map_lock: spin::Mutex::new(()),
+            shm_va: TeeMm::new(SHM_VASPACE_PAGES),
+            tables: TranslationTables::new(1 << 12, RecordingTlb::counting())
+                .expect("tables for the model"),
+        }
+    }
+
+    /// Maps `pages` into the SHM VA space as `core_mmu_map_pages` does, one page at a time.
+    fn map(
+        shm_va: &mut TeeMm,
+        tables: &mut TranslationTables<RecordingTlb>,
+        pages: &[u64],
+    ) -> Option<TeeMmHandle> {
+        let mm = shm_va.alloc(pages.len() as u64)?;
+        for (i, &pa) in pages.iter().enumerate() {
+            tables
+                .map_pages(
+                    Self::page_at(mm, i),
+                    &[PhysAddr(pa)],
+                    MemKind::NonSecureShared,
+                )
+                .ok()?;
+        }
+        Some(mm)
+    }
+
+    /// Unmaps `pages` pages mapped at `mm` as `core_mmu_unmap_pages` does, and frees the VA.
+    fn unmap(
+        shm_va: &mut TeeMm,
+        tables: &mut TranslationTables<RecordingTlb>,
+        mm: TeeMmHandle,
+        pages: usize,
+    ) {
+        for i in 0..pages {
+            tables.unmap(Self::page_at(mm, i));
+        }
+        shm_va.free(mm);
+    }
+
+    fn page_at(mm: TeeMmHandle, i: usize) -> VirtPages {
+        VirtPages::new(
+            VirtAddr(SHM_VASPACE_BASE + (mm.offset + i as u64) * PAGE),
+            1,
+        )
+        .expect("a page of the SHM VA space")
+    }
+
+    /// One `CALL_WITH_REGD_ARG` of the arg at `offset` of the registered buffer `arg_cookie`:
+    /// runs `REGISTER_SHM` or `UNREGISTER_SHM` and returns the `ret` written back, or `None`
+    /// where OP-TEE would refuse the SMC itself.
+    pub fn call_regd(&mut self, mem: &PhysMemory, arg_cookie: u64, offset: u64) -> Option<u32> {
+        let thread = {
+            let mut threads = self.threads.lock();
+            let free = threads.iter().position(|busy| !busy)?;
+            threads[free] = true;
+            free
+        };
+        let (arg_pa, arg_pages, arg_mm) = {
+            let listed = self.slist_lock.lock();
+            let arg = self.registry.find(arg_cookie)?;
+            drop(listed);
+            let at = arg.page_offset + offset;
+            let pa = *arg.pages.get((at / PAGE) as usize)? + at % PAGE;
+            let mapping = self.map_lock.lock();
+            let mm = Self::map(&mut self.shm_va, &mut self.tables, &arg.pages)?;
+            drop(mapping);
+            (pa, arg.pages.len(), mm)
+        };
+        let mut header = [0u8; 32];
+        mem.read(arg_pa, &mut header);
+        let cmd = u32::from_le_bytes(header[0..4].try_into().unwrap());
+        let num_params = u32::from_le_bytes(header[28..32].try_into().unwrap()) as usize;
+        let mut params = [0u8; 4 * 32];
+        let ret = if num_params != 1 {
+            TEE_ERROR_BAD_PARAMETERS
+        } else {
+            mem.read(arg_pa + 32, &mut params[..32]);
+            let word = |i: usize| u64::from_le_bytes(params[8 * i..8 * i + 8].try_into().unwrap());
+            let ok = match cmd {
+                OPTEE_MSG_CMD_REGISTER_SHM => {
+                    let (shm_va, tables) = (&mut self.shm_va, &mut self.tables);
+                    let map_lock = &self.map_lock;
+                    let mut map_list_page = |pa: u64| {
+                        // mobj_mapped_shm_alloc(&pa, 1, 0, 0), then its mobj_put once read.
+                        let mapping = map_lock.lock();
+                        let Some(mm) = Self::map(shm_va, tables, &[pa]) else {
+                            return;
+                        };
+                        drop(mapping);
+                        let mapped = Box::new(OpteeMappedPage { mm, page: pa });
+                        let _unmapping = map_lock.lock();
+                        Self::unmap(shm_va, tables, mapped.mm, 1);
+                    };
+                    // The list's scan and insertion run under reg_shm_slist_lock in OP-TEE;
+                    // here the lock is held once around the whole registration.
+                    let _listed = self.slist_lock.lock();
+                    self.registry
+                        .register_with(mem, word(1), word(2), word(3), &mut map_list_page)
+                }
+                OPTEE_MSG_CMD_UNREGISTER_SHM => {
+                    let _listed = self.slist_lock.lock();
+                    self.registry.unregister(word(3))
+                }
+                _ => false,
+            };
+            if ok {
+                TEE_SUCCESS
+            } else {
+                TEE_ERROR_BAD_PARAMETERS
+            }
+        };
+        let mut back = [0u8; 8];
+        back[..4].copy_from_slice(&ret.to_le_bytes());
+        mem.write(arg_pa + 20, &back);
+        let unmapping = self.map_lock.lock();
+        Self::unmap(&mut self.shm_va, &mut self.tables, arg_mm, arg_pages);
+        drop(unmapping);
+        self.threads.lock()[thread] = false;
+        Some(ret)
     }
 }
 

@@ -228,8 +228,9 @@ impl CoreConfig {
             .max_objects
             .checked_mul(guard)
             .and_then(|g| g.checked_add(q.max_mapped_pages)))?;
-        // Each thread decoding a page list maps one list page (and its guard) at a time.
-        let transient = of(threads.checked_mul(guard.saturating_add(1)))?;
+        // The window's transient page (list pages are read there, one at a time, under the
+        // window's lock) and its guard.
+        let transient = guard.saturating_add(1);
         let pool = self.static_pool.map_or(0, |p| p.len() / PAGE_SIZE + guard);
         let window_pages_promised = of(guests
             .checked_mul(per_guest)

@@ -17,11 +17,10 @@ use teeshm_abi::GuestId;
 use teeshm_abi::page_list::{self, NsMemory, PageListError};
 use teeshm_mm::{PAGE_SIZE, PhysAddr, PhysRange};
 
-/// Reads page-list pages for the decoder through one-page mappings of the window, owned by
-/// the calling guest, so a list page outside normal-world memory can never be read.
+/// Reads page-list pages for the decoder through transient one-page mappings of the window
+/// (normal-world memory only), so a list page outside normal-world memory can never be read.
 struct ListReader<'a, P: Platform> {
     tee: &'a Tee<P>,
-    guest: GuestId,
 }
 
 impl<P: Platform> NsMemory for ListReader<'_, P> {
@@ -31,7 +30,7 @@ impl<P: Platform> NsMemory for ListReader<'_, P> {
         let page = PhysAddr(pa);
         let mut window = self.tee.window.write();
         let platform = &self.tee.platform;
-        match window.with_transient_page(self.guest, page, |shm, va| platform.read(shm, va, buf)) {
+        match window.with_transient_page(page, |shm, va| platform.read(shm, va, buf)) {
             Ok(read) => read,
             Err(_) => Err(AccessFault::Permission(pa)),
         }
@@ -72,10 +71,7 @@ impl<P: Platform> Tee<P> {
         kind: MobjKind,
         cookie: Option<u64>,
     ) -> Result<Arc<Mobj>, TeeError> {
-        let mut reader = ListReader {
-            tee: self,
-            guest: guest.id(),
-        };
+        let mut reader = ListReader { tee: self };
         let offset = buf_ptr & (PAGE_SIZE - 1);
         let max = self.config.max_buffer_pages;
         // Room for exactly the pages the list must have (none when the decode will refuse it

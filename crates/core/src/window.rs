@@ -247,19 +247,36 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         self.unmap_entry(id);
     }
 
-    /// Maps one normal-world page for the duration of `f` (reading a page-list page); nothing
-    /// of it remains afterwards.
+    /// Maps one normal-world page for the duration of `f` (reading a page-list page; the
+    /// window's lock, held, keeps the mapping to this caller, so it needs no record and no
+    /// reverse entry), evicting idle mappings while the window or its tables are short;
+    /// nothing of it remains afterwards.
     pub(crate) fn with_transient_page<R>(
         &mut self,
-        owner: GuestId,
         page: PhysAddr,
         f: impl FnOnce(&ShmWindow<T>, VirtAddr) -> R,
     ) -> Result<R, TeeError> {
-        let range = self.map_with_eviction(owner, &[page])?;
-        let result = f(&self.shm, range.start());
-        // Cannot fail: the range was mapped just above.
-        let _ = self.shm.unmap(range.start());
-        Ok(result)
+        let mut f = Some(f);
+        loop {
+            let attempt =
+                self.shm
+                    .with_transient_page(page, MemKind::NonSecureShared, |shm, va| {
+                        f.take().map(|f| f(shm, va))
+                    });
+            match attempt {
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) => return Err(TeeError::OutOfMemory),
+                Err(
+                    e @ (WindowError::Va(VaWindowError::NoSpace { .. })
+                    | WindowError::Table(TableError::OutOfTableMemory { .. })),
+                ) => {
+                    if !self.evict_oldest(None) {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn map_object(&mut self, mobj: &Arc<Mobj>) -> Result<VirtPages, TeeError> {

@@ -229,6 +229,41 @@ impl<T: TlbMaintenance> ShmWindow<T> {
         Ok(mapping)
     }
 
+    /// Maps the page `pa` as `kind` for the duration of `f` (reading one page of a page list):
+    /// a page of VA and its table entry, with no record and no reverse entry, as nothing but
+    /// `f` can reach the mapping while `&mut self` is held (a checker run inside `f` would
+    /// report it). Unmapped, with its TLB invalidation, and its VA freed before this returns.
+    ///
+    /// # Errors
+    /// [`WindowError::UnalignedPage`], [`WindowError::Forbidden`] (`pa` may not be mapped as
+    /// `kind`), [`WindowError::Va`] when the window is full, or [`WindowError::Table`] when no
+    /// table page is left; nothing is changed then.
+    pub fn with_transient_page<R>(
+        &mut self,
+        pa: PhysAddr,
+        kind: MemKind,
+        f: impl FnOnce(&Self, VirtAddr) -> R,
+    ) -> Result<R, WindowError> {
+        let page = PhysRange::page(pa).map_err(|_| WindowError::UnalignedPage(pa.get()))?;
+        if !self.allowed(page, kind) {
+            return Err(WindowError::Forbidden { pa: pa.get(), kind });
+        }
+        let range = self.va.alloc(1, PAGE_SIZE)?;
+        let mut result = self.tables.map_pages(range, &[pa], kind);
+        if matches!(result, Err(TableError::OutOfTableMemory { .. })) {
+            self.tables.compact();
+            result = self.tables.map_pages(range, &[pa], kind);
+        }
+        if let Err(e) = result {
+            let _ = self.va.free(range.start());
+            return Err(e.into());
+        }
+        let out = f(self, range.start());
+        self.tables.unmap(range);
+        let _ = self.va.free(range.start());
+        Ok(out)
+    }
+
     /// The mapping holding `va`, if any.
     pub fn mapping_at(&self, va: VirtAddr) -> Option<&Mapping> {
         let (_, mapping) = self.mappings.range(..=va).next_back()?;

@@ -485,3 +485,43 @@ proptest! {
         }
     }
 }
+
+/// A transient page is mapped for its closure alone (the right frame, as normal-world memory),
+/// leaves nothing behind (no VA, record, reverse entry or table entry),
+/// refuses a secure page before anything changes, and reports a full window.
+#[test]
+fn transient_page_is_mapped_for_its_closure_only() {
+    let mut w = window(4, 0);
+    let pa = ns(&[7])[0];
+    let seen = w
+        .with_transient_page(pa, MemKind::NonSecureShared, |shm, va| {
+            (
+                shm.virt_to_phys(va),
+                shm.tables().translate_page(va).and_then(|t| t.kind),
+                shm.phys_to_virt(pa, None),
+                va,
+            )
+        })
+        .unwrap();
+    assert_eq!(seen.0, Some(pa));
+    assert_eq!(seen.1, Some(MemKind::NonSecureShared));
+    assert_eq!(seen.2, None, "never in the reverse map");
+    assert_eq!(w.virt_to_phys(seen.3), None, "unmapped afterwards");
+    assert_eq!(w.va_window().live_count(), 0);
+    assert_eq!(w.mapped_pages(), 0);
+    assert!(w.check_agreement().is_empty());
+    assert_eq!(
+        w.with_transient_page(PhysAddr(SECURE_RAM), MemKind::NonSecureShared, |_, _| ()),
+        Err(WindowError::Forbidden {
+            pa: SECURE_RAM,
+            kind: MemKind::NonSecureShared
+        })
+    );
+    w.map(GuestId(1), &ns(&[1, 2, 3, 4]), MemKind::NonSecureShared)
+        .unwrap();
+    assert!(matches!(
+        w.with_transient_page(pa, MemKind::NonSecureShared, |_, _| ()),
+        Err(WindowError::Va(VaWindowError::NoSpace { .. }))
+    ));
+    assert!(w.check_agreement().is_empty());
+}
