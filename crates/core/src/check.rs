@@ -215,14 +215,19 @@ impl<P: Platform> Tee<P> {
                     });
                 }
             }
-            // A record in the index: the one the entry names, no younger than its last use.
-            let record_ok = entry.indexed_at.is_none_or(|stamp| {
-                idle.get(&stamp) == Some(&id)
-                    && idle_by_guest.contains(&(mobj.owner(), stamp))
-                    && entry.last_used >= stamp
-            });
+            // A record in the index: the one the entry names, no younger than its last use,
+            // and the object's pins say it is indexed exactly when it is.
+            let pins = mobj.pins();
+            let record_ok = pins.is_published()
+                && pins.is_indexed() == entry.indexed_at.is_some()
+                && entry.indexed_at.is_none_or(|stamp| {
+                    idle.contains(&(stamp, id))
+                        && idle_by_guest.contains(&(mobj.owner(), stamp, id))
+                        && pins.last_used() >= stamp
+                });
+            let guards = entry.guards();
             let idle_ok = record_ok
-                && if entry.guards.get() > 0 {
+                && if guards > 0 {
                     true
                 } else if mobj.kind() == MobjKind::Temporary {
                     // A call's temporary between two guards: never evictable while its call
@@ -241,7 +246,7 @@ impl<P: Platform> Tee<P> {
             if mobj.kind() == MobjKind::StaticPool {
                 continue;
             }
-            if entry.guards.get() > 0 && mobj.uses().users() == 0 {
+            if guards > 0 && mobj.uses().users() == 0 {
                 found.push(CoreDisagreement::GuardWithoutUse { mobj: id });
             }
             match recount.get_mut(&mobj.owner()) {
@@ -255,7 +260,7 @@ impl<P: Platform> Tee<P> {
         if idle.len() != idle_by_guest.len()
             || idle
                 .iter()
-                .any(|(&stamp, id)| window.indexed_at(*id) != Some(stamp))
+                .any(|&(stamp, id)| window.indexed_at(id) != Some(stamp))
         {
             found.push(CoreDisagreement::IdleIndex { mobj: MobjId(0) });
         }
@@ -420,13 +425,11 @@ mod tests {
         };
         let mobj = tee.new_mobj(&guest, spec).unwrap();
         let id = mobj.id();
-        let mut window = tee.window.write();
-        window.acquire(&mobj).unwrap();
-        window.release_guard(id);
-        drop(window);
+        tee.window.write().acquire(&mobj).unwrap();
+        tee.window.release_guard(&mobj);
         // One guard taken and released: the mapping is idle, cached for the next use.
         assert_eq!(tee.check_agreement(), vec![]);
-        tee.window.write().release_guard(id);
+        tee.window.release_guard(&mobj);
         assert_eq!(
             tee.check_agreement(),
             vec![CoreDisagreement::GuardUnderflow { mobj: id }]

@@ -69,7 +69,7 @@ impl<P: Platform> Tee<P> {
             config,
             platform,
             memory_map,
-            window: crate::sync::RwLock::new(SharedWindow::new(
+            window: crate::window::WindowLock::new(SharedWindow::new(
                 shm,
                 config.quotas.max_mapped_pages,
             )),

@@ -8,11 +8,11 @@
 //! (06ea466f9, 83a3d56a2, 7c04952c7).
 
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicU32, Ordering};
-// Under `--cfg loom` (`cargo xtask loom`) the word is loom's, so the models at the end of this
-// file explore every interleaving of the real code.
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+// Under `--cfg loom` (`cargo xtask loom`) the words are loom's, so the models at the end of
+// this file explore every interleaving of the real code.
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, Ordering};
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const RETIRED: u32 = 1 << 31;
 const USERS: u32 = RETIRED - 1;
@@ -193,10 +193,160 @@ impl CopyGate {
 }
 
 /// The mapping cache's eviction rule ([`crate::window`]): an idle mapping may be evicted only
-/// when no map guard holds it (`guards`, counted under the window lock) and no call uses its
-/// object. The window's code and the loom model below both use this function.
+/// when no map guard holds it and no call uses its object. The window's code and the loom
+/// model below both use this function; the window then takes the mapping with
+/// [`MappingPins::try_unpublish`], which fails if a guard pinned it in between.
 pub(crate) fn evictable(guards: u64, uses: &UseCount) -> bool {
     guards == 0 && uses.users() == 0
+}
+
+const PUBLISHED: u64 = 1 << 63;
+const INDEXED: u64 = 1 << 62;
+const PINS: u64 = (1 << 32) - 1;
+
+/// What [`MappingPins::unpin`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpinned {
+    /// Other guards still pin the mapping.
+    Others,
+    /// This was the last pin: whether the mapping was then in the eviction index, and whether
+    /// it still existed.
+    Last {
+        /// In the eviction index (nothing more to do for a live object).
+        indexed: bool,
+        /// Still published (not revoked or released meanwhile).
+        published: bool,
+    },
+    /// There was no pin to drop (a guard dropped twice: a bug the checker reports).
+    Underflow,
+}
+
+/// The map guards of an object's window mapping, counted in one atomic word beside whether the
+/// mapping exists (*published*) and whether it is in the eviction index, so that a guard on a
+/// mapping that exists is taken and dropped without the window's lock — the copy path of every
+/// CPU touches no shared lock (docs/core.md, "The window's lock").
+///
+/// Only the window, under its lock, publishes a mapping ([`MappingPins::publish`]) or takes it
+/// away ([`MappingPins::try_unpublish`] for an idle one, [`MappingPins::unpublish`] when the
+/// object is revoked or released). A pin is taken only while the mapping is published
+/// ([`MappingPins::try_pin`]), so a mapping is never taken away under a pin except by a
+/// revocation, whose copies [`CopyGate`] has already shut out.
+#[derive(Debug)]
+pub struct MappingPins {
+    state: AtomicU64,
+    /// The mapping's first virtual address, valid while it is published.
+    start: AtomicU64,
+    /// The window clock's value at the last drop of a pin (the cache's LRU order).
+    last_used: AtomicU64,
+}
+
+impl Default for MappingPins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MappingPins {
+    /// No mapping, no pin.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+            last_used: AtomicU64::new(0),
+        }
+    }
+
+    /// No mapping, no pin.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+            last_used: AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes a new mapping at `start` with one pin (the guard that made it). Under the
+    /// window's lock, with no mapping published.
+    pub fn publish(&self, start: u64) {
+        self.start.store(start, Ordering::Relaxed);
+        // Release: a pinner that sees the word (Acquire) sees `start`.
+        let before = self.state.fetch_add(PUBLISHED | 1, Ordering::Release);
+        debug_assert_eq!(before & (PUBLISHED | INDEXED), 0, "published twice");
+    }
+
+    /// Pins the mapping if it is published (or 2^32 - 1 pins hold it); returns its start.
+    pub fn try_pin(&self) -> Option<u64> {
+        self.state
+            .fetch_update(Ordering::Acquire, Ordering::Acquire, |v| {
+                (v & PUBLISHED != 0 && v & PINS < PINS).then_some(v + 1)
+            })
+            .ok()
+            .map(|_| self.start.load(Ordering::Relaxed))
+    }
+
+    /// Drops a pin, first moving the LRU stamp forward to `now`.
+    pub fn unpin(&self, now: u64) -> Unpinned {
+        self.last_used.fetch_max(now, Ordering::Relaxed);
+        match self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & PINS != 0).then(|| v - 1)
+            }) {
+            Err(_) => Unpinned::Underflow,
+            Ok(v) if v & PINS == 1 => Unpinned::Last {
+                indexed: v & INDEXED != 0,
+                published: v & PUBLISHED != 0,
+            },
+            Ok(_) => Unpinned::Others,
+        }
+    }
+
+    /// Takes an idle mapping away: succeeds only if it is published with no pin, and then no
+    /// pin can be taken any more. Under the window's lock.
+    pub fn try_unpublish(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & PUBLISHED != 0 && v & PINS == 0).then_some(0)
+            })
+            .is_ok()
+    }
+
+    /// Takes the mapping away, pins or not (a revocation, whose copies are shut out, or a
+    /// release, which no pin can outlive). Under the window's lock.
+    pub fn unpublish(&self) {
+        self.state.fetch_and(PINS, Ordering::AcqRel);
+    }
+
+    /// Records whether the mapping is in the eviction index. Under the window's lock.
+    pub fn set_indexed(&self, indexed: bool) {
+        if indexed {
+            self.state.fetch_or(INDEXED, Ordering::AcqRel);
+        } else {
+            self.state.fetch_and(!INDEXED, Ordering::AcqRel);
+        }
+    }
+
+    /// Pins held.
+    pub fn pins(&self) -> u64 {
+        self.state.load(Ordering::Acquire) & PINS
+    }
+
+    /// Whether a mapping is published.
+    pub fn is_published(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PUBLISHED != 0
+    }
+
+    /// Whether the mapping is in the eviction index.
+    pub fn is_indexed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & INDEXED != 0
+    }
+
+    /// The window clock's value at the last drop of a pin.
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
 }
 
 /// What the cache does when a mapping's last guard goes: a live object's mapping stays, idle,
@@ -496,7 +646,7 @@ mod loom_models {
             );
         }
 
-        /// `SharedWindow::release_guard`.
+        /// `WindowLock::release_guard`.
         fn drop_guard(&self) {
             let mut e = self.window.lock().unwrap();
             e.guards -= 1;
@@ -582,6 +732,73 @@ mod loom_models {
             assert_eq!(cache.releases.load(SEQ), 0);
             assert_eq!(cache.uses.users(), 0);
             assert_eq!(cache.window.lock().unwrap().guards, 0);
+        });
+    }
+
+    /// The lock-free guard ([`MappingPins`]) against the window's eviction and a
+    /// revocation's unpublish: a guard that pinned sees the mapping it was published with
+    /// until it unpins (no eviction takes a pinned mapping), an eviction and a pin never both
+    /// win, and a pin taken after the mapping went fails.
+    #[test]
+    fn loom_pin_against_eviction() {
+        loom::model(|| {
+            let pins = Arc::new(MappingPins::new());
+            // The mapping's pages: 1 while mapped; the evictor clears it after its unpublish.
+            let mapped = Arc::new(AtomicUsize::new(1));
+            pins.publish(0x1000);
+            assert_eq!(
+                pins.unpin(1),
+                Unpinned::Last {
+                    indexed: false,
+                    published: true
+                }
+            );
+            let (p2, m2) = (pins.clone(), mapped.clone());
+            let guard = thread::spawn(move || {
+                let Some(start) = p2.try_pin() else {
+                    return false;
+                };
+                assert_eq!(start, 0x1000);
+                assert_eq!(m2.load(SEQ), 1, "a pinned mapping is never evicted");
+                assert!(matches!(p2.unpin(2), Unpinned::Last { .. }));
+                true
+            });
+            let evicted = pins.try_unpublish();
+            if evicted {
+                mapped.store(0, SEQ);
+            }
+            let pinned = guard.join().unwrap();
+            assert!(evicted || pinned || pins.is_published());
+            if evicted {
+                assert!(!pins.is_published());
+                assert_eq!(pins.try_pin(), None, "no pin after the mapping went");
+            }
+            assert_eq!(pins.pins(), 0);
+        });
+    }
+
+    /// A revocation's unpublish while a guard pins: the guard keeps its count, its unpin
+    /// reports the mapping gone, and no new pin is given.
+    #[test]
+    fn loom_pin_against_revocation() {
+        loom::model(|| {
+            let pins = Arc::new(MappingPins::new());
+            pins.publish(0x2000);
+            let p2 = pins.clone();
+            let guard = thread::spawn(move || {
+                let r = p2.unpin(1);
+                assert!(matches!(r, Unpinned::Last { .. }));
+                r
+            });
+            pins.unpublish();
+            let r = guard.join().unwrap();
+            assert_eq!(pins.pins(), 0);
+            assert!(!pins.is_published());
+            assert_eq!(pins.try_pin(), None);
+            if let Unpinned::Last { published, .. } = r {
+                // Either order is possible; the state afterwards is the same.
+                let _ = published;
+            }
         });
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::error::TeeError;
 use crate::guest::GuestCounters;
-use crate::lifecycle::{CopyGate, CopyPass, UseCount};
+use crate::lifecycle::{CopyGate, CopyPass, MappingPins, UseCount};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -230,9 +230,9 @@ pub struct Mobj {
     page_offset: u16,
     backing: Backing,
     uses: UseCount,
-    /// Whether the window holds a mapping of it (so a release of an object never mapped
-    /// need not take the window's lock).
-    mapped: core::sync::atomic::AtomicBool,
+    /// Its window mapping's guards, and whether the window holds a mapping of it (so a
+    /// release of an object never mapped need not take the window's lock).
+    pins: MappingPins,
     /// The copies in flight through its mapping, and whether the normal world took the
     /// buffer back (`UNREGISTER_SHM`) while calls still used it: from then on no access
     /// reaches its pages (see [`CopyGate`]).
@@ -261,7 +261,7 @@ impl Mobj {
             page_offset,
             backing,
             uses: UseCount::new(),
-            mapped: core::sync::atomic::AtomicBool::new(false),
+            pins: MappingPins::new(),
             copies: CopyGate::new(),
             counters,
         }
@@ -350,13 +350,12 @@ impl Mobj {
     /// Users and retirement.
     /// Whether the window holds a mapping of it.
     pub fn is_mapped(&self) -> bool {
-        self.mapped.load(core::sync::atomic::Ordering::Acquire)
+        self.pins.is_published()
     }
 
-    /// Set by the window, under its lock, as it maps and unmaps the object.
-    pub(crate) fn set_mapped(&self, mapped: bool) {
-        self.mapped
-            .store(mapped, core::sync::atomic::Ordering::Release);
+    /// Its window mapping's guards (see [`MappingPins`]).
+    pub(crate) fn pins(&self) -> &MappingPins {
+        &self.pins
     }
 
     /// Whether the normal world took it back while calls used it (their accesses now fail).

@@ -13,6 +13,8 @@ pub type Mutex<T> = spin::mutex::Mutex<T, Relax>;
 pub type MutexGuard<'a, T> = spin::mutex::MutexGuard<'a, T, Relax>;
 /// A reader-writer lock.
 pub type RwLock<T> = spin::rwlock::RwLock<T, Relax>;
+/// Its read guard.
+pub type RwLockReadGuard<'a, T> = spin::rwlock::RwLockReadGuard<'a, T, Relax>;
 /// Its write guard.
 pub type RwLockWriteGuard<'a, T> = spin::rwlock::RwLockWriteGuard<'a, T, Relax>;
 

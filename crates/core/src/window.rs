@@ -8,20 +8,27 @@
 //! or whose object a call still uses, is never evicted. A retired object's mapping goes with its
 //! last guard.
 //!
-//! The eviction index is kept lazily, so that a mapping used again and again (a registered
-//! arg buffer, on every call) costs no index update: a mapping enters the index when it first
-//! goes idle, keyed by that moment, and stays there while it is used again; each use only
-//! stamps the entry. Eviction walks the index from its oldest record and, before it evicts,
-//! moves a record whose entry was used since to that use's time, so what it evicts is the
+//! A guard on a mapping that exists is taken and dropped without the window's lock: the
+//! object's [`MappingPins`](crate::lifecycle::MappingPins) count it in one atomic word beside
+//! whether the mapping exists, and only the window, under its lock, makes or takes mappings.
+//! So two CPUs using their own (or the same) cached buffers share no lock; the lock is taken
+//! to map, to unmap, and when a mapping goes idle for the first time.
+//!
+//! The eviction index is kept lazily for the same reason: a mapping enters the index when it
+//! first goes idle and stays there while it is used again; each use only moves its object's
+//! LRU stamp forward. Eviction walks the index from its oldest record and, before it evicts,
+//! moves a record whose object was used since to that use's stamp, so what it evicts is the
 //! least recently used idle mapping, as with an index updated on every use.
 
 use crate::error::{QuotaKind, TeeError};
+use crate::lifecycle::Unpinned;
 use crate::mobj::{Mobj, MobjId, MobjKind, MobjUse};
 use crate::platform::Platform;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use teeshm_abi::{Count, GuestId};
+use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_abi::GuestId;
 use teeshm_mm::{
     MemKind, PhysAddr, ShmWindow, TableError, VaWindowError, VirtAddr, VirtPages, WindowError,
 };
@@ -32,19 +39,20 @@ use teeshm_platform::TlbMaintenance;
 pub(crate) struct WindowEntry {
     pub(crate) mobj: Arc<Mobj>,
     pub(crate) range: VirtPages,
-    /// Live map guards (the static pool holds one for ever).
-    pub(crate) guards: Count,
     /// The stamp of its record in the eviction index, once it went idle a first time.
     pub(crate) indexed_at: Option<u64>,
-    /// When its last guard went last (the clock's stamp; 0 before the first time).
-    pub(crate) last_used: u64,
+}
+
+impl WindowEntry {
+    /// Live map guards (the static pool holds one for ever).
+    pub(crate) fn guards(&self) -> u64 {
+        self.mobj.pins().pins()
+    }
 }
 
 /// Counters of the mapping cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Guards served by a mapping that already existed.
-    pub hits: u64,
     /// Guards that had to map.
     pub misses: u64,
     /// Idle mappings removed to make room.
@@ -70,16 +78,18 @@ pub struct ObjectMapping {
     pub idle: bool,
 }
 
+/// A record of the eviction index: its stamp and its object (stamps may repeat).
+type IdleRecord = (u64, MobjId);
+
 /// The window with the record of which object each mapping serves.
 pub struct SharedWindow<T: TlbMaintenance> {
     shm: ShmWindow<T>,
     entries: BTreeMap<MobjId, WindowEntry>,
     /// The eviction index: cached mappings by the stamp of their record, oldest first (see
-    /// the module's doc: a record may be older than its entry's last use).
-    idle: BTreeMap<u64, MobjId>,
+    /// the module's doc: a record may be older than its object's last use).
+    idle: BTreeSet<IdleRecord>,
     /// The same, per guest, for evicting within a guest's quota.
-    idle_by_guest: BTreeSet<(GuestId, u64)>,
-    clock: u64,
+    idle_by_guest: BTreeSet<(GuestId, u64, MobjId)>,
     max_mapped_pages: u64,
     stats: CacheStats,
     /// Objects whose guard was released once more than it was taken; the checker reports
@@ -93,9 +103,8 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         Self {
             shm,
             entries: BTreeMap::new(),
-            idle: BTreeMap::new(),
+            idle: BTreeSet::new(),
             idle_by_guest: BTreeSet::new(),
-            clock: 0,
             max_mapped_pages,
             stats: CacheStats::default(),
             guard_underflows: BTreeSet::new(),
@@ -125,21 +134,24 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     /// Idle cached mappings (no guard, kept for the next use).
     pub fn idle_mappings(&self) -> usize {
         self.idle
-            .values()
-            .filter(|id| self.entries.get(id).is_some_and(|e| e.guards.get() == 0))
+            .iter()
+            .filter(|(_, id)| self.entries.get(id).is_some_and(|e| e.guards() == 0))
             .count()
     }
 
     /// Every object's mapping, by object id.
     pub fn object_mappings(&self) -> impl Iterator<Item = ObjectMapping> + '_ {
-        self.entries.iter().map(|(&id, e)| ObjectMapping {
-            mobj: id,
-            owner: e.mobj.owner(),
-            kind: e.mobj.kind(),
-            cookie: e.mobj.cookie(),
-            range: e.range,
-            guards: e.guards.get(),
-            idle: e.guards.get() == 0 && e.indexed_at.is_some(),
+        self.entries.iter().map(|(&id, e)| {
+            let guards = e.guards();
+            ObjectMapping {
+                mobj: id,
+                owner: e.mobj.owner(),
+                kind: e.mobj.kind(),
+                cookie: e.mobj.cookie(),
+                range: e.range,
+                guards,
+                idle: guards == 0 && e.indexed_at.is_some(),
+            }
         })
     }
 
@@ -156,32 +168,30 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         &self.guard_underflows
     }
 
-    pub(crate) fn idle_index(&self) -> (&BTreeMap<u64, MobjId>, &BTreeSet<(GuestId, u64)>) {
+    pub(crate) fn idle_index(&self) -> (&BTreeSet<IdleRecord>, &BTreeSet<(GuestId, u64, MobjId)>) {
         (&self.idle, &self.idle_by_guest)
     }
 
-    /// A guard's worth of mapping for `mobj`: the existing one (a cache hit) or a new one.
-    /// Returns the range and whether it existed.
+    /// A guard's worth of mapping for `mobj`: the existing one (a guard taken here when a
+    /// concurrent map or unmap held the lock) or a new one. Returns the range and whether it
+    /// existed.
     pub(crate) fn acquire(&mut self, mobj: &Arc<Mobj>) -> Result<(VirtPages, bool), TeeError> {
         if mobj.is_revoked() {
             return Err(TeeError::Revoked(mobj.id()));
         }
-        if let Some(entry) = self.entries.get_mut(&mobj.id()) {
-            // Its index record, if any, stays (the module's doc).
-            entry.guards.add(1);
-            self.stats.hits += 1;
+        if let Some(entry) = self.entries.get(&mobj.id()) {
+            // Published while its entry exists, and only the lock's holder unpublishes.
+            mobj.pins().try_pin().ok_or(TeeError::Revoked(mobj.id()))?;
             return Ok((entry.range, true));
         }
         let range = self.map_object(mobj)?;
-        mobj.set_mapped(true);
+        mobj.pins().publish(range.start().get());
         self.entries.insert(
             mobj.id(),
             WindowEntry {
                 mobj: mobj.clone(),
                 range,
-                guards: Count::new(1),
                 indexed_at: None,
-                last_used: 0,
             },
         );
         self.stats.misses += 1;
@@ -205,41 +215,37 @@ impl<T: TlbMaintenance> SharedWindow<T> {
         self.acquire(mobj).map(|(range, _)| range)
     }
 
-    /// Drops a guard of `id`. A cached kind goes idle; any other is unmapped.
-    pub(crate) fn release_guard(&mut self, id: MobjId) {
+    /// What follows the drop of a mapping's last guard that needs the lock: a live object's
+    /// mapping enters the eviction index the first time it goes idle; a retired one's goes
+    /// now. Nothing is done if a guard pinned it again meanwhile (its drop will do this).
+    pub(crate) fn after_last_guard(&mut self, id: MobjId) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        if entry.guards.sub(1).is_err() {
-            // A guard released twice: the mapping is left as it was (re-idling it would
-            // corrupt the idle index) and the checker reports the object.
-            self.guard_underflows.insert(id);
+        if entry.guards() > 0 {
             return;
         }
-        if entry.guards.get() > 0 {
-            return;
-        }
-        // A live object's mapping stays for its next use (a registered buffer's next call, a
-        // call's own temporaries until the call ends); a retired one's goes now.
-        if crate::lifecycle::keep_idle_after_last_guard(entry.mobj.uses()) {
-            if entry.mobj.kind() == MobjKind::Temporary {
+        let mobj = entry.mobj.clone();
+        if crate::lifecycle::keep_idle_after_last_guard(mobj.uses()) {
+            if mobj.kind() == MobjKind::Temporary || entry.indexed_at.is_some() {
                 // A call's temporary (its arg page, a page-list param) is used by its call
-                // until it is retired and released with it, so it can never be evicted: it
-                // stays mapped for the call's next access, outside the eviction index (four
-                // B-tree operations fewer under the window lock on every call).
+                // until it is retired and released with it, so it can never be evicted and
+                // stays outside the eviction index.
                 return;
             }
-            self.clock += 1;
-            let stamp = self.clock;
-            entry.last_used = stamp;
-            if entry.indexed_at.is_none() {
-                entry.indexed_at = Some(stamp);
-                self.idle.insert(stamp, id);
-                self.idle_by_guest.insert((entry.mobj.owner(), stamp));
-            }
-        } else {
+            let stamp = mobj.pins().last_used();
+            entry.indexed_at = Some(stamp);
+            mobj.pins().set_indexed(true);
+            self.idle.insert((stamp, id));
+            self.idle_by_guest.insert((mobj.owner(), stamp, id));
+        } else if mobj.pins().try_unpublish() {
             self.unmap_entry(id);
         }
+    }
+
+    /// Records a guard dropped once more than it was taken (the checker reports it).
+    pub(crate) fn guard_underflow(&mut self, id: MobjId) {
+        self.guard_underflows.insert(id);
     }
 
     /// Removes the mapping of a released object, if it has one.
@@ -349,36 +355,55 @@ impl<T: TlbMaintenance> SharedWindow<T> {
     /// Evicts the least recently used idle mapping (of `guest`, if given) whose object no call
     /// uses. Returns false when there is none.
     ///
-    /// Records are visited oldest first. One whose entry was used since it was written moves
+    /// Records are visited oldest first. One whose object was used since it was written moves
     /// to that use's stamp, later in the walk; one whose object is in use (a guard, or a call)
     /// is passed over and stays. So every record is passed at most twice.
     fn evict_oldest(&mut self, guest: Option<GuestId>) -> bool {
-        let mut from = 0u64;
+        use core::ops::Bound::{Excluded, Unbounded};
+        let mut after: Option<IdleRecord> = None;
         loop {
-            let next = match guest {
-                None => self.idle.range(from..).next().map(|(&s, &id)| (s, id)),
-                Some(g) => self
-                    .idle_by_guest
-                    .range((g, from)..=(g, u64::MAX))
-                    .find_map(|&(_, s)| self.idle.get(&s).map(|&id| (s, id))),
+            let next = match (guest, after) {
+                (None, None) => self.idle.iter().next().copied(),
+                (None, Some(r)) => self.idle.range((Excluded(r), Unbounded)).next().copied(),
+                (Some(g), from) => {
+                    let (stamp, id) = from.unwrap_or((0, MobjId(0)));
+                    let lower = (g, stamp, id);
+                    let mut records = self
+                        .idle_by_guest
+                        .range((
+                            if from.is_some() {
+                                Excluded(lower)
+                            } else {
+                                core::ops::Bound::Included(lower)
+                            },
+                            Unbounded,
+                        ))
+                        .take_while(|(owner, _, _)| *owner == g);
+                    records.next().map(|&(_, s, id)| (s, id))
+                }
             };
             let Some((stamp, id)) = next else {
                 return false;
             };
-            from = stamp.saturating_add(1);
+            after = Some((stamp, id));
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
-            if !crate::lifecycle::evictable(entry.guards.get(), entry.mobj.uses()) {
+            let mobj = entry.mobj.clone();
+            if !crate::lifecycle::evictable(mobj.pins().pins(), mobj.uses()) {
                 continue;
             }
-            if entry.last_used > stamp {
-                let owner = entry.mobj.owner();
-                entry.indexed_at = Some(entry.last_used);
-                self.idle.remove(&stamp);
-                self.idle_by_guest.remove(&(owner, stamp));
-                self.idle.insert(entry.last_used, id);
-                self.idle_by_guest.insert((owner, entry.last_used));
+            let last_used = mobj.pins().last_used();
+            if last_used > stamp {
+                entry.indexed_at = Some(last_used);
+                self.idle.remove(&(stamp, id));
+                self.idle_by_guest.remove(&(mobj.owner(), stamp, id));
+                self.idle.insert((last_used, id));
+                self.idle_by_guest.insert((mobj.owner(), last_used, id));
+                continue;
+            }
+            if !mobj.pins().try_unpublish() {
+                // A guard pinned it since the check above.
                 continue;
             }
             self.unmap_entry(id);
@@ -392,21 +417,81 @@ impl<T: TlbMaintenance> SharedWindow<T> {
             return;
         };
         if let Some(stamp) = entry.indexed_at {
-            self.idle.remove(&stamp);
-            self.idle_by_guest.remove(&(entry.mobj.owner(), stamp));
+            self.idle.remove(&(stamp, id));
+            self.idle_by_guest.remove(&(entry.mobj.owner(), stamp, id));
         }
+        // No guard can pin it from here on.
+        entry.mobj.pins().unpublish();
         // Cannot fail: every entry's range is a live mapping of the window.
-        entry.mobj.set_mapped(false);
         let _ = self.shm.unmap(entry.range.start());
         entry.mobj.counters().sub_mapped(entry.range.pages());
     }
 }
 
-/// The window's lock: a reader-writer lock, taken for writing by everything that changes the
-/// window (map, unmap, the cache's bookkeeping) and for reading, one table walk at a time, by
-/// the host platform's software walker ([`WindowWalk`]). No copy of a buffer's bytes runs
-/// under it.
-pub(crate) type WindowLock<T> = crate::sync::RwLock<SharedWindow<T>>;
+/// The window's lock and the cache's clock.
+///
+/// The lock is a reader-writer lock, taken for writing by everything that changes the window
+/// (map, unmap, the cache's bookkeeping) and for reading, one table walk at a time, by the
+/// host platform's software walker ([`WindowWalk`]). No copy of a buffer's bytes runs under
+/// it, and a guard on a mapping that exists does not take it ([`MapGuard`]).
+pub(crate) struct WindowLock<T: TlbMaintenance> {
+    window: crate::sync::RwLock<SharedWindow<T>>,
+    /// The LRU clock: moved on by each drop of a mapping's last guard.
+    clock: AtomicU64,
+}
+
+impl<T: TlbMaintenance> WindowLock<T> {
+    pub(crate) fn new(window: SharedWindow<T>) -> Self {
+        Self {
+            window: crate::sync::RwLock::new(window),
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// The window, for changing it.
+    pub(crate) fn write(&self) -> crate::sync::RwLockWriteGuard<'_, SharedWindow<T>> {
+        self.window.write()
+    }
+
+    /// The window, for reading it (a table walk, a report).
+    pub(crate) fn read(&self) -> crate::sync::RwLockReadGuard<'_, SharedWindow<T>> {
+        self.window.read()
+    }
+
+    /// A new LRU stamp.
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Drops a guard of `mobj` (a [`MapGuard`]'s drop). The lock is taken only when the last
+    /// guard of a mapping goes and something must follow: the mapping's first entry into the
+    /// eviction index, or the unmap of a retired object's mapping.
+    pub(crate) fn release_guard(&self, mobj: &Mobj) {
+        // A temporary's mapping is never in the LRU order (it goes with its call).
+        let now = if mobj.kind() == MobjKind::Temporary {
+            0
+        } else {
+            self.tick()
+        };
+        match mobj.pins().unpin(now) {
+            Unpinned::Others
+            | Unpinned::Last {
+                published: false, ..
+            } => {}
+            Unpinned::Last {
+                indexed,
+                published: true,
+            } => {
+                let settled =
+                    !mobj.uses().is_retired() && (indexed || mobj.kind() == MobjKind::Temporary);
+                if !settled {
+                    self.write().after_last_guard(mobj.id());
+                }
+            }
+            Unpinned::Underflow => self.write().guard_underflow(mobj.id()),
+        }
+    }
+}
 
 /// The core's stage-1 translation as a map guard hands it to the platform: each page's walk
 /// takes the window's read lock for the walk alone, as the MMU reads one descriptor at a time
@@ -425,9 +510,13 @@ impl<T: TlbMaintenance> crate::platform::Translate for WindowWalk<'_, T> {
 /// lives. The mapping is made on first need and, for a registered buffer, kept after the last
 /// guard until the object is released or the space is needed.
 ///
-/// Its copies run with no lock held: the guard keeps the mapping from eviction and release,
-/// and each copy holds its object's [`CopyPass`](crate::lifecycle::CopyPass), which a
-/// revocation waits for before it takes the mapping away.
+/// A guard on a mapping that exists is a pin of the object's [`MappingPins`], taken and
+/// dropped without the window's lock (the module's doc). Its copies run with no lock held:
+/// the pin keeps the mapping from eviction and release, and each copy holds its object's
+/// [`CopyPass`](crate::lifecycle::CopyPass), which a revocation waits for before it takes the
+/// mapping away.
+///
+/// [`MappingPins`]: crate::lifecycle::MappingPins
 pub struct MapGuard<'a, P: Platform> {
     window: &'a WindowLock<P::Tlb>,
     platform: &'a P,
@@ -443,7 +532,20 @@ impl<'a, P: Platform> MapGuard<'a, P> {
         used: &'a MobjUse,
     ) -> Result<Self, TeeError> {
         let mobj = used.mobj();
-        let (range, was_cached) = window.write().acquire(mobj)?;
+        if mobj.is_revoked() {
+            return Err(TeeError::Revoked(mobj.id()));
+        }
+        let (range, was_cached) = match mobj.pins().try_pin() {
+            Some(start) => match VirtPages::new(VirtAddr(start), mobj.num_pages()) {
+                Ok(range) => (range, true),
+                Err(_) => {
+                    // Cannot happen for a published mapping; the pin is not kept.
+                    window.release_guard(mobj);
+                    return Err(TeeError::OutOfMemory);
+                }
+            },
+            None => window.write().acquire(mobj)?,
+        };
         Ok(Self {
             window,
             platform,
@@ -515,6 +617,6 @@ impl<'a, P: Platform> MapGuard<'a, P> {
 
 impl<P: Platform> Drop for MapGuard<'_, P> {
     fn drop(&mut self) {
-        self.window.write().release_guard(self.mobj.id());
+        self.window.release_guard(self.mobj);
     }
 }
