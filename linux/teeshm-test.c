@@ -254,6 +254,51 @@ static void guarded_free(struct guarded *g)
 	g->alloc = g->p = NULL;
 }
 
+/* ---- what the normal world below allows -------------------------------------------------- */
+
+/*
+ * Under Xen the guest's calls pass Xen's OP-TEE mediator (xen/arch/arm/tee/optee.c, Xen 4.17),
+ * which refuses what teeshm itself would take: a shared buffer of more than 129 pages
+ * (MAX_SHM_BUFFER_PG: 512 KiB at any page offset), more than 16 shared buffers of a guest at
+ * once, registered, temporary and RPC-allocated alike (MAX_SHM_BUFFER_COUNT), more than 16384
+ * pages in all (MAX_TOTAL_SMH_BUF_PG). The test checks that such a request is refused cleanly
+ * and that everything works after it, instead of the data path it checks outside Xen.
+ */
+static bool under_xen;
+enum { XEN_MAX_BUFFER_PAGES = 129, XEN_MAX_BUFFERS = 16 };
+
+static void detect_hypervisor(void)
+{
+	char compatible[256] = { 0 };
+	FILE *f = fopen("/proc/device-tree/hypervisor/compatible", "r");
+	size_t n;
+
+	if (!f)
+		return;
+	n = fread(compatible, 1, sizeof(compatible) - 1, f);
+	fclose(f);
+	/* A list of NUL-separated strings: "xen,xen-4.17", "xen,xen". */
+	for (size_t at = 0; at < n; at += strlen(compatible + at) + 1)
+		if (strcmp(compatible + at, "xen,xen") == 0)
+			under_xen = true;
+	if (under_xen)
+		printf("teeshm-test: under Xen: buffers over %d pages and more than %d buffers at "
+		       "once are checked as refused (Xen's OP-TEE mediator limits)\n",
+		       XEN_MAX_BUFFER_PAGES, XEN_MAX_BUFFERS);
+}
+
+/* Pages a buffer of `len` bytes at page offset `misalign` spans. */
+static size_t pages_spanned(size_t len, size_t misalign)
+{
+	return (misalign % 4096 + len + 4095) / 4096;
+}
+
+/* Whether Xen's mediator refuses a buffer of `len` bytes at `misalign`. */
+static bool xen_refuses(size_t len, size_t misalign)
+{
+	return under_xen && pages_spanned(len, misalign) > XEN_MAX_BUFFER_PAGES;
+}
+
 /* ---- libteec ------------------------------------------------------------------------------ */
 
 static TEEC_Context ctx;
@@ -265,6 +310,91 @@ static TEEC_Result fill_op(TEEC_Operation *op, uint32_t seed, uint32_t *origin)
 	op->params[1].value.a = seed;
 	op->params[1].value.b = 0;
 	return TEEC_InvokeCommand(&sess, CMD_FILL, op, origin);
+}
+
+/* A FILL of a 4 KiB temporary memref works, every byte checked (after a refusal). */
+static bool small_fill_works(const char *after)
+{
+	uint8_t buf[4096];
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	size_t i;
+
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE,
+					 TEEC_NONE);
+	op.params[0].tmpref.buffer = buf;
+	op.params[0].tmpref.size = sizeof(buf);
+	res = fill_op(&op, 77, &origin);
+	if (!check(res == TEEC_SUCCESS, "a 4 KiB FILL %s: result 0x%08x origin %u", after, res,
+		   origin))
+		return false;
+	for (i = 0; i < sizeof(buf); i++)
+		if (buf[i] != pattern_byte(77, i))
+			return check(false, "a 4 KiB FILL %s: byte %zu", after, i);
+	return true;
+}
+
+/*
+ * Under Xen, a buffer of `len` bytes at `misalign` that the mediator refuses: registered, as a
+ * temporary memref, or allocated (`kind`), the request fails, nothing of it is left, and a
+ * small FILL works afterwards.
+ */
+static void xen_refusal_case(const char *kind, size_t len, size_t misalign)
+{
+	char name[128];
+	struct guarded g;
+	TEEC_SharedMemory shm;
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+
+	snprintf(name, sizeof(name), "%s of %zu bytes at page offset %zu (%zu pages) refused by Xen",
+		 kind, len, misalign % 4096, pages_spanned(len, misalign));
+	begin(name);
+	memset(&shm, 0, sizeof(shm));
+	if (strcmp(kind, "allocation") == 0) {
+		shm.size = len;
+		shm.flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+		res = TEEC_AllocateSharedMemory(&ctx, &shm);
+		check(res != TEEC_SUCCESS, "TEEC_AllocateSharedMemory of %zu bytes succeeded", len);
+		if (res == TEEC_SUCCESS)
+			TEEC_ReleaseSharedMemory(&shm);
+		small_fill_works("after the refused allocation");
+		end();
+		return;
+	}
+	if (!check(guarded_new(&g, len, misalign), "malloc")) {
+		end();
+		return;
+	}
+	if (strcmp(kind, "registration") == 0) {
+		shm.buffer = g.p;
+		shm.size = len;
+		shm.flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+		res = TEEC_RegisterSharedMemory(&ctx, &shm);
+		/* libteec falls back to a shadow copy when the kernel refuses a registration;
+		 * only a registration the TEE took would have no shadow. */
+		check(res != TEEC_SUCCESS || shm.shadow_buffer != NULL,
+		      "a %zu-page registration reached the TEE", pages_spanned(len, misalign));
+		if (res == TEEC_SUCCESS)
+			TEEC_ReleaseSharedMemory(&shm);
+	} else {
+		memset(&op, 0, sizeof(op));
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE,
+						 TEEC_NONE);
+		op.params[0].tmpref.buffer = g.p;
+		op.params[0].tmpref.size = len;
+		op.params[1].value.a = 9;
+		res = TEEC_InvokeCommand(&sess, CMD_FILL, &op, &origin);
+		check(res != TEEC_SUCCESS, "a %zu-page temporary memref was served",
+		      pages_spanned(len, misalign));
+		check(guarded_intact(&g, "refused temporary memref's guard"), "guard changed");
+	}
+	guarded_free(&g);
+	small_fill_works("after the refusal");
+	end();
 }
 
 /* FILL through a whole registered memref, then SHA256 of a user-written pattern, partial
@@ -1036,7 +1166,10 @@ static void refused_by_firmware_cases(void)
 	uint8_t *big, *small;
 	int fd, rc, n, i, first_refused = -1;
 
-	begin("a 160 MiB registration is refused by the firmware, then 1 MiB works");
+	size_t after = under_xen ? (size_t)(XEN_MAX_BUFFER_PAGES - 1) * 4096 : 1 << 20;
+
+	begin(under_xen ? "a 160 MiB registration is refused, then 512 KiB (Xen's largest) works"
+			: "a 160 MiB registration is refused by the firmware, then 1 MiB works");
 	fd = open("/dev/tee0", O_RDWR);
 	if (!check(fd >= 0, "open /dev/tee0"))
 		goto out1;
@@ -1051,9 +1184,9 @@ static void refused_by_firmware_cases(void)
 			close(rc);
 		memset(&reg, 0, sizeof(reg));
 		reg.addr = (uintptr_t)big + 1;
-		reg.length = 1 << 20;
+		reg.length = after;
 		rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
-		check(rc >= 0, "register of 1 MiB after the refusal: %s", strerror(errno));
+		check(rc >= 0, "register of %zu bytes after the refusal: %s", after, strerror(errno));
 		if (rc >= 0)
 			close(rc);
 		free(big);
@@ -1062,7 +1195,8 @@ static void refused_by_firmware_cases(void)
 out1:
 	end();
 
-	begin("registrations beyond the firmware's object quota are refused, then released");
+	begin(under_xen ? "registrations beyond Xen's 16 buffers are refused, then released"
+			: "registrations beyond the firmware's object quota are refused, then released");
 	check(setrlimit(RLIMIT_NOFILE, &lim) == 0, "setrlimit: %s", strerror(errno));
 	fd = open("/dev/tee0", O_RDWR);
 	small = malloc(MANY * 64 + 4096);
@@ -1078,13 +1212,18 @@ out1:
 			check(errno == EINVAL, "refusal %d: errno %d", n, errno);
 		}
 	}
-	check(first_refused > 900 && first_refused < 1024,
-	      "first refusal at registration %d (quota 1024, some objects are the driver's)",
-	      first_refused);
+	if (under_xen)
+		check(first_refused > 0 && first_refused <= XEN_MAX_BUFFERS,
+		      "first refusal at registration %d (Xen allows %d buffers at once)",
+		      first_refused, XEN_MAX_BUFFERS);
+	else
+		check(first_refused > 900 && first_refused < 1024,
+		      "first refusal at registration %d (quota 1024, some objects are the driver's)",
+		      first_refused);
 	for (i = 0; i < MANY; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	for (n = 0; n < 1000; n++) {
+	for (n = 0; n < (under_xen ? first_refused : 1000); n++) {
 		memset(&reg, 0, sizeof(reg));
 		reg.addr = (uintptr_t)small + (size_t)n * 64;
 		reg.length = 64;
@@ -1315,6 +1454,7 @@ int main(void)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	printf("teeshm-test: Debian libteec against teeshm.memtest\n");
+	detect_hypervisor();
 
 	probe_cases();
 
@@ -1334,12 +1474,33 @@ int main(void)
 	if (!have_session)
 		goto out_ctx;
 
-	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
-		registered_case(sizes[i], 1 + (i * 1237) % 4095);
-	for (i = 0; i < sizeof(temp_sizes) / sizeof(temp_sizes[0]); i++)
-		temporary_case(temp_sizes[i], 4095 - (i * 331) % 4000);
-	for (i = 0; i < sizeof(alloc_sizes) / sizeof(alloc_sizes[0]); i++)
-		allocated_case(alloc_sizes[i]);
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		size_t misalign = 1 + (i * 1237) % 4095;
+
+		if (xen_refuses(sizes[i], misalign))
+			xen_refusal_case("registration", sizes[i], misalign);
+		else
+			registered_case(sizes[i], misalign);
+	}
+	if (under_xen) {
+		/* Xen's largest: 129 pages, whatever the offset of the first byte. */
+		registered_case((size_t)(XEN_MAX_BUFFER_PAGES - 1) * 4096, 4095);
+		xen_refusal_case("registration", (size_t)XEN_MAX_BUFFER_PAGES * 4096, 1);
+	}
+	for (i = 0; i < sizeof(temp_sizes) / sizeof(temp_sizes[0]); i++) {
+		size_t misalign = 4095 - (i * 331) % 4000;
+
+		if (xen_refuses(temp_sizes[i], misalign))
+			xen_refusal_case("temporary memref", temp_sizes[i], misalign);
+		else
+			temporary_case(temp_sizes[i], misalign);
+	}
+	for (i = 0; i < sizeof(alloc_sizes) / sizeof(alloc_sizes[0]); i++) {
+		if (xen_refuses(alloc_sizes[i], 0))
+			xen_refusal_case("allocation", alloc_sizes[i], 0);
+		else
+			allocated_case(alloc_sizes[i]);
+	}
 	for (i = 0; i < sizeof(rpc_sizes) / sizeof(rpc_sizes[0]); i++)
 		rpc_case(rpc_sizes[i]);
 	refusal_cases();

@@ -12,6 +12,9 @@
 //! - `cargo xtask linux [--build-only] [--timeout S] [--kernel META]` boots Debian's arm64
 //!   kernel, optee driver and libteec on the firmware under QEMU and runs the libteec test
 //!   (`linux.rs`, docs/linux.md).
+//! - `cargo xtask xen [--build-only] [--timeout S]` builds Xen from Debian's source with its
+//!   OP-TEE mediator and boots it on the firmware with dom0 running the same libteec test
+//!   (`linux/xen.rs`, docs/xen.md).
 //! - `cargo xtask qemu [--client-only | --fault-test-only] [--timeout S] [--build-only]` builds
 //!   the firmware (EL3 monitor, S-EL1 core, NS-EL1 test client) and runs it under QEMU
 //!   (`qemu.rs`, docs/firmware.md).
@@ -54,10 +57,11 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::main(args.get(1..).unwrap_or(&[])),
         Some("loom") => loom::main(),
         Some("linux") => linux::linux(args.get(1..).unwrap_or(&[])),
+        Some("xen") => linux::xen(args.get(1..).unwrap_or(&[])),
         Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
+                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | xen [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
             );
             return ExitCode::from(2);
         }

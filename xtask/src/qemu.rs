@@ -69,6 +69,9 @@ pub enum Variant {
     /// The firmware `cargo xtask linux` boots Debian's kernel on: the monitor's `linux`
     /// feature, and no test commands, as a product would ship it.
     Linux,
+    /// The firmware `cargo xtask xen` boots Xen on: as `Linux`, with the normal world entered
+    /// at EL2 (the monitor's `xen` feature).
+    Xen,
 }
 
 impl Variant {
@@ -77,6 +80,7 @@ impl Variant {
             Variant::Client => "client",
             Variant::FaultTest => "fault-test",
             Variant::Linux => "linux",
+            Variant::Xen => "xen",
         }
     }
 
@@ -89,6 +93,7 @@ impl Variant {
                 "teeshm-fw-client/fault-test",
             ],
             Variant::Linux => &["teeshm-fw-monitor/linux"],
+            Variant::Xen => &["teeshm-fw-monitor/xen"],
         }
     }
 }
@@ -438,7 +443,10 @@ fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<Stri
         );
     }
     match variant {
-        Variant::Linux => failure(1, "the Linux firmware is run by `cargo xtask linux`".into()),
+        Variant::Linux | Variant::Xen => failure(
+            1,
+            "the Linux and Xen firmware is run by `cargo xtask linux` and `cargo xtask xen`".into(),
+        ),
         Variant::Client if seen.secure_fault.is_some() => failure(
             code.filter(|&c| c != 0).unwrap_or(1),
             format!(

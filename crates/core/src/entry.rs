@@ -170,7 +170,13 @@ impl<P: Platform> Tee<P> {
             OPTEE_SMC_ENABLE_SHM_CACHE => self.enable_shm_cache(regs.a[7]),
             OPTEE_SMC_DISABLE_SHM_CACHE => self.disable_shm_cache(regs.a[7]),
             OPTEE_SMC_GET_THREAD_COUNT => {
-                SmcRegs::call(OPTEE_SMC_RETURN_OK, &[self.config.threads.into()])
+                // The calls a caller may have in the core at once: its guest's thread quota
+                // (OP-TEE under a hypervisor answers its per-guest CFG_NUM_THREADS). Xen's
+                // mediator caps each guest's calls at this number, so a guest never meets
+                // ETHREAD_LIMIT from its own calls (Xen 4.17 would take such an answer to a
+                // REGISTER_SHM for a success and keep the buffer).
+                let threads = u64::from(self.config.threads).min(self.config.quotas.max_threads);
+                SmcRegs::call(OPTEE_SMC_RETURN_OK, &[threads])
             }
             OPTEE_SMC_VM_CREATED if self.virtualized() => self.vm_created(regs.a[1], regs.a[7]),
             OPTEE_SMC_VM_DESTROYED if self.virtualized() => self.vm_destroyed(regs.a[1], regs.a[7]),

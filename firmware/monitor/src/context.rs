@@ -185,6 +185,8 @@ const _: () = {
 
 /// SPSR for an entry at EL1 with SP_EL1 (EL1h) and D, A, I, F masked.
 pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
+/// SPSR for an entry at EL2 with SP_EL2 (EL2h) and D, A, I, F masked (a hypervisor).
+pub const SPSR_EL2H_MASKED: u64 = 0x3c9;
 
 impl Context {
     /// A world that enters at `entry` (EL1h, exceptions masked), MMU off, FP enabled.

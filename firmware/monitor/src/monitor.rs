@@ -28,8 +28,9 @@ pub const SCTLR_EL3_VALUE: u64 = 0x30c5_0830 | (1 << 3) | (1 << 12);
 /// SCR_EL3 for the secure world: RW (EL1 is AArch64), SIF (no secure instruction fetch from
 /// non-secure memory), RES1 bits 5:4; FIQ, IRQ and SError stay at EL1; no EL2; SMC enabled.
 const SCR_SECURE: u64 = (1 << 10) | (1 << 9) | (3 << 4);
-/// SCR_EL3 for the normal world: the same with NS.
-const SCR_NON_SECURE: u64 = SCR_SECURE | 1;
+/// SCR_EL3 for the normal world: the same with NS, and with the `xen` feature HCE (EL2
+/// exists: the normal world is a hypervisor, entered at EL2, whose HVC works).
+const SCR_NON_SECURE: u64 = SCR_SECURE | 1 | if cfg!(feature = "xen") { 1 << 8 } else { 0 };
 
 /// ESR_EL3.EC of an SMC from AArch64.
 const EC_SMC64: u64 = 0x17;
@@ -38,10 +39,10 @@ const EC_SMC64: u64 = 0x17;
 /// the device tree in the first MiB of RAM). A Linux kernel Image is loaded there too.
 pub const NS_ENTRY: u64 = 0x4020_0000;
 /// The exception level the normal world is entered at: 1, an operating system (the test
-/// client, or Linux). The core is told (x0 of its boot entry), and runs with one normal world
-/// at EL1 and under a hypervisor at EL2 (`NormalWorld`); entering at EL2 would also need
-/// SCR_EL3.HCE and an EL2h SPSR.
-pub const NS_ENTRY_EL: u64 = 1;
+/// client, or Linux), or with the `xen` feature 2, a hypervisor (SCR_EL3.HCE, an EL2h SPSR).
+/// The core is told (x0 of its boot entry), and runs with one normal world at EL1 and under a
+/// hypervisor at EL2 with the guests it announces (`NormalWorld`).
+pub const NS_ENTRY_EL: u64 = if cfg!(feature = "xen") { 2 } else { 1 };
 /// With the `linux` feature: where `cargo xtask linux` loads the kernel's device tree, passed
 /// in x0 as the arm64 boot protocol asks.
 const LINUX_DTB: u64 = 0x4800_0000;
@@ -173,6 +174,9 @@ extern "C" fn monitor_main() -> ! {
     m.secure = Context::new(teeshm_fw_tee::tee_boot_entry as *const () as u64);
     m.secure.x[0] = NS_ENTRY_EL;
     m.ns = Context::new(NS_ENTRY);
+    if NS_ENTRY_EL == 2 {
+        m.ns.spsr_el3 = crate::context::SPSR_EL2H_MASKED;
+    }
     if cfg!(feature = "linux") {
         m.ns.x[0] = LINUX_DTB;
         gic_to_normal_world();
@@ -299,7 +303,7 @@ impl Monitor {
             (fid::SECURE_ENTRY_DONE, State::Booting) => {
                 self.ready_at_us = time::micros();
                 println!(
-                    "monitor: S-EL1 core ready at {} us; entering the normal world at {NS_ENTRY:#x} (NS-EL1)",
+                    "monitor: S-EL1 core ready at {} us; entering the normal world at {NS_ENTRY:#x} (NS-EL{NS_ENTRY_EL})",
                     self.ready_at_us
                 );
                 self.state = State::Ready;

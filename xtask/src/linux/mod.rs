@@ -32,7 +32,9 @@ use crate::{ensure_debian_packages, run, workspace_root};
 
 /// Host packages: the cross compiler and glibc for the test, dtc, QEMU, xz (6.12's modules).
 mod debian;
+mod xen;
 use debian::{Kernel, debian_packages, unpack};
+pub use xen::xen;
 
 const HOST_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
@@ -358,6 +360,27 @@ fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, St
 /// The nodes added to QEMU's tree (a second root block, which dtc merges into the first).
 fn dts_additions(initrd_len: u64) -> String {
     let cells = |v: u64| format!("<{:#x} {:#x}>", v >> 32, v & 0xffff_ffff);
+    format!(
+        r#"{firmware}
+/* Added by `cargo xtask linux` (xtask/src/linux/mod.rs). */
+/ {{
+	chosen {{
+		bootargs = "{BOOTARGS}";
+		linux,initrd-start = {initrd_start};
+		linux,initrd-end = {initrd_end};
+		/delete-property/ kaslr-seed;
+	}};
+}};
+"#,
+        firmware = firmware_nodes(),
+        initrd_start = cells(INITRD_ADDR),
+        initrd_end = cells(INITRD_ADDR + initrd_len),
+    )
+}
+
+/// What any normal world of teeshm's firmware needs in QEMU's tree: PSCI over SMC, the OP-TEE
+/// node, secure RAM reserved.
+fn firmware_nodes() -> String {
     let (secure_base, secure_size) = SECURE_RAM;
     let secure_reg = format!(
         "<{:#x} {:#x} {:#x} {:#x}>",
@@ -368,15 +391,8 @@ fn dts_additions(initrd_len: u64) -> String {
     );
     format!(
         r#"
-/* Added by `cargo xtask linux` (xtask/src/linux.rs). */
+/* Added by `cargo xtask` (xtask/src/linux/mod.rs): teeshm's firmware. */
 / {{
-	chosen {{
-		bootargs = "{BOOTARGS}";
-		linux,initrd-start = {initrd_start};
-		linux,initrd-end = {initrd_end};
-		/delete-property/ kaslr-seed;
-	}};
-
 	/* The monitor implements PSCI 1.1 at EL3: SYSTEM_OFF, SYSTEM_RESET, FEATURES. */
 	psci {{
 		compatible = "arm,psci-1.0", "arm,psci-0.2";
@@ -402,9 +418,7 @@ fn dts_additions(initrd_len: u64) -> String {
 		}};
 	}};
 }};
-"#,
-        initrd_start = cells(INITRD_ADDR),
-        initrd_end = cells(INITRD_ADDR + initrd_len),
+"#
     )
 }
 

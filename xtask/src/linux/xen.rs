@@ -1,0 +1,388 @@
+//! `cargo xtask xen`: the Xen hypervisor, built from Debian's own source package with its
+//! unmodified OP-TEE mediator, as the normal world of teeshm's firmware on
+//! `qemu-system-aarch64 -M virt,secure=on,virtualization=on` (docs/xen.md).
+//!
+//! 1. Debian's Xen source (`apt-get source xen`, bookworm main: a `deb-src` entry for the same
+//!    mirror and suites as the machine's `deb` one is added when missing), unpacked and built
+//!    once into `.cache/xen` (ignored by git): `defconfig` plus `CONFIG_UNSUPPORTED`,
+//!    `CONFIG_TEE` and `CONFIG_OPTEE` (Debian's own hypervisor package is built without the
+//!    mediator), nothing patched.
+//! 2. dom0 is `cargo xtask linux`'s normal world: Debian's kernel, its tee and optee modules,
+//!    Debian's libteec and the same test (`linux/teeshm-test.c`) in the same initramfs.
+//! 3. The device tree: QEMU's own for this machine, the OP-TEE node, PSCI over SMC, secure RAM
+//!    reserved, and Xen's boot modules in `/chosen` (dom0's kernel and initramfs, the command
+//!    lines).
+//! 4. The firmware with the monitor's `xen` feature: the normal world entered at EL2, so the
+//!    core serves the guests Xen's mediator announces (`NormalWorld::Virtualized`).
+//! 5. QEMU runs with a timeout; the UART (Xen's console, dom0's output on it) is shown live and
+//!    kept in `target/xen/uart.log`. This stage passes when Xen's mediator probed the TEE, dom0's
+//!    test printed `N passed, 0 failed`, QEMU exited 0 (dom0 powered off, Xen then PSCI
+//!    SYSTEM_OFF) and the core's agreement check after power-off found 0 disagreements.
+//!
+//! Not yet: domUs started by `xl` beside dom0, one destroyed mid-test, and the report
+//! (issue 12).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::debian::{Kernel, debian_packages, unpack};
+use super::{
+    DEFAULT_KERNEL_META, DTB_ADDR, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES, Milestones,
+    build_initramfs, build_test, is_summary,
+};
+use crate::{ensure_debian_packages, run, workspace_root};
+
+/// Host packages Xen's build needs besides the cross compiler; dpkg-dev unpacks the source.
+const XEN_BUILD_PACKAGES: &[&str] = &["flex", "bison", "dpkg-dev", "python3"];
+
+/// The machine: as `cargo xtask linux`'s, with EL2 for the hypervisor.
+const MACHINE: &[&str] = &[
+    "-M",
+    "virt,secure=on,virtualization=on",
+    "-cpu",
+    "cortex-a57",
+    "-smp",
+    "1",
+    "-m",
+    "1024",
+    "-net",
+    "none",
+];
+
+/// Where dom0's kernel and initramfs are loaded (Xen's boot modules): after the device tree,
+/// 2 MiB aligned.
+const DOM0_KERNEL_ADDR: u64 = 0x4a00_0000;
+
+/// Xen's command line: its console on the PL011 (dom0's output goes there too), dom0's memory.
+const XEN_BOOTARGS: &str =
+    "console=dtuart dtuart=/pl011@9000000 dom0_mem=512M loglvl=all guest_loglvl=all";
+
+/// dom0's command line (its console is Xen's, `hvc0`).
+const DOM0_BOOTARGS: &str = "console=hvc0 panic=-1 oops=panic nokaslr";
+
+/// `cargo xtask xen [--build-only] [--timeout SECS]`.
+pub fn xen(args: &[String]) -> Result<(), String> {
+    let mut build_only = false;
+    let mut timeout = Duration::from_secs(600);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--build-only" => build_only = true,
+            "--timeout" => {
+                timeout = Duration::from_secs(
+                    rest.next()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or("--timeout needs a number of seconds")?,
+                );
+            }
+            other => return Err(format!("xen: unknown argument {other}")),
+        }
+    }
+    let started = Instant::now();
+    let root = workspace_root();
+    let out = root.join("target").join("xen");
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    ensure_debian_packages(crate::BARE_METAL_PACKAGES)?;
+    ensure_debian_packages(HOST_PACKAGES)?;
+    ensure_debian_packages(XEN_BUILD_PACKAGES)?;
+    let xen = build_xen(&root.join(".cache").join("xen"))?;
+
+    let linux_cache = root.join(".cache").join("linux");
+    let packages = debian_packages(&linux_cache, DEFAULT_KERNEL_META)?;
+    let sysroot = unpack(&linux_cache, DEFAULT_KERNEL_META, &packages)?;
+    let kernel = Kernel::find(&sysroot, &out)?;
+    let test = build_test(&root, &sysroot, &out)?;
+    let (initramfs, initramfs_len) = build_initramfs(&root, &sysroot, &kernel, &test, &out)?;
+    let initrd_addr = (DOM0_KERNEL_ADDR + kernel.image_len).next_multiple_of(2 << 20);
+    let firmware = crate::qemu::build(crate::qemu::Variant::Xen, &[])?.secure;
+    let modules = Modules {
+        kernel: (DOM0_KERNEL_ADDR, kernel.image_len),
+        initrd: (initrd_addr, initramfs_len),
+    };
+    let dtb = build_dtb(&firmware, &modules, &out)?;
+    eprintln!(
+        "xtask: xen: {} ({} bytes), dom0 kernel {} ({} bytes), initramfs {} bytes; built in {:.1} s",
+        xen.display(),
+        fs::metadata(&xen).map_or(0, |m| m.len()),
+        kernel.release,
+        kernel.image_len,
+        initramfs_len,
+        started.elapsed().as_secs_f64()
+    );
+    if build_only {
+        return Ok(());
+    }
+    let loads = [
+        (xen.as_path(), KERNEL_ADDR),
+        (dtb.as_path(), DTB_ADDR),
+        (kernel.image.as_path(), DOM0_KERNEL_ADDR),
+        (initramfs.as_path(), initrd_addr),
+    ];
+    boot(&firmware, &loads, &out, timeout)
+}
+
+/// Debian's Xen source, unpacked and built with the OP-TEE mediator; returns the hypervisor
+/// image (`xen/xen`, an arm64 Image Xen boots from). Cached: a second call only checks it.
+fn build_xen(cache: &Path) -> Result<PathBuf, String> {
+    let src = cache.join("src");
+    let image = src.join("xen").join("xen");
+    let config = src.join("xen").join(".config");
+    let has_mediator =
+        fs::read_to_string(&config).is_ok_and(|c| c.lines().any(|l| l == "CONFIG_OPTEE=y"));
+    if image.is_file() && has_mediator {
+        eprintln!("xtask: xen: built before: {}", image.display());
+        return Ok(image);
+    }
+    fs::create_dir_all(cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    if !src.join("xen").is_dir() {
+        ensure_deb_src()?;
+        run(Command::new("apt-get")
+            .current_dir(cache)
+            .args(["source", "--download-only", "xen"]))?;
+        let dsc = fs::read_dir(cache)
+            .map_err(|e| format!("cannot list {}: {e}", cache.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "dsc"))
+            .ok_or("apt-get source xen gave no .dsc")?;
+        let _ = fs::remove_dir_all(&src);
+        run(Command::new("dpkg-source")
+            .current_dir(cache)
+            .args(["-x", "--no-check"])
+            .arg(&dsc)
+            .arg(&src))?;
+    }
+    let make = |args: &[&str]| {
+        let mut c = Command::new("make");
+        c.current_dir(&src).args([
+            "-C",
+            "xen",
+            "XEN_TARGET_ARCH=arm64",
+            "CROSS_COMPILE=aarch64-linux-gnu-",
+        ]);
+        c.args(args);
+        c
+    };
+    run(&mut make(&["defconfig"]))?;
+    let mut text = fs::read_to_string(&config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    // The mediator depends on CONFIG_UNSUPPORTED in Xen 4.17.
+    text.push_str("CONFIG_UNSUPPORTED=y\nCONFIG_TEE=y\nCONFIG_OPTEE=y\n");
+    fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    run(&mut make(&["olddefconfig"]))?;
+    let applied = fs::read_to_string(&config).unwrap_or_default();
+    if !applied.lines().any(|l| l == "CONFIG_OPTEE=y") {
+        return Err("Xen's configuration refused CONFIG_OPTEE".into());
+    }
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run(&mut make(&[&format!("-j{jobs}")]))?;
+    Ok(image)
+}
+
+/// Adds a `deb-src` entry for the machine's Debian mirror and suites (the `deb` entry's) when
+/// none is there, and updates the package lists.
+fn ensure_deb_src() -> Result<(), String> {
+    let listed = Command::new("apt-cache")
+        .args(["showsrc", "xen"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if listed {
+        return Ok(());
+    }
+    let sources = Path::new("/etc/apt/sources.list.d/debian.sources");
+    let text = fs::read_to_string(sources)
+        .map_err(|e| format!("cannot read {}: {e}", sources.display()))?;
+    // The first stanza (the Debian mirror's), as deb-src.
+    let stanza: Vec<&str> = text
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    if !stanza.iter().any(|l| l.trim() == "Types: deb") {
+        return Err(format!("no deb stanza first in {}", sources.display()));
+    }
+    let entry = stanza
+        .iter()
+        .map(|l| {
+            if l.trim() == "Types: deb" {
+                "Types: deb-src"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = Path::new("/etc/apt/sources.list.d/teeshm-deb-src.sources");
+    fs::write(path, format!("{entry}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    run(Command::new("apt-get").args(["update", "-q"]))
+}
+
+/// Xen's boot modules: (address, length) of dom0's kernel and initramfs.
+struct Modules {
+    kernel: (u64, u64),
+    initrd: (u64, u64),
+}
+
+/// QEMU's device tree for this machine and firmware, with what Xen and dom0 need added.
+fn build_dtb(firmware: &Path, modules: &Modules, out: &Path) -> Result<PathBuf, String> {
+    let dumped = out.join("qemu-virt.dtb");
+    run(Command::new("qemu-system-aarch64")
+        .args(MACHINE)
+        .args(["-display", "none"])
+        .arg("-bios")
+        .arg(firmware)
+        .arg("-machine")
+        .arg(format!("dumpdtb={}", dumped.display())))?;
+    let base = Command::new("dtc")
+        .args(["-q", "-I", "dtb", "-O", "dts"])
+        .arg(&dumped)
+        .output()
+        .map_err(|e| format!("cannot run dtc: {e}"))?;
+    if !base.status.success() {
+        return Err(format!("dtc could not read {}", dumped.display()));
+    }
+    let mut dts = String::from_utf8_lossy(&base.stdout).into_owned();
+    dts.push_str(&super::firmware_nodes());
+    dts.push_str(&chosen(modules));
+    let source = out.join("teeshm-xen.dts");
+    fs::write(&source, &dts).map_err(|e| format!("cannot write {}: {e}", source.display()))?;
+    let dtb = out.join("teeshm-xen.dtb");
+    run(Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&dtb)
+        .arg(&source))?;
+    Ok(dtb)
+}
+
+/// `/chosen` for Xen: its command line and its boot modules (dom0's kernel with dom0's command
+/// line, and its initramfs), as Xen's docs/misc/arm/device-tree/booting.txt describes them.
+fn chosen(modules: &Modules) -> String {
+    let reg = |(addr, len): (u64, u64)| {
+        format!(
+            "<{:#x} {:#x} {:#x} {:#x}>",
+            addr >> 32,
+            addr & 0xffff_ffff,
+            len >> 32,
+            len & 0xffff_ffff
+        )
+    };
+    format!(
+        r#"
+/* Added by `cargo xtask xen` (xtask/src/linux/xen.rs). */
+/ {{
+	chosen {{
+		#address-cells = <2>;
+		#size-cells = <2>;
+		xen,xen-bootargs = "{XEN_BOOTARGS}";
+		/delete-property/ kaslr-seed;
+
+		module@{kernel_at:x} {{
+			compatible = "multiboot,kernel", "multiboot,module";
+			reg = {kernel_reg};
+			bootargs = "{DOM0_BOOTARGS}";
+		}};
+
+		module@{initrd_at:x} {{
+			compatible = "multiboot,ramdisk", "multiboot,module";
+			reg = {initrd_reg};
+		}};
+	}};
+}};
+"#,
+        kernel_at = modules.kernel.0,
+        kernel_reg = reg(modules.kernel),
+        initrd_at = modules.initrd.0,
+        initrd_reg = reg(modules.initrd),
+    )
+}
+
+/// Boots Xen and dom0, shows the UART live, and judges the run.
+fn boot(
+    firmware: &Path,
+    loads: &[(&Path, u64)],
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut command = Command::new("qemu-system-aarch64");
+    command.args(MACHINE).args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-semihosting",
+        "-no-reboot",
+    ]);
+    command.arg("-bios").arg(firmware);
+    for (file, addr) in loads {
+        command.args([
+            "-device",
+            &format!("loader,file={},addr={addr:#x},force-raw=on", file.display()),
+        ]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("xtask: running {command:?}");
+    let log_path = out.join("uart.log");
+    let mut log = fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut seen = Milestones::default();
+    let mut mediator = None;
+    let run = crate::qemu::run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
+        println!("[{t:7.3}] {line}");
+        let _ = writeln!(log, "[{t:7.3}] {line}");
+        if mediator.is_none() && line.contains("OP-TEE") && line.contains("(XEN)") {
+            mediator = Some(line.trim().to_string());
+        }
+        super::note_milestone(&mut seen, t, line);
+    })?;
+    let _ = log.flush();
+    let failure = |why: String| {
+        let mut text = format!("{why}\nlast UART lines:\n");
+        for line in &run.last {
+            text.push_str(&format!("  | {line}\n"));
+        }
+        text.push_str(&format!("(whole log: {})", log_path.display()));
+        Err(text)
+    };
+    if run.timed_out {
+        return failure(format!(
+            "xen: TIMEOUT: no end after {} s; QEMU was killed",
+            timeout.as_secs()
+        ));
+    }
+    if let Some(report) = &seen.secure_failure {
+        return failure(format!("xen: FAILED: the secure world died: `{report}`"));
+    }
+    let code = run.status.and_then(|s| s.code());
+    let summary = seen.summary.as_ref().map(|(_, s)| s.clone());
+    let passed = summary
+        .as_deref()
+        .is_some_and(|s| is_summary(s) && s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+    match (code, mediator, passed, seen.agreement.as_deref()) {
+        (Some(0), Some(mediator), true, Some("0 disagreements")) => {
+            eprintln!(
+                "xtask: xen: Xen's mediator: `{mediator}`; dom0: {}; QEMU exited 0; the core's agreement check after power-off: 0 disagreements",
+                summary.unwrap_or_default()
+            );
+            println!("xen: OK");
+            Ok(())
+        }
+        (code, mediator, _, agreement) => failure(format!(
+            "xen: FAILED: QEMU exit status {}, mediator {}, dom0's test summary {}, agreement check {}",
+            code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
+            mediator.map_or("not seen".to_string(), |m| format!("`{m}`")),
+            summary.map_or("missing".to_string(), |s| format!("`{s}`")),
+            agreement.unwrap_or("missing"),
+        )),
+    }
+}
