@@ -1161,14 +1161,17 @@ static void refused_by_firmware_cases(void)
 {
 	struct tee_ioctl_shm_register_data reg;
 	struct rlimit lim = { 1400, 1400 };
-	enum { BIG = 160 << 20, MANY = 1100 };
+	enum { MANY = 1100 };
+	/* Outside Xen 160 MiB, over the firmware's largest; under Xen 8 MiB, over Xen's (a guest
+	 * of a few hundred MiB cannot pin 160 MiB for the kernel to pass on). */
+	const size_t BIG = under_xen ? (size_t)8 << 20 : (size_t)160 << 20;
 	static int fds[MANY];
 	uint8_t *big, *small;
 	int fd, rc, n, i, first_refused = -1;
 
 	size_t after = under_xen ? (size_t)(XEN_MAX_BUFFER_PAGES - 1) * 4096 : 1 << 20;
 
-	begin(under_xen ? "a 160 MiB registration is refused, then 512 KiB (Xen's largest) works"
+	begin(under_xen ? "an 8 MiB registration is refused, then 512 KiB (Xen's largest) works"
 			: "a 160 MiB registration is refused by the firmware, then 1 MiB works");
 	fd = open("/dev/tee0", O_RDWR);
 	if (!check(fd >= 0, "open /dev/tee0"))
@@ -1179,7 +1182,8 @@ static void refused_by_firmware_cases(void)
 		reg.addr = (uintptr_t)big + 1;
 		reg.length = BIG - 1;
 		rc = ioctl(fd, TEE_IOC_SHM_REGISTER, &reg);
-		check(rc < 0 && errno == EINVAL, "register of 160 MiB: rc %d errno %d", rc, errno);
+		check(rc < 0 && errno == EINVAL, "register of %zu bytes: rc %d errno %d", BIG - 1,
+		      rc, errno);
 		if (rc >= 0)
 			close(rc);
 		memset(&reg, 0, sizeof(reg));

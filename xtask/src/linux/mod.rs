@@ -205,6 +205,25 @@ fn build_initramfs(
     test: &Path,
     out: &Path,
 ) -> Result<(PathBuf, u64), String> {
+    let entries = initramfs_entries(sysroot, kernel, test, &root.join("linux").join("init"))?;
+    write_cpio(&entries, &out.join("initramfs.cpio"))
+}
+
+/// Writes `entries` as a `newc` cpio archive at `path`; returns it with its size.
+fn write_cpio(entries: &[(String, Entry)], path: &Path) -> Result<(PathBuf, u64), String> {
+    let archive = cpio_newc(entries);
+    fs::write(path, &archive).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((path.to_path_buf(), archive.len() as u64))
+}
+
+/// The initramfs's files: busybox, tee.ko and optee.ko, glibc's loader and libc, libteec, the
+/// test, and `init` as /init.
+fn initramfs_entries(
+    sysroot: &Path,
+    kernel: &Kernel,
+    test: &Path,
+    init: &Path,
+) -> Result<Vec<(String, Entry)>, String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let gnu = sysroot.join("lib/aarch64-linux-gnu");
     let usr_gnu = sysroot.join("usr/lib/aarch64-linux-gnu");
@@ -232,10 +251,7 @@ fn build_initramfs(
     for applet in APPLETS {
         entries.push((format!("bin/{applet}"), Entry::Symlink("busybox".into())));
     }
-    entries.push((
-        "init".into(),
-        Entry::File(read(&root.join("linux").join("init"))?, 0o755),
-    ));
+    entries.push(("init".into(), Entry::File(read(init)?, 0o755)));
     entries.push(("bin/teeshm-test".into(), Entry::File(read(test)?, 0o755)));
     entries.push((
         "lib/modules/tee.ko".into(),
@@ -264,11 +280,7 @@ fn build_initramfs(
         "usr/lib/aarch64-linux-gnu/libteec.so.1".into(),
         Entry::File(read(&libteec)?, 0o755),
     ));
-
-    let archive = cpio_newc(&entries);
-    let path = out.join("initramfs.cpio");
-    fs::write(&path, &archive).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok((path, archive.len() as u64))
+    Ok(entries)
 }
 
 /// A `newc` cpio archive (what the kernel unpacks as an initramfs): owner root, mtime 0.

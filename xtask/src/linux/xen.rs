@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::debian::{Kernel, debian_packages, unpack};
+use super::debian::{Kernel, deb_files, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
-    DEFAULT_KERNEL_META, DTB_ADDR, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES, Milestones,
-    build_initramfs, build_test, is_summary,
+    DEFAULT_KERNEL_META, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES, Milestones,
+    build_test, initramfs_entries, is_summary, write_cpio,
 };
 use crate::{ensure_debian_packages, run, workspace_root};
 
@@ -56,9 +56,46 @@ const MACHINE: &[&str] = &[
 /// 2 MiB aligned.
 const DOM0_KERNEL_ADDR: u64 = 0x4a00_0000;
 
-/// Xen's command line: its console on the PL011 (dom0's output goes there too), dom0's memory.
+/// Xen's command line: its console on the PL011 (dom0's output goes there too), dom0's memory
+/// (the machine's 1 GiB holds dom0, two domUs of 160 MiB, Xen and the boot modules).
 const XEN_BOOTARGS: &str =
-    "console=dtuart dtuart=/pl011@9000000 dom0_mem=512M loglvl=all guest_loglvl=all";
+    "console=dtuart dtuart=/pl011@9000000 dom0_mem=256M loglvl=all guest_loglvl=all";
+
+/// Debian's Xen toolstack for dom0 (arm64, the same release as the hypervisor's source) and
+/// the libraries it loads beside glibc.
+const TOOLSTACK_PACKAGES: &[&str] = &[
+    "xen-utils-4.17",
+    "xenstore-utils",
+    "libxenmisc4.17",
+    "libxencall1",
+    "libxenevtchn1",
+    "libxenforeignmemory1",
+    "libxengnttab1",
+    "libxenstore4",
+    "libxentoollog1",
+    "libxenhypfs1",
+    "libxendevicemodel1",
+    "libxentoolcore1",
+    "libgcc-s1",
+    "libyajl2",
+    "libfdt1",
+    "libuuid1",
+    "zlib1g",
+];
+
+/// dom0's kernel modules of Xen's devices (Debian builds them as modules), in load order
+/// (xenfs uses privcmd's).
+const XEN_MODULES: &[&str] = &[
+    "xen-privcmd",
+    "xenfs/xenfs",
+    "xen-evtchn",
+    "xen-gntdev",
+    "xen-gntalloc",
+];
+
+/// The domUs dom0 creates: name and what their kernel command line adds (`teeshm.loop`: the
+/// test runs until the domain is destroyed).
+const DOMUS: &[(&str, &str)] = &[("domu1", ""), ("domu2", " teeshm.loop")];
 
 /// dom0's command line (its console is Xen's, `hvc0`).
 const DOM0_BOOTARGS: &str = "console=hvc0 panic=-1 oops=panic nokaslr";
@@ -95,7 +132,14 @@ pub fn xen(args: &[String]) -> Result<(), String> {
     let sysroot = unpack(&linux_cache, DEFAULT_KERNEL_META, &packages)?;
     let kernel = Kernel::find(&sysroot, &out)?;
     let test = build_test(&root, &sysroot, &out)?;
-    let (initramfs, initramfs_len) = build_initramfs(&root, &sysroot, &kernel, &test, &out)?;
+    let toolstack = toolstack(&root.join(".cache").join("xen"))?;
+    let (domu_cpio, _) = write_cpio(
+        &initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-domu-init"))?,
+        &out.join("domu.cpio"),
+    )?;
+    let mut entries = initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-dom0-init"))?;
+    dom0_additions(&mut entries, &toolstack, &kernel, &domu_cpio)?;
+    let (initramfs, initramfs_len) = write_cpio(&entries, &out.join("dom0.cpio"))?;
     let initrd_addr = (DOM0_KERNEL_ADDR + kernel.image_len).next_multiple_of(2 << 20);
     let firmware = crate::qemu::build(crate::qemu::Variant::Xen, &[])?.secure;
     let modules = Modules {
@@ -122,6 +166,112 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         (initramfs.as_path(), initrd_addr),
     ];
     boot(&firmware, &loads, &out, timeout)
+}
+
+/// Debian's arm64 toolstack packages, downloaded once into `cache/debs` and unpacked into
+/// `cache/root`; returns that root.
+fn toolstack(cache: &Path) -> Result<PathBuf, String> {
+    let debs = cache.join("debs");
+    let root = cache.join("root");
+    let stamp = cache.join("root.stamp");
+    let wanted = TOOLSTACK_PACKAGES.join("\n");
+    if root.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(root);
+    }
+    fs::create_dir_all(&debs).map_err(|e| format!("cannot create {}: {e}", debs.display()))?;
+    ensure_arm64_architecture()?;
+    let _ = fs::remove_dir_all(&root);
+    for name in TOOLSTACK_PACKAGES {
+        if deb_files(&debs, name).is_empty() {
+            run(Command::new("apt-get")
+                .current_dir(&debs)
+                .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+                .arg(format!("{name}:arm64")))?;
+        }
+        let deb = deb_files(&debs, name)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("apt-get download {name}:arm64 left no .deb"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(root)
+}
+
+/// What dom0's initramfs holds beside the test's: the toolstack (`/usr/lib/xen-4.17`, its
+/// libraries), Xen's device modules, the domUs' kernel, initramfs and configurations, and the
+/// directories the toolstack writes.
+fn dom0_additions(
+    entries: &mut Vec<(String, Entry)>,
+    toolstack: &Path,
+    kernel: &Kernel,
+    domu_cpio: &Path,
+) -> Result<(), String> {
+    let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    for dir in ["usr/lib/xen-4.17", "usr/lib/aarch64-linux-gnu", "lib/aarch64-linux-gnu"] {
+        add_tree(entries, toolstack, dir)?;
+    }
+    entries.push(("lib/modules/xen".into(), Entry::Dir));
+    entries.push(("lib/modules/xen/xenfs".into(), Entry::Dir));
+    let xen_drivers = kernel
+        .tee
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("xen"))
+        .ok_or("no drivers directory")?;
+    for module in XEN_MODULES {
+        entries.push((
+            format!("lib/modules/xen/{module}.ko"),
+            Entry::File(read(&xen_drivers.join(format!("{module}.ko")))?, 0o644),
+        ));
+    }
+    for dir in ["boot", "etc", "etc/xen", "var"] {
+        entries.push((dir.into(), Entry::Dir));
+    }
+    entries.push(("boot/vmlinuz".into(), Entry::File(read(&kernel.image)?, 0o644)));
+    entries.push(("boot/domu.cpio".into(), Entry::File(read(domu_cpio)?, 0o644)));
+    entries.push(("etc/xen/xl.conf".into(), Entry::File(Vec::new(), 0o644)));
+    for (name, extra) in DOMUS {
+        let config = format!(
+            "name = \"{name}\"\nkernel = \"/boot/vmlinuz\"\nramdisk = \"/boot/domu.cpio\"\n\
+             extra = \"console=hvc0 panic=-1 oops=panic nokaslr{extra}\"\nmemory = 160\n\
+             vcpus = 1\ntee = \"optee\"\n"
+        );
+        entries.push((format!("etc/xen/{name}.cfg"), Entry::File(config.into_bytes(), 0o644)));
+    }
+    Ok(())
+}
+
+/// Adds `rel` (a directory of `root`) with everything under it: directories, files, symlinks.
+fn add_tree(entries: &mut Vec<(String, Entry)>, root: &Path, rel: &str) -> Result<(), String> {
+    let path = root.join(rel);
+    let meta = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        entries.push((rel.to_string(), Entry::Symlink(target.to_string_lossy().into_owned())));
+    } else if meta.is_dir() {
+        if !entries.iter().any(|(p, _)| p == rel) {
+            entries.push((rel.to_string(), Entry::Dir));
+        }
+        let mut names: Vec<String> = fs::read_dir(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            add_tree(entries, root, &format!("{rel}/{name}"))?;
+        }
+    } else {
+        let mode = if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        let data = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        entries.push((rel.to_string(), Entry::File(data, mode)));
+    }
+    Ok(())
 }
 
 /// Debian's Xen source, unpacked and built with the OP-TEE mediator; returns the hypervisor
