@@ -14,13 +14,21 @@
 //!    lines).
 //! 4. The firmware with the monitor's `xen` feature: the normal world entered at EL2, so the
 //!    core serves the guests Xen's mediator announces (`NormalWorld::Virtualized`).
-//! 5. QEMU runs with a timeout; the UART (Xen's console, dom0's output on it) is shown live and
-//!    kept in `target/xen/uart.log`. This stage passes when Xen's mediator probed the TEE, dom0's
-//!    test printed `N passed, 0 failed`, QEMU exited 0 (dom0 powered off, Xen then PSCI
-//!    SYSTEM_OFF) and the core's agreement check after power-off found 0 disagreements.
-//!
-//! Not yet: domUs started by `xl` beside dom0, one destroyed mid-test, and the report
-//! (issue 12).
+//! 5. dom0's initramfs adds Debian's Xen toolstack (xen-utils-4.17: xenstored, xenconsoled,
+//!    xl, and their libraries), Xen's device modules, and the domUs' kernel, initramfs
+//!    (`linux/xen-domu-init`) and `xl` configurations (`tee = "optee"`). dom0's init
+//!    (`linux/xen-dom0-init`) starts the toolstack, creates two domUs that run the libteec test
+//!    while dom0 runs it, destroys the second with `xl destroy` in the middle of its test loop,
+//!    waits for the first to power off, shows each domU's console (xenconsoled's logs, each
+//!    line prefixed with the domain's name) and powers off.
+//! 6. QEMU runs with a timeout; the UART (Xen's console, dom0's output on it) is shown live and
+//!    kept in `target/xen/uart.log`; `target/xen/report.json` records each domain's results,
+//!    the VM_CREATED and VM_DESTROYED calls the core acknowledged and what each guest still
+//!    held in the core at its final check. The run passes when Xen's mediator probed the TEE,
+//!    three domains ran the test, every surviving one with 0 failed, the destroyed one holds
+//!    nothing in the core, QEMU exited 0 (dom0 powered off, Xen then PSCI SYSTEM_OFF) and the
+//!    core's agreement check after power-off found 0 disagreements. Its last line is
+//!    `xen: N passed, M failed` (test cases over all domains).
 
 use std::fs;
 use std::io::Write as _;
@@ -137,7 +145,8 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         &initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-domu-init"))?,
         &out.join("domu.cpio"),
     )?;
-    let mut entries = initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-dom0-init"))?;
+    let mut entries =
+        initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-dom0-init"))?;
     dom0_additions(&mut entries, &toolstack, &kernel, &domu_cpio)?;
     let (initramfs, initramfs_len) = write_cpio(&entries, &out.join("dom0.cpio"))?;
     let initrd_addr = (DOM0_KERNEL_ADDR + kernel.image_len).next_multiple_of(2 << 20);
@@ -208,7 +217,11 @@ fn dom0_additions(
     domu_cpio: &Path,
 ) -> Result<(), String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    for dir in ["usr/lib/xen-4.17", "usr/lib/aarch64-linux-gnu", "lib/aarch64-linux-gnu"] {
+    for dir in [
+        "usr/lib/xen-4.17",
+        "usr/lib/aarch64-linux-gnu",
+        "lib/aarch64-linux-gnu",
+    ] {
         add_tree(entries, toolstack, dir)?;
     }
     entries.push(("lib/modules/xen".into(), Entry::Dir));
@@ -228,8 +241,14 @@ fn dom0_additions(
     for dir in ["boot", "etc", "etc/xen", "var"] {
         entries.push((dir.into(), Entry::Dir));
     }
-    entries.push(("boot/vmlinuz".into(), Entry::File(read(&kernel.image)?, 0o644)));
-    entries.push(("boot/domu.cpio".into(), Entry::File(read(domu_cpio)?, 0o644)));
+    entries.push((
+        "boot/vmlinuz".into(),
+        Entry::File(read(&kernel.image)?, 0o644),
+    ));
+    entries.push((
+        "boot/domu.cpio".into(),
+        Entry::File(read(domu_cpio)?, 0o644),
+    ));
     entries.push(("etc/xen/xl.conf".into(), Entry::File(Vec::new(), 0o644)));
     for (name, extra) in DOMUS {
         let config = format!(
@@ -237,7 +256,10 @@ fn dom0_additions(
              extra = \"console=hvc0 panic=-1 oops=panic nokaslr{extra}\"\nmemory = 160\n\
              vcpus = 1\ntee = \"optee\"\n"
         );
-        entries.push((format!("etc/xen/{name}.cfg"), Entry::File(config.into_bytes(), 0o644)));
+        entries.push((
+            format!("etc/xen/{name}.cfg"),
+            Entry::File(config.into_bytes(), 0o644),
+        ));
     }
     Ok(())
 }
@@ -248,7 +270,10 @@ fn add_tree(entries: &mut Vec<(String, Entry)>, root: &Path, rel: &str) -> Resul
     let meta = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.file_type().is_symlink() {
         let target = fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        entries.push((rel.to_string(), Entry::Symlink(target.to_string_lossy().into_owned())));
+        entries.push((
+            rel.to_string(),
+            Entry::Symlink(target.to_string_lossy().into_owned()),
+        ));
     } else if meta.is_dir() {
         if !entries.iter().any(|(p, _)| p == rel) {
             entries.push((rel.to_string(), Entry::Dir));
@@ -452,7 +477,213 @@ fn chosen(modules: &Modules) -> String {
     )
 }
 
-/// Boots Xen and dom0, shows the UART live, and judges the run.
+/// One domain's test, as its console showed it.
+#[derive(Debug, Default, Clone)]
+struct Domain {
+    name: String,
+    domid: Option<u32>,
+    /// `ok` and `FAIL` lines of its test (over every round).
+    passed: u32,
+    failed: u32,
+    /// Its last `N passed, M failed` line.
+    summary: Option<(u32, u32)>,
+    destroyed: bool,
+}
+
+/// A guest the core still knew at the final check.
+#[derive(Debug, Clone)]
+struct CoreGuest {
+    client_id: u64,
+    objects: u64,
+    mapped_pages: u64,
+    registered_pages: u64,
+}
+
+/// What the UART told about the whole system.
+#[derive(Debug, Default)]
+struct XenRun {
+    mediator_probed: bool,
+    domains: Vec<Domain>,
+    vm_created: u32,
+    vm_destroyed: u32,
+    guests: Vec<CoreGuest>,
+}
+
+impl XenRun {
+    fn domain(&mut self, name: &str) -> &mut Domain {
+        if let Some(i) = self.domains.iter().position(|d| d.name == name) {
+            return &mut self.domains[i];
+        }
+        self.domains.push(Domain {
+            name: name.to_string(),
+            ..Domain::default()
+        });
+        let last = self.domains.len() - 1;
+        &mut self.domains[last]
+    }
+
+    fn note(&mut self, line: &str) {
+        let line = line.trim_end();
+        if line.contains("(XEN) Using TEE mediator for OP-TEE") {
+            self.mediator_probed = true;
+        }
+        if let Some(rest) = line.strip_prefix("dom0-init: domain ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            match words.as_slice() {
+                [name, "created,", "domid", id] => self.domain(name).domid = id.parse().ok(),
+                [name, "destroyed"] => self.domain(name).destroyed = true,
+                _ => {}
+            }
+        }
+        if let Some(client) = line.strip_prefix("tee: VM_CREATED client ") {
+            if client.trim().parse::<u64>().is_ok() {
+                self.vm_created += 1;
+            }
+        }
+        if let Some(client) = line.strip_prefix("tee: VM_DESTROYED client ") {
+            if client.trim().parse::<u64>().is_ok() {
+                self.vm_destroyed += 1;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("tee: guest client ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let field = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|v| v.parse().ok())
+            };
+            if let (Some(client_id), Some(objects), Some(mapped_pages), Some(registered_pages)) = (
+                words.first().and_then(|v| v.parse().ok()),
+                field("objects"),
+                field("mapped_pages"),
+                field("registered_pages"),
+            ) {
+                self.guests.push(CoreGuest {
+                    client_id,
+                    objects,
+                    mapped_pages,
+                    registered_pages,
+                });
+            }
+        }
+        // A domain's console: dom0's test writes to the UART itself, each domU's is shown by
+        // dom0 after the fact, every line prefixed with the domain's name.
+        let (name, text) = match line.split_once("| ") {
+            Some((name, text)) if name.starts_with("domu") => (name, text),
+            _ if line.starts_with("ok ") || line.starts_with("FAIL ") || is_summary(line) => {
+                ("dom0", line)
+            }
+            _ => return,
+        };
+        let domain = self.domain(name);
+        if name == "dom0" {
+            domain.domid = Some(0);
+        }
+        if text.starts_with("ok ") {
+            domain.passed += 1;
+        } else if text.starts_with("FAIL ") {
+            domain.failed += 1;
+        } else if is_summary(text) {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            if let [p, _, f, _] = words.as_slice() {
+                domain.summary = p.parse().ok().zip(f.parse().ok());
+            }
+        }
+    }
+
+    /// The core's record of a domain (client id = domid + 1, as Xen's mediator numbers them).
+    fn core_guest(&self, domid: Option<u32>) -> Option<&CoreGuest> {
+        let client = u64::from(domid?) + 1;
+        self.guests.iter().find(|g| g.client_id == client)
+    }
+
+    /// `target/xen/report.json`.
+    fn json(&self, disagreements: Option<u64>) -> String {
+        let domains: Vec<String> = self
+            .domains
+            .iter()
+            .map(|d| {
+                format!(
+                    "{{\"name\": \"{}\", \"domid\": {}, \"passed\": {}, \"failed\": {}, \"destroyed\": {}}}",
+                    d.name,
+                    d.domid.map_or("null".into(), |i| i.to_string()),
+                    d.passed,
+                    d.failed,
+                    d.destroyed
+                )
+            })
+            .collect();
+        let mut guests: Vec<String> = self
+            .guests
+            .iter()
+            .map(|g| {
+                format!(
+                    "{{\"client_id\": {}, \"objects\": {}, \"mapped_pages\": {}, \"registered_pages\": {}, \"in_core\": true}}",
+                    g.client_id, g.objects, g.mapped_pages, g.registered_pages
+                )
+            })
+            .collect();
+        // A destroyed domain the core no longer knows holds nothing there: listed with its
+        // zeros and `in_core: false` (the core removed its guest).
+        for d in self.domains.iter().filter(|d| d.destroyed) {
+            if let (Some(domid), None) = (d.domid, self.core_guest(d.domid)) {
+                guests.push(format!(
+                    "{{\"client_id\": {}, \"objects\": 0, \"mapped_pages\": 0, \"registered_pages\": 0, \"in_core\": false}}",
+                    u64::from(domid) + 1
+                ));
+            }
+        }
+        format!(
+            "{{\"mediator_probed\": {}, \"domains\": [{}], \"vm_created\": {}, \"vm_destroyed\": {}, \"core\": {{\"disagreements\": {}, \"guests\": [{}]}}}}\n",
+            self.mediator_probed,
+            domains.join(", "),
+            self.vm_created,
+            self.vm_destroyed,
+            disagreements.map_or("null".into(), |d| d.to_string()),
+            guests.join(", ")
+        )
+    }
+
+    /// Why the run fails, if it does (besides QEMU's status and the agreement check).
+    fn verdict(&self) -> Result<(), String> {
+        if !self.mediator_probed {
+            return Err("Xen's OP-TEE mediator did not probe the TEE".into());
+        }
+        let tested = self.domains.iter().filter(|d| d.passed > 0).count();
+        if tested < 3 {
+            return Err(format!("{tested} domains ran the test, 3 wanted"));
+        }
+        for d in &self.domains {
+            if d.destroyed {
+                // Destroyed: the core holds nothing of it (its guest is gone, or empty).
+                if let Some(g) = self.core_guest(d.domid) {
+                    if g.objects + g.mapped_pages + g.registered_pages != 0 {
+                        return Err(format!("the destroyed {} still holds {g:?}", d.name));
+                    }
+                }
+                if d.domid.is_none() {
+                    return Err(format!("the destroyed {} has no domid", d.name));
+                }
+            } else if d.failed != 0 || d.summary.is_none_or(|(p, f)| f != 0 || p == 0) {
+                return Err(format!(
+                    "{}: {} passed, {} failed, summary {:?}",
+                    d.name, d.passed, d.failed, d.summary
+                ));
+            }
+        }
+        if !self.domains.iter().any(|d| d.destroyed) {
+            return Err("no domain was destroyed".into());
+        }
+        if self.vm_destroyed == 0 {
+            return Err("the core was told of no destroyed domain".into());
+        }
+        Ok(())
+    }
+}
+
+/// Boots Xen and its domains, shows the UART live, writes the report and judges the run.
 fn boot(
     firmware: &Path,
     loads: &[(&Path, u64)],
@@ -486,22 +717,45 @@ fn boot(
     let mut log = fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let mut seen = Milestones::default();
-    let mut mediator = None;
+    let mut system = XenRun::default();
     let run = crate::qemu::run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
         println!("[{t:7.3}] {line}");
         let _ = writeln!(log, "[{t:7.3}] {line}");
-        if mediator.is_none() && line.contains("OP-TEE") && line.contains("(XEN)") {
-            mediator = Some(line.trim().to_string());
-        }
+        system.note(line);
         super::note_milestone(&mut seen, t, line);
     })?;
     let _ = log.flush();
+    let disagreements = seen
+        .agreement
+        .as_deref()
+        .and_then(|a| a.strip_suffix(" disagreements"))
+        .and_then(|n| n.parse::<u64>().ok());
+    let report = out.join("report.json");
+    fs::write(&report, system.json(disagreements))
+        .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
+    let (passed, failed): (u32, u32) = system
+        .domains
+        .iter()
+        .fold((0, 0), |(p, f), d| (p + d.passed, f + d.failed));
+    let verdict = system.verdict();
+    // A surviving domain without its summary counts as a failure.
+    let missing = system
+        .domains
+        .iter()
+        .filter(|d| !d.destroyed && d.summary.is_none())
+        .count() as u32;
+    let verdict_line = format!("xen: {passed} passed, {} failed", failed + missing);
     let failure = |why: String| {
         let mut text = format!("{why}\nlast UART lines:\n");
         for line in &run.last {
             text.push_str(&format!("  | {line}\n"));
         }
-        text.push_str(&format!("(whole log: {})", log_path.display()));
+        text.push_str(&format!(
+            "(whole log: {}, report: {})",
+            log_path.display(),
+            report.display()
+        ));
+        println!("{verdict_line}");
         Err(text)
     };
     if run.timed_out {
@@ -514,25 +768,35 @@ fn boot(
         return failure(format!("xen: FAILED: the secure world died: `{report}`"));
     }
     let code = run.status.and_then(|s| s.code());
-    let summary = seen.summary.as_ref().map(|(_, s)| s.clone());
-    let passed = summary
-        .as_deref()
-        .is_some_and(|s| is_summary(s) && s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
-    match (code, mediator, passed, seen.agreement.as_deref()) {
-        (Some(0), Some(mediator), true, Some("0 disagreements")) => {
+    match (code, disagreements, verdict) {
+        (Some(0), Some(0), Ok(())) => {
             eprintln!(
-                "xtask: xen: Xen's mediator: `{mediator}`; dom0: {}; QEMU exited 0; the core's agreement check after power-off: 0 disagreements",
-                summary.unwrap_or_default()
+                "xtask: xen: {} domains tested ({}), {} VM_CREATED and {} VM_DESTROYED seen by the core; QEMU exited 0; the core's agreement check after power-off: 0 disagreements; report {}",
+                system.domains.len(),
+                system
+                    .domains
+                    .iter()
+                    .map(|d| format!(
+                        "{} {}/{}{}",
+                        d.name,
+                        d.passed,
+                        d.failed,
+                        if d.destroyed { " destroyed" } else { "" }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                system.vm_created,
+                system.vm_destroyed,
+                report.display()
             );
-            println!("xen: OK");
+            println!("{verdict_line}");
             Ok(())
         }
-        (code, mediator, _, agreement) => failure(format!(
-            "xen: FAILED: QEMU exit status {}, mediator {}, dom0's test summary {}, agreement check {}",
+        (code, disagreements, verdict) => failure(format!(
+            "xen: FAILED: QEMU exit status {}, agreement check {}, {}",
             code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
-            mediator.map_or("not seen".to_string(), |m| format!("`{m}`")),
-            summary.map_or("missing".to_string(), |s| format!("`{s}`")),
-            agreement.unwrap_or("missing"),
+            disagreements.map_or("missing".to_string(), |d| format!("{d} disagreements")),
+            verdict.err().unwrap_or_else(|| "the domains passed".into()),
         )),
     }
 }
