@@ -667,16 +667,26 @@ static void rpc_case(uint32_t len)
 	TEEC_Result res;
 	uint32_t origin = 0;
 
-	snprintf(name, sizeof(name), "RPC SHM_ALLOC of %u bytes (kernel buffer)", len);
+	snprintf(name, sizeof(name), under_xen ? "RPC SHM_ALLOC of %u bytes (kernel buffer) refused under Xen"
+						: "RPC SHM_ALLOC of %u bytes (kernel buffer)",
+		 len);
 	begin(name);
 	memset(&op, 0, sizeof(op));
 	op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_VALUE_OUTPUT, TEEC_NONE, TEEC_NONE);
 	op.params[0].value.a = len;
 	op.params[0].value.b = SHM_TYPE_KERNEL;
 	res = TEEC_InvokeCommand(&sess, CMD_RPC_BUFFER, &op, &origin);
-	if (check_res(res, origin, "RPC_BUFFER"))
+	if (under_xen) {
+		/* Linux answers a kernel buffer contiguous; Xen's mediator passes that on
+		 * untranslated (a guest address where a physical one belongs), so teeshm refuses
+		 * it under a hypervisor (docs/xen.md). */
+		check(res == TEEC_ERROR_BAD_PARAMETERS && origin == TEEC_ORIGIN_TRUSTED_APP,
+		      "RPC_BUFFER under Xen: result 0x%08x origin %u", res, origin);
+		small_fill_works("after the refused RPC buffer");
+	} else if (check_res(res, origin, "RPC_BUFFER")) {
 		check(op.params[1].value.a == len, "RPC_BUFFER checked %u bytes of %u",
 		      op.params[1].value.a, len);
+	}
 	end();
 }
 
@@ -883,7 +893,10 @@ static void *worker_main(void *p)
 			op.params[0].value.a = (uint32_t)len;
 			op.params[0].value.b = SHM_TYPE_KERNEL;
 			res = TEEC_InvokeCommand(&s, CMD_RPC_BUFFER, &op, &origin);
-			if (res == TEEC_SUCCESS && op.params[1].value.a != len) {
+			/* Refused under Xen (see rpc_case): the round is the refusal. */
+			if (under_xen && res == TEEC_ERROR_BAD_PARAMETERS)
+				res = TEEC_SUCCESS;
+			else if (res == TEEC_SUCCESS && op.params[1].value.a != len) {
 				snprintf(w->why, sizeof(w->why), "round %d checked %u", r,
 					 op.params[1].value.a);
 				goto out;
@@ -1043,9 +1056,14 @@ static void raw_cases(void)
 			  SHM_TYPE_KERNEL, 0xfeedfacecafebeefull);
 		raw_value(&inv.params[1], TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0);
 		rc = raw_invoke(fd, session, CMD_RPC_BUFFER, &inv);
-		check(rc == 0 && inv.arg.ret == 0 && inv.params[1].a == 12345,
-		      "RPC_BUFFER rc %d ret 0x%08x checked %llu", rc, inv.arg.ret,
-		      (unsigned long long)inv.params[1].a);
+		if (under_xen)
+			/* Refused under Xen: see rpc_case. */
+			check(rc == 0 && inv.arg.ret == TEEC_ERROR_BAD_PARAMETERS,
+			      "RPC_BUFFER under Xen rc %d ret 0x%08x", rc, inv.arg.ret);
+		else
+			check(rc == 0 && inv.arg.ret == 0 && inv.params[1].a == 12345,
+			      "RPC_BUFFER rc %d ret 0x%08x checked %llu", rc, inv.arg.ret,
+			      (unsigned long long)inv.params[1].a);
 	}
 	end();
 

@@ -357,7 +357,11 @@ impl CoreConfig {
                     max_registered_pages: 8192,
                     max_mapped_pages: 8192,
                     max_sessions: 16,
-                    max_threads: 4,
+                    // THREADS / MAX_GUESTS: every guest's calls up to its quota always find a
+                    // thread, so no guest meets ETHREAD_LIMIT while under its quota (the number
+                    // GET_THREAD_COUNT answers, which Xen's mediator caps each guest at; Xen
+                    // 4.17 takes ETHREAD_LIMIT on a REGISTER_SHM for a registration).
+                    max_threads: (qemu_virt::THREADS / qemu_virt::MAX_GUESTS) as u64,
                     max_secure_bytes: 1 << 20,
                 },
                 8192,

@@ -204,8 +204,9 @@ impl<P: Platform> Tee<P> {
 
     /// A contiguous buffer the normal world named by physical address (an RPC SHM_ALLOC
     /// answer without NONCONTIG), for the running call only: the static pool if it lies there,
-    /// else a new object over its pages (all normal-world memory), retired at once so it is
-    /// released with the returned use.
+    /// else (one normal world only) a new object over its pages (all normal-world memory),
+    /// retired at once so it is released with the returned use. Under a hypervisor only the
+    /// static pool is taken.
     pub(crate) fn contiguous_mobj(
         &self,
         guest: &GuestPartition,
@@ -216,6 +217,15 @@ impl<P: Platform> Tee<P> {
     ) -> Result<MemrefBuf, TeeError> {
         if let Some(buf) = self.pool_ref(pa, size) {
             return Ok(buf);
+        }
+        if self.virtualized() {
+            // Under a hypervisor a guest's contiguous address cannot be attributed to it: only
+            // a page list is translated and pinned by every mediator, and Xen 4.17's passes a
+            // contiguous SHM_ALLOC answer on untranslated (a guest IPA where a physical address
+            // belongs: writing there reached another domain's memory, docs/xen.md).
+            return Err(TeeError::BadParameters(
+                "a contiguous buffer from a guest under a hypervisor",
+            ));
         }
         let offset = pa & (PAGE_SIZE - 1);
         let pages = page_list::num_pages(offset, size).map_err(|_| TeeError::OutOfMemory)?;

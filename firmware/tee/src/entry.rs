@@ -17,7 +17,10 @@ use crate::{WINDOW_BASE, WINDOW_SIZE};
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
-use teeshm_abi::smc::{OPTEE_SMC_RETURN_UNKNOWN_FUNCTION, SmcRegs};
+use teeshm_abi::smc::{
+    OPTEE_SMC_RETURN_ETHREAD_LIMIT, OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
+    OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED, SmcRegs,
+};
 use teeshm_core::{CoreConfig, NormalWorld, Tee};
 use teeshm_fw_common::{fid, println, time};
 use teeshm_mm::{
@@ -32,6 +35,8 @@ pub const FAULT_TEST_VA: u64 = WINDOW_BASE + 0x20_0000 - PAGE_SIZE;
 
 static TEE: spin::Once<Tee<FwPlatform>> = spin::Once::new();
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Calls answered `OPTEE_SMC_RETURN_ETHREAD_LIMIT` (every thread busy).
+static THREAD_LIMITS: AtomicU64 = AtomicU64::new(0);
 
 core::arch::global_asm!(
     r#"
@@ -247,7 +252,26 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
         fid::SIP_TEESHM_CHECK => check(tee),
         #[cfg(feature = "fault-test")]
         fid::SIP_TEESHM_FAULT_TEST => fault_test(tee),
-        _ => tee.handle_smc(SmcRegs { a: *regs }).a,
+        _ => {
+            let client = regs[1];
+            let out = tee.handle_smc(SmcRegs { a: *regs }).a;
+            // A guest's life, as the hypervisor announces it: logged, so a run can tell what
+            // the core was told (`cargo xtask xen`'s report).
+            if (func == OPTEE_SMC_VM_CREATED || func == OPTEE_SMC_VM_DESTROYED)
+                && out[0] == u64::from(OPTEE_SMC_RETURN_OK)
+            {
+                let what = if func == OPTEE_SMC_VM_CREATED {
+                    "VM_CREATED"
+                } else {
+                    "VM_DESTROYED"
+                };
+                println!("tee: {what} client {client}");
+            }
+            if out[0] == u64::from(OPTEE_SMC_RETURN_ETHREAD_LIMIT) {
+                THREAD_LIMITS.fetch_add(1, Ordering::Relaxed);
+            }
+            out
+        }
     };
 }
 
@@ -261,12 +285,22 @@ fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
         let window = tee.window();
         (window.shm().mapped_pages(), window.shm().table_stats().live)
     };
+    // What each guest still holds (after a run, what its normal world left behind).
+    for g in tee.snapshots() {
+        println!(
+            "tee: guest client {} objects {} mapped_pages {} registered_pages {} sessions {} \
+             threads {}",
+            g.id.0, g.objects, g.mapped_pages, g.registered_pages, g.sessions, g.threads
+        );
+    }
     let (by_va, all, at) = crate::platform::counters();
     println!(
         "tee: check: {} disagreements, {mapped} window pages mapped, {live} table pages, {} \
-         calls, TLBI VAE1IS x{by_va}, TLBI VMALLE1IS x{all}, AT x{at}, heap in use {} KiB",
+         calls ({} answered ETHREAD_LIMIT), TLBI VAE1IS x{by_va}, TLBI VMALLE1IS x{all}, AT \
+         x{at}, heap in use {} KiB",
         found.len(),
         CALLS.load(Ordering::Relaxed),
+        THREAD_LIMITS.load(Ordering::Relaxed),
         crate::heap::allocated() / 1024
     );
     [

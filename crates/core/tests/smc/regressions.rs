@@ -897,6 +897,44 @@ fn regression_xen_contiguous_rpc_answer_checked() {
     w.check();
 }
 
+/// Found under Xen 4.17 (`cargo xtask xen`): its mediator passes a contiguous SHM_ALLOC answer
+/// on untranslated (it only warns), so the address is the guest's IPA, not a physical address;
+/// a core that wrote its pattern there wrote into another domain's memory (a domU's kernel text
+/// in that run). Under a hypervisor a contiguous answer is refused before anything is mapped or
+/// written, the buffer is still freed by SHM_FREE, and the call answers an error.
+#[test]
+fn regression_xen_contiguous_rpc_answer_refused_under_a_hypervisor() {
+    let w = World::virtualized();
+    assert_eq!(w.create_guest(1), 0);
+    let g = GuestId(1);
+    w.contiguous_rpc
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let s = w.open_session(g);
+    let r = w.invoke(
+        g,
+        s,
+        cmd::RPC_BUFFER,
+        &[
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 3 * PAGE + 5, 1, 2),
+            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    assert!(
+        r.rpcs.contains(&OPTEE_SMC_RETURN_RPC_CMD),
+        "the answer's buffer is given back"
+    );
+    assert_eq!(w.rpc_buffers_held(), 0, "SHM_FREE came for it");
+    // Nothing of the contiguous run was mapped.
+    assert!(
+        w.tee
+            .window()
+            .object_mappings()
+            .all(|m| m.kind != teeshm_core::MobjKind::RpcBuffer)
+    );
+    w.check();
+}
+
 /// Xen: IPA 0 is ambiguous with NULL. A tmem with buf_ptr 0 is a NULL memref (MEMREF_NULL), a
 /// CALL_WITH_ARG at PA 0 is a bad address.
 #[test]
