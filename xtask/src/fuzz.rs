@@ -5,6 +5,8 @@
 //! - `--long`: each target for 30 minutes.
 //! - `--time N`: each target for N seconds.
 //! - `--runs N`: each target stops after N executions (or its time, whichever comes first).
+//! - `--jobs N`: N libFuzzer processes of each target at once on its one corpus, each with
+//!   the limits above (so `--runs` counts per process); their executions are summed.
 //!
 //! Installs cargo-fuzz with the nightly toolchain when `cargo +nightly fuzz` is missing (a clean
 //! machine has only the toolchains). Builds with debug assertions, so arithmetic overflow panics
@@ -36,6 +38,7 @@ const LIBFUZZER_ARGS: &[&str] = &[
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut seconds: u64 = 60;
     let mut runs: Option<u64> = None;
+    let mut jobs: usize = 1;
     let mut targets: Vec<String> = Vec::new();
     let mut iter = args.iter();
     while let Some(a) = iter.next() {
@@ -54,6 +57,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
                         .and_then(|s| s.parse().ok())
                         .ok_or("--runs needs a number")?,
                 );
+            }
+            "--jobs" => {
+                jobs = iter
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&j| j > 0)
+                    .ok_or("--jobs needs a number of processes")?;
             }
             t if TARGETS.contains(&t) => targets.push(t.to_string()),
             other => {
@@ -101,54 +111,114 @@ pub fn main(args: &[String]) -> Result<(), String> {
             command.arg(format!("-dict={}", dict.display()));
         }
         let shown = format!("{command:?}");
-        eprintln!("xtask: running {shown}");
-        let started = std::time::Instant::now();
-        // libFuzzer's log is read as it comes: its `pulse` lines (at every power of two
-        // executions) are shown so that a long run can be followed, and the whole log is kept for
-        // the final statistics and, on failure, its tail.
-        let mut child = command
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {shown}: {e}"))?;
-        let mut log = String::new();
-        if let Some(stderr) = child.stderr.take() {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let line = line.map_err(|e| format!("cannot read the log of {target}: {e}"))?;
-                if line.contains("pulse") {
-                    eprintln!(
-                        "xtask fuzz: {target} ({:.0} s): {line}",
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-                log.push_str(&line);
-                log.push('\n');
+        eprintln!(
+            "xtask: running {shown}{}",
+            if jobs > 1 {
+                format!(" in {jobs} processes at once (one corpus)")
+            } else {
+                String::new()
             }
-        }
-        let status = child
-            .wait()
-            .map_err(|e| format!("cannot wait for {shown}: {e}"))?;
-        let execs = log.lines().rev().find_map(|l| {
-            l.strip_prefix("stat::number_of_executed_units:")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        });
-        if !status.success() {
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("{}", tail.join("\n"));
-            return Err(format!(
-                "fuzz target {target} failed ({}) after {:.0} s: see fuzz/artifacts/{target}",
-                status,
-                started.elapsed().as_secs_f64()
-            ));
+        );
+        let started = std::time::Instant::now();
+        // Each process's log is read as it comes: libFuzzer's `pulse` lines (at every power of
+        // two executions) are shown so that a long run can be followed, and the whole log is
+        // kept for the final statistics and, on failure, its tail.
+        let results: Vec<Result<(std::process::ExitStatus, String), String>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..jobs)
+                    .map(|job| {
+                        let mut command = clone_command(&command);
+                        let shown = &shown;
+                        scope.spawn(move || run_logged(&mut command, shown, target, job, started))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a log reader panicked".into()))
+                    })
+                    .collect()
+            });
+        let mut total = 0u64;
+        for result in results {
+            let (status, log) = result?;
+            let execs = log.lines().rev().find_map(|l| {
+                l.strip_prefix("stat::number_of_executed_units:")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            });
+            if !status.success() {
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!("{}", tail.join("\n"));
+                return Err(format!(
+                    "fuzz target {target} failed ({}) after {:.0} s: see fuzz/artifacts/{target}",
+                    status,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            total += execs.ok_or(format!("no execution count in the log of {target}"))?;
         }
         eprintln!(
-            "xtask fuzz: {target}: {} executions in {:.0} s, 0 crashes",
-            execs.map_or("?".to_string(), |n| n.to_string()),
-            started.elapsed().as_secs_f64()
+            "xtask fuzz: {target}: {total} executions in {:.0} s{}, 0 crashes",
+            started.elapsed().as_secs_f64(),
+            if jobs > 1 {
+                format!(" ({jobs} processes)")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())
+}
+
+/// A copy of `command` (program, arguments, directory and environment changes).
+fn clone_command(command: &Command) -> Command {
+    let mut copy = Command::new(command.get_program());
+    copy.args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        copy.current_dir(dir);
+    }
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(v) => copy.env(key, v),
+            None => copy.env_remove(key),
+        };
+    }
+    copy
+}
+
+/// Runs one libFuzzer process, showing its `pulse` lines; returns its status and its log.
+fn run_logged(
+    command: &mut Command,
+    shown: &str,
+    target: &str,
+    job: usize,
+    started: std::time::Instant,
+) -> Result<(std::process::ExitStatus, String), String> {
+    use std::io::BufRead;
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let mut log = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.map_err(|e| format!("cannot read the log of {target}: {e}"))?;
+            if line.contains("pulse") {
+                eprintln!(
+                    "xtask fuzz: {target}[{job}] ({:.0} s): {line}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for {shown}: {e}"))?;
+    Ok((status, log))
 }
 
 fn nightly() -> Command {

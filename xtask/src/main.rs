@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | xen [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
+                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [--runs N] [--jobs N] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | xen [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
             );
             return ExitCode::from(2);
         }
