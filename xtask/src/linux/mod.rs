@@ -336,9 +336,26 @@ fn cpio_newc(entries: &[(String, Entry)]) -> Vec<u8> {
 
 /// QEMU's device tree for this machine and firmware, with what Linux needs added.
 fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, String> {
-    let dumped = out.join("qemu-virt.dtb");
+    device_tree(
+        MACHINE,
+        firmware,
+        &dts_additions(initrd_len),
+        &out.join("teeshm-virt"),
+    )
+}
+
+/// QEMU's own device tree for `machine` and `firmware` (`-machine dumpdtb=`), with `additions`
+/// (a second root block, which dtc merges into the first), compiled by dtc to `<stem>.dtb`
+/// (the source kept beside it as `<stem>.dts`).
+fn device_tree(
+    machine: &[&str],
+    firmware: &Path,
+    additions: &str,
+    stem: &Path,
+) -> Result<PathBuf, String> {
+    let dumped = stem.with_extension("qemu.dtb");
     let mut dump = Command::new("qemu-system-aarch64");
-    dump.args(MACHINE)
+    dump.args(machine)
         .args(["-display", "none"])
         .arg("-bios")
         .arg(firmware)
@@ -358,15 +375,43 @@ fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, St
         ));
     }
     let mut dts = String::from_utf8_lossy(&base.stdout).into_owned();
-    dts.push_str(&dts_additions(initrd_len));
-    let source = out.join("teeshm-virt.dts");
+    dts.push_str(additions);
+    let source = stem.with_extension("dts");
     fs::write(&source, &dts).map_err(|e| format!("cannot write {}: {e}", source.display()))?;
-    let dtb = out.join("teeshm-virt.dtb");
+    let dtb = stem.with_extension("dtb");
     run(Command::new("dtc")
         .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
         .arg(&dtb)
         .arg(&source))?;
     Ok(dtb)
+}
+
+/// The QEMU command that boots `firmware` on `machine` with `loads` (file, address) put in
+/// RAM by `-device loader`, the UART on stdout, semihosting on, no reboot.
+fn qemu_command(machine: &[&str], firmware: &Path, loads: &[(&Path, u64)]) -> Command {
+    let mut command = Command::new("qemu-system-aarch64");
+    command.args(machine).args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-semihosting",
+        "-no-reboot",
+    ]);
+    command.arg("-bios").arg(firmware);
+    for (file, addr) in loads {
+        command.args([
+            "-device",
+            &format!("loader,file={},addr={addr:#x},force-raw=on", file.display()),
+        ]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// The nodes added to QEMU's tree (a second root block, which dtc merges into the first).
@@ -457,30 +502,15 @@ fn boot(
     out: &Path,
     timeout: Duration,
 ) -> Result<(), String> {
-    let loader = |file: &Path, addr: u64| {
-        format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
-    };
-    let mut command = Command::new("qemu-system-aarch64");
-    command
-        .args(MACHINE)
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-semihosting",
-            "-no-reboot",
-        ])
-        .arg("-bios")
-        .arg(firmware)
-        .args(["-device", &loader(image, KERNEL_ADDR)])
-        .args(["-device", &loader(dtb, DTB_ADDR)])
-        .args(["-device", &loader(initramfs, INITRD_ADDR)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = qemu_command(
+        MACHINE,
+        firmware,
+        &[
+            (image, KERNEL_ADDR),
+            (dtb, DTB_ADDR),
+            (initramfs, INITRD_ADDR),
+        ],
+    );
     eprintln!("xtask: running {command:?}");
     let log_path = out.join("uart.log");
     let mut log = fs::File::create(&log_path)

@@ -33,7 +33,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::debian::{Kernel, deb_files, debian_packages, ensure_arm64_architecture, unpack};
@@ -406,33 +406,8 @@ struct Modules {
 
 /// QEMU's device tree for this machine and firmware, with what Xen and dom0 need added.
 fn build_dtb(firmware: &Path, modules: &Modules, out: &Path) -> Result<PathBuf, String> {
-    let dumped = out.join("qemu-virt.dtb");
-    run(Command::new("qemu-system-aarch64")
-        .args(MACHINE)
-        .args(["-display", "none"])
-        .arg("-bios")
-        .arg(firmware)
-        .arg("-machine")
-        .arg(format!("dumpdtb={}", dumped.display())))?;
-    let base = Command::new("dtc")
-        .args(["-q", "-I", "dtb", "-O", "dts"])
-        .arg(&dumped)
-        .output()
-        .map_err(|e| format!("cannot run dtc: {e}"))?;
-    if !base.status.success() {
-        return Err(format!("dtc could not read {}", dumped.display()));
-    }
-    let mut dts = String::from_utf8_lossy(&base.stdout).into_owned();
-    dts.push_str(&super::firmware_nodes());
-    dts.push_str(&chosen(modules));
-    let source = out.join("teeshm-xen.dts");
-    fs::write(&source, &dts).map_err(|e| format!("cannot write {}: {e}", source.display()))?;
-    let dtb = out.join("teeshm-xen.dtb");
-    run(Command::new("dtc")
-        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
-        .arg(&dtb)
-        .arg(&source))?;
-    Ok(dtb)
+    let additions = super::firmware_nodes() + &chosen(modules);
+    super::device_tree(MACHINE, firmware, &additions, &out.join("teeshm-xen"))
 }
 
 /// `/chosen` for Xen: its command line and its boot modules (dom0's kernel with dom0's command
@@ -690,28 +665,7 @@ fn boot(
     out: &Path,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut command = Command::new("qemu-system-aarch64");
-    command.args(MACHINE).args([
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-semihosting",
-        "-no-reboot",
-    ]);
-    command.arg("-bios").arg(firmware);
-    for (file, addr) in loads {
-        command.args([
-            "-device",
-            &format!("loader,file={},addr={addr:#x},force-raw=on", file.display()),
-        ]);
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = super::qemu_command(MACHINE, firmware, loads);
     eprintln!("xtask: running {command:?}");
     let log_path = out.join("uart.log");
     let mut log = fs::File::create(&log_path)
