@@ -761,14 +761,7 @@ static void refusal_cases(void)
 	end();
 
 	begin("the session still works after the refusals");
-	memset(&op, 0, sizeof(op));
-	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE,
-					 TEEC_NONE);
-	op.params[0].tmpref.buffer = buf;
-	op.params[0].tmpref.size = sizeof(buf);
-	res = fill_op(&op, 77, &origin);
-	if (check_res(res, origin, "FILL"))
-		check_pattern(buf, sizeof(buf), 77, 0, "FILL after refusals");
+	small_fill_works("after the refusals");
 	end();
 }
 
