@@ -19,8 +19,8 @@
 //!    (`linux/xen-domu-init`) and `xl` configurations (`tee = "optee"`). dom0's init
 //!    (`linux/xen-dom0-init`) starts the toolstack, creates two domUs that run the libteec test
 //!    while dom0 runs it, destroys the second with `xl destroy` in the middle of its test loop,
-//!    waits for the first to power off, shows each domU's console (xenconsoled's logs, each
-//!    line prefixed with the domain's name) and powers off.
+//!    waits for the first to power off and powers off; each domU's console (xenconsoled's
+//!    log) is followed live on dom0's, each line prefixed with the domain's name.
 //! 6. QEMU runs with a timeout; the UART (Xen's console, dom0's output on it) is shown live and
 //!    kept in `target/xen/uart.log`; `target/xen/report.json` records each domain's results,
 //!    the VM_CREATED and VM_DESTROYED calls the core acknowledged and what each guest still
@@ -543,8 +543,8 @@ impl XenRun {
                 });
             }
         }
-        // A domain's console: dom0's test writes to the UART itself, each domU's is shown by
-        // dom0 after the fact, every line prefixed with the domain's name.
+        // A domain's console: dom0's test writes to the UART itself, each domU's is followed
+        // live by dom0, every line prefixed with the domain's name.
         let (name, text) = match line.split_once("| ") {
             Some((name, text)) if name.starts_with("domu") => (name, text),
             _ if line.starts_with("ok ") || line.starts_with("FAIL ") || is_summary(line) => {
