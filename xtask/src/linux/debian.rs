@@ -45,23 +45,7 @@ pub(super) fn debian_packages(
     let mut text = String::new();
     for name in &names {
         // Another manifest may hold this package already (the kernels share the rest).
-        if let Some(file) = deb_files(&debs, name).into_iter().next() {
-            let file_name = file
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let _ = writeln!(text, "{name} {file_name}");
-            listed.push((name.clone(), file));
-            continue;
-        }
-        run(Command::new("apt-get")
-            .current_dir(&debs)
-            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
-            .arg(format!("{name}:arm64")))?;
-        let file = deb_files(&debs, name)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("apt-get download {name}:arm64 left no .deb"))?;
+        let file = arm64_deb(&debs, name)?;
         let file_name = file
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -73,8 +57,23 @@ pub(super) fn debian_packages(
     Ok(listed)
 }
 
+/// The arm64 `.deb` of package `name` in `debs`, downloaded there by apt when missing.
+pub(super) fn arm64_deb(debs: &Path, name: &str) -> Result<PathBuf, String> {
+    if let Some(file) = deb_files(debs, name).into_iter().next() {
+        return Ok(file);
+    }
+    run(Command::new("apt-get")
+        .current_dir(debs)
+        .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+        .arg(format!("{name}:arm64")))?;
+    deb_files(debs, name)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("apt-get download {name}:arm64 left no .deb"))
+}
+
 /// The `.deb` files of package `name` in `dir` (`NAME_VERSION_arm64.deb`).
-pub(super) fn deb_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+fn deb_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     let prefix = format!("{name}_");
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::debian::{Kernel, deb_files, debian_packages, ensure_arm64_architecture, unpack};
+use super::debian::{Kernel, arm64_deb, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
     DEFAULT_KERNEL_META, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES, Milestones,
     build_test, initramfs_entries, is_summary, write_cpio,
@@ -191,16 +191,7 @@ fn toolstack(cache: &Path) -> Result<PathBuf, String> {
     ensure_arm64_architecture()?;
     let _ = fs::remove_dir_all(&root);
     for name in TOOLSTACK_PACKAGES {
-        if deb_files(&debs, name).is_empty() {
-            run(Command::new("apt-get")
-                .current_dir(&debs)
-                .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
-                .arg(format!("{name}:arm64")))?;
-        }
-        let deb = deb_files(&debs, name)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("apt-get download {name}:arm64 left no .deb"))?;
+        let deb = arm64_deb(&debs, name)?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     }
     fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
