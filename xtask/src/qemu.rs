@@ -70,7 +70,7 @@ pub enum Variant {
     /// feature, and no test commands, as a product would ship it.
     Linux,
     /// The firmware `cargo xtask xen` boots Xen on: as `Linux`, with the normal world entered
-    /// at EL2 (the monitor's `xen` feature).
+    /// at EL2 (the monitor's `xen` feature); its client is a Xen domU (`xen-domu`).
     Xen,
 }
 
@@ -93,7 +93,7 @@ impl Variant {
                 "teeshm-fw-client/fault-test",
             ],
             Variant::Linux => &["teeshm-fw-monitor/linux"],
-            Variant::Xen => &["teeshm-fw-monitor/xen"],
+            Variant::Xen => &["teeshm-fw-monitor/xen", "teeshm-fw-client/xen-domu"],
         }
     }
 }

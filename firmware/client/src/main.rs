@@ -21,7 +21,18 @@ core::arch::global_asm!(
     .section .text.boot, "ax"
     .global _start
 _start:
-    ldr     x0, =__stack_top
+    // An arm64 Linux Image header (the kernel's Documentation/arch/arm64/booting.rst), so that
+    // Xen's toolstack loads the image as a domU's kernel at RAM + text_offset (0x40200000,
+    // where it is linked); booted directly, the first instruction just jumps over it.
+    b       1f
+    .word   0
+    .quad   0x200000
+    .quad   __client_end - 0x40200000
+    .quad   0x2
+    .quad   0, 0, 0
+    .ascii  "ARM\x64"
+    .word   0
+1:  ldr     x0, =__stack_top
     mov     sp, x0
     mov     x0, #(3 << 20)
     msr     cpacr_el1, x0
@@ -31,10 +42,10 @@ _start:
     ldr     x0, =__bss_start
     ldr     x1, =__bss_end
 0:  cmp     x0, x1
-    b.hs    1f
+    b.hs    3f
     stp     xzr, xzr, [x0], #16
     b       0b
-1:  bl      client_main
+3:  bl      client_main
 2:  wfe
     b       2b
     .ltorg
@@ -52,8 +63,8 @@ client_vector_common:
     mrs     x2, far_el1
     mrs     x3, elr_el1
     bl      client_exception
-3:  wfe
-    b       3b
+4:  wfe
+    b       4b
 "#
 );
 
@@ -88,6 +99,9 @@ extern "C" fn client_main() -> ! {
     // SAFETY: the heap range of client.ld is NS RAM that nothing else uses (the image ends below
     // it, the page pool lent to the TEE starts above it); init runs once, before any allocation.
     unsafe { HEAP.lock().init(start, end - start) };
+    if cfg!(feature = "xen-domu") {
+        xen_domu_main();
+    }
     cases::run();
     let stats = smc::raw(teeshm_abi::smc::SmcRegs::call(
         fid::SIP_TEESHM_MONITOR_STATS,
@@ -106,6 +120,33 @@ extern "C" fn client_main() -> ! {
     );
     println!("{passed} passed, {failed} failed");
     test_exit(passed, failed)
+}
+
+/// Xen's emulated SBSA UART in a domU (`GUEST_PL011_BASE` of Xen's public arch-arm.h, with
+/// `vuart = "sbsa_uart"` in the domain's configuration).
+#[cfg(feature = "xen-domu")]
+const XEN_VUART: usize = 0x2200_0000;
+
+/// As a Xen domU: the cases, their summary, then the calls left waiting stay so until Xen
+/// destroys the domain (dom0 does once it sees the summary). Returns only in other builds.
+#[cfg(not(feature = "xen-domu"))]
+fn xen_domu_main() {}
+
+/// See the other `xen_domu_main`.
+#[cfg(feature = "xen-domu")]
+fn xen_domu_main() {
+    teeshm_fw_common::console::use_uart_at(XEN_VUART);
+    let note = cases::xen_domu::run();
+    let (passed, failed) = (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    );
+    println!("{passed} passed, {failed} failed");
+    println!("{note}");
+    loop {
+        // SAFETY: WFE only waits for an event; nothing of Rust's state is involved.
+        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -2,11 +2,23 @@
 //!
 //! Each world reaches it at VA == PA: EL3 and the normal-world client run with their MMU off,
 //! the S-EL1 core maps the page as device memory. QEMU's PL011 needs no set-up to transmit.
+//! The client as a Xen domU writes to Xen's emulated SBSA UART instead ([`use_uart_at`]),
+//! which has the same two registers.
 
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Physical (and, in every world, virtual) address of the PL011 data register.
 pub const UART_BASE: usize = 0x0900_0000;
+
+/// The UART this image writes to.
+static BASE: AtomicUsize = AtomicUsize::new(UART_BASE);
+
+/// Makes the console write to the PL011-compatible UART at `base` (a device this image's
+/// world reaches at that address) from now on.
+pub fn use_uart_at(base: usize) {
+    BASE.store(base, Ordering::Relaxed);
+}
 const UARTDR: usize = 0x000;
 const UARTFR: usize = 0x018;
 const FR_TXFF: u32 = 1 << 5;
@@ -18,11 +30,13 @@ pub struct Console;
 impl Console {
     /// Sends one byte, waiting while the transmit FIFO is full.
     pub fn put(self, byte: u8) {
-        let fr = (UART_BASE + UARTFR) as *const u32;
-        let dr = (UART_BASE + UARTDR) as *mut u32;
-        // SAFETY: UART_BASE is the PL011 of QEMU `virt`, mapped (or physically addressed) as
-        // device memory in every world that uses this console; FR and DR are 32-bit registers
-        // at these offsets, and volatile accesses of them have no effect on Rust-visible memory.
+        let base = BASE.load(Ordering::Relaxed);
+        let fr = (base + UARTFR) as *const u32;
+        let dr = (base + UARTDR) as *mut u32;
+        // SAFETY: `base` is the PL011 of QEMU `virt` or the UART `use_uart_at` named, mapped
+        // (or physically addressed) as device memory in every world that uses this console; FR
+        // and DR are 32-bit registers at these offsets, and volatile accesses of them have no
+        // effect on Rust-visible memory.
         unsafe {
             while fr.read_volatile() & FR_TXFF != 0 {}
             dr.write_volatile(u32::from(byte));

@@ -254,18 +254,26 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
         fid::SIP_TEESHM_FAULT_TEST => fault_test(tee),
         _ => {
             let client = regs[1];
+            // What a guest the hypervisor destroys still holds, to be swept by this call.
+            let held = (func == OPTEE_SMC_VM_DESTROYED)
+                .then(|| tee.snapshots().into_iter().find(|g| u64::from(g.id.0) == client))
+                .flatten();
             let out = tee.handle_smc(SmcRegs { a: *regs }).a;
             // A guest's life, as the hypervisor announces it: logged, so a run can tell what
-            // the core was told (`cargo xtask xen`'s report).
-            if (func == OPTEE_SMC_VM_CREATED || func == OPTEE_SMC_VM_DESTROYED)
-                && out[0] == u64::from(OPTEE_SMC_RETURN_OK)
-            {
-                let what = if func == OPTEE_SMC_VM_CREATED {
-                    "VM_CREATED"
-                } else {
-                    "VM_DESTROYED"
-                };
-                println!("tee: {what} client {client}");
+            // the core was told and swept (`cargo xtask xen`'s report).
+            if out[0] == u64::from(OPTEE_SMC_RETURN_OK) {
+                if func == OPTEE_SMC_VM_CREATED {
+                    println!("tee: VM_CREATED client {client}");
+                } else if func == OPTEE_SMC_VM_DESTROYED {
+                    match held {
+                        Some(g) => println!(
+                            "tee: VM_DESTROYED client {client}: swept objects {} \
+                             registered_pages {} mapped_pages {} sessions {} threads {}",
+                            g.objects, g.registered_pages, g.mapped_pages, g.sessions, g.threads
+                        ),
+                        None => println!("tee: VM_DESTROYED client {client}: not a guest here"),
+                    }
+                }
             }
             if out[0] == u64::from(OPTEE_SMC_RETURN_ETHREAD_LIMIT) {
                 THREAD_LIMITS.fetch_add(1, Ordering::Relaxed);

@@ -16,17 +16,20 @@
 //!    core serves the guests Xen's mediator announces (`NormalWorld::Virtualized`).
 //! 5. dom0's initramfs adds Debian's Xen toolstack (xen-utils-4.17: xenstored, xenconsoled,
 //!    xl, and their libraries), Xen's device modules, and the domUs' kernel, initramfs
-//!    (`linux/xen-domu-init`) and `xl` configurations (`tee = "optee"`). dom0's init
-//!    (`linux/xen-dom0-init`) starts the toolstack, creates two domUs that run the libteec test
-//!    while dom0 runs it, destroys the second with `xl destroy` in the middle of its test loop,
-//!    waits for the first to power off and powers off; each domU's console (xenconsoled's
-//!    log) is followed live on dom0's, each line prefixed with the domain's name.
+//!    (`linux/xen-domu-init`) and `xl` configurations (`tee = "optee"`), and a third domU that
+//!    misbehaves on purpose: the firmware's Rust client built as a Xen guest (`xen-domu`). dom0's
+//!    init (`linux/xen-dom0-init`) starts the toolstack, creates the three domUs, runs the
+//!    libteec test while domu1 and domu2 run it too, destroys domu2 with `xl destroy` in the
+//!    middle of its test loop and domu3 once it has left calls waiting in RPCs, a buffer
+//!    unregistered under one of them and all its threads taken, waits for domu1 to power off
+//!    and powers off; each domU's console (xenconsoled's log) is followed live on dom0's, each
+//!    line prefixed with the domain's name.
 //! 6. QEMU runs with a timeout; the UART (Xen's console, dom0's output on it) is shown live and
 //!    kept in `target/xen/uart.log`; `target/xen/report.json` records each domain's results,
 //!    the VM_CREATED and VM_DESTROYED calls the core acknowledged and what each guest still
 //!    held in the core at its final check. The run passes when Xen's mediator probed the TEE,
-//!    three domains ran the test, every surviving one with 0 failed, the destroyed one holds
-//!    nothing in the core, QEMU exited 0 (dom0 powered off, Xen then PSCI SYSTEM_OFF) and the
+//!    three domains ran the test, no domain failed a case, the misbehaving one ended its cases,
+//!    the destroyed ones hold nothing in the core, QEMU exited 0 (dom0 powered off, Xen then PSCI SYSTEM_OFF) and the
 //!    core's agreement check after power-off found 0 disagreements. Its last line is
 //!    `xen: N passed, M failed` (test cases over all domains).
 
@@ -101,9 +104,20 @@ const XEN_MODULES: &[&str] = &[
     "xen-gntalloc",
 ];
 
-/// The domUs dom0 creates: name and what their kernel command line adds (`teeshm.loop`: the
-/// test runs until the domain is destroyed).
+/// The Linux domUs dom0 creates: name and what their kernel command line adds
+/// (`teeshm.loop`: the test runs until the domain is destroyed).
 const DOMUS: &[(&str, &str)] = &[("domu1", ""), ("domu2", " teeshm.loop")];
+
+/// The domU that misbehaves on purpose: the firmware's Rust client built as a Xen guest
+/// (`xen-domu`), which leaves calls waiting in RPCs, unregisters a buffer a waiting call holds,
+/// takes all its threads, and is destroyed by dom0 once it printed its summary.
+const HOSTILE_DOMU: &str = "domu3";
+
+/// Its configuration: 144 MiB (the client's image, heap and page pool lie in the first 128
+/// MiB, and Xen's toolstack puts the device tree at 128 MiB), Xen's emulated SBSA UART as
+/// its console (xenconsoled logs it as `guest-domu3-vuart0.log`).
+const HOSTILE_CONFIG: &str = "name = \"domu3\"\nkernel = \"/boot/domu3.img\"\nmemory = 144\n\
+     vcpus = 1\ntee = \"optee\"\nvuart = \"sbsa_uart\"\n";
 
 /// dom0's command line (its console is Xen's, `hvc0`).
 const DOM0_BOOTARGS: &str = "console=hvc0 panic=-1 oops=panic nokaslr";
@@ -145,12 +159,13 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         &initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-domu-init"))?,
         &out.join("domu.cpio"),
     )?;
+    let images = crate::qemu::build(crate::qemu::Variant::Xen, &[])?;
+    let firmware = images.secure;
     let mut entries =
         initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-dom0-init"))?;
-    dom0_additions(&mut entries, &toolstack, &kernel, &domu_cpio)?;
+    dom0_additions(&mut entries, &toolstack, &kernel, &domu_cpio, &images.client)?;
     let (initramfs, initramfs_len) = write_cpio(&entries, &out.join("dom0.cpio"))?;
     let initrd_addr = (DOM0_KERNEL_ADDR + kernel.image_len).next_multiple_of(2 << 20);
-    let firmware = crate::qemu::build(crate::qemu::Variant::Xen, &[])?.secure;
     let modules = Modules {
         kernel: (DOM0_KERNEL_ADDR, kernel.image_len),
         initrd: (initrd_addr, initramfs_len),
@@ -199,13 +214,15 @@ fn toolstack(cache: &Path) -> Result<PathBuf, String> {
 }
 
 /// What dom0's initramfs holds beside the test's: the toolstack (`/usr/lib/xen-4.17`, its
-/// libraries), Xen's device modules, the domUs' kernel, initramfs and configurations, and the
+/// libraries), Xen's device modules, the domUs' kernel, initramfs and configurations, the
+/// hostile domU's image (`hostile`, the firmware's client built as a Xen guest), and the
 /// directories the toolstack writes.
 fn dom0_additions(
     entries: &mut Vec<(String, Entry)>,
     toolstack: &Path,
     kernel: &Kernel,
     domu_cpio: &Path,
+    hostile: &Path,
 ) -> Result<(), String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     for dir in [
@@ -239,6 +256,14 @@ fn dom0_additions(
     entries.push((
         "boot/domu.cpio".into(),
         Entry::File(read(domu_cpio)?, 0o644),
+    ));
+    entries.push((
+        format!("boot/{HOSTILE_DOMU}.img"),
+        Entry::File(read(hostile)?, 0o644),
+    ));
+    entries.push((
+        format!("etc/xen/{HOSTILE_DOMU}.cfg"),
+        Entry::File(HOSTILE_CONFIG.as_bytes().to_vec(), 0o644),
     ));
     entries.push(("etc/xen/xl.conf".into(), Entry::File(Vec::new(), 0o644)));
     for (name, extra) in DOMUS {
@@ -465,6 +490,18 @@ struct CoreGuest {
     registered_pages: u64,
 }
 
+/// What the core swept when Xen destroyed a guest (its `VM_DESTROYED` line).
+#[derive(Debug, Clone)]
+struct Swept {
+    client_id: u64,
+    objects: u64,
+    registered_pages: u64,
+    mapped_pages: u64,
+    sessions: u64,
+    /// Threads in use, calls left waiting in RPCs included.
+    threads: u64,
+}
+
 /// What the UART told about the whole system.
 #[derive(Debug, Default)]
 struct XenRun {
@@ -473,6 +510,16 @@ struct XenRun {
     vm_created: u32,
     vm_destroyed: u32,
     guests: Vec<CoreGuest>,
+    swept: Vec<Swept>,
+}
+
+/// The number after the word `key` in `words`.
+fn field(words: &[&str], key: &str) -> Option<u64> {
+    words
+        .iter()
+        .position(|w| *w == key)
+        .and_then(|i| words.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 impl XenRun {
@@ -490,6 +537,9 @@ impl XenRun {
 
     fn note(&mut self, line: &str) {
         let line = line.trim_end();
+        // The firmware writes to the UART directly, so its lines may start in the middle of a
+        // line of Xen's console: they are found anywhere in a line.
+        let after = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
         if line.contains("(XEN) Using TEE mediator for OP-TEE") {
             self.mediator_probed = true;
         }
@@ -501,30 +551,49 @@ impl XenRun {
                 _ => {}
             }
         }
-        if let Some(client) = line.strip_prefix("tee: VM_CREATED client ") {
+        if let Some(client) = after("tee: VM_CREATED client ") {
             if client.trim().parse::<u64>().is_ok() {
                 self.vm_created += 1;
             }
         }
-        if let Some(client) = line.strip_prefix("tee: VM_DESTROYED client ") {
-            if client.trim().parse::<u64>().is_ok() {
+        if let Some(rest) = after("tee: VM_DESTROYED client ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let Some(client_id) = words
+                .first()
+                .and_then(|v| v.trim_end_matches(':').parse().ok())
+            {
                 self.vm_destroyed += 1;
+                if let (
+                    Some(objects),
+                    Some(registered_pages),
+                    Some(mapped_pages),
+                    Some(sessions),
+                    Some(threads),
+                ) = (
+                    field(&words, "objects"),
+                    field(&words, "registered_pages"),
+                    field(&words, "mapped_pages"),
+                    field(&words, "sessions"),
+                    field(&words, "threads"),
+                ) {
+                    self.swept.push(Swept {
+                        client_id,
+                        objects,
+                        registered_pages,
+                        mapped_pages,
+                        sessions,
+                        threads,
+                    });
+                }
             }
         }
-        if let Some(rest) = line.strip_prefix("tee: guest client ") {
+        if let Some(rest) = after("tee: guest client ") {
             let words: Vec<&str> = rest.split_whitespace().collect();
-            let field = |key: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == key)
-                    .and_then(|i| words.get(i + 1))
-                    .and_then(|v| v.parse().ok())
-            };
             if let (Some(client_id), Some(objects), Some(mapped_pages), Some(registered_pages)) = (
                 words.first().and_then(|v| v.parse().ok()),
-                field("objects"),
-                field("mapped_pages"),
-                field("registered_pages"),
+                field(&words, "objects"),
+                field(&words, "mapped_pages"),
+                field(&words, "registered_pages"),
             ) {
                 self.guests.push(CoreGuest {
                     client_id,
@@ -592,12 +661,22 @@ impl XenRun {
             })
             .collect();
         // A destroyed domain the core no longer knows holds nothing there: listed with its
-        // zeros and `in_core: false` (the core removed its guest).
+        // zeros, `in_core: false` (the core removed its guest) and what the core swept when
+        // Xen destroyed it.
         for d in self.domains.iter().filter(|d| d.destroyed) {
             if let (Some(domid), None) = (d.domid, self.core_guest(d.domid)) {
+                let client = u64::from(domid) + 1;
+                let swept = self.swept.iter().find(|w| w.client_id == client).map_or(
+                    "null".to_string(),
+                    |w| {
+                        format!(
+                            "{{\"objects\": {}, \"registered_pages\": {}, \"mapped_pages\": {}, \"sessions\": {}, \"threads\": {}}}",
+                            w.objects, w.registered_pages, w.mapped_pages, w.sessions, w.threads
+                        )
+                    },
+                );
                 guests.push(format!(
-                    "{{\"client_id\": {}, \"objects\": 0, \"mapped_pages\": 0, \"registered_pages\": 0, \"in_core\": false}}",
-                    u64::from(domid) + 1
+                    "{{\"client_id\": {client}, \"objects\": 0, \"mapped_pages\": 0, \"registered_pages\": 0, \"in_core\": false, \"swept_at_destroy\": {swept}}}"
                 ));
             }
         }
@@ -622,6 +701,13 @@ impl XenRun {
             return Err(format!("{tested} domains ran the test, 3 wanted"));
         }
         for d in &self.domains {
+            // No domain may fail a case, a destroyed one neither (up to where it was cut).
+            if d.failed != 0 || d.summary.is_some_and(|(_, f)| f != 0) {
+                return Err(format!(
+                    "{}: {} passed, {} failed, summary {:?}",
+                    d.name, d.passed, d.failed, d.summary
+                ));
+            }
             if d.destroyed {
                 // Destroyed: the core holds nothing of it (its guest is gone, or empty).
                 if let Some(g) = self.core_guest(d.domid) {
@@ -641,6 +727,26 @@ impl XenRun {
         }
         if !self.domains.iter().any(|d| d.destroyed) {
             return Err("no domain was destroyed".into());
+        }
+        // The hostile domU ran all its cases before it was destroyed, and the core swept the
+        // calls it left waiting in RPCs (two at least: its thread quota under Xen).
+        let hostile = self.domains.iter().find(|d| d.name == HOSTILE_DOMU);
+        match hostile {
+            Some(d) if d.destroyed && d.summary.is_some_and(|(p, _)| p > 0) => {}
+            other => {
+                return Err(format!(
+                    "the misbehaving {HOSTILE_DOMU} did not end its cases and get destroyed: {other:?}"
+                ));
+            }
+        }
+        let client = hostile.and_then(|d| d.domid).map(|id| u64::from(id) + 1);
+        match self.swept.iter().find(|w| Some(w.client_id) == client) {
+            Some(w) if w.threads >= 2 => {}
+            other => {
+                return Err(format!(
+                    "the core did not sweep {HOSTILE_DOMU}'s waiting calls when Xen destroyed it: {other:?}"
+                ));
+            }
         }
         if self.vm_destroyed == 0 {
             return Err("the core was told of no destroyed domain".into());

@@ -69,8 +69,21 @@ pub(super) fn values(ctx: &mut Ctx, s: &Session) -> Outcome {
 }
 
 pub(super) fn temporary(ctx: &mut Ctx, s: &Session) -> Outcome {
+    let total = temporary_of(ctx, s, &[(0, 1), (0xfff, 2), (0x123, 10_000), (1, (1 << 20) + 3)])?;
+    Ok(format!(
+        "FILL and COPY of 1 B, 2 B across a page line, 10000 B at 0x123, 1 MiB + 3 at 1: {total} bytes each way, every byte checked"
+    ))
+}
+
+/// FILL into and COPY through temporary memrefs of each (offset, size); returns the bytes
+/// checked each way.
+pub(super) fn temporary_of(
+    ctx: &mut Ctx,
+    s: &Session,
+    sizes: &[(u64, u64)],
+) -> Result<u64, alloc::string::String> {
     let mut total = 0;
-    for (offset, size) in [(0, 1), (0xfff, 2), (0x123, 10_000), (1, (1 << 20) + 3)] {
+    for &(offset, size) in sizes {
         // FILL: the TEE writes every byte of a temporary output.
         let out = buf(ctx, size, offset, |_| 0x5a)?;
         let mut o = op([
@@ -122,9 +135,7 @@ pub(super) fn temporary(ctx: &mut Ctx, s: &Session) -> Outcome {
         }
         total += size;
     }
-    Ok(format!(
-        "FILL and COPY of 1 B, 2 B across a page line, 10000 B at 0x123, 1 MiB + 3 at 1: {total} bytes each way, every byte checked"
-    ))
+    Ok(total)
 }
 
 pub(super) fn short_buffer(ctx: &mut Ctx, s: &Session) -> Outcome {

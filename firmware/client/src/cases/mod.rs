@@ -5,7 +5,7 @@
 //! memrefs, registration and RPC through `teeshm-nw` (the Linux-shaped driver and the
 //! GlobalPlatform-shaped client API), and the hostile cases as hand-made page lists, args and
 //! registers. Every byte the TEE reads or writes is checked on this side.
-#![cfg_attr(feature = "fault-test", allow(unused))]
+#![cfg_attr(any(feature = "fault-test", feature = "xen-domu"), allow(unused))]
 
 use crate::ram::NsRam;
 use crate::smc::{self, Conduit};
@@ -59,6 +59,8 @@ mod shared;
 mod suspend;
 #[cfg(not(feature = "fault-test"))]
 mod vm;
+#[cfg(not(feature = "fault-test"))]
+pub mod xen_domu;
 
 #[cfg(not(feature = "fault-test"))]
 use fast_calls::unknown_ids;

@@ -4,7 +4,8 @@
 //! RMEM params naming registered buffers the call then holds while it waits. The call stops at
 //! its first RPC (`SHM_ALLOC`); the client does what it likes meanwhile, and [`finish`] answers
 //! the RPCs as a driver would: `SHM_ALLOC` from fresh scattered pages with a page list,
-//! `SHM_FREE` by giving them back.
+//! `SHM_FREE` by giving them back. Without `RPC_ARG` (a guest of Xen's mediator) the call is a
+//! `CALL_WITH_ARG` that stops at its `RPC_FUNC_ALLOC`; such calls are only ever left waiting.
 
 use super::{Ctx, drv};
 use alloc::format;
@@ -34,6 +35,9 @@ pub(super) struct Suspended {
     page: u64,
     /// Bytes of the arg (the RPC arg starts there).
     arg_size: usize,
+    /// Whether the RPC arg follows the arg (`CALL_WITH_RPC_ARG`); [`finish`] serves only such
+    /// calls.
+    with_rpc_arg: bool,
     /// The TEE's last answer: the RPC request the call waits in.
     request: SmcRegs,
     /// The buffers lent by `SHM_ALLOC` and not freed yet: cookie, pages, their list.
@@ -43,6 +47,11 @@ pub(super) struct Suspended {
 }
 
 impl Suspended {
+    /// The RPC function the call waits in (`RPC_FUNC_ALLOC`, `RPC_FUNC_CMD`, ...).
+    pub(super) fn rpc_func(&self) -> u32 {
+        optee_smc_return_get_rpc_func(self.request.a0())
+    }
+
     /// The TEE thread the call waits in (`a3` of its RPC request).
     pub(super) fn thread(&self) -> u64 {
         self.request.a[3]
@@ -93,8 +102,15 @@ pub(super) fn start(
         let rmem = Rmem::new(0, size, cookie);
         raw.extend_from_slice(MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, rmem).as_bytes());
     }
-    // The RPC arg starts zeroed, as Linux clears the whole arg.
-    raw.resize(arg_size + RPC_ARG_SIZE, 0);
+    // With RPC_ARG the RPC arg follows, zeroed as Linux clears the whole arg; without it (under
+    // Xen's mediator) the call is a CALL_WITH_ARG whose first RPC asks for an RPC arg buffer.
+    let with_rpc_arg = ctx.driver().rpc_param_count() > 0;
+    let (func, rpc_arg_size) = if with_rpc_arg {
+        (OPTEE_SMC_CALL_WITH_RPC_ARG, RPC_ARG_SIZE)
+    } else {
+        (OPTEE_SMC_CALL_WITH_ARG, 0)
+    };
+    raw.resize(arg_size + rpc_arg_size, 0);
     let ram = ctx.driver_mut().ram_mut();
     let page = ram
         .alloc_pages(1)
@@ -105,14 +121,12 @@ pub(super) fn start(
     ram.write(page, &raw)
         .map_err(|e| format!("guest RAM: {e}"))?;
     let (hi, lo) = split_pair(page);
-    let request = smc(
-        ctx,
-        SmcRegs::call(OPTEE_SMC_CALL_WITH_RPC_ARG, &[hi, lo, 0]),
-    );
+    let request = smc(ctx, SmcRegs::call(func, &[hi, lo, 0]));
     if is_rpc_return(request.a0()) {
         return Ok(Ok(Suspended {
             page,
             arg_size,
+            with_rpc_arg,
             request,
             lent: Vec::new(),
             bytes,
@@ -135,6 +149,10 @@ fn smc(ctx: &mut Ctx, regs: SmcRegs) -> SmcRegs {
 /// # Errors
 /// Guest RAM, a TEE that keeps asking, or a call the TEE refused at the end (`a0` not OK).
 pub(super) fn finish(ctx: &mut Ctx, mut call: Suspended) -> Result<Finished, String> {
+    if !call.with_rpc_arg {
+        give_back(ctx, call);
+        return Err("finish serves calls with their RPC arg appended only".into());
+    }
     let mut rpcs = 0;
     let mut out = call.request;
     while is_rpc_return(out.a0()) {
