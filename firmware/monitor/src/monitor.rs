@@ -46,9 +46,11 @@ pub const NS_ENTRY_EL: u64 = if cfg!(feature = "xen") { 2 } else { 1 };
 /// With the `linux` feature: where `cargo xtask linux` loads the kernel's device tree, passed
 /// in x0 as the arm64 boot protocol asks.
 const LINUX_DTB: u64 = 0x4800_0000;
-/// QEMU `virt`'s GICv2 distributor and CPU interface.
+/// QEMU `virt`'s GIC distributor (GICv2 and GICv3), GICv2 CPU interface and GICv3
+/// redistributors (one 128 KiB pair of frames per CPU).
 const GICD_BASE: usize = 0x0800_0000;
 const GICC_BASE: usize = 0x0801_0000;
+const GICR_BASE: usize = 0x080a_0000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
@@ -129,24 +131,112 @@ fn mpidr() -> u64 {
     v
 }
 
-/// Hands every GICv2 interrupt to the normal world (Group 1), enables both groups, and opens
-/// the priority mask, as secure firmware does before it starts a normal-world OS: at reset
-/// every interrupt is secure (Group 0) and the mask is closed, which the normal world cannot
-/// change. The test client uses no interrupts; a Linux kernel needs its timer.
-fn gic_to_normal_world() {
-    let reg = |base: usize, offset: usize| (base + offset) as *mut u32;
-    // SAFETY: GICD and GICC are QEMU virt's GICv2 register frames (device memory, reached
-    // physically at EL3 with the MMU off); these are 32-bit registers, written from the secure
-    // state as the GIC's security extensions require. Nothing of Rust's lives there.
+/// A 32-bit GIC register (QEMU virt's GIC frames: device memory, reached physically at EL3
+/// with the MMU off; nothing of Rust's lives there).
+fn gic_reg(base: usize, offset: usize) -> *mut u32 {
+    (base + offset) as *mut u32
+}
+
+/// The GIC's architecture version from the distributor's `GICD_PIDR2.ArchRev` (2 or 3; 4 is
+/// a GICv4, which is a GICv3 here).
+fn gic_version() -> u32 {
+    // SAFETY: GICD_PIDR2 (offset 0xffe8) is a read-only ID register of the distributor, at the
+    // same offset in GICv2 and GICv3; reading it has no side effect.
+    let pidr2 = unsafe { gic_reg(GICD_BASE, 0xffe8).read_volatile() };
+    (pidr2 >> 4) & 0xf
+}
+
+/// Hands every interrupt to the normal world, as secure firmware does before it starts a
+/// normal-world OS or hypervisor: at reset every interrupt is secure (Group 0) and only the
+/// secure state can change that. The test client uses no interrupts; Linux and Xen need their
+/// timer and devices. Returns the GIC's version.
+fn gic_to_normal_world() -> u32 {
+    let version = gic_version();
+    if version >= 3 {
+        gicv3_to_normal_world();
+    } else {
+        gicv2_to_normal_world();
+    }
+    version
+}
+
+/// GICv2: every interrupt in Group 1, both groups on, the priority mask open.
+fn gicv2_to_normal_world() {
+    // SAFETY: GICD and GICC are QEMU virt's GICv2 frames (see `gic_reg`); these 32-bit
+    // registers are written from the secure state, as the security extensions require.
     unsafe {
-        let typer = reg(GICD_BASE, 0x004).read_volatile();
+        let typer = gic_reg(GICD_BASE, 0x004).read_volatile();
         let lines = (typer & 0x1f) as usize + 1;
         for n in 0..lines {
-            reg(GICD_BASE, 0x080 + 4 * n).write_volatile(0xffff_ffff);
+            gic_reg(GICD_BASE, 0x080 + 4 * n).write_volatile(0xffff_ffff);
         }
-        reg(GICD_BASE, 0x000).write_volatile(0x3);
-        reg(GICC_BASE, 0x004).write_volatile(0xff);
-        reg(GICC_BASE, 0x000).write_volatile(0x3);
+        gic_reg(GICD_BASE, 0x000).write_volatile(0x3);
+        gic_reg(GICC_BASE, 0x004).write_volatile(0xff);
+        gic_reg(GICC_BASE, 0x000).write_volatile(0x3);
+    }
+}
+
+/// `GICD_CTLR` (secure view): affinity routing for both states, Non-secure Group 1 on.
+const GICD_CTLR_ARE_S: u32 = 1 << 4;
+const GICD_CTLR_ARE_NS: u32 = 1 << 5;
+const GICD_CTLR_ENABLE_G1NS: u32 = 1 << 1;
+/// `GICD_CTLR.RWP`: a write to the control register is still taking effect.
+const GICD_CTLR_RWP: u32 = 1 << 31;
+/// `GICR_WAKER`: ProcessorSleep and ChildrenAsleep.
+const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+/// `GICR_TYPER.Last`: the last redistributor of the region.
+const GICR_TYPER_LAST: u64 = 1 << 4;
+
+/// GICv3 (GIC architecture specification, IHI 0069, "Configuration" and "Power management"):
+/// the system-register interface open to the lower ELs (`ICC_SRE_EL3`: SRE, DFB, DIB,
+/// Enable), affinity routing on, every SPI, SGI and PPI in Non-secure Group 1 (`IGROUPR` = 1,
+/// `IGRPMODR` = 0), and every CPU's redistributor awake (`GICR_WAKER.ProcessorSleep` is
+/// writable from the secure state only while security is enabled, as in QEMU `secure=on`).
+/// The normal world then enables its group and sets its priority mask itself.
+fn gicv3_to_normal_world() {
+    // SAFETY: ICC_SRE_EL3 (S3_6_C12_C12_5) only says how the GIC's CPU interface is reached
+    // (system registers at every EL) and lets EL2/EL1 use ICC_SRE_ELx; no memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "msr S3_6_C12_C12_5, {}",
+            "isb",
+            in(reg) 0xf_u64,
+            options(nomem, nostack)
+        );
+    }
+    // SAFETY: GICD and the GICR frames are QEMU virt's GICv3 register frames (see `gic_reg`);
+    // the GICR frames are walked only up to the one whose GICR_TYPER says it is the last, and
+    // each register is accessed with its architected width.
+    unsafe {
+        let wait_rwp = || while gic_reg(GICD_BASE, 0x000).read_volatile() & GICD_CTLR_RWP != 0 {};
+        gic_reg(GICD_BASE, 0x000).write_volatile(GICD_CTLR_ARE_S | GICD_CTLR_ARE_NS);
+        wait_rwp();
+        let typer = gic_reg(GICD_BASE, 0x004).read_volatile();
+        let lines = (typer & 0x1f) as usize + 1;
+        // IGROUPR0 covers SGIs and PPIs, which live in the redistributors under affinity
+        // routing; the SPIs start at IGROUPR1.
+        for n in 1..lines {
+            gic_reg(GICD_BASE, 0x080 + 4 * n).write_volatile(0xffff_ffff);
+            gic_reg(GICD_BASE, 0xd00 + 4 * n).write_volatile(0);
+        }
+        let mut rd = GICR_BASE;
+        loop {
+            let waker = gic_reg(rd, 0x014);
+            waker.write_volatile(waker.read_volatile() & !GICR_WAKER_PROCESSOR_SLEEP);
+            while waker.read_volatile() & GICR_WAKER_CHILDREN_ASLEEP != 0 {}
+            let sgi = rd + 0x1_0000;
+            gic_reg(sgi, 0x080).write_volatile(0xffff_ffff);
+            gic_reg(sgi, 0xd00).write_volatile(0);
+            let typer = (rd + 0x008) as *const u64;
+            if typer.read_volatile() & GICR_TYPER_LAST != 0 {
+                break;
+            }
+            rd += 0x2_0000;
+        }
+        gic_reg(GICD_BASE, 0x000)
+            .write_volatile(GICD_CTLR_ARE_S | GICD_CTLR_ARE_NS | GICD_CTLR_ENABLE_G1NS);
+        wait_rwp();
     }
 }
 
@@ -179,9 +269,10 @@ extern "C" fn monitor_main() -> ! {
     }
     if cfg!(feature = "linux") {
         m.ns.x[0] = LINUX_DTB;
-        gic_to_normal_world();
+        let gic = gic_to_normal_world();
         println!(
-            "monitor: Linux mode: GIC interrupts handed to the normal world, x0 = device tree at {LINUX_DTB:#x}"
+            "monitor: Linux mode: GICv{gic} interrupts handed to the normal world (Non-secure \
+             Group 1), x0 = device tree at {LINUX_DTB:#x}"
         );
     }
     m.state = State::Booting;

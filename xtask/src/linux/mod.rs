@@ -48,10 +48,11 @@ const HOST_PACKAGES: &[&str] = &[
 const ARM64_PACKAGES: &[&str] = &["busybox-static", "libteec1", "libc6", "optee-client-dev"];
 
 /// The machine. `-cpu cortex-a57` boots Debian's kernel fastest under TCG (of the CPUs QEMU
-/// 7.2 offers, tried on this project's machine); one CPU, 1 GiB of RAM as the firmware expects.
+/// 7.2 offers, tried on this project's machine); one CPU, 1 GiB of RAM as the firmware expects;
+/// a GICv3, which the monitor hands to the normal world (system registers, Group 1).
 const MACHINE: &[&str] = &[
     "-M",
-    "virt,secure=on",
+    "virt,secure=on,gic-version=3",
     "-cpu",
     "cortex-a57",
     "-smp",

@@ -49,10 +49,11 @@ use crate::{ensure_debian_packages, run, workspace_root};
 /// Host packages Xen's build needs besides the cross compiler; dpkg-dev unpacks the source.
 const XEN_BUILD_PACKAGES: &[&str] = &["flex", "bison", "dpkg-dev", "python3"];
 
-/// The machine: as `cargo xtask linux`'s, with EL2 for the hypervisor.
+/// The machine: as `cargo xtask linux`'s (a GICv3 the monitor hands to the normal world),
+/// with EL2 for the hypervisor.
 const MACHINE: &[&str] = &[
     "-M",
-    "virt,secure=on,virtualization=on",
+    "virt,secure=on,virtualization=on,gic-version=3",
     "-cpu",
     "cortex-a57",
     "-smp",
