@@ -12,9 +12,11 @@
 //! - `cargo xtask linux [--build-only] [--timeout S] [--kernel META]` boots Debian's arm64
 //!   kernel, optee driver and libteec on the firmware under QEMU and runs the libteec test
 //!   (`linux.rs`, docs/linux.md).
-//! - `cargo xtask xen [--build-only] [--timeout S]` builds Xen from Debian's source with its
-//!   OP-TEE mediator and boots it on the firmware with dom0 running the same libteec test
-//!   (`linux/xen.rs`, docs/xen.md).
+//! - `cargo xtask xen [--build-only] [--timeout S] [--compare RUNS]` builds Xen from Debian's
+//!   source with its OP-TEE mediator and boots it on the firmware: dom0 and two Linux domUs
+//!   run the same libteec test, a third domU misbehaves, two are destroyed; `--compare` times
+//!   the test directly under Linux and in dom0 alone under Xen instead (`linux/xen.rs`,
+//!   docs/xen.md).
 //! - `cargo xtask qemu [--client-only | --fault-test-only] [--timeout S] [--build-only]` builds
 //!   the firmware (EL3 monitor, S-EL1 core, NS-EL1 test client) and runs it under QEMU
 //!   (`qemu.rs`, docs/firmware.md).
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
         Some("qemu") => qemu::qemu(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [--runs N] [--jobs N] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | xen [--build-only] [--timeout S] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
+                "usage: cargo xtask <bench [--quick] | tools | no-std | fuzz [--smoke|--long|--time S] [--runs N] [--jobs N] [TARGET...] | loom | linux [--build-only] [--timeout S] [--kernel META] | xen [--build-only] [--timeout S] [--compare RUNS] | qemu [--client-only|--fault-test-only] [--timeout S] [--build-only]>"
             );
             return ExitCode::from(2);
         }

@@ -123,10 +123,21 @@ const HOSTILE_CONFIG: &str = "name = \"domu3\"\nkernel = \"/boot/domu3.img\"\nme
 /// dom0's command line (its console is Xen's, `hvc0`).
 const DOM0_BOOTARGS: &str = "console=hvc0 panic=-1 oops=panic nokaslr";
 
-/// `cargo xtask xen [--build-only] [--timeout SECS]`.
+/// What a run of Xen shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// dom0 and the three domUs, one destroyed mid-test and one misbehaving (the default).
+    Domains,
+    /// dom0 alone (`teeshm.dom0-alone` on its command line): Xen's own cost per call, for
+    /// `--compare`.
+    Dom0Alone,
+}
+
+/// `cargo xtask xen [--build-only] [--timeout SECS] [--compare RUNS]`.
 pub fn xen(args: &[String]) -> Result<(), String> {
     let mut build_only = false;
     let mut timeout = Duration::from_secs(600);
+    let mut compare = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -136,6 +147,14 @@ pub fn xen(args: &[String]) -> Result<(), String> {
                     rest.next()
                         .and_then(|s| s.parse().ok())
                         .ok_or("--timeout needs a number of seconds")?,
+                );
+            }
+            "--compare" => {
+                compare = Some(
+                    rest.next()
+                        .and_then(|s| s.parse::<usize>().ok())
+                        .filter(|&n| n > 0)
+                        .ok_or("--compare needs a number of runs")?,
                 );
             }
             other => return Err(format!("xen: unknown argument {other}")),
@@ -164,14 +183,19 @@ pub fn xen(args: &[String]) -> Result<(), String> {
     let firmware = images.secure;
     let mut entries =
         initramfs_entries(&sysroot, &kernel, &test, &root.join("linux/xen-dom0-init"))?;
-    dom0_additions(&mut entries, &toolstack, &kernel, &domu_cpio, &images.client)?;
+    dom0_additions(
+        &mut entries,
+        &toolstack,
+        &kernel,
+        &domu_cpio,
+        &images.client,
+    )?;
     let (initramfs, initramfs_len) = write_cpio(&entries, &out.join("dom0.cpio"))?;
     let initrd_addr = (DOM0_KERNEL_ADDR + kernel.image_len).next_multiple_of(2 << 20);
     let modules = Modules {
         kernel: (DOM0_KERNEL_ADDR, kernel.image_len),
         initrd: (initrd_addr, initramfs_len),
     };
-    let dtb = build_dtb(&firmware, &modules, &out)?;
     eprintln!(
         "xtask: xen: {} ({} bytes), dom0 kernel {} ({} bytes), initramfs {} bytes; built in {:.1} s",
         xen.display(),
@@ -181,16 +205,94 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         initramfs_len,
         started.elapsed().as_secs_f64()
     );
+    let dtb = build_dtb(&firmware, &modules, &out, Mode::Domains)?;
     if build_only {
         return Ok(());
     }
-    let loads = [
-        (xen.as_path(), KERNEL_ADDR),
-        (dtb.as_path(), DTB_ADDR),
-        (kernel.image.as_path(), DOM0_KERNEL_ADDR),
-        (initramfs.as_path(), initrd_addr),
-    ];
-    boot(&firmware, &loads, &out, timeout)
+    let run = |dtb: &Path, mode: Mode| {
+        let loads = [
+            (xen.as_path(), KERNEL_ADDR),
+            (dtb, DTB_ADDR),
+            (kernel.image.as_path(), DOM0_KERNEL_ADDR),
+            (initramfs.as_path(), initrd_addr),
+        ];
+        boot(&firmware, &loads, &out, timeout, mode)
+    };
+    let Some(runs) = compare else {
+        return run(&dtb, Mode::Domains).map(|_| ());
+    };
+    let alone = build_dtb(&firmware, &modules, &out, Mode::Dom0Alone)?;
+    compare_with_linux(runs, &out, || {
+        run(&alone, Mode::Dom0Alone)?
+            .domains
+            .iter()
+            .find(|d| d.name == "dom0")
+            .and_then(|d| d.churn)
+            .ok_or_else(|| "dom0 under Xen printed no churn time".to_string())
+    })
+}
+
+/// The calls of the test's churn case (300 rounds of register, invoke, release).
+const CHURN_CALLS: f64 = 900.0;
+
+/// The seconds of the test's churn case on a console line (`ok   300 register/invoke/release
+/// rounds (T s)`).
+fn churn_seconds(text: &str) -> Option<f64> {
+    text.strip_prefix("ok   300 register/invoke/release rounds (")?
+        .strip_suffix(" s)")?
+        .parse()
+        .ok()
+}
+
+/// `--compare RUNS`: the same test (`linux/teeshm-test.c`) on the same firmware, alternately
+/// directly under Linux (`cargo xtask linux`) and in dom0 alone under Xen, RUNS times each;
+/// prints calls per second of the churn case (min, median, max) side by side and writes
+/// `target/xen/compare.json`.
+fn compare_with_linux(
+    runs: usize,
+    out: &Path,
+    mut xen_run: impl FnMut() -> Result<f64, String>,
+) -> Result<(), String> {
+    let root = workspace_root();
+    let (mut direct, mut under_xen) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        super::linux(&[])?;
+        let log = root.join("target/linux/uart.log");
+        let text =
+            fs::read_to_string(&log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
+        let t = text
+            .lines()
+            .filter_map(|l| l.split_once("] ").map(|(_, rest)| rest))
+            .find_map(churn_seconds)
+            .ok_or("Linux printed no churn time")?;
+        direct.push(CHURN_CALLS / t);
+        under_xen.push(CHURN_CALLS / xen_run()?);
+    }
+    let spread = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        [v[0], v[v.len() / 2], v[v.len() - 1]]
+    };
+    let (d, x) = (spread(&mut direct), spread(&mut under_xen));
+    println!("xen: calls per second of the churn case ({runs} runs each, min / median / max):");
+    println!("| where | calls/s |\n|---|---|");
+    println!(
+        "| Linux directly on the firmware | {:.0} / {:.0} / {:.0} |",
+        d[0], d[1], d[2]
+    );
+    println!(
+        "| dom0 alone under Xen | {:.0} / {:.0} / {:.0} |",
+        x[0], x[1], x[2]
+    );
+    println!(
+        "xen: Linux directly / dom0 under Xen (medians): {:.2}",
+        d[1] / x[1]
+    );
+    let json = format!(
+        "{{\"calls\": {CHURN_CALLS}, \"runs\": {runs}, \"linux_calls_per_s\": {d:?}, \"xen_dom0_alone_calls_per_s\": {x:?}, \"ratio_of_medians\": {:.3}}}\n",
+        d[1] / x[1]
+    );
+    let path = out.join("compare.json");
+    fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Debian's arm64 toolstack packages, downloaded once into `cache/debs` and unpacked into
@@ -422,14 +524,26 @@ struct Modules {
 }
 
 /// QEMU's device tree for this machine and firmware, with what Xen and dom0 need added.
-fn build_dtb(firmware: &Path, modules: &Modules, out: &Path) -> Result<PathBuf, String> {
-    let additions = super::firmware_nodes() + &chosen(modules);
-    super::device_tree(MACHINE, firmware, &additions, &out.join("teeshm-xen"))
+fn build_dtb(
+    firmware: &Path,
+    modules: &Modules,
+    out: &Path,
+    mode: Mode,
+) -> Result<PathBuf, String> {
+    let (name, dom0_args) = match mode {
+        Mode::Domains => ("teeshm-xen", DOM0_BOOTARGS.to_string()),
+        Mode::Dom0Alone => (
+            "teeshm-xen-dom0-alone",
+            format!("{DOM0_BOOTARGS} teeshm.dom0-alone"),
+        ),
+    };
+    let additions = super::firmware_nodes() + &chosen(modules, &dom0_args);
+    super::device_tree(MACHINE, firmware, &additions, &out.join(name))
 }
 
 /// `/chosen` for Xen: its command line and its boot modules (dom0's kernel with dom0's command
 /// line, and its initramfs), as Xen's docs/misc/arm/device-tree/booting.txt describes them.
-fn chosen(modules: &Modules) -> String {
+fn chosen(modules: &Modules, dom0_args: &str) -> String {
     let reg = |(addr, len): (u64, u64)| {
         format!(
             "<{:#x} {:#x} {:#x} {:#x}>",
@@ -452,7 +566,7 @@ fn chosen(modules: &Modules) -> String {
 		module@{kernel_at:x} {{
 			compatible = "multiboot,kernel", "multiboot,module";
 			reg = {kernel_reg};
-			bootargs = "{DOM0_BOOTARGS}";
+			bootargs = "{dom0_args}";
 		}};
 
 		module@{initrd_at:x} {{
@@ -479,6 +593,8 @@ struct Domain {
     failed: u32,
     /// Its last `N passed, M failed` line.
     summary: Option<(u32, u32)>,
+    /// Seconds of its first churn case (300 register/invoke/release rounds).
+    churn: Option<f64>,
     destroyed: bool,
 }
 
@@ -619,6 +735,9 @@ impl XenRun {
         }
         if text.starts_with("ok ") {
             domain.passed += 1;
+            if domain.churn.is_none() {
+                domain.churn = churn_seconds(text);
+            }
         } else if text.starts_with("FAIL ") {
             domain.failed += 1;
         } else if is_summary(text) {
@@ -693,9 +812,20 @@ impl XenRun {
     }
 
     /// Why the run fails, if it does (besides QEMU's status and the agreement check).
-    fn verdict(&self) -> Result<(), String> {
+    fn verdict(&self, mode: Mode) -> Result<(), String> {
         if !self.mediator_probed {
             return Err("Xen's OP-TEE mediator did not probe the TEE".into());
+        }
+        if mode == Mode::Dom0Alone {
+            return match self.domains.as_slice() {
+                [d] if d.name == "dom0"
+                    && d.failed == 0
+                    && d.summary.is_some_and(|(p, f)| p > 0 && f == 0) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("dom0 alone: {other:?}")),
+            };
         }
         let tested = self.domains.iter().filter(|d| d.passed > 0).count();
         if tested < 3 {
@@ -762,7 +892,8 @@ fn boot(
     loads: &[(&Path, u64)],
     out: &Path,
     timeout: Duration,
-) -> Result<(), String> {
+    mode: Mode,
+) -> Result<XenRun, String> {
     let mut command = super::qemu_command(MACHINE, firmware, loads);
     eprintln!("xtask: running {command:?}");
     let log_path = out.join("uart.log");
@@ -789,7 +920,7 @@ fn boot(
         .domains
         .iter()
         .fold((0, 0), |(p, f), d| (p + d.passed, f + d.failed));
-    let verdict = system.verdict();
+    let verdict = system.verdict(mode);
     // A surviving domain without its summary counts as a failure.
     let missing = system
         .domains
@@ -842,7 +973,7 @@ fn boot(
                 report.display()
             );
             println!("{verdict_line}");
-            Ok(())
+            Ok(system)
         }
         (code, disagreements, verdict) => failure(format!(
             "xen: FAILED: QEMU exit status {}, agreement check {}, {}",
