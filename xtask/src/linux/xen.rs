@@ -913,7 +913,10 @@ fn boot(
         .as_deref()
         .and_then(|a| a.strip_suffix(" disagreements"))
         .and_then(|n| n.parse::<u64>().ok());
-    let report = out.join("report.json");
+    let report = out.join(match mode {
+        Mode::Domains => "report.json",
+        Mode::Dom0Alone => "report-dom0-alone.json",
+    });
     fs::write(&report, system.json(disagreements))
         .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
     let (passed, failed): (u32, u32) = system
