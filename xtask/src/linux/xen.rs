@@ -628,7 +628,13 @@ struct XenRun {
     vm_destroyed: u32,
     guests: Vec<CoreGuest>,
     swept: Vec<Swept>,
+    /// The last lines of every console on the UART, by source (`Xen`, `firmware`, `dom0`,
+    /// each domU's name), for a run that fails or hangs.
+    consoles: Vec<(String, std::collections::VecDeque<String>)>,
 }
+
+/// Lines kept of each console.
+const CONSOLE_LINES: usize = 12;
 
 /// The number after the word `key` in `words`.
 fn field(words: &[&str], key: &str) -> Option<u64> {
@@ -652,8 +658,31 @@ impl XenRun {
         &mut self.domains[last]
     }
 
+    /// Keeps `line` among the last lines of the console it came from.
+    fn keep_console_line(&mut self, line: &str) {
+        let source = match line.split_once("| ") {
+            Some((name, _)) if name.starts_with("domu") => name,
+            _ if line.starts_with("(XEN)") => "Xen",
+            _ if line.starts_with("tee: ") || line.starts_with("monitor: ") => "firmware",
+            _ => "dom0",
+        };
+        let i = match self.consoles.iter().position(|(s, _)| s == source) {
+            Some(i) => i,
+            None => {
+                self.consoles.push((source.to_string(), Default::default()));
+                self.consoles.len() - 1
+            }
+        };
+        let lines = &mut self.consoles[i].1;
+        if lines.len() == CONSOLE_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_string());
+    }
+
     fn note(&mut self, line: &str) {
         let line = line.trim_end();
+        self.keep_console_line(line);
         // The firmware writes to the UART directly, so its lines may start in the middle of a
         // line of Xen's console: they are found anywhere in a line.
         let after = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
@@ -935,6 +964,12 @@ fn boot(
         let mut text = format!("{why}\nlast UART lines:\n");
         for line in &run.last {
             text.push_str(&format!("  | {line}\n"));
+        }
+        for (source, lines) in &system.consoles {
+            text.push_str(&format!("last lines of {source}:\n"));
+            for line in lines {
+                text.push_str(&format!("  | {line}\n"));
+            }
         }
         text.push_str(&format!(
             "(whole log: {}, report: {})",
