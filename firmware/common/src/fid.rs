@@ -28,8 +28,14 @@ pub const SIP_TEESHM_FAULT_TEST: u32 = 0x8200_0F0F;
 pub const SIP_TEESHM_TEST_EXIT: u32 = 0x8200_0F10;
 
 /// NS → EL3 (SiP fast call): the monitor's counters: a1 = calls forwarded to the core,
-/// a2 = world switches, a3 = microseconds since the core was ready.
+/// a2 = world switches, a3 = microseconds since the core was ready, a4 = CPUs on.
 pub const SIP_TEESHM_MONITOR_STATS: u32 = 0x8200_0F11;
+
+/// S-EL1 → EL3: a secondary CPU's core hook is done (OP-TEE's
+/// `TEESMC_OPTEED_RETURN_ON_DONE`): the monitor enters the normal world's `CPU_ON` entry.
+pub const SECURE_CPU_ON_DONE: u32 = 0xBE00_0001;
+
+
 
 /// First and last function number of the firmware's SiP range.
 pub const SIP_TEESHM_RANGE: (u32, u32) = (0x8200_0F00, 0x8200_0FFF);
@@ -41,10 +47,18 @@ pub const SMC_UNKNOWN: u64 = 0xFFFF_FFFF;
 pub mod psci {
     /// `PSCI_VERSION`.
     pub const VERSION: u32 = 0x8400_0000;
+    /// `CPU_OFF`.
+    pub const CPU_OFF: u32 = 0x8400_0002;
     /// `CPU_ON` (SMC32).
     pub const CPU_ON_32: u32 = 0x8400_0003;
     /// `CPU_ON` (SMC64).
     pub const CPU_ON_64: u32 = 0xC400_0003;
+    /// `AFFINITY_INFO` (SMC32).
+    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
+    /// `AFFINITY_INFO` (SMC64).
+    pub const AFFINITY_INFO_64: u32 = 0xC400_0004;
+    /// `MIGRATE_INFO_TYPE`.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
     /// `SYSTEM_OFF`.
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
     /// `SYSTEM_RESET`.
@@ -53,8 +67,26 @@ pub mod psci {
     pub const FEATURES: u32 = 0x8400_000A;
     /// The version reported: 1.1.
     pub const VERSION_1_1: u64 = 0x0001_0001;
-    /// `PSCI_RET_NOT_SUPPORTED` (-1, as a 32-bit value in x0).
-    pub const NOT_SUPPORTED: u64 = 0xFFFF_FFFF_FFFF_FFFF;
+    /// `PSCI_RET_NOT_SUPPORTED` (-1, sign-extended in x0, as every error below).
+    pub const NOT_SUPPORTED: u64 = -1_i64 as u64;
+    /// `PSCI_RET_INVALID_PARAMETERS` (-2).
+    pub const INVALID_PARAMETERS: u64 = -2_i64 as u64;
+    /// `PSCI_RET_DENIED` (-3).
+    pub const DENIED: u64 = -3_i64 as u64;
+    /// `PSCI_RET_ALREADY_ON` (-4).
+    pub const ALREADY_ON: u64 = -4_i64 as u64;
+    /// `PSCI_RET_ON_PENDING` (-5).
+    pub const ON_PENDING: u64 = -5_i64 as u64;
+    /// `PSCI_RET_INVALID_ADDRESS` (-9).
+    pub const INVALID_ADDRESS: u64 = -9_i64 as u64;
+    /// `AFFINITY_INFO` answers: the CPU is on, off, or being turned on.
+    pub const AFFINITY_ON: u64 = 0;
+    /// See [`AFFINITY_ON`].
+    pub const AFFINITY_OFF: u64 = 1;
+    /// See [`AFFINITY_ON`].
+    pub const AFFINITY_ON_PENDING: u64 = 2;
+    /// `MIGRATE_INFO_TYPE`: the Trusted OS runs on every CPU and needs no migration.
+    pub const TOS_NOT_PRESENT_MP: u64 = 2;
 }
 
 /// Arm architecture calls (SMCCC).

@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 pub mod console;
+pub mod cpu;
 pub mod fid;
 pub mod semihosting;
 pub mod time;

@@ -1,9 +1,11 @@
 //! The secure image of teeshm on QEMU `virt,secure=on`: EL3 boot, the EL3 monitor, and the
 //! S-EL1 core (`teeshm-fw-tee`) linked into one image for `-bios`.
 //!
-//! Boot (`_start`, in flash, EL3, MMU off): park every CPU but the first, stop trapping FP at
-//! EL3, copy the image to secure RAM, zero `.bss` and `.el3`, install the EL3 vectors, take
-//! the EL3 stack, and run [`monitor::monitor_main`], which enters the S-EL1 core's boot entry.
+//! Boot (`_start`, in flash, EL3, MMU off): every CPU but the first waits in the holding pen
+//! (`park`) until PSCI `CPU_ON` releases it; the first stops trapping FP at EL3, copies the
+//! image to secure RAM, zeroes `.bss` and `.el3`, installs the EL3 vectors, takes its EL3
+//! stack, and runs [`monitor::monitor_main`], which enters the S-EL1 core's boot entry. A
+//! released CPU sets its own EL3 registers and stack and runs `monitor::monitor_secondary`.
 //! The monitor itself runs with its MMU off and never allocates.
 //!
 //! World switch (`el3_lower_sync` / `el3_exit`): SP_EL3 always points at the context of the
@@ -27,10 +29,18 @@ core::arch::global_asm!(
     .global _start
 _start:
     mrs     x0, mpidr_el1
-    and     x0, x0, #0xffffff
-    cbz     x0, 1f
-0:  wfe
-    b       0b
+    and     x1, x0, #0xffffff
+    cbz     x1, 1f
+    // A secondary CPU: served only if Aff1..Aff3 are 0 and Aff0 < MAX_CPUS; it waits in the
+    // holding pen until CPU_ON releases it.
+    ldr     x2, =0xff00ffff00
+    tst     x0, x2
+    b.ne    9f
+    and     x0, x0, #0xff
+    cmp     x0, #{max_cpus}
+    b.lo    park
+9:  wfe
+    b       9b
 1:  msr     cptr_el3, xzr
     isb
     ldr     x0, =__text_start
@@ -63,6 +73,34 @@ _start:
     mov     sp, x0
     ldr     x0, =monitor_main
     br      x0
+
+    // The holding pen (x0 = the CPU's index): WFE until the CPU's release word is RELEASE
+    // (polled from flash: the word lies in secure RAM, zeroed by the boot CPU with .el3), then
+    // the EL3 registers the boot CPU set for itself, this CPU's EL3 stack, and
+    // monitor_secondary(index). CPU_OFF comes back here.
+    .global park
+park:
+    mov     x19, x0
+    ldr     x20, =monitor_release
+    ldr     x21, ={release}
+10: wfe
+    ldr     x1, [x20, x19, lsl #3]
+    cmp     x1, x21
+    b.ne    10b
+    msr     cptr_el3, xzr
+    ldr     x0, ={sctlr_el3}
+    msr     sctlr_el3, x0
+    ldr     x0, =el3_vectors
+    msr     vbar_el3, x0
+    isb
+    msr     spsel, #0
+    ldr     x0, =__el3_stack_top
+    mov     x1, #{el3_stack}
+    msub    x0, x19, x1, x0
+    mov     sp, x0
+    mov     x0, x19
+    ldr     x1, =monitor_secondary
+    br      x1
     .ltorg
 
     .section .text.vectors.el3, "ax"
@@ -126,7 +164,11 @@ el3_lower_sync:
     stp     x1, x2, [x0]
     mov     x0, sp
     msr     spsel, #0
+    mrs     x2, mpidr_el1
+    and     x2, x2, #0xff
     ldr     x1, =__el3_stack_top
+    mov     x3, #{el3_stack}
+    msub    x1, x2, x3, x1
     mov     sp, x1
     bl      el3_handle_lower
     b       el3_exit
@@ -192,7 +234,14 @@ el3_fatal:
 "#,
     sctlr_el3 = const monitor::SCTLR_EL3_VALUE,
     fp_offset = const context::FP_OFFSET,
+    max_cpus = const teeshm_fw_common::cpu::MAX_CPUS,
+    release = const monitor::RELEASE,
+    el3_stack = const EL3_STACK_SIZE,
 );
+
+/// Bytes of each CPU's EL3 stack (`.el3` in secure.ld holds MAX_CPUS of them below
+/// `__el3_stack_top`, CPU n's top at `__el3_stack_top - n * EL3_STACK_SIZE`).
+const EL3_STACK_SIZE: usize = 0x4000;
 
 /// The exception level the CPU runs at now.
 fn current_el() -> u64 {

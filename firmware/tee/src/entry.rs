@@ -18,8 +18,9 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_abi::smc::{
-    OPTEE_SMC_RETURN_ETHREAD_LIMIT, OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
-    OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED, SmcRegs,
+    OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ETHREAD_LIMIT, OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_RETURN_UNKNOWN_FUNCTION, OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED, SmcRegs,
+    is_rpc_return,
 };
 use teeshm_core::{CoreConfig, NormalWorld, Tee};
 use teeshm_fw_common::{fid, println, time};
@@ -35,16 +36,37 @@ pub const FAULT_TEST_VA: u64 = WINDOW_BASE + 0x20_0000 - PAGE_SIZE;
 
 static TEE: spin::Once<Tee<FwPlatform>> = spin::Once::new();
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Calls in the core right now, over all CPUs, and the most there ever were at once.
+static IN_CORE: AtomicU64 = AtomicU64::new(0);
+static MAX_IN_CORE: AtomicU64 = AtomicU64::new(0);
+/// `RETURN_FROM_RPC`s that resumed a call on another CPU than the one it suspended on.
+static RESUMED_ELSEWHERE: AtomicU64 = AtomicU64::new(0);
+/// Threads the core may run (`CoreConfig::threads` is at most this many in the firmware's
+/// preset); a suspended thread's CPU is kept here (`u64::MAX`: none).
+const TRACKED_THREADS: usize = 64;
+static SUSPENDED_ON: [AtomicU64; TRACKED_THREADS] = [const { AtomicU64::new(u64::MAX) }; TRACKED_THREADS];
+/// CPUs the core's CPU_ON hook brought up (the boot CPU counts).
+static CPUS_ON: AtomicU64 = AtomicU64::new(1);
 /// Calls answered `OPTEE_SMC_RETURN_ETHREAD_LIMIT` (every thread busy).
 static THREAD_LIMITS: AtomicU64 = AtomicU64::new(0);
 
 core::arch::global_asm!(
     r#"
+    // x9 = this CPU's block in .stacks (secure.ld): __tee_stacks_start + Aff0 * CPU_STACKS
+    // (the monitor runs only CPUs with Aff0 < MAX_CPUS and Aff1..3 = 0). Clobbers x10, x11.
+    .macro cpu_stacks
+    mrs     x9, mpidr_el1
+    and     x9, x9, #0xff
+    ldr     x10, ={cpu_stacks}
+    ldr     x11, =__tee_stacks_start
+    madd    x9, x9, x10, x11
+    .endm
+
     .section .text.tee_entry, "ax"
     .global tee_boot_entry
 tee_boot_entry:
-    ldr     x9, =__tee_stack_top
-    mov     sp, x9
+    cpu_stacks
+    add     sp, x9, #{stack_top}
     ldr     x9, =tee_vectors
     msr     vbar_el1, x9
     isb
@@ -54,10 +76,23 @@ tee_boot_entry:
 0:  wfe
     b       0b
 
+    .global tee_cpu_on_entry
+tee_cpu_on_entry:
+    cpu_stacks
+    add     sp, x9, #{stack_top}
+    ldr     x9, =tee_vectors
+    msr     vbar_el1, x9
+    isb
+    bl      tee_cpu_on
+    ldr     x0, ={cpu_on_done}
+    smc     #0
+3:  wfe
+    b       3b
+
     .global tee_call_entry
 tee_call_entry:
-    ldr     x9, =__tee_stack_top
-    mov     sp, x9
+    cpu_stacks
+    add     sp, x9, #{stack_top}
     sub     sp, sp, #64
     stp     x0, x1, [sp, #0]
     stp     x2, x3, [sp, #16]
@@ -85,8 +120,8 @@ tee_vectors:
     .endr
 
 tee_vector_common:
-    ldr     x9, =__tee_exc_stack_top
-    mov     sp, x9
+    cpu_stacks
+    add     sp, x9, #{cpu_stacks}
     mrs     x1, esr_el1
     mrs     x2, far_el1
     mrs     x3, elr_el1
@@ -97,6 +132,9 @@ tee_vector_common:
 "#,
     entry_done = const fid::SECURE_ENTRY_DONE,
     call_done = const fid::SECURE_CALL_DONE,
+    cpu_on_done = const fid::SECURE_CPU_ON_DONE,
+    cpu_stacks = const layout::CPU_STACKS,
+    stack_top = const layout::STACK_TOP,
 );
 
 unsafe extern "C" {
@@ -104,6 +142,9 @@ unsafe extern "C" {
     pub fn tee_boot_entry();
     /// Where the monitor enters the core for each call (S-EL1, MMU on).
     pub fn tee_call_entry();
+    /// Where the monitor enters the core on a CPU that PSCI `CPU_ON` brings up (S-EL1, MMU on
+    /// with the boot CPU's registers; x0 = the CPU's index): OP-TEE's CPU_ON hook.
+    pub fn tee_cpu_on_entry();
 }
 
 /// Why the core could not boot.
@@ -176,12 +217,10 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         let shm = window.shm_mut();
         let code = map_identity(shm, "code", layout::code(), MemKind::SecureCode)?;
         let data = map_identity(shm, "data", layout::data(), MemKind::SecureRam)?;
-        let rest = map_identity(
-            shm,
-            "stacks and heap",
-            layout::stacks_and_heap(),
-            MemKind::SecureRam,
-        )?;
+        let mut rest = map_identity(shm, "heap", layout::heap(), MemKind::SecureRam)?;
+        for cpu in 0..teeshm_fw_common::cpu::MAX_CPUS {
+            rest += map_identity(shm, "stacks", layout::stacks(cpu), MemKind::SecureRam)?;
+        }
         map_identity(
             shm,
             "uart",
@@ -191,10 +230,10 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         println!(
             "tee: static map: code+rodata {code} pages RX, data {data} pages RW, \
              stacks+heap {rest} pages RW, UART 1 page device; unmapped: EL3 {:#x}..{:#x}, \
-             stack guard {:#x}",
+             a stack guard page below each CPU's stack ({:#x}, ...)",
             layout::el3().start,
             layout::el3().end,
-            layout::stack_guard().start
+            layout::stack_guard(0).start
         );
         (shm.tables().root_address().get(), shm.table_stats().live)
     };
@@ -248,6 +287,18 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
         return;
     };
     let func = (regs[0] & 0xffff_ffff) as u32;
+    let cpu = teeshm_fw_common::cpu::this() as u64;
+    let now = IN_CORE.fetch_add(1, Ordering::AcqRel) + 1;
+    MAX_IN_CORE.fetch_max(now, Ordering::AcqRel);
+    if func == OPTEE_SMC_CALL_RETURN_FROM_RPC {
+        let thread = regs[3] as usize;
+        if let Some(slot) = SUSPENDED_ON.get(thread) {
+            let was = slot.swap(u64::MAX, Ordering::AcqRel);
+            if was != u64::MAX && was != cpu {
+                RESUMED_ELSEWHERE.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
     *regs = match func {
         fid::SIP_TEESHM_CHECK => check(tee),
         #[cfg(feature = "fault-test")]
@@ -278,9 +329,22 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
             if out[0] == u64::from(OPTEE_SMC_RETURN_ETHREAD_LIMIT) {
                 THREAD_LIMITS.fetch_add(1, Ordering::Relaxed);
             }
+            if is_rpc_return(out[0] as u32) {
+                if let Some(slot) = SUSPENDED_ON.get(out[3] as usize) {
+                    slot.store(cpu, Ordering::Release);
+                }
+            }
             out
         }
     };
+    IN_CORE.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// The core's CPU_ON hook (from `tee_cpu_on_entry`, on the CPU that comes up, MMU on).
+#[unsafe(no_mangle)]
+extern "C" fn tee_cpu_on(cpu: u64) {
+    let on = CPUS_ON.fetch_add(1, Ordering::AcqRel) + 1;
+    println!("tee: CPU {cpu} up (its stacks, the core's tables and vectors); {on} CPUs on");
 }
 
 /// Runs the core's agreement checker and reports counters.
@@ -301,6 +365,12 @@ fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
             g.id.0, g.objects, g.mapped_pages, g.registered_pages, g.sessions, g.threads
         );
     }
+    println!(
+        "tee: smp: cpus_on {} max_concurrent_calls {} resumed_on_other_cpu {}",
+        CPUS_ON.load(Ordering::Acquire),
+        MAX_IN_CORE.load(Ordering::Acquire),
+        RESUMED_ELSEWHERE.load(Ordering::Acquire)
+    );
     let (by_va, all, at) = crate::platform::counters();
     println!(
         "tee: check: {} disagreements, {mapped} window pages mapped, {live} table pages, {} \

@@ -6,9 +6,7 @@ unsafe extern "C" {
     static __text_start: u8;
     static __ro_end: u8;
     static __rw_start: u8;
-    static __tee_stack_guard: u8;
-    static __tee_stack_bottom: u8;
-    static __tee_stack_top: u8;
+    static __tee_stacks_start: u8;
     static __heap_start: u8;
     static __heap_end: u8;
     static __el3_start: u8;
@@ -34,24 +32,27 @@ pub fn code() -> Range<u64> {
     addr!(__text_start)..addr!(__ro_end)
 }
 
-/// Initialised and zeroed data, up to the stack guard page (read-write, never executable).
+/// Initialised and zeroed data, up to the stacks (read-write, never executable).
 pub fn data() -> Range<u64> {
-    addr!(__rw_start)..addr!(__tee_stack_guard)
+    addr!(__rw_start)..addr!(__tee_stacks_start)
 }
 
-/// The page below the stack, left unmapped.
-pub fn stack_guard() -> Range<u64> {
-    addr!(__tee_stack_guard)..addr!(__tee_stack_bottom)
+/// Bytes of each CPU's block in `.stacks` (secure.ld): a guard page, the stack, the exception
+/// stack. `entry.rs`'s assembly takes a CPU's stacks at the same offsets.
+pub const CPU_STACKS: u64 = 0x13000;
+/// Where in a CPU's block its stack ends (its top) and its exception stack starts.
+pub const STACK_TOP: u64 = 0x11000;
+
+/// CPU `cpu`'s guard page below its stack, left unmapped.
+pub fn stack_guard(cpu: usize) -> Range<u64> {
+    let base = addr!(__tee_stacks_start) + cpu as u64 * CPU_STACKS;
+    base..base + 0x1000
 }
 
-/// The stacks and the heap, to the end of secure RAM (read-write, never executable).
-pub fn stacks_and_heap() -> Range<u64> {
-    addr!(__tee_stack_bottom)..SECURE_RAM.0 + SECURE_RAM.1
-}
-
-/// The S-EL1 stack.
-pub fn stack() -> Range<u64> {
-    addr!(__tee_stack_bottom)..addr!(__tee_stack_top)
+/// CPU `cpu`'s stack and exception stack (read-write, never executable).
+pub fn stacks(cpu: usize) -> Range<u64> {
+    let base = addr!(__tee_stacks_start) + cpu as u64 * CPU_STACKS;
+    base + 0x1000..base + CPU_STACKS
 }
 
 /// The heap.

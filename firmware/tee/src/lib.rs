@@ -21,7 +21,7 @@ pub mod layout;
 pub mod mmu;
 pub mod platform;
 
-pub use entry::{FAULT_TEST_VA, report_panic, tee_boot_entry, tee_call_entry};
+pub use entry::{FAULT_TEST_VA, report_panic, tee_boot_entry, tee_call_entry, tee_cpu_on_entry};
 
 /// The dynamic SHM window: 512 MiB at 256 GiB, far above every static mapping (which are all
 /// below 4 GiB, at VA == PA), inside the 39-bit VA space of mm's tables. The numbers are the

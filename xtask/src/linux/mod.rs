@@ -48,20 +48,46 @@ const HOST_PACKAGES: &[&str] = &[
 const ARM64_PACKAGES: &[&str] = &["busybox-static", "libteec1", "libc6", "optee-client-dev"];
 
 /// The machine. `-cpu cortex-a57` boots Debian's kernel fastest under TCG (of the CPUs QEMU
-/// 7.2 offers, tried on this project's machine); one CPU, 1 GiB of RAM as the firmware expects;
-/// a GICv3, which the monitor hands to the normal world (system registers, Group 1).
+/// 7.2 offers, tried on this project's machine); 1 GiB of RAM as the firmware expects; a
+/// GICv3, which the monitor hands to the normal world (system registers, Group 1). The CPUs
+/// are added by [`Machine`] (`--smp`).
 const MACHINE: &[&str] = &[
     "-M",
     "virt,secure=on,gic-version=3",
     "-cpu",
     "cortex-a57",
-    "-smp",
-    "1",
     "-m",
     "1024",
     "-net",
     "none",
 ];
+
+/// CPUs a run has unless `--smp` says otherwise.
+const DEFAULT_SMP: usize = 1;
+
+/// A QEMU machine: its options and its CPUs (the firmware serves up to
+/// `teeshm_fw_common::cpu::MAX_CPUS` = 8).
+#[derive(Debug, Clone, Copy)]
+struct Machine {
+    base: &'static [&'static str],
+    smp: usize,
+}
+
+impl Machine {
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self.base.iter().map(|a| a.to_string()).collect();
+        args.extend(["-smp".to_string(), self.smp.to_string()]);
+        args
+    }
+}
+
+/// `--smp N` (1 to 8).
+fn parse_smp(value: Option<&String>) -> Result<usize, String> {
+    value
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| (1..=8).contains(n))
+        .ok_or_else(|| "--smp needs a number of CPUs from 1 to 8".to_string())
+}
 
 /// Where the `-device loader`s put the kernel, the device tree and the initramfs (non-secure
 /// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0); it
@@ -96,6 +122,7 @@ struct Options {
     build_only: bool,
     timeout: Duration,
     kernel_meta: String,
+    smp: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -103,6 +130,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         build_only: false,
         timeout: Duration::from_secs(300),
         kernel_meta: DEFAULT_KERNEL_META.to_string(),
+        smp: DEFAULT_SMP,
     };
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -115,6 +143,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or("--timeout needs a number of seconds")?;
                 options.timeout = Duration::from_secs(secs);
             }
+            "--smp" => options.smp = parse_smp(rest.next())?,
             "--kernel" => {
                 options.kernel_meta = rest
                     .next()
@@ -128,7 +157,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
-/// `cargo xtask linux [--build-only] [--timeout SECS] [--kernel META]`.
+/// `cargo xtask linux [--build-only] [--timeout SECS] [--kernel META] [--smp N]`.
 pub fn linux(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
     let started = Instant::now();
@@ -149,7 +178,11 @@ pub fn linux(args: &[String]) -> Result<(), String> {
     // The monitor's `linux` feature and no test commands: the firmware a product would ship
     // (linux/teeshm-test.c never asks WHERE for secure addresses).
     let firmware = crate::qemu::build(crate::qemu::Variant::Linux, &[])?.secure;
-    let dtb = build_dtb(&firmware, initramfs.1, &out)?;
+    let machine = Machine {
+        base: MACHINE,
+        smp: options.smp,
+    };
+    let dtb = build_dtb(&machine, &firmware, initramfs.1, &out)?;
     eprintln!(
         "xtask: linux: kernel {} ({} bytes), initramfs {} bytes, device tree {}; built in {:.1} s",
         kernel.release,
@@ -162,6 +195,7 @@ pub fn linux(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     boot(
+        &machine,
         &firmware,
         &kernel.image,
         &dtb,
@@ -336,11 +370,16 @@ fn cpio_newc(entries: &[(String, Entry)]) -> Vec<u8> {
 }
 
 /// QEMU's device tree for this machine and firmware, with what Linux needs added.
-fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, String> {
+fn build_dtb(
+    machine: &Machine,
+    firmware: &Path,
+    initrd_len: u64,
+    out: &Path,
+) -> Result<PathBuf, String> {
     device_tree(
-        MACHINE,
+        machine,
         firmware,
-        &dts_additions(initrd_len),
+        &dts_additions(initrd_len, machine.smp),
         &out.join("teeshm-virt"),
     )
 }
@@ -349,14 +388,14 @@ fn build_dtb(firmware: &Path, initrd_len: u64, out: &Path) -> Result<PathBuf, St
 /// (a second root block, which dtc merges into the first), compiled by dtc to `<stem>.dtb`
 /// (the source kept beside it as `<stem>.dts`).
 fn device_tree(
-    machine: &[&str],
+    machine: &Machine,
     firmware: &Path,
     additions: &str,
     stem: &Path,
 ) -> Result<PathBuf, String> {
     let dumped = stem.with_extension("qemu.dtb");
     let mut dump = Command::new("qemu-system-aarch64");
-    dump.args(machine)
+    dump.args(machine.args())
         .args(["-display", "none"])
         .arg("-bios")
         .arg(firmware)
@@ -389,9 +428,9 @@ fn device_tree(
 
 /// The QEMU command that boots `firmware` on `machine` with `loads` (file, address) put in
 /// RAM by `-device loader`, the UART on stdout, semihosting on, no reboot.
-fn qemu_command(machine: &[&str], firmware: &Path, loads: &[(&Path, u64)]) -> Command {
+fn qemu_command(machine: &Machine, firmware: &Path, loads: &[(&Path, u64)]) -> Command {
     let mut command = Command::new("qemu-system-aarch64");
-    command.args(machine).args([
+    command.args(machine.args()).args([
         "-display",
         "none",
         "-monitor",
@@ -416,7 +455,7 @@ fn qemu_command(machine: &[&str], firmware: &Path, loads: &[(&Path, u64)]) -> Co
 }
 
 /// The nodes added to QEMU's tree (a second root block, which dtc merges into the first).
-fn dts_additions(initrd_len: u64) -> String {
+fn dts_additions(initrd_len: u64, smp: usize) -> String {
     let cells = |v: u64| format!("<{:#x} {:#x}>", v >> 32, v & 0xffff_ffff);
     format!(
         r#"{firmware}
@@ -430,7 +469,7 @@ fn dts_additions(initrd_len: u64) -> String {
 	}};
 }};
 "#,
-        firmware = firmware_nodes(),
+        firmware = firmware_nodes(smp),
         initrd_start = cells(INITRD_ADDR),
         initrd_end = cells(INITRD_ADDR + initrd_len),
     )
@@ -438,7 +477,7 @@ fn dts_additions(initrd_len: u64) -> String {
 
 /// What any normal world of teeshm's firmware needs in QEMU's tree: PSCI over SMC, the OP-TEE
 /// node, secure RAM reserved.
-fn firmware_nodes() -> String {
+fn firmware_nodes(smp: usize) -> String {
     let (secure_base, secure_size) = SECURE_RAM;
     let secure_reg = format!(
         "<{:#x} {:#x} {:#x} {:#x}>",
@@ -447,16 +486,22 @@ fn firmware_nodes() -> String {
         secure_size >> 32,
         secure_size & 0xffff_ffff
     );
+    // QEMU gives its CPUs no enable method when firmware runs EL3: each is brought up by
+    // PSCI CPU_ON through the monitor.
+    let cpus: String = (0..smp)
+        .map(|n| format!("\tcpus {{\n\t\tcpu@{n} {{\n\t\t\tenable-method = \"psci\";\n\t\t}};\n\t}};\n"))
+        .collect();
     format!(
         r#"
 /* Added by `cargo xtask` (xtask/src/linux/mod.rs): teeshm's firmware. */
 / {{
-	/* The monitor implements PSCI 1.1 at EL3: SYSTEM_OFF, SYSTEM_RESET, FEATURES. */
+	/* The monitor implements PSCI 1.1 at EL3: CPU_ON, CPU_OFF, AFFINITY_INFO,
+	   MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, FEATURES. */
 	psci {{
 		compatible = "arm,psci-1.0", "arm,psci-0.2";
 		method = "smc";
 	}};
-
+{cpus}
 	firmware {{
 		optee {{
 			compatible = "linaro,optee-tz";
@@ -496,6 +541,7 @@ struct Milestones {
 }
 
 fn boot(
+    machine: &Machine,
     firmware: &Path,
     image: &Path,
     dtb: &Path,
@@ -504,7 +550,7 @@ fn boot(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut command = qemu_command(
-        MACHINE,
+        machine,
         firmware,
         &[
             (image, KERNEL_ADDR),

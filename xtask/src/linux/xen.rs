@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use super::debian::{Kernel, arm64_deb, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
-    DEFAULT_KERNEL_META, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES, Milestones,
-    build_test, initramfs_entries, is_summary, write_cpio,
+    DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES,
+    Machine, Milestones, build_test, initramfs_entries, is_summary, parse_smp, write_cpio,
 };
 use crate::{ensure_debian_packages, run, workspace_root};
 
@@ -56,8 +56,6 @@ const MACHINE: &[&str] = &[
     "virt,secure=on,virtualization=on,gic-version=3",
     "-cpu",
     "cortex-a57",
-    "-smp",
-    "1",
     "-m",
     "1024",
     "-net",
@@ -133,9 +131,10 @@ enum Mode {
     Dom0Alone,
 }
 
-/// `cargo xtask xen [--build-only] [--timeout SECS] [--compare RUNS]`.
+/// `cargo xtask xen [--build-only] [--timeout SECS] [--compare RUNS] [--smp N]`.
 pub fn xen(args: &[String]) -> Result<(), String> {
     let mut build_only = false;
+    let mut smp = DEFAULT_SMP;
     let mut timeout = Duration::from_secs(600);
     let mut compare = None;
     let mut rest = args.iter();
@@ -149,6 +148,7 @@ pub fn xen(args: &[String]) -> Result<(), String> {
                         .ok_or("--timeout needs a number of seconds")?,
                 );
             }
+            "--smp" => smp = parse_smp(rest.next())?,
             "--compare" => {
                 compare = Some(
                     rest.next()
@@ -205,7 +205,11 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         initramfs_len,
         started.elapsed().as_secs_f64()
     );
-    let dtb = build_dtb(&firmware, &modules, &out, Mode::Domains)?;
+    let machine = Machine {
+        base: MACHINE,
+        smp,
+    };
+    let dtb = build_dtb(&machine, &firmware, &modules, &out, Mode::Domains)?;
     if build_only {
         return Ok(());
     }
@@ -216,12 +220,12 @@ pub fn xen(args: &[String]) -> Result<(), String> {
             (kernel.image.as_path(), DOM0_KERNEL_ADDR),
             (initramfs.as_path(), initrd_addr),
         ];
-        boot(&firmware, &loads, &out, timeout, mode)
+        boot(&machine, &firmware, &loads, &out, timeout, mode)
     };
     let Some(runs) = compare else {
         return run(&dtb, Mode::Domains).map(|_| ());
     };
-    let alone = build_dtb(&firmware, &modules, &out, Mode::Dom0Alone)?;
+    let alone = build_dtb(&machine, &firmware, &modules, &out, Mode::Dom0Alone)?;
     compare_with_linux(runs, &out, || {
         run(&alone, Mode::Dom0Alone)?
             .domains
@@ -525,6 +529,7 @@ struct Modules {
 
 /// QEMU's device tree for this machine and firmware, with what Xen and dom0 need added.
 fn build_dtb(
+    machine: &Machine,
     firmware: &Path,
     modules: &Modules,
     out: &Path,
@@ -537,8 +542,8 @@ fn build_dtb(
             format!("{DOM0_BOOTARGS} teeshm.dom0-alone"),
         ),
     };
-    let additions = super::firmware_nodes() + &chosen(modules, &dom0_args);
-    super::device_tree(MACHINE, firmware, &additions, &out.join(name))
+    let additions = super::firmware_nodes(machine.smp) + &chosen(modules, &dom0_args);
+    super::device_tree(machine, firmware, &additions, &out.join(name))
 }
 
 /// `/chosen` for Xen: its command line and its boot modules (dom0's kernel with dom0's command
@@ -917,13 +922,14 @@ impl XenRun {
 
 /// Boots Xen and its domains, shows the UART live, writes the report and judges the run.
 fn boot(
+    machine: &Machine,
     firmware: &Path,
     loads: &[(&Path, u64)],
     out: &Path,
     timeout: Duration,
     mode: Mode,
 ) -> Result<XenRun, String> {
-    let mut command = super::qemu_command(MACHINE, firmware, loads);
+    let mut command = super::qemu_command(machine, firmware, loads);
     eprintln!("xtask: running {command:?}");
     let log_path = out.join("uart.log");
     let mut log = fs::File::create(&log_path)

@@ -59,7 +59,7 @@ mod shared;
 mod suspend;
 #[cfg(not(feature = "fault-test"))]
 mod vm;
-#[cfg(not(feature = "fault-test"))]
+#[cfg(all(feature = "xen-domu", not(feature = "fault-test")))]
 pub mod xen_domu;
 
 #[cfg(not(feature = "fault-test"))]

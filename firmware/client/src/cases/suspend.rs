@@ -48,6 +48,7 @@ pub(super) struct Suspended {
 
 impl Suspended {
     /// The RPC function the call waits in (`RPC_FUNC_ALLOC`, `RPC_FUNC_CMD`, ...).
+    #[cfg_attr(not(feature = "xen-domu"), allow(dead_code))]
     pub(super) fn rpc_func(&self) -> u32 {
         optee_smc_return_get_rpc_func(self.request.a0())
     }
