@@ -281,13 +281,14 @@ fn gic_reg(base: usize, offset: usize) -> *mut u32 {
     (base + offset) as *mut u32
 }
 
-/// The GIC's architecture version from the distributor's `GICD_PIDR2.ArchRev` (2 or 3; 4 is
-/// a GICv4, which is a GICv3 here).
+/// The GIC's architecture version: 3 when this CPU has the GICv3 system-register interface
+/// (`ID_AA64PFR0_EL1.GIC` ≠ 0, which QEMU sets with a GICv3), else 2. (The distributor's ID
+/// registers lie at different offsets in the two, beyond a GICv2 frame's end for a GICv3's.)
 fn gic_version() -> u32 {
-    // SAFETY: GICD_PIDR2 (offset 0xffe8) is a read-only ID register of the distributor, at the
-    // same offset in GICv2 and GICv3; reading it has no side effect.
-    let pidr2 = unsafe { gic_reg(GICD_BASE, 0xffe8).read_volatile() };
-    (pidr2 >> 4) & 0xf
+    let pfr0: u64;
+    // SAFETY: reading ID_AA64PFR0_EL1 has no side effect.
+    unsafe { core::arch::asm!("mrs {}, id_aa64pfr0_el1", out(reg) pfr0, options(nomem, nostack)) };
+    if (pfr0 >> 24) & 0xf != 0 { 3 } else { 2 }
 }
 
 /// Hands every interrupt to the normal world, as secure firmware does before it starts a

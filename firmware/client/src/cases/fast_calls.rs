@@ -105,13 +105,42 @@ pub(super) fn psci() -> Outcome {
         let r = low(fast(psci::FEATURES, &[u64::from(f)]).a[0]);
         ensure!(r == 0, "PSCI_FEATURES({f:#x}) = {r}");
     }
-    let r = low(fast(psci::FEATURES, &[u64::from(psci::CPU_ON_64)]).a[0]);
-    ensure!(r == -1, "PSCI_FEATURES(CPU_ON) = {r}");
-    let r = low(fast(psci::CPU_ON_64, &[1, 0x4020_0000, 0]).a[0]);
-    ensure!(r == -1, "CPU_ON answered {r}");
+    for f in [
+        psci::CPU_ON_64,
+        psci::CPU_OFF,
+        psci::AFFINITY_INFO_64,
+        psci::MIGRATE_INFO_TYPE,
+    ] {
+        let r = low(fast(psci::FEATURES, &[u64::from(f)]).a[0]);
+        ensure!(r == 0, "PSCI_FEATURES({f:#x}) = {r}");
+    }
+    let me = teeshm_fw_common::cpu::mpidr() & 0xff_00ff_ffff;
+    let err = |v: u64| low(v);
+    let r = low(fast(psci::CPU_ON_64, &[me, 0x4020_0000, 0]).a[0]);
+    ensure!(
+        r == err(psci::ALREADY_ON),
+        "CPU_ON of the calling CPU answered {r}"
+    );
+    let r = low(fast(psci::CPU_ON_64, &[0x100, 0x4020_0000, 0]).a[0]);
+    ensure!(
+        r == err(psci::INVALID_PARAMETERS),
+        "CPU_ON of MPIDR 0x100 (no such CPU) answered {r}"
+    );
+    let r = fast(psci::AFFINITY_INFO_64, &[me, 0]).a[0];
+    ensure!(r == psci::AFFINITY_ON, "AFFINITY_INFO of the calling CPU: {r:#x}");
+    let r = low(fast(psci::AFFINITY_INFO_64, &[0x100, 0]).a[0]);
+    ensure!(
+        r == err(psci::INVALID_PARAMETERS),
+        "AFFINITY_INFO of MPIDR 0x100 answered {r}"
+    );
+    let r = fast(psci::MIGRATE_INFO_TYPE, &[]).a[0];
+    ensure!(r == psci::TOS_NOT_PRESENT_MP, "MIGRATE_INFO_TYPE {r}");
     let r = fast(fid::arch::SMCCC_VERSION, &[]).a[0];
     ensure!(r == fid::arch::VERSION_1_1, "SMCCC_VERSION {r:#x}");
-    Ok("PSCI 1.1 (VERSION, FEATURES, SYSTEM_OFF, SYSTEM_RESET; CPU_ON refused), SMCCC 1.1".into())
+    Ok(
+        "PSCI 1.1 (VERSION, FEATURES, CPU_ON: ALREADY_ON for itself, INVALID_PARAMETERS for no CPU; AFFINITY_INFO, MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET), SMCCC 1.1"
+            .into(),
+    )
 }
 
 pub(super) fn fp_preserved() -> Outcome {
