@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -45,7 +46,15 @@ static const TEEC_UUID unknown_uuid = {
 	0x12345678, 0x9abc, 0x4def, { 0x80, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77 }
 };
 
-enum { CMD_SHA256 = 0, CMD_FILL = 1, CMD_COPY = 2, CMD_WHERE = 3, CMD_TOUCH = 4, CMD_RPC_BUFFER = 5 };
+enum {
+	CMD_SHA256 = 0,
+	CMD_FILL = 1,
+	CMD_COPY = 2,
+	CMD_WHERE = 3,
+	CMD_TOUCH = 4,
+	CMD_RPC_BUFFER = 5,
+	CMD_SCRUB = 6
+};
 /* OPTEE_RPC_SHM_TYPE_KERNEL: the driver allocates the buffer itself (APPL would need tee-supplicant). */
 enum { SHM_TYPE_KERNEL = 1 };
 
@@ -928,6 +937,286 @@ static void threads_case(void)
 	end();
 }
 
+/* ---- long calls and every CPU ------------------------------------------------------------ */
+
+/*
+ * SCRUB over a registered buffer, `rounds` times: round r writes and reads back the pattern of
+ * seed + r, so the buffer ends with the last round's. A long call: the core lets a pending
+ * interrupt of the normal world through between chunks (RPC_FOREIGN_INTR) and goes on when
+ * the driver returns. Returns the times it did, or -1 with `why` set.
+ */
+static long scrub(TEEC_Session *s, TEEC_SharedMemory *shm, uint32_t seed, uint32_t rounds,
+		  char *why, size_t why_len)
+{
+	TEEC_Operation op;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	const uint8_t *p = shm->buffer;
+	size_t i;
+
+	memset(&op, 0, sizeof(op));
+	op.paramTypes =
+		TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_VALUE_INPUT, TEEC_VALUE_OUTPUT, TEEC_NONE);
+	op.params[0].memref.parent = shm;
+	op.params[1].value.a = seed;
+	op.params[1].value.b = rounds;
+	res = TEEC_InvokeCommand(s, CMD_SCRUB, &op, &origin);
+	if (res != TEEC_SUCCESS) {
+		snprintf(why, why_len, "SCRUB: 0x%08x origin %u", res, origin);
+		return -1;
+	}
+	if (op.params[2].value.a != (uint32_t)(shm->size * rounds)) {
+		snprintf(why, why_len, "SCRUB checked %u bytes of %zu", op.params[2].value.a,
+			 shm->size * rounds);
+		return -1;
+	}
+	for (i = 0; i < shm->size; i++)
+		if (p[i] != pattern_byte((uint64_t)seed + rounds - 1, i)) {
+			snprintf(why, why_len, "SCRUB left byte %zu as 0x%02x", i, p[i]);
+			return -1;
+		}
+	return (long)op.params[2].value.b;
+}
+
+/* A registered buffer of `len` bytes (page aligned), or false. */
+static bool register_new(TEEC_SharedMemory *shm, size_t len)
+{
+	void *p = NULL;
+
+	memset(shm, 0, sizeof(*shm));
+	if (posix_memalign(&p, 4096, len))
+		return false;
+	memset(p, 0, len);
+	shm->buffer = p;
+	shm->size = len;
+	shm->flags = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT;
+	if (TEEC_RegisterSharedMemory(&ctx, shm) != TEEC_SUCCESS || shm->shadow_buffer) {
+		free(p);
+		return false;
+	}
+	return true;
+}
+
+static void release(TEEC_SharedMemory *shm)
+{
+	void *p = shm->buffer;
+
+	TEEC_ReleaseSharedMemory(shm);
+	free(p);
+}
+
+/* A call long enough (tens of ms) that the normal world's timer must interrupt it. */
+static void scrub_case(void)
+{
+	size_t len = under_xen ? 512 * 1024 : 2 << 20;
+	uint32_t rounds = 8;
+	TEEC_SharedMemory shm;
+	char why[160] = "";
+	long yields;
+	double took;
+
+	begin("SCRUB: a long call (tens of ms) that lets the normal world's interrupts through");
+	if (!check(register_new(&shm, len), "register %zu bytes", len)) {
+		end();
+		return;
+	}
+	yields = scrub(&sess, &shm, 0x5c, rounds, why, sizeof(why));
+	took = seconds_since(&case_start);
+	if (check(yields >= 0, "%s", why))
+		check(yields > 0 || took < 0.02,
+		      "%zu bytes x %u rounds took %.3f s and let no interrupt through", len, rounds,
+		      took);
+	printf("scrub: %zu bytes x %u rounds, every byte checked, in %.3f s; %ld interrupts of the "
+	       "normal world served during it\n",
+	       len, rounds, took, yields);
+	release(&shm);
+	end();
+}
+
+/*
+ * One thread pinned to each CPU, each with its own session: register / invoke with every
+ * memref kind / release on its own buffers, its own slice of a buffer the threads share, and
+ * a SCRUB now and then; every byte checked.
+ */
+struct cpu_worker {
+	int cpu;
+	int rounds;
+	TEEC_SharedMemory *shared;
+	size_t slice;
+	long yields;
+	bool ok;
+	char why[200];
+};
+
+static bool worker_check(struct cpu_worker *w, bool cond, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cond || !w->ok)
+		return cond;
+	va_start(ap, fmt);
+	vsnprintf(w->why, sizeof(w->why), fmt, ap);
+	va_end(ap);
+	w->ok = false;
+	return false;
+}
+
+static void cpu_round(struct cpu_worker *w, TEEC_Session *s, int r)
+{
+	size_t len = 3 * 4096 + 100 + (size_t)w->cpu * 333, off = w->cpu * w->slice, i;
+	uint32_t seed = (uint32_t)(w->cpu * 1000 + r), origin = 0;
+	uint8_t digest[32], want[32], *in = malloc(len), *out = malloc(len);
+	TEEC_SharedMemory own;
+	TEEC_Operation op;
+	TEEC_Result res;
+
+	if (!worker_check(w, in && out && register_new(&own, len), "round %d: buffers", r))
+		goto out;
+	/* FILL, whole registered memref. */
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_WHOLE, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = &own;
+	op.params[1].value.a = seed;
+	res = TEEC_InvokeCommand(s, CMD_FILL, &op, &origin);
+	worker_check(w, res == TEEC_SUCCESS, "round %d FILL whole: 0x%08x", r, res);
+	for (i = 0; w->ok && i < len; i++)
+		worker_check(w, ((uint8_t *)own.buffer)[i] == pattern_byte(seed, i),
+			     "round %d FILL whole: byte %zu", r, i);
+	/* SHA-256, partial input memref, temporary output. */
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_INPUT, TEEC_MEMREF_TEMP_OUTPUT,
+					 TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = &own;
+	op.params[0].memref.offset = 5;
+	op.params[0].memref.size = len - 10;
+	op.params[1].tmpref.buffer = digest;
+	op.params[1].tmpref.size = sizeof(digest);
+	res = TEEC_InvokeCommand(s, CMD_SHA256, &op, &origin);
+	sha256((uint8_t *)own.buffer + 5, len - 10, want);
+	worker_check(w, res == TEEC_SUCCESS && !memcmp(digest, want, 32),
+		     "round %d SHA-256 partial: 0x%08x or a wrong digest", r, res);
+	/* COPY, temporary input to partial output (inout flags). */
+	write_pattern(in, len, seed + 7);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_PARTIAL_OUTPUT,
+					 TEEC_NONE, TEEC_NONE);
+	op.params[0].tmpref.buffer = in;
+	op.params[0].tmpref.size = len / 2;
+	op.params[1].memref.parent = &own;
+	op.params[1].memref.offset = len / 4;
+	op.params[1].memref.size = len / 2;
+	res = TEEC_InvokeCommand(s, CMD_COPY, &op, &origin);
+	worker_check(w, res == TEEC_SUCCESS &&
+				!memcmp((uint8_t *)own.buffer + len / 4, in, len / 2),
+		     "round %d COPY temp -> partial: 0x%08x or wrong bytes", r, res);
+	/* COPY, temporary input to temporary output. */
+	memset(out, 0, len);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT,
+					 TEEC_NONE, TEEC_NONE);
+	op.params[0].tmpref.buffer = in;
+	op.params[0].tmpref.size = len;
+	op.params[1].tmpref.buffer = out;
+	op.params[1].tmpref.size = len;
+	res = TEEC_InvokeCommand(s, CMD_COPY, &op, &origin);
+	worker_check(w, res == TEEC_SUCCESS && !memcmp(out, in, len),
+		     "round %d COPY temp -> temp: 0x%08x or wrong bytes", r, res);
+	/* FILL of this CPU's slice of the shared buffer (partial output). */
+	memset(&op, 0, sizeof(op));
+	op.paramTypes =
+		TEEC_PARAM_TYPES(TEEC_MEMREF_PARTIAL_OUTPUT, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+	op.params[0].memref.parent = w->shared;
+	op.params[0].memref.offset = off;
+	op.params[0].memref.size = w->slice;
+	op.params[1].value.a = seed + 3;
+	res = TEEC_InvokeCommand(s, CMD_FILL, &op, &origin);
+	worker_check(w, res == TEEC_SUCCESS, "round %d FILL shared slice: 0x%08x", r, res);
+	for (i = 0; w->ok && i < w->slice; i++)
+		worker_check(w,
+			     ((uint8_t *)w->shared->buffer)[off + i] == pattern_byte(seed + 3, i),
+			     "round %d FILL shared slice: byte %zu", r, i);
+	release(&own);
+	/* Now and then a long call on a buffer of its own. */
+	if (w->ok && r % 4 == 3) {
+		TEEC_SharedMemory big;
+		long y;
+
+		if (worker_check(w, register_new(&big, 256 * 1024), "round %d: SCRUB buffer", r)) {
+			y = scrub(s, &big, seed, 2, w->why, sizeof(w->why));
+			worker_check(w, y >= 0, "%s", w->why);
+			w->yields += y > 0 ? y : 0;
+			release(&big);
+		}
+	}
+out:
+	free(in);
+	free(out);
+}
+
+static void *cpu_worker_main(void *p)
+{
+	struct cpu_worker *w = p;
+	TEEC_Session s;
+	TEEC_Result res;
+	uint32_t origin = 0;
+	cpu_set_t set;
+	int r;
+
+	w->ok = true;
+	CPU_ZERO(&set);
+	CPU_SET(w->cpu, &set);
+	if (!worker_check(w, pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0,
+			  "pinning to CPU %d", w->cpu))
+		return NULL;
+	res = TEEC_OpenSession(&ctx, &s, &memtest_uuid, TEEC_LOGIN_PUBLIC, NULL, NULL, &origin);
+	if (!worker_check(w, res == TEEC_SUCCESS, "open session: 0x%08x", res))
+		return NULL;
+	for (r = 0; w->ok && r < w->rounds; r++) {
+		worker_check(w, sched_getcpu() == w->cpu, "runs on CPU %d, not %d", sched_getcpu(),
+			     w->cpu);
+		cpu_round(w, &s, r);
+	}
+	TEEC_CloseSession(&s);
+	return NULL;
+}
+
+static void smp_case(void)
+{
+	enum { MAX_WORKERS = 8 };
+	struct cpu_worker w[MAX_WORKERS];
+	pthread_t t[MAX_WORKERS];
+	TEEC_SharedMemory shared;
+	char name[128];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN), yields = 0;
+	int n = cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : (int)cpus, i;
+
+	snprintf(name, sizeof(name),
+		 "one thread pinned on each of %d CPUs: register / invoke / release, a shared buffer, SCRUB",
+		 n);
+	begin(name);
+	if (!check(register_new(&shared, (size_t)n * 5000), "register the shared buffer")) {
+		end();
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i].cpu = i;
+		w[i].rounds = 16;
+		w[i].shared = &shared;
+		w[i].slice = 5000;
+		check(pthread_create(&t[i], NULL, cpu_worker_main, &w[i]) == 0, "pthread_create");
+	}
+	for (i = 0; i < n; i++) {
+		pthread_join(t[i], NULL);
+		check(w[i].ok, "CPU %d: %s", i, w[i].why);
+		yields += w[i].yields;
+	}
+	printf("smp: %d threads on %d CPUs, %ld interrupts of the normal world served during their SCRUBs\n",
+	       n, n, yields);
+	release(&shared);
+	end();
+}
+
 /* ---- raw /dev/tee0 ioctls ----------------------------------------------------------------- */
 
 static int raw_open_session(int fd, const uint8_t uuid[16], uint32_t *session, uint32_t *ret)
@@ -1522,6 +1811,8 @@ int main(void)
 	churn_case(300);
 	sessions_case();
 	threads_case();
+	scrub_case();
+	smp_case();
 	raw_cases();
 	refused_by_firmware_cases();
 	simd_case();

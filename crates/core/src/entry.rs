@@ -472,6 +472,9 @@ impl<P: Platform> Tee<P> {
                         let (hi, lo) = split_pair(cookie);
                         SmcRegs::call(OPTEE_SMC_RETURN_RPC_CMD, &[hi, lo, thread])
                     }
+                    RpcRequest::ForeignInterrupt => {
+                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, &[0, 0, thread])
+                    }
                 };
                 let id = call.thread;
                 let mut threads = self.threads.lock();

@@ -90,6 +90,9 @@ pub(crate) enum RpcRequest {
     /// `OPTEE_SMC_RETURN_RPC_CMD`, the RPC arg at the buffer with this cookie (0 when it is
     /// appended to the call's arg).
     Cmd(u64),
+    /// `OPTEE_SMC_RETURN_RPC_FOREIGN_INTR`: an interrupt of the normal world is pending; it
+    /// serves it and returns.
+    ForeignInterrupt,
 }
 
 /// How a step of a call ended.

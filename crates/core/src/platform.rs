@@ -58,4 +58,12 @@ pub trait Platform: Send + Sync {
     /// # Errors
     /// An [`AccessFault`] naming the first address that could not be written.
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault>;
+
+    /// Whether an interrupt of the normal world is pending on this CPU. The secure world runs
+    /// with interrupts masked; a long yielding call asks between chunks of its work and, when
+    /// one is, suspends with `RPC_FOREIGN_INTR` so that the normal world serves it. Fast calls
+    /// and the core's critical sections never ask. The default: never.
+    fn foreign_interrupt_pending(&self) -> bool {
+        false
+    }
 }

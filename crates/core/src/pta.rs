@@ -11,6 +11,12 @@
 //! | 3 | WHERE | memref, value out, value out | `p1.a` = VA of the first byte, `p1.b` = its PA (both 0 unless the core is built with the feature `test-commands`: addresses are secrets of the secure world); `p2.a` = 1 if the mapping was cached, `p2.b` = pages mapped |
 //! | 4 | TOUCH | memref in, value out | reads only the first and last byte: `p1.a`, `p1.b` |
 //! | 5 | RPC_BUFFER | value in (`a` = bytes, `b` = SHM type, `c` = seed), value out | asks the normal world for a buffer by `OPTEE_RPC_CMD_SHM_ALLOC`, fills it with the pattern, reads it back, frees it by `SHM_FREE`; `p1.a` = bytes checked, `p1.b` = the buffer's cookie |
+//! | 6 | SCRUB | memref out, value in (`a` = seed, `b` = rounds), value out | a long call: `rounds` times over the whole buffer, round `r` writes the pattern of seed `a + r` and reads each chunk back; the buffer ends with the last round's pattern; `p2.a` = bytes checked, `p2.b` = times the call let the normal world serve an interrupt |
+//!
+//! SCRUB is preemptible: between chunks it asks the platform whether an interrupt of the
+//! normal world is pending and, if one is (after at least one chunk of progress), suspends with
+//! `OPTEE_SMC_RETURN_RPC_FOREIGN_INTR` so the normal world serves it, and goes on from where it
+//! stopped when the normal world returns (`RETURN_FROM_RPC`), on whichever CPU.
 //!
 //! Errors come back with origin `TEE_ORIGIN_TRUSTED_APP`; a short output memref gets
 //! `TEE_ERROR_SHORT_BUFFER` with the needed size written back.
@@ -49,6 +55,8 @@ pub mod cmd {
     pub const TOUCH: u32 = 4;
     /// Take a buffer from the normal world by RPC, fill, check, free it.
     pub const RPC_BUFFER: u32 = 5;
+    /// Write and check patterns over memref 0, `p1.b` rounds; preemptible.
+    pub const SCRUB: u32 = 6;
 }
 
 /// Byte `index` of the pattern of `seed`: the top byte of
@@ -72,6 +80,19 @@ pub(crate) enum PtaWait {
     AfterFree {
         result: Result<(u64, u64), TeeError>,
     },
+    /// SCRUB suspended for a foreign interrupt, to go on from here.
+    Scrub(ScrubProgress),
+}
+
+/// How far a SCRUB got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ScrubProgress {
+    /// The round it is in.
+    round: u64,
+    /// The next byte of the buffer to write and check in that round.
+    offset: u64,
+    /// Times it suspended for a foreign interrupt.
+    yields: u64,
 }
 
 const CHUNK: usize = 4096;
@@ -89,6 +110,7 @@ pub(crate) fn invoke<P: Platform>(
         cmd::WHERE => where_is(tee, call),
         cmd::TOUCH => touch(tee, call),
         cmd::RPC_BUFFER => rpc_buffer_start(tee, call),
+        cmd::SCRUB => scrub(tee, call, ScrubProgress::default()),
         other => Err(TeeError::UnknownFunction(other)),
     }
 }
@@ -111,6 +133,7 @@ pub(crate) fn resume<P: Platform>(
             set_value(call, 1, [a, b, 0])?;
             Ok(Step::Done)
         }
+        PtaWait::Scrub(progress) => scrub(tee, call, progress),
     }
 }
 
@@ -256,6 +279,53 @@ fn copy<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
     read_chunks(tee, input, size, |at, c| guard.write(out.offs + at, c))?;
     drop(guard);
     set_size(call, 1, size);
+    Ok(Step::Done)
+}
+
+/// SCRUB from `at`: chunk by chunk, each written with its round's pattern and read back;
+/// suspends for a pending foreign interrupt once a chunk has been done since it started or
+/// resumed.
+fn scrub<P: Platform>(tee: &Tee<P>, call: &mut Call, at: ScrubProgress) -> Result<Step, TeeError> {
+    let [seed, rounds, _] = value_in(call, 1)?;
+    let (out, size) = output(call, 0)?;
+    let checked = size
+        .checked_mul(rounds)
+        .ok_or(TeeError::BadParameters("SCRUB: size × rounds overflows"))?;
+    let mut progress = at;
+    let guard = tee.map(&out.used)?;
+    let mut chunk = [0u8; CHUNK];
+    let mut back = [0u8; CHUNK];
+    let mut progressed = false;
+    while progress.round < rounds {
+        if progressed && tee.platform.foreign_interrupt_pending() {
+            progress.yields += 1;
+            drop(guard);
+            return Ok(Step::Rpc(
+                RpcRequest::ForeignInterrupt,
+                Waiting::Pta(PtaWait::Scrub(progress)),
+            ));
+        }
+        let pattern = seed.wrapping_add(progress.round);
+        let n = (size - progress.offset).min(CHUNK as u64) as usize;
+        let part = chunk.get_mut(..n).ok_or(TeeError::OutOfMemory)?;
+        for (i, b) in part.iter_mut().enumerate() {
+            *b = pattern_byte(pattern, progress.offset + i as u64);
+        }
+        guard.write(out.offs + progress.offset, part)?;
+        let read = back.get_mut(..n).ok_or(TeeError::OutOfMemory)?;
+        guard.read(out.offs + progress.offset, read)?;
+        if let Some(i) = part.iter().zip(read.iter()).position(|(a, b)| a != b) {
+            return Err(TeeError::Corrupt(progress.offset + i as u64));
+        }
+        progress.offset += n as u64;
+        if progress.offset >= size {
+            progress.offset = 0;
+            progress.round += 1;
+        }
+        progressed = true;
+    }
+    drop(guard);
+    set_value(call, 2, [checked, progress.yields, 0])?;
     Ok(Step::Done)
 }
 

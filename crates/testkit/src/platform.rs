@@ -103,13 +103,39 @@ thread_local! {
 pub struct SimPlatform {
     memory: Arc<PhysMemory>,
     tlb: Option<Arc<SimTlb>>,
+    interrupts: Arc<ForeignInterrupts>,
+}
+
+/// Simulated normal-world interrupts: one is pending at every `every`-th time the core asks
+/// (0: never), so that the preemption of long calls can be tested.
+#[derive(Debug, Default)]
+struct ForeignInterrupts {
+    every: AtomicU64,
+    asked: AtomicU64,
+    pending: AtomicU64,
 }
 
 impl SimPlatform {
     /// A platform over `memory` (which the simulated normal world shares), with no TLB: every
     /// access walks the tables.
     pub fn new(memory: Arc<PhysMemory>) -> Self {
-        Self { memory, tlb: None }
+        Self {
+            memory,
+            tlb: None,
+            interrupts: Arc::default(),
+        }
+    }
+
+    /// From now on, a normal-world interrupt is pending at every `every`-th time the core
+    /// asks (0: never, the default).
+    pub fn set_foreign_interrupt_every(&self, every: u64) {
+        self.interrupts.every.store(every, Ordering::Relaxed);
+        self.interrupts.asked.store(0, Ordering::Relaxed);
+    }
+
+    /// How many times the core found an interrupt pending.
+    pub fn foreign_interrupts_seen(&self) -> u64 {
+        self.interrupts.pending.load(Ordering::Relaxed)
     }
 
     /// A platform over `memory` with simulated TLBs, and the TLB maintenance the core must be
@@ -121,6 +147,7 @@ impl SimPlatform {
             Self {
                 memory,
                 tlb: Some(tlb),
+                interrupts: Arc::default(),
             },
             maintenance,
         )
@@ -259,6 +286,19 @@ impl Platform for SimPlatform {
             }
         }
         Ok(())
+    }
+
+    fn foreign_interrupt_pending(&self) -> bool {
+        let every = self.interrupts.every.load(Ordering::Relaxed);
+        if every == 0 {
+            return false;
+        }
+        let asked = self.interrupts.asked.fetch_add(1, Ordering::Relaxed) + 1;
+        let pending = asked % every == 0;
+        if pending {
+            self.interrupts.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        pending
     }
 }
 

@@ -242,7 +242,7 @@ impl World {
         let mut rpcs = Vec::new();
         while is_rpc_return(out.a0()) {
             rpcs.push(out.a0());
-            assert!(rpcs.len() < 64, "RPC loop");
+            assert!(rpcs.len() < 1 << 16, "RPC loop");
             let appended = match mode {
                 ArgMode::RpcArg => Some(arg_pa + arg_size),
                 ArgMode::Regd { cookie, offset } => {
@@ -309,6 +309,10 @@ impl World {
                     .unwrap_or_else(|| lock(&self.rpc_bufs)[&reg_pair(a[1], a[2])].0.pages[0]);
                 self.serve_rpc_cmd(at);
                 SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread])
+            }
+            // The interrupt was served in the normal world (as Linux does): just resume.
+            OPTEE_SMC_RETURN_RPC_FOREIGN_INTR => {
+                SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[a[1], a[2], thread])
             }
             other => panic!("unexpected RPC {other:#x}"),
         }

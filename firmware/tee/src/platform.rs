@@ -96,7 +96,22 @@ impl Platform for FwPlatform {
         copy_out(va.get() as usize, data);
         Ok(())
     }
+
+    /// `ISR_EL1`'s I or F bit: an interrupt is pending at this CPU while the core runs with
+    /// them masked. The monitor puts every interrupt in the normal world's group, so any
+    /// pending one is the normal world's: a GICv3 signals it to the secure state as FIQ, a
+    /// GICv2 as IRQ.
+    fn foreign_interrupt_pending(&self) -> bool {
+        let isr: u64;
+        // SAFETY: reading ISR_EL1 has no side effect.
+        unsafe { core::arch::asm!("mrs {}, isr_el1", out(reg) isr, options(nomem, nostack)) };
+        isr & (ISR_I | ISR_F) != 0
+    }
 }
+
+/// `ISR_EL1.I` and `ISR_EL1.F`: an IRQ, an FIQ pending.
+const ISR_I: u64 = 1 << 7;
+const ISR_F: u64 = 1 << 6;
 
 /// `dsb ishst; isb`: translation-table writes complete before the next walk.
 fn barrier_for_new_entries() {

@@ -489,7 +489,9 @@ fn firmware_nodes(smp: usize) -> String {
     // QEMU gives its CPUs no enable method when firmware runs EL3: each is brought up by
     // PSCI CPU_ON through the monitor.
     let cpus: String = (0..smp)
-        .map(|n| format!("\tcpus {{\n\t\tcpu@{n} {{\n\t\t\tenable-method = \"psci\";\n\t\t}};\n\t}};\n"))
+        .map(|n| {
+            format!("\tcpus {{\n\t\tcpu@{n} {{\n\t\t\tenable-method = \"psci\";\n\t\t}};\n\t}};\n")
+        })
         .collect();
     format!(
         r#"

@@ -205,10 +205,7 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         initramfs_len,
         started.elapsed().as_secs_f64()
     );
-    let machine = Machine {
-        base: MACHINE,
-        smp,
-    };
+    let machine = Machine { base: MACHINE, smp };
     let dtb = build_dtb(&machine, &firmware, &modules, &out, Mode::Domains)?;
     if build_only {
         return Ok(());

@@ -535,3 +535,115 @@ fn thread_limit_and_shm_cache() {
     );
     w.check();
 }
+
+/// SCRUB's params over `cookie` (the whole `size` bytes), `rounds` rounds of seed `seed`.
+fn scrub_params(cookie: u64, size: u64, seed: u64, rounds: u64) -> [MsgParam; 3] {
+    [
+        rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, 0, size),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, seed, rounds, 0),
+        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+    ]
+}
+
+#[test]
+fn scrub_lets_foreign_interrupts_through_and_goes_on_where_it_stopped() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let size = 64 * 1024 + 123;
+    let buf = w.buffer(size, 0x10);
+    let cookie = w.cookie();
+    assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
+    // No interrupt: one SMC, no RPC.
+    let r = w.invoke(G0, s, cmd::SCRUB, &scrub_params(cookie, size, 7, 2));
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    assert!(r.rpcs.is_empty());
+    assert_eq!(r.value(2), [2 * size, 0, 0]);
+    // An interrupt at every third chunk boundary: the call suspends with FOREIGN_INTR each
+    // time, and every byte ends as the last round's pattern.
+    w.tee.platform().set_foreign_interrupt_every(3);
+    let r = w.invoke(G0, s, cmd::SCRUB, &scrub_params(cookie, size, 40, 3));
+    w.tee.platform().set_foreign_interrupt_every(0);
+    assert_eq!(r.ret(), TEE_SUCCESS, "{:#x}", r.ret());
+    let yields = r
+        .rpcs
+        .iter()
+        .filter(|&&a0| a0 == OPTEE_SMC_RETURN_RPC_FOREIGN_INTR)
+        .count() as u64;
+    assert_eq!(yields, r.rpcs.len() as u64, "only FOREIGN_INTR RPCs");
+    assert!(yields > 5, "{yields} interrupts let through");
+    assert_eq!(r.value(2), [3 * size, yields, 0]);
+    let data = w.read_buf(&buf, 0, size);
+    assert!(
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(42, i as u64)),
+        "the buffer holds the last round's pattern"
+    );
+    w.check();
+}
+
+#[test]
+fn scrub_makes_progress_when_an_interrupt_is_always_pending() {
+    let w = World::default_world();
+    let s = w.open_session(G0);
+    let size = 4 * 4096;
+    let buf = w.buffer(size, 0);
+    let cookie = w.cookie();
+    assert_eq!(w.register(G0, cookie, &buf), TEE_SUCCESS);
+    w.tee.platform().set_foreign_interrupt_every(1);
+    let r = w.invoke(G0, s, cmd::SCRUB, &scrub_params(cookie, size, 1, 1));
+    w.tee.platform().set_foreign_interrupt_every(0);
+    assert_eq!(r.ret(), TEE_SUCCESS);
+    // One chunk per entry: four chunks, three suspensions between them.
+    assert_eq!(r.value(2), [size, 3, 0]);
+    assert_eq!(r.rpcs.len(), 3);
+    w.check();
+}
+
+#[test]
+fn scrub_refuses_bad_params_and_a_suspended_one_dies_with_its_guest() {
+    let w = World::virtualized();
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
+    const G1: GuestId = GuestId(1);
+    let s = w.open_session(G1);
+    let size = 8 * 4096;
+    let buf = w.buffer(size, 0);
+    let cookie = w.cookie();
+    assert_eq!(w.register(G1, cookie, &buf), TEE_SUCCESS);
+    // size × rounds overflowing, an input memref, no value: refused, nothing changed.
+    let r = w.invoke(G1, s, cmd::SCRUB, &scrub_params(cookie, size, 1, u64::MAX));
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    let mut input = scrub_params(cookie, size, 1, 1);
+    input[0] = rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, size);
+    assert_eq!(
+        w.invoke(G1, s, cmd::SCRUB, &input).ret(),
+        TEE_ERROR_BAD_PARAMETERS
+    );
+    let r = w.invoke(G1, s, cmd::SCRUB, &scrub_params(cookie, size, 1, 0));
+    assert_eq!((r.ret(), r.value(2)), (TEE_SUCCESS, [0, 0, 0]));
+    // Left suspended in FOREIGN_INTR by a guest that never comes back, then destroyed.
+    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
+    h.session.set(s);
+    h.func.set(cmd::SCRUB);
+    h.num_params.set(3);
+    let page = w.alloc_page();
+    use zerocopy::IntoBytes;
+    w.mem.write(page, h.as_bytes());
+    for (i, p) in scrub_params(cookie, size, 1, 4).iter().enumerate() {
+        w.mem.write(page + 32 + 32 * i as u64, p.as_bytes());
+    }
+    w.tee.platform().set_foreign_interrupt_every(2);
+    let out = w.smc(G1, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
+    w.tee.platform().set_foreign_interrupt_every(0);
+    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_FOREIGN_INTR);
+    assert_eq!(w.tee.guest(G1).unwrap().snapshot().threads, 1);
+    assert_eq!(w.destroy_guest(1), 0);
+    assert!(w.tee.guest(G1).is_none());
+    let resumed = teeshm_core::SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, out.a[3]])
+        .from_client(G1);
+    assert_eq!(
+        w.tee.handle_smc(resumed).a[0] as u32,
+        OPTEE_SMC_RETURN_ERESUME
+    );
+    w.check();
+}
