@@ -22,6 +22,7 @@
 //!   (`qemu.rs`, docs/firmware.md).
 
 mod fuzz;
+mod counters;
 mod linux;
 mod loom;
 mod qemu;

@@ -540,6 +540,8 @@ struct Milestones {
     agreement: Option<String>,
     /// The first report of a secure panic or exception (`qemu::secure_failure`).
     secure_failure: Option<String>,
+    /// The firmware's counters of the run's CPUs.
+    smp: crate::counters::SmpCounters,
 }
 
 fn boot(
@@ -603,24 +605,49 @@ fn boot(
         .as_ref()
         .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
     let agreement_ok = seen.agreement.as_deref() == Some("0 disagreements");
+    let disagreements = seen
+        .agreement
+        .as_deref()
+        .and_then(|a| a.strip_suffix(" disagreements"))
+        .and_then(|n| n.parse::<u64>().ok());
+    let report = out.join("report.json");
+    fs::write(
+        &report,
+        format!(
+            "{{\"smp\": {}, {}, \"summary\": {}}}\n",
+            machine.smp,
+            seen.smp.json_fields(disagreements),
+            seen.summary
+                .as_ref()
+                .map_or("null".to_string(), |(_, s)| format!("\"{s}\""))
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
     if let Some(report) = &seen.secure_failure {
         return failure(format!("linux: FAILED: the secure world died: `{report}`"));
     }
-    match (code, &seen.summary) {
-        (Some(0), Some((_, summary))) if summary_ok && agreement_ok => {
+    let counters = seen.smp.verdict(machine.smp, true);
+    match (code, &seen.summary, counters) {
+        (Some(0), Some((_, summary)), Ok(())) if summary_ok && agreement_ok => {
             eprintln!(
-                "xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF); the core's agreement check after power-off: 0 disagreements"
+                "xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF); the core's agreement check after power-off: 0 disagreements; on {} CPUs: {} calls in the core at once at most, {} resumed on another CPU, {} normal-world interrupts let through; report {}",
+                machine.smp,
+                seen.smp.max_concurrent_calls.unwrap_or(0),
+                seen.smp.resumed_on_other_cpu.unwrap_or(0),
+                seen.smp.cpus.iter().map(|c| c.foreign_interrupts).sum::<u64>(),
+                report.display()
             );
             println!("linux: OK");
             Ok(())
         }
-        (code, summary) => failure(format!(
-            "linux: FAILED: QEMU exit status {}, agreement check {}, test summary {}",
+        (code, summary, counters) => failure(format!(
+            "linux: FAILED: QEMU exit status {}, agreement check {}, test summary {}, CPUs: {}",
             code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
             seen.agreement.as_deref().unwrap_or("missing"),
             summary
                 .as_ref()
                 .map_or("missing".to_string(), |(_, s)| format!("`{s}`")),
+            counters.err().unwrap_or_else(|| "as wanted".into()),
         )),
     }
 }
@@ -646,6 +673,7 @@ fn note_milestone(seen: &mut Milestones, t: f64, line: &str) {
     if is_summary(line) {
         seen.summary = Some((t, line.trim().to_string()));
     }
+    seen.smp.note(line);
 }
 
 /// `N passed, M failed` alone on a line.

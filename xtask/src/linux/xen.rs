@@ -633,6 +633,8 @@ struct XenRun {
     /// The last lines of every console on the UART, by source (`Xen`, `firmware`, `dom0`,
     /// each domU's name), for a run that fails or hangs.
     consoles: Vec<(String, std::collections::VecDeque<String>)>,
+    /// The firmware's counters of the machine's CPUs.
+    smp: crate::counters::SmpCounters,
 }
 
 /// Lines kept of each console.
@@ -685,6 +687,7 @@ impl XenRun {
     fn note(&mut self, line: &str) {
         let line = line.trim_end();
         self.keep_console_line(line);
+        self.smp.note(line);
         // The firmware writes to the UART directly, so its lines may start in the middle of a
         // line of Xen's console: they are found anywhere in a line.
         let after = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
@@ -832,13 +835,14 @@ impl XenRun {
             }
         }
         format!(
-            "{{\"mediator_probed\": {}, \"domains\": [{}], \"vm_created\": {}, \"vm_destroyed\": {}, \"core\": {{\"disagreements\": {}, \"guests\": [{}]}}}}\n",
+            "{{\"mediator_probed\": {}, \"domains\": [{}], \"vm_created\": {}, \"vm_destroyed\": {}, \"core\": {{\"disagreements\": {}, \"guests\": [{}]}}, \"firmware\": {{{}}}}}\n",
             self.mediator_probed,
             domains.join(", "),
             self.vm_created,
             self.vm_destroyed,
             disagreements.map_or("null".into(), |d| d.to_string()),
-            guests.join(", ")
+            guests.join(", "),
+            self.smp.json_fields(disagreements)
         )
     }
 
@@ -955,7 +959,9 @@ fn boot(
         .domains
         .iter()
         .fold((0, 0), |(p, f), d| (p + d.passed, f + d.failed));
-    let verdict = system.verdict(mode);
+    let verdict = system
+        .verdict(mode)
+        .and_then(|()| system.smp.verdict(machine.smp, true));
     // A surviving domain without its summary counts as a failure.
     let missing = system
         .domains

@@ -1,0 +1,123 @@
+//! The firmware's own counters of a run on several CPUs, as its console prints them at the
+//! end (the monitor: `monitor: cpu N secure_entries X foreign_interrupts Y`; the core:
+//! `tee: smp: cpus_on A max_concurrent_calls B resumed_on_other_cpu C`), turned into a report
+//! and a verdict (issue 13: every CPU entered the secure world, interrupts of the normal world
+//! were served during secure calls, calls ran in the core at once).
+
+/// One CPU's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub cpu: u64,
+    /// Calls the monitor forwarded to the core from this CPU.
+    pub secure_entries: u64,
+    /// Calls the core suspended with `RPC_FOREIGN_INTR` on this CPU.
+    pub foreign_interrupts: u64,
+}
+
+/// What the firmware counted over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmpCounters {
+    pub cpus: Vec<CpuCounters>,
+    pub cpus_on: Option<u64>,
+    pub max_concurrent_calls: Option<u64>,
+    pub resumed_on_other_cpu: Option<u64>,
+}
+
+/// The number after the word `key` in `words`.
+fn after(words: &[&str], key: &str) -> Option<u64> {
+    let i = words.iter().position(|w| *w == key)?;
+    words.get(i + 1)?.parse().ok()
+}
+
+impl SmpCounters {
+    /// Takes what `line` (a console line, found anywhere in it) reports.
+    pub fn note(&mut self, line: &str) {
+        if let Some(at) = line.find("monitor: cpu ") {
+            let words: Vec<&str> = line[at + "monitor: ".len()..].split_whitespace().collect();
+            if let (Some(cpu), Some(secure_entries), Some(foreign_interrupts)) = (
+                after(&words, "cpu"),
+                after(&words, "secure_entries"),
+                after(&words, "foreign_interrupts"),
+            ) {
+                self.cpus.retain(|c| c.cpu != cpu);
+                self.cpus.push(CpuCounters {
+                    cpu,
+                    secure_entries,
+                    foreign_interrupts,
+                });
+            }
+        }
+        if let Some(at) = line.find("tee: smp: ") {
+            let words: Vec<&str> = line[at..].split_whitespace().collect();
+            self.cpus_on = after(&words, "cpus_on");
+            self.max_concurrent_calls = after(&words, "max_concurrent_calls");
+            self.resumed_on_other_cpu = after(&words, "resumed_on_other_cpu");
+        }
+    }
+
+    /// The report's fields (no braces): `"cpus": [...], "max_concurrent_calls": n, ...`.
+    pub fn json_fields(&self, disagreements: Option<u64>) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        let cpus: Vec<String> = self
+            .cpus
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"cpu\": {}, \"secure_entries\": {}, \"foreign_interrupts\": {}}}",
+                    c.cpu, c.secure_entries, c.foreign_interrupts
+                )
+            })
+            .collect();
+        format!(
+            "\"cpus\": [{}], \"cpus_on\": {}, \"max_concurrent_calls\": {}, \"resumed_on_other_cpu\": {}, \"disagreements\": {}",
+            cpus.join(", "),
+            opt(self.cpus_on),
+            opt(self.max_concurrent_calls),
+            opt(self.resumed_on_other_cpu),
+            opt(disagreements)
+        )
+    }
+
+    /// Why a run on `smp` CPUs fails the counters' goals, if it does: every CPU entered the
+    /// secure world, some call was interrupted by the normal world (`foreign` wanted), and with
+    /// several CPUs, two calls at least were in the core at once.
+    pub fn verdict(&self, smp: usize, foreign: bool) -> Result<(), String> {
+        for cpu in 0..smp as u64 {
+            match self.cpus.iter().find(|c| c.cpu == cpu) {
+                Some(c) if c.secure_entries > 0 => {}
+                other => return Err(format!("CPU {cpu} never entered the secure world: {other:?}")),
+            }
+        }
+        let interrupts: u64 = self.cpus.iter().map(|c| c.foreign_interrupts).sum();
+        if foreign && interrupts == 0 {
+            return Err("no call let a normal-world interrupt through".into());
+        }
+        if smp > 1 && self.max_concurrent_calls.is_none_or(|n| n < 2) {
+            return Err(format!(
+                "at most {:?} calls in the core at once on {smp} CPUs",
+                self.max_concurrent_calls
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_and_judged() {
+        let mut c = SmpCounters::default();
+        c.note("[ 1.0] monitor: cpu 0 secure_entries 448 foreign_interrupts 10");
+        c.note("xx monitor: cpu 1 secure_entries 0 foreign_interrupts 0");
+        c.note("tee: smp: cpus_on 2 max_concurrent_calls 3 resumed_on_other_cpu 1");
+        assert_eq!(c.cpus.len(), 2);
+        assert_eq!(c.max_concurrent_calls, Some(3));
+        assert!(c.verdict(2, true).unwrap_err().contains("CPU 1"));
+        c.note("monitor: cpu 1 secure_entries 5 foreign_interrupts 0");
+        assert_eq!(c.verdict(2, true), Ok(()));
+        assert!(c.verdict(3, true).is_err());
+        assert!(c.json_fields(Some(0)).contains("\"secure_entries\": 5"));
+    }
+}
