@@ -709,8 +709,10 @@ mod tests {
 
     #[test]
     fn additions_name_initrd_and_optee() {
-        let dts = dts_additions(0x1234);
+        let dts = dts_additions(0x1234, 2);
         assert!(dts.contains("linux,initrd-start = <0x0 0x48100000>"));
+        assert!(dts.contains("cpu@1 {\n\t\t\tenable-method = \"psci\";"));
+        assert!(!dts.contains("cpu@2"));
         assert!(dts.contains("linux,initrd-end = <0x0 0x48101234>"));
         assert!(dts.contains("compatible = \"linaro,optee-tz\""));
         assert!(dts.contains("reg = <0x0 0xe000000 0x0 0x1000000>"));
