@@ -1,9 +1,12 @@
 //! Where the monitor enters the S-EL1 core, and where the core gives control back.
 //!
 //! - `tee_boot_entry` (once, MMU off; x0 = the EL the monitor enters the normal world at, which
-//!   picks the core's normal-world mode): stack, vectors, then [`tee_boot`] builds the core, maps
-//!   secure RAM and the UART statically into mm's tables, turns the MMU on, and the entry ends
-//!   with `SMC SECURE_ENTRY_DONE`.
+//!   picks the core's normal-world mode): stack, vectors, then [`tee_boot`] turns the MMU and
+//!   caches on with boot tables (secure RAM normal, the UART device; the data cache invalidated
+//!   first), builds the heap and the core, maps secure RAM and the UART statically into mm's
+//!   tables, moves TTBR0 to them, and the entry ends with `SMC SECURE_ENTRY_DONE`.
+//! - `tee_cpu_on_entry` (on a CPU PSCI `CPU_ON` brings up, MMU on with the core's registers):
+//!   its stacks, vectors, [`tee_cpu_on`], `SMC SECURE_CPU_ON_DONE`.
 //! - `tee_call_entry` (for every call the monitor forwards, x0..x7 = a0..a7 of the normal
 //!   world): a fresh stack, [`tee_handle_call`], then `SMC SECURE_CALL_DONE` with the answer in
 //!   x1..x8. Nothing stays on the stack between calls: a call suspended in an RPC is parked
@@ -204,6 +207,15 @@ fn map_identity(
 
 fn boot(ns_el: u64) -> Result<(), BootError> {
     let started = time::micros();
+    // SAFETY: the boot CPU, MMU off; the image, its stacks and heap lie in secure RAM after
+    // EL3's part (written by EL3 and this entry with the MMU off, never cached), the UART in
+    // its 2 MiB block.
+    unsafe {
+        crate::mmu::enable_boot(
+            layout::code().start..layout::SECURE_RAM.0 + layout::SECURE_RAM.1,
+            layout::UART.0..layout::UART.0 + layout::UART.1,
+        )
+    };
     crate::heap::init(layout::heap());
     let tee = Tee::new(
         config(ns_el),
@@ -238,9 +250,9 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         (shm.tables().root_address().get(), shm.table_stats().live)
     };
     // SAFETY: the tables identity-map the code, data, stacks and heap in use and the UART
-    // (just above), and nothing of them moves: the tables live on the heap, reached by the
-    // `Tee` that goes into the static below.
-    unsafe { crate::mmu::enable(root) };
+    // (just above) with the boot tables' attributes, and nothing of them moves: the tables
+    // live on the heap, reached by the `Tee` that goes into the static below.
+    unsafe { crate::mmu::switch_to(root) };
     let normal_world = tee.config().normal_world;
     TEE.call_once(|| tee);
     println!(
