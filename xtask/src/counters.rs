@@ -85,7 +85,11 @@ impl SmpCounters {
         for cpu in 0..smp as u64 {
             match self.cpus.iter().find(|c| c.cpu == cpu) {
                 Some(c) if c.secure_entries > 0 => {}
-                other => return Err(format!("CPU {cpu} never entered the secure world: {other:?}")),
+                other => {
+                    return Err(format!(
+                        "CPU {cpu} never entered the secure world: {other:?}"
+                    ));
+                }
             }
         }
         let interrupts: u64 = self.cpus.iter().map(|c| c.foreign_interrupts).sum();

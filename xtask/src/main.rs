@@ -21,8 +21,8 @@
 //!   the firmware (EL3 monitor, S-EL1 core, NS-EL1 test client) and runs it under QEMU
 //!   (`qemu.rs`, docs/firmware.md).
 
-mod fuzz;
 mod counters;
+mod fuzz;
 mod linux;
 mod loom;
 mod qemu;

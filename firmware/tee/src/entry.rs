@@ -50,6 +50,16 @@ const TRACKED_THREADS: usize = 64;
 static SUSPENDED_ON: [AtomicU64; TRACKED_THREADS] = [const { AtomicU64::new(u64::MAX) }; TRACKED_THREADS];
 /// CPUs the core's CPU_ON hook brought up (the boot CPU counts).
 static CPUS_ON: AtomicU64 = AtomicU64::new(1);
+/// Every `VM_CREATED` and `VM_DESTROYED` the core acknowledged, in order, with what a
+/// destroyed guest held: printed again by the agreement check, when the run ends on one CPU
+/// (a line printed live may be cut by another CPU's output on the same UART).
+static HISTORY: spin::Mutex<Vec<alloc::string::String>> = spin::Mutex::new(Vec::new());
+
+/// Prints `line` and keeps it in [`HISTORY`].
+fn log_guest_life(line: alloc::string::String) {
+    println!("tee: {line}");
+    HISTORY.lock().push(line);
+}
 /// Calls answered `OPTEE_SMC_RETURN_ETHREAD_LIMIT` (every thread busy).
 static THREAD_LIMITS: AtomicU64 = AtomicU64::new(0);
 
@@ -326,16 +336,20 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
             // the core was told and swept (`cargo xtask xen`'s report).
             if out[0] == u64::from(OPTEE_SMC_RETURN_OK) {
                 if func == OPTEE_SMC_VM_CREATED {
-                    println!("tee: VM_CREATED client {client}");
+                    log_guest_life(alloc::format!("VM_CREATED client {client}"));
                 } else if func == OPTEE_SMC_VM_DESTROYED {
-                    match held {
-                        Some(g) => println!(
-                            "tee: VM_DESTROYED client {client}: swept objects {} \
-                             registered_pages {} mapped_pages {} sessions {} threads {}",
-                            g.objects, g.registered_pages, g.mapped_pages, g.sessions, g.threads
+                    log_guest_life(match held {
+                        Some(g) => alloc::format!(
+                            "VM_DESTROYED client {client}: swept objects {} registered_pages {} \
+                             mapped_pages {} sessions {} threads {}",
+                            g.objects,
+                            g.registered_pages,
+                            g.mapped_pages,
+                            g.sessions,
+                            g.threads
                         ),
-                        None => println!("tee: VM_DESTROYED client {client}: not a guest here"),
-                    }
+                        None => alloc::format!("VM_DESTROYED client {client}: not a guest here"),
+                    });
                 }
             }
             if out[0] == u64::from(OPTEE_SMC_RETURN_ETHREAD_LIMIT) {
@@ -369,6 +383,9 @@ fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
         let window = tee.window();
         (window.shm().mapped_pages(), window.shm().table_stats().live)
     };
+    for line in HISTORY.lock().iter() {
+        println!("tee: history: {line}");
+    }
     // What each guest still holds (after a run, what its normal world left behind).
     for g in tee.snapshots() {
         println!(

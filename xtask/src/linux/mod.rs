@@ -63,7 +63,7 @@ const MACHINE: &[&str] = &[
 ];
 
 /// CPUs a run has unless `--smp` says otherwise.
-const DEFAULT_SMP: usize = 1;
+const DEFAULT_SMP: usize = 4;
 
 /// A QEMU machine: its options and its CPUs (the firmware serves up to
 /// `teeshm_fw_common::cpu::MAX_CPUS` = 8).
@@ -634,7 +634,11 @@ fn boot(
                 machine.smp,
                 seen.smp.max_concurrent_calls.unwrap_or(0),
                 seen.smp.resumed_on_other_cpu.unwrap_or(0),
-                seen.smp.cpus.iter().map(|c| c.foreign_interrupts).sum::<u64>(),
+                seen.smp
+                    .cpus
+                    .iter()
+                    .map(|c| c.foreign_interrupts)
+                    .sum::<u64>(),
                 report.display()
             );
             println!("linux: OK");
