@@ -24,7 +24,8 @@
 //! Both builds have the core's test commands (the client checks WHERE's secure addresses);
 //! [`Variant::Linux`], which `cargo xtask linux` boots, has not.
 //!
-//! `cargo xtask qemu [--client-only | --fault-test-only] [--timeout SECS] [--build-only]`
+//! `cargo xtask qemu [--client-only | --fault-test-only] [--timeout SECS] [--build-only]
+//! [--smp N]` (4 CPUs by default; the client brings the others up with PSCI `CPU_ON`).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -111,6 +112,7 @@ struct Options {
     variants: Vec<Variant>,
     timeout: Duration,
     build_only: bool,
+    smp: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -118,6 +120,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         variants: vec![Variant::Client, Variant::FaultTest],
         timeout: Duration::from_secs(120),
         build_only: false,
+        smp: 4,
     };
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -125,6 +128,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--client-only" => options.variants = vec![Variant::Client],
             "--fault-test-only" | "--fault-test" => options.variants = vec![Variant::FaultTest],
             "--build-only" => options.build_only = true,
+            "--smp" => {
+                options.smp = rest
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .filter(|n| (1..=8).contains(n))
+                    .ok_or("--smp needs a number of CPUs from 1 to 8")?;
+            }
             "--timeout" => {
                 let secs = rest
                     .next()
@@ -158,7 +168,7 @@ pub fn qemu(args: &[String]) -> Result<(), String> {
         if options.build_only {
             continue;
         }
-        match run_qemu(variant, &images, options.timeout) {
+        match run_qemu(variant, &images, options.timeout, options.smp) {
             Ok(summary) => results.push(summary),
             Err((status, why)) => {
                 eprintln!("xtask: qemu: {why}");
@@ -299,6 +309,8 @@ struct Seen {
     secure_panic: Option<String>,
     /// The first report of an S-EL1 exception (expected only in the fault-test run).
     secure_fault: Option<String>,
+    /// The firmware's counters of the run's CPUs.
+    smp: crate::counters::SmpCounters,
 }
 
 impl Seen {
@@ -316,6 +328,7 @@ impl Seen {
         if line.starts_with("fault-test: passed") {
             self.fault_test_passed = true;
         }
+        self.smp.note(line);
         if self.core_ready.is_none() && line.starts_with("monitor: S-EL1 core ready") {
             self.core_ready = Some(t);
         }
@@ -379,16 +392,21 @@ fn is_summary(line: &str) -> bool {
 
 /// Runs QEMU on `images`; `Ok(summary)` when the run shows what it must, else `(exit status,
 /// why)`.
-fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<String, (i32, String)> {
+fn run_qemu(
+    variant: Variant,
+    images: &Images,
+    timeout: Duration,
+    smp: usize,
+) -> Result<String, (i32, String)> {
     let mut command = Command::new("qemu-system-aarch64");
     command
         .args([
             "-M",
-            "virt,secure=on",
+            "virt,secure=on,gic-version=3",
             "-cpu",
             "cortex-a57",
             "-smp",
-            "1",
+            &smp.to_string(),
             "-m",
             "1024",
             "-nographic",
@@ -459,10 +477,21 @@ fn run_qemu(variant: Variant, images: &Images, timeout: Duration) -> Result<Stri
                 .summary
                 .as_deref()
                 .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+            let counters = seen.smp.verdict(smp, true);
             match (code, &seen.summary, &seen.failed_case) {
-                (Some(0), Some(summary), None) if summary_ok => Ok(format!(
-                    "client run passed: {summary} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s)"
+                (Some(0), Some(summary), None) if summary_ok && counters.is_ok() => Ok(format!(
+                    "client run passed: {summary} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s); on {smp} CPUs: {} calls in the core at once at most, {} normal-world interrupts let through",
+                    seen.smp.max_concurrent_calls.unwrap_or(0),
+                    seen.smp
+                        .cpus
+                        .iter()
+                        .map(|c| c.foreign_interrupts)
+                        .sum::<u64>()
                 )),
+                (Some(0), Some(_), None) if summary_ok => failure(
+                    1,
+                    format!("the CPUs' counters: {}", counters.err().unwrap_or_default()),
+                ),
                 (code, summary, failed) => failure(
                     code.filter(|&c| c != 0).unwrap_or(1),
                     format!(

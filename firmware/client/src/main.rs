@@ -9,6 +9,7 @@
 extern crate alloc;
 
 mod cases;
+mod irq;
 mod ram;
 mod smc;
 
@@ -48,6 +49,23 @@ _start:
 3:  bl      client_main
 2:  wfe
     b       2b
+    .ltorg
+
+    // A CPU that PSCI CPU_ON brought up (x0 = the context id: its index, 1..7): its own
+    // stack (client.ld: CPU n's top at __secondary_stacks + n * 64 KiB), FP on, the vectors.
+    .global client_secondary_entry
+client_secondary_entry:
+    ldr     x1, =__secondary_stacks
+    add     x1, x1, x0, lsl #16
+    mov     sp, x1
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
+    ldr     x1, =client_vectors
+    msr     vbar_el1, x1
+    isb
+    bl      client_cpu_main
+5:  wfe
+    b       5b
     .ltorg
 
     .section .text.vectors, "ax"
@@ -120,6 +138,19 @@ extern "C" fn client_main() -> ! {
     );
     println!("{passed} passed, {failed} failed");
     test_exit(passed, failed)
+}
+
+/// A secondary CPU's Rust code (from `client_secondary_entry`): its share of the every-CPU
+/// group, then PSCI `CPU_OFF`.
+#[unsafe(no_mangle)]
+extern "C" fn client_cpu_main(cpu: u64) -> ! {
+    #[cfg(not(feature = "fault-test"))]
+    cases::every_cpu_worker(cpu as usize);
+    smc::raw(teeshm_abi::smc::SmcRegs::call(fid::psci::CPU_OFF, &[]));
+    println!("client: CPU {cpu}: CPU_OFF returned");
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// Xen's emulated SBSA UART in a domU (`GUEST_PL011_BASE` of Xen's public arch-arm.h, with

@@ -26,8 +26,10 @@ pub struct PagePool {
 
 impl PagePool {
     fn new() -> Self {
-        let base = (&raw const __pages_start) as u64;
-        let end = (&raw const __pages_end) as u64;
+        Self::over((&raw const __pages_start) as u64, (&raw const __pages_end) as u64)
+    }
+
+    fn over(base: u64, end: u64) -> Self {
         Self {
             base,
             pages: (end - base) / PAGE_SIZE,
@@ -68,6 +70,12 @@ impl NsRam {
         Self(Rc::new(RefCell::new(PagePool::new())))
     }
 
+    /// A pool of its own over `base..end` (page aligned NS RAM that nothing else uses): what
+    /// another CPU's driver lends from (client.ld).
+    pub fn over(base: u64, end: u64) -> Self {
+        Self(Rc::new(RefCell::new(PagePool::over(base, end))))
+    }
+
     /// Pages handed out and not given back.
     #[cfg_attr(feature = "fault-test", allow(dead_code))]
     pub fn live_pages(&self) -> usize {
@@ -83,8 +91,9 @@ impl GuestRam for NsRam {
                 len: buf.len() as u64,
             });
         }
-        // SAFETY: the range lies in the page pool of client.ld: NS RAM that only this client
-        // (and the TEE, while the client waits in an SMC) uses, never a Rust object.
+        // SAFETY: the range lies in this pool (client.ld's, or another CPU's own): NS RAM that
+        // only this client's driver on one CPU (and the TEE, while it waits in an SMC) uses,
+        // never a Rust object.
         unsafe {
             core::ptr::copy_nonoverlapping(ipa as usize as *const u8, buf.as_mut_ptr(), buf.len())
         };

@@ -43,6 +43,12 @@ pub struct Conduit {
     pub calls: u64,
     /// RPC requests answered.
     pub rpcs: u64,
+    /// Serve the normal world's pending interrupt when the TEE returns `RPC_FOREIGN_INTR`
+    /// (`crate::irq::serve`, as an interrupt handler would before the driver resumes), and
+    /// re-arm the timer with this many ticks (0: leave it stopped).
+    pub serve_interrupts: Option<u64>,
+    /// `RPC_FOREIGN_INTR` returns seen.
+    pub foreign_interrupts: u64,
 }
 
 impl Conduit {
@@ -63,6 +69,15 @@ impl SmcConduit for Conduit {
         self.calls += 1;
         if teeshm_abi::smc::is_rpc_return(out.a0()) {
             self.rpcs += 1;
+        }
+        if out.a0() == teeshm_abi::smc::OPTEE_SMC_RETURN_RPC_FOREIGN_INTR {
+            self.foreign_interrupts += 1;
+            if let Some(rearm) = self.serve_interrupts {
+                crate::irq::serve();
+                if rearm > 0 {
+                    crate::irq::arm_timer(rearm);
+                }
+            }
         }
         if self.mask_rpc_arg && func == OPTEE_SMC_EXCHANGE_CAPABILITIES {
             out.a[1] &= !u64::from(SecureCaps::RPC_ARG.bits());

@@ -462,16 +462,16 @@ extern "C" fn monitor_main() -> ! {
     if NS_ENTRY_EL == 2 {
         me.ns.spsr_el3 = crate::context::SPSR_EL2H_MASKED;
     }
+    let gic = gic_to_normal_world();
     if cfg!(feature = "linux") {
         me.ns.x[0] = LINUX_DTB;
-        let gic = gic_to_normal_world();
-        println!(
-            "monitor: Linux mode: GICv{gic} interrupts handed to the normal world (Non-secure \
-             Group 1), x0 = device tree at {LINUX_DTB:#x}; {} CPUs, the others parked until \
-             PSCI CPU_ON",
-            shared.present
-        );
+        println!("monitor: Linux mode: x0 = device tree at {LINUX_DTB:#x}");
     }
+    println!(
+        "monitor: GICv{gic} interrupts handed to the normal world (Non-secure Group 1); {} \
+         CPUs, the others parked until PSCI CPU_ON",
+        shared.present
+    );
     me.state = State::Booting;
     me.secure.el1.restore();
     write_scr(SCR_SECURE);
@@ -490,9 +490,7 @@ extern "C" fn monitor_main() -> ! {
 extern "C" fn monitor_secondary(cpu: usize) -> ! {
     let me = cpu_state(cpu);
     set_release_word(cpu, 0);
-    if cfg!(feature = "linux") {
-        gic_cpu_to_normal_world(gic_version());
-    }
+    gic_cpu_to_normal_world(gic_version());
     me.secure = Context::new(teeshm_fw_tee::tee_cpu_on_entry as *const () as u64);
     me.secure.el1 = shared().secure_el1;
     me.secure.x[0] = cpu as u64;
@@ -694,6 +692,7 @@ impl Cpu {
             println!("fault-test: FAILED: the run ended without the fault the test provokes");
             end_run(1);
         }
+        print_cpu_counters();
         end_run(if failed == 0 && passed > 0 { 0 } else { 1 })
     }
 
@@ -719,10 +718,7 @@ impl Cpu {
              since the core was ready; agreement check: {disagreements} disagreements",
             time::micros().saturating_sub(shared().ready_at_us)
         );
-        for i in 0..shared().present {
-            let (calls, _, foreign) = counters(i);
-            println!("monitor: cpu {i} secure_entries {calls} foreign_interrupts {foreign}");
-        }
+        print_cpu_counters();
         end_run(if status == 0 && disagreements == 0 { 0 } else { 1 })
     }
 
@@ -868,6 +864,14 @@ fn counters(index: usize) -> (u64, u64, u64) {
             (&raw const (*c).switches).read_volatile(),
             (&raw const (*c).foreign_interrupts).read_volatile(),
         )
+    }
+}
+
+/// Each CPU's counters, at the end of a run (`cargo xtask` reads them).
+fn print_cpu_counters() {
+    for i in 0..shared().present {
+        let (calls, _, foreign) = counters(i);
+        println!("monitor: cpu {i} secure_entries {calls} foreign_interrupts {foreign}");
     }
 }
 

@@ -309,6 +309,14 @@ impl<C: SmcConduit, R: GuestRam> Driver<C, R> {
         c
     }
 
+    /// Makes the next cookies `base`, `base + 1`, ... (`base` 0 is taken as 1). Linux's
+    /// cookies are its `tee_shm` pointers, unique in the kernel; several drivers in one normal
+    /// world (a client that runs one per CPU) must draw from ranges of their own, or the TEE
+    /// sees one cookie registered twice.
+    pub fn set_cookie_base(&mut self, base: u64) {
+        self.next_cookie = base.max(1);
+    }
+
     /// Outstanding RPC buffers the driver holds for the TEE (for leak checks).
     pub fn rpc_buffers_held(&self) -> usize {
         self.rpc_buffers.len()

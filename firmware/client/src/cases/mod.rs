@@ -56,6 +56,8 @@ mod memrefs;
 #[cfg(not(feature = "fault-test"))]
 mod shared;
 #[cfg(not(feature = "fault-test"))]
+mod smp;
+#[cfg(not(feature = "fault-test"))]
 mod suspend;
 #[cfg(not(feature = "fault-test"))]
 mod vm;
@@ -225,6 +227,12 @@ fn ret_of(reply: Result<teeshm_nw::MsgReply, String>) -> Result<u32, String> {
     Ok(reply.header.ret.get())
 }
 
+/// A secondary CPU's part of the every-CPU group (see `smp`).
+#[cfg(not(feature = "fault-test"))]
+pub fn every_cpu_worker(cpu: usize) {
+    smp::worker(cpu);
+}
+
 pub fn run() {
     println!("client: teeshm normal-world test client at NS-EL1 (MMU off), speaking only SMC");
     let started = time::micros();
@@ -372,6 +380,9 @@ pub fn run() {
             hostile_registers,
         );
         exhaust::group(&mut ctx, &session);
+        case("every CPU at once, each with a driver of its own", || {
+            smp::every_cpu(&mut ctx)
+        });
         case("the core still serves calls after all of it", || {
             still_alive(&mut ctx, &session)
         });

@@ -1,0 +1,294 @@
+//! Every CPU at once: the boot CPU brings the others up with PSCI `CPU_ON`, and each runs a
+//! driver of its own (its own pages, its own session) through register / invoke with every
+//! memref kind / release rounds, its slice of a buffer the boot CPU registered for all, and
+//! SCRUBs long enough that its timer's interrupt must be let through (`RPC_FOREIGN_INTR`,
+//! served by the conduit as a handler would). Then each secondary CPU turns itself off with
+//! `CPU_OFF`, which `AFFINITY_INFO` must show. The workers print nothing (the UART is one for
+//! all CPUs): each leaves its outcome in [`OUTCOMES`], and the boot CPU reports.
+
+use super::{Ctx, buf, bytes, drv, fast, invoke_raw, marker, op, pattern_mismatch, ret_of, teec};
+use crate::ram::NsRam;
+use crate::smc::Conduit;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use sha2::{Digest, Sha256};
+use teeshm_abi::gp::TEE_SUCCESS;
+use teeshm_abi::msg::*;
+use teeshm_core::pta::{MEMTEST_UUID, cmd};
+use teeshm_fw_common::cpu::MAX_CPUS;
+use teeshm_fw_common::fid::psci;
+use teeshm_fw_common::time;
+use teeshm_nw::client::{Context, Param, ShmFlags};
+use teeshm_nw::{Driver, PAGE_SIZE};
+
+/// Rounds each CPU runs.
+const ROUNDS: u64 = 12;
+/// Bytes of each CPU's slice of the shared buffer.
+const SLICE: u64 = 5000;
+/// Where CPU n's own pages lie: 16 MiB from `0x4f00_0000 + n * 16 MiB` (client.ld).
+const POOLS: u64 = 0x4f00_0000;
+const POOL_SIZE: u64 = 16 << 20;
+/// How long the boot CPU waits for the others.
+const WAIT_US: u64 = 120_000_000;
+
+/// One CPU's outcome: `state` 0 = running, 1 = passed, 2 = failed (`why` then holds a line).
+struct Outcome {
+    state: AtomicU64,
+    calls: AtomicU64,
+    foreign_interrupts: AtomicU64,
+}
+
+static OUTCOMES: [Outcome; MAX_CPUS] = [const {
+    Outcome {
+        state: AtomicU64::new(0),
+        calls: AtomicU64::new(0),
+        foreign_interrupts: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+/// Why a CPU failed.
+static WHY: spin::Mutex<[Option<String>; MAX_CPUS]> = spin::Mutex::new([const { None }; MAX_CPUS]);
+/// The shared buffer's cookie and size, set by the boot CPU before any other CPU starts.
+static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+unsafe extern "C" {
+    /// Where a CPU that `CPU_ON` brings up starts (main.rs; x0 = its index).
+    fn client_secondary_entry();
+}
+
+/// A CPU's work; its outcome goes to [`OUTCOMES`].
+pub(crate) fn worker(cpu: usize) {
+    let result = work(cpu);
+    let out = &OUTCOMES[cpu % MAX_CPUS];
+    match result {
+        Ok((calls, foreign)) => {
+            out.calls.store(calls, Ordering::Relaxed);
+            out.foreign_interrupts.store(foreign, Ordering::Relaxed);
+            out.state.store(1, Ordering::Release);
+        }
+        Err(why) => {
+            WHY.lock()[cpu % MAX_CPUS] = Some(why);
+            out.state.store(2, Ordering::Release);
+        }
+    }
+}
+
+fn work(cpu: usize) -> Result<(u64, u64), String> {
+    let base = POOLS + cpu as u64 * POOL_SIZE;
+    let ticks = time::frequency() / 2000;
+    let conduit = Conduit {
+        serve_interrupts: Some(ticks),
+        ..Conduit::new(0)
+    };
+    let mut driver = Driver::probe(conduit, NsRam::over(base, base + POOL_SIZE)).map_err(drv)?;
+    // Cookies of its own: the CPUs' drivers share one normal world.
+    driver.set_cookie_base((cpu as u64 + 1) << 40);
+    let interrupts = crate::irq::init_cpu(cpu);
+    let mut ctx = Context::new(driver);
+    let s = ctx.open_session(MEMTEST_UUID).map_err(teec)?;
+    let [shared, _] = SHARED.each_ref().map(|a| a.load(Ordering::Acquire));
+    for r in 0..ROUNDS {
+        let seed = cpu as u64 * 1000 + r;
+        // Its own buffer, registered: FILL whole, SHA-256 partial into a temporary, COPY from a
+        // temporary into part of it.
+        let size = 3 * PAGE_SIZE + 100 + cpu as u64 * 333;
+        let own = buf(&mut ctx, size, cpu as u64 * 17, |_| 0)?;
+        let shm = ctx
+            .register_shared_memory(own.clone(), ShmFlags::INOUT)
+            .map_err(teec)?;
+        let mut o = op([
+            Param::Whole(&shm),
+            Param::ValueInput {
+                a: seed as u32,
+                b: 0,
+            },
+            Param::None,
+            Param::None,
+        ]);
+        ctx.invoke_command(&s, cmd::FILL, &mut o).map_err(teec)?;
+        if let Some(i) = pattern_mismatch(&bytes(&ctx, &own)?, seed & 0xffff_ffff) {
+            return Err(format!("round {r}: FILL byte {i}"));
+        }
+        let digest = buf(&mut ctx, 32, 0, |_| 0)?;
+        let mut o = op([
+            Param::Partial {
+                shm: &shm,
+                offset: 5,
+                size: size - 10,
+                dir: teeshm_nw::client::Direction::Input,
+            },
+            Param::TempOutput(digest),
+            Param::None,
+            Param::None,
+        ]);
+        ctx.invoke_command(&s, cmd::SHA256, &mut o).map_err(teec)?;
+        let [_, Param::TempOutput(digest), ..] = o.params else {
+            return Err("params changed kind".into());
+        };
+        let whole = bytes(&ctx, &own)?;
+        let want = Sha256::digest(whole.get(5..whole.len() - 5).unwrap_or_default());
+        if bytes(&ctx, &digest)?.as_slice() != want.as_slice() {
+            return Err(format!("round {r}: SHA-256 of a partial memref differs"));
+        }
+        let input = buf(&mut ctx, size / 2, 7, marker(seed))?;
+        let mut o = op([
+            Param::TempInput(input),
+            Param::Partial {
+                shm: &shm,
+                offset: size / 4,
+                size: size / 2,
+                dir: teeshm_nw::client::Direction::Output,
+            },
+            Param::None,
+            Param::None,
+        ]);
+        ctx.invoke_command(&s, cmd::COPY, &mut o).map_err(teec)?;
+        let [Param::TempInput(input), ..] = o.params else {
+            return Err("params changed kind".into());
+        };
+        let sent = bytes(&ctx, &input)?;
+        let got = bytes(&ctx, &own)?;
+        if got.get((size / 4) as usize..(size / 4 + size / 2) as usize) != Some(sent.as_slice()) {
+            return Err(format!("round {r}: COPY into a partial memref differs"));
+        }
+        ctx.release_shared_memory(shm).map_err(teec)?;
+        for b in [own, digest, input] {
+            b.free(ctx.driver_mut().ram_mut());
+        }
+        // Its slice of the buffer the CPUs share (the boot CPU checks the slices).
+        let params = [
+            MsgParam::from_rmem(
+                OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
+                Rmem::new(cpu as u64 * SLICE, SLICE, shared),
+            ),
+            MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(0x100 + cpu as u64, 0, 0)),
+        ];
+        let ret = ret_of(invoke_raw(&mut ctx, &s, cmd::FILL, &params))?;
+        if ret != TEE_SUCCESS {
+            return Err(format!("round {r}: FILL of the shared slice answered {ret:#x}"));
+        }
+        // Now and then a long call, with the timer armed.
+        if r % 4 == 3 {
+            scrub(&mut ctx, &s, seed, interrupts.then_some(ticks))?;
+        }
+    }
+    ctx.close_session(s).map_err(teec)?;
+    let mut d = ctx.into_driver();
+    d.shutdown().map_err(drv)?;
+    let c = d.conduit_mut();
+    Ok((c.calls, c.foreign_interrupts))
+}
+
+/// A SCRUB of 256 KiB, 2 rounds, every byte checked; with `timer`, the timer armed that many
+/// ticks ahead first (the conduit re-arms it at each interrupt, and it is stopped after).
+fn scrub(ctx: &mut Ctx, s: &teeshm_nw::client::Session, seed: u64, timer: Option<u64>) -> Result<(), String> {
+    let size = 256 * 1024;
+    let b = buf(ctx, size, 0, |_| 0)?;
+    let shm = ctx
+        .register_shared_memory(b.clone(), ShmFlags::INOUT)
+        .map_err(teec)?;
+    let params = [
+        MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, Rmem::new(0, size, shm.cookie())),
+        MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(seed, 2, 0)),
+        MsgParam::new(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),
+    ];
+    if let Some(ticks) = timer {
+        crate::irq::arm_timer(ticks);
+    }
+    let reply = invoke_raw(ctx, s, cmd::SCRUB, &params);
+    crate::irq::stop_timer();
+    let reply = reply?;
+    reply.check().map_err(drv)?;
+    let checked = reply.params.get(2).ok_or("no param 2")?.value().a.get();
+    let bad = pattern_mismatch(&bytes(ctx, &b)?, seed + 1);
+    ctx.release_shared_memory(shm).map_err(teec)?;
+    b.free(ctx.driver_mut().ram_mut());
+    if checked != 2 * size {
+        return Err(format!("SCRUB checked {checked} bytes"));
+    }
+    if let Some(i) = bad {
+        return Err(format!("SCRUB left byte {i} wrong"));
+    }
+    Ok(())
+}
+
+/// The group: run from the boot CPU with its context `ctx` (which registers the shared
+/// buffer). Returns the case's line.
+pub(super) fn every_cpu(ctx: &mut Ctx) -> Result<String, String> {
+    let me = teeshm_fw_common::cpu::this();
+    // The CPUs the machine has: AFFINITY_INFO is OFF for a parked one, INVALID_PARAMETERS
+    // for none.
+    let others: Vec<usize> = (0..MAX_CPUS)
+        .filter(|&i| i != me)
+        .filter(|&i| fast(psci::AFFINITY_INFO_64, &[i as u64, 0]).a[0] == psci::AFFINITY_OFF)
+        .collect();
+    let cpus = others.len() + 1;
+    let shared = buf(ctx, cpus as u64 * SLICE, 0x80, |_| 0)?;
+    let cookie = ctx.driver_mut().new_cookie();
+    ctx.driver_mut().register(&shared, cookie).map_err(drv)?;
+    SHARED[0].store(cookie, Ordering::Release);
+    SHARED[1].store(cpus as u64 * SLICE, Ordering::Release);
+    for &i in &others {
+        let r = fast(
+            psci::CPU_ON_64,
+            &[i as u64, client_secondary_entry as *const () as u64, i as u64],
+        );
+        if r.a[0] != 0 {
+            return Err(format!("CPU_ON of CPU {i} answered {:#x}", r.a[0]));
+        }
+    }
+    let again = fast(
+        psci::CPU_ON_64,
+        &[others.first().copied().unwrap_or(me) as u64, 0x4020_0000, 0],
+    )
+    .a[0];
+    worker(me);
+    let started = time::micros();
+    let all: Vec<usize> = core::iter::once(me).chain(others.iter().copied()).collect();
+    while all
+        .iter()
+        .any(|&i| OUTCOMES[i].state.load(Ordering::Acquire) == 0)
+    {
+        if time::micros().saturating_sub(started) > WAIT_US {
+            return Err("a CPU never finished (see the monitor's counters)".into());
+        }
+        core::hint::spin_loop();
+    }
+    // Each secondary turns itself off after its work.
+    let off_started = time::micros();
+    for &i in &others {
+        while fast(psci::AFFINITY_INFO_64, &[i as u64, 0]).a[0] != psci::AFFINITY_OFF {
+            if time::micros().saturating_sub(off_started) > 10_000_000 {
+                return Err(format!("CPU {i} did not turn off"));
+            }
+        }
+    }
+    let data = bytes(ctx, &shared)?;
+    ctx.driver_mut().unregister(cookie).map_err(drv)?;
+    shared.free(ctx.driver_mut().ram_mut());
+    let why = WHY.lock();
+    for &i in &all {
+        if let Some(w) = &why[i] {
+            return Err(format!("CPU {i}: {w}"));
+        }
+        let slice = data
+            .get(i * SLICE as usize..(i + 1) * SLICE as usize)
+            .ok_or("shared buffer too short")?;
+        if let Some(b) = pattern_mismatch(slice, 0x100 + i as u64) {
+            return Err(format!("CPU {i}'s slice of the shared buffer: byte {b} wrong"));
+        }
+    }
+    if !others.is_empty() && again != psci::ALREADY_ON && again != psci::ON_PENDING {
+        return Err(format!("a second CPU_ON of a started CPU answered {again:#x}"));
+    }
+    let calls: u64 = all.iter().map(|&i| OUTCOMES[i].calls.load(Ordering::Relaxed)).sum();
+    let foreign: u64 = all
+        .iter()
+        .map(|&i| OUTCOMES[i].foreign_interrupts.load(Ordering::Relaxed))
+        .sum();
+    Ok(format!(
+        "{cpus} CPUs ({} brought up by CPU_ON, off again by CPU_OFF), {ROUNDS} rounds each: {calls} SMCs, {foreign} timer interrupts let through during SCRUBs and served, every slice of the shared buffer right",
+        others.len()
+    ))
+}
