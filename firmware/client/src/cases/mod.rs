@@ -381,7 +381,7 @@ pub fn run() {
         );
         exhaust::group(&mut ctx, &session);
         case("every CPU at once, each with a driver of its own", || {
-            smp::every_cpu(&mut ctx)
+            smp::every_cpu(&mut ctx, &session)
         });
         case("the core still serves calls after all of it", || {
             still_alive(&mut ctx, &session)

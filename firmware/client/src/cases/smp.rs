@@ -6,6 +6,7 @@
 //! `CPU_OFF`, which `AFFINITY_INFO` must show. The workers print nothing (the UART is one for
 //! all CPUs): each leaves its outcome in [`OUTCOMES`], and the boot CPU reports.
 
+use super::suspend;
 use super::{Ctx, buf, bytes, drv, fast, invoke_raw, marker, op, pattern_mismatch, ret_of, teec};
 use crate::ram::NsRam;
 use crate::smc::Conduit;
@@ -16,11 +17,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use teeshm_abi::gp::TEE_SUCCESS;
 use teeshm_abi::msg::*;
+use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd};
 use teeshm_fw_common::cpu::MAX_CPUS;
 use teeshm_fw_common::fid::psci;
 use teeshm_fw_common::time;
-use teeshm_nw::client::{Context, Param, ShmFlags};
+use teeshm_nw::client::{Context, Param, Session, ShmFlags};
 use teeshm_nw::{Driver, PAGE_SIZE};
 
 /// Rounds each CPU runs.
@@ -51,6 +53,28 @@ static OUTCOMES: [Outcome; MAX_CPUS] = [const {
 static WHY: spin::Mutex<[Option<String>; MAX_CPUS]> = spin::Mutex::new([const { None }; MAX_CPUS]);
 /// The shared buffer's cookie and size, set by the boot CPU before any other CPU starts.
 static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// A TEE thread the boot CPU left waiting in an RPC for the first other CPU to answer
+/// (`u64::MAX`: none), and what that CPU saw: the `a0` the call ended with.
+static HANDED_OVER: AtomicU64 = AtomicU64::new(u64::MAX);
+static HANDOVER_END: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Answers the RPCs of the boot CPU's waiting call from this CPU, as a normal world whose
+/// task moved to another CPU would (every answer empty: the call ends with an error of its
+/// own, cleanly); records how the call ended.
+fn answer_handed_over_call() {
+    let thread = HANDED_OVER.swap(u64::MAX, Ordering::AcqRel);
+    if thread == u64::MAX {
+        return;
+    }
+    let mut out = fast(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]);
+    for _ in 0..8 {
+        if !is_rpc_return(out.a0()) {
+            break;
+        }
+        out = fast(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, out.a[3]]);
+    }
+    HANDOVER_END.store(out.a[0], Ordering::Release);
+}
 
 unsafe extern "C" {
     /// Where a CPU that `CPU_ON` brings up starts (main.rs; x0 = its index).
@@ -75,6 +99,9 @@ pub(crate) fn worker(cpu: usize) {
 }
 
 fn work(cpu: usize) -> Result<(u64, u64), String> {
+    if cpu != 0 {
+        answer_handed_over_call();
+    }
     let base = POOLS + cpu as u64 * POOL_SIZE;
     let ticks = time::frequency() / 2000;
     let conduit = Conduit {
@@ -182,7 +209,7 @@ fn work(cpu: usize) -> Result<(u64, u64), String> {
 
 /// A SCRUB of 256 KiB, 2 rounds, every byte checked; with `timer`, the timer armed that many
 /// ticks ahead first (the conduit re-arms it at each interrupt, and it is stopped after).
-fn scrub(ctx: &mut Ctx, s: &teeshm_nw::client::Session, seed: u64, timer: Option<u64>) -> Result<(), String> {
+fn scrub(ctx: &mut Ctx, s: &Session, seed: u64, timer: Option<u64>) -> Result<(), String> {
     let size = 256 * 1024;
     let b = buf(ctx, size, 0, |_| 0)?;
     let shm = ctx
@@ -215,7 +242,7 @@ fn scrub(ctx: &mut Ctx, s: &teeshm_nw::client::Session, seed: u64, timer: Option
 
 /// The group: run from the boot CPU with its context `ctx` (which registers the shared
 /// buffer). Returns the case's line.
-pub(super) fn every_cpu(ctx: &mut Ctx) -> Result<String, String> {
+pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, String> {
     let me = teeshm_fw_common::cpu::this();
     // The CPUs the machine has: AFFINITY_INFO is OFF for a parked one, INVALID_PARAMETERS
     // for none.
@@ -229,6 +256,18 @@ pub(super) fn every_cpu(ctx: &mut Ctx) -> Result<String, String> {
     ctx.driver_mut().register(&shared, cookie).map_err(drv)?;
     SHARED[0].store(cookie, Ordering::Release);
     SHARED[1].store(cpus as u64 * SLICE, Ordering::Release);
+    // A call of this CPU left waiting in its first RPC, for another CPU to answer.
+    let handed = if others.is_empty() {
+        None
+    } else {
+        match suspend::start(ctx, session, 4096, 0x33, &[])? {
+            Ok(call) => {
+                HANDED_OVER.store(call.thread(), Ordering::Release);
+                Some(call)
+            }
+            Err(a0) => return Err(format!("the call to hand over was refused with {a0:#x}")),
+        }
+    };
     for &i in &others {
         let r = fast(
             psci::CPU_ON_64,
@@ -264,6 +303,24 @@ pub(super) fn every_cpu(ctx: &mut Ctx) -> Result<String, String> {
             }
         }
     }
+    // The handed-over call ended on the other CPU; answering it here now is refused.
+    let mut handover = String::new();
+    if let Some(call) = handed {
+        let thread = call.thread();
+        suspend::abandon(ctx, call);
+        let ended = HANDOVER_END.load(Ordering::Acquire);
+        let late = fast(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).a[0];
+        if ended != u64::from(OPTEE_SMC_RETURN_OK) {
+            return Err(format!("the call answered from another CPU ended with {ended:#x}"));
+        }
+        if late != u64::from(OPTEE_SMC_RETURN_ERESUME) {
+            return Err(format!("a late answer for thread {thread} got {late:#x}"));
+        }
+        handover = format!(
+            "; a call left waiting here ended when CPU {} answered its RPCs, a late answer from here got ERESUME",
+            others.first().copied().unwrap_or(0)
+        );
+    }
     let data = bytes(ctx, &shared)?;
     ctx.driver_mut().unregister(cookie).map_err(drv)?;
     shared.free(ctx.driver_mut().ram_mut());
@@ -288,7 +345,7 @@ pub(super) fn every_cpu(ctx: &mut Ctx) -> Result<String, String> {
         .map(|&i| OUTCOMES[i].foreign_interrupts.load(Ordering::Relaxed))
         .sum();
     Ok(format!(
-        "{cpus} CPUs ({} brought up by CPU_ON, off again by CPU_OFF), {ROUNDS} rounds each: {calls} SMCs, {foreign} timer interrupts let through during SCRUBs and served, every slice of the shared buffer right",
+        "{cpus} CPUs ({} brought up by CPU_ON, off again by CPU_OFF), {ROUNDS} rounds each: {calls} SMCs, {foreign} timer interrupts let through during SCRUBs and served, every slice of the shared buffer right{handover}",
         others.len()
     ))
 }
