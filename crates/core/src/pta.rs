@@ -11,7 +11,7 @@
 //! | 3 | WHERE | memref, value out, value out | `p1.a` = VA of the first byte, `p1.b` = its PA (both 0 unless the core is built with the feature `test-commands`: addresses are secrets of the secure world); `p2.a` = 1 if the mapping was cached, `p2.b` = pages mapped |
 //! | 4 | TOUCH | memref in, value out | reads only the first and last byte: `p1.a`, `p1.b` |
 //! | 5 | RPC_BUFFER | value in (`a` = bytes, `b` = SHM type, `c` = seed), value out | asks the normal world for a buffer by `OPTEE_RPC_CMD_SHM_ALLOC`, fills it with the pattern, reads it back, frees it by `SHM_FREE`; `p1.a` = bytes checked, `p1.b` = the buffer's cookie |
-//! | 6 | SCRUB | memref out, value in (`a` = seed, `b` = rounds), value out | a long call: `rounds` times over the whole buffer, round `r` writes the pattern of seed `a + r` and reads each chunk back; the buffer ends with the last round's pattern; `p2.a` = bytes checked, `p2.b` = times the call let the normal world serve an interrupt |
+//! | 6 | SCRUB | memref out, value in (`a` = seed, `b` = rounds), value out | a long call: `rounds` times over the whole buffer, round `r` writes the pattern of seed `a + r` and reads each chunk back; the buffer ends with the last round's pattern; `p2.a` = bytes checked, `p2.b` = times the call let the normal world serve an interrupt; size × rounds at most [`SCRUB_MAX_BYTES`] |
 //!
 //! SCRUB is preemptible: between chunks it asks the platform whether an interrupt of the
 //! normal world is pending and, if one is (after at least one chunk of progress), suspends with
@@ -282,6 +282,11 @@ fn copy<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
     Ok(Step::Done)
 }
 
+/// The most bytes one SCRUB writes and checks (size × rounds): 64 MiB, under a second of
+/// work at most, so that a call's length stays bounded where no interrupt preempts it (the
+/// simulator, the fuzz targets); more is refused with `TEE_ERROR_BAD_PARAMETERS`.
+pub const SCRUB_MAX_BYTES: u64 = 64 << 20;
+
 /// SCRUB from `at`: chunk by chunk, each written with its round's pattern and read back;
 /// suspends for a pending foreign interrupt once a chunk has been done since it started or
 /// resumed.
@@ -290,7 +295,10 @@ fn scrub<P: Platform>(tee: &Tee<P>, call: &mut Call, at: ScrubProgress) -> Resul
     let (out, size) = output(call, 0)?;
     let checked = size
         .checked_mul(rounds)
-        .ok_or(TeeError::BadParameters("SCRUB: size × rounds overflows"))?;
+        .filter(|&n| n <= SCRUB_MAX_BYTES)
+        .ok_or(TeeError::BadParameters(
+            "SCRUB: size × rounds over SCRUB_MAX_BYTES",
+        ))?;
     let mut progress = at;
     let guard = tee.map(&out.used)?;
     let mut chunk = [0u8; CHUNK];

@@ -610,8 +610,11 @@ fn scrub_refuses_bad_params_and_a_suspended_one_dies_with_its_guest() {
     let buf = w.buffer(size, 0);
     let cookie = w.cookie();
     assert_eq!(w.register(G1, cookie, &buf), TEE_SUCCESS);
-    // size × rounds overflowing, an input memref, no value: refused, nothing changed.
+    // size × rounds overflowing or over the bound, an input memref: refused.
     let r = w.invoke(G1, s, cmd::SCRUB, &scrub_params(cookie, size, 1, u64::MAX));
+    assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
+    let over = teeshm_core::pta::SCRUB_MAX_BYTES / size + 1;
+    let r = w.invoke(G1, s, cmd::SCRUB, &scrub_params(cookie, size, 1, over));
     assert_eq!(r.ret(), TEE_ERROR_BAD_PARAMETERS);
     let mut input = scrub_params(cookie, size, 1, 1);
     input[0] = rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, size);
