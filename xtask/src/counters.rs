@@ -23,10 +23,14 @@ pub struct SmpCounters {
     pub resumed_on_other_cpu: Option<u64>,
 }
 
-/// The number after the word `key` in `words`.
-fn after(words: &[&str], key: &str) -> Option<u64> {
-    let i = words.iter().position(|w| *w == key)?;
-    words.get(i + 1)?.parse().ok()
+/// The numbers after the words `keys` in `words`, if every one is there.
+pub fn fields<const N: usize>(words: &[&str], keys: [&str; N]) -> Option<[u64; N]> {
+    let mut out = [0; N];
+    for (value, key) in out.iter_mut().zip(keys) {
+        let at = words.iter().position(|w| *w == key)?;
+        *value = words.get(at + 1)?.parse().ok()?;
+    }
+    Some(out)
 }
 
 impl SmpCounters {
@@ -34,11 +38,8 @@ impl SmpCounters {
     pub fn note(&mut self, line: &str) {
         if let Some(at) = line.find("monitor: cpu ") {
             let words: Vec<&str> = line[at + "monitor: ".len()..].split_whitespace().collect();
-            if let (Some(cpu), Some(secure_entries), Some(foreign_interrupts)) = (
-                after(&words, "cpu"),
-                after(&words, "secure_entries"),
-                after(&words, "foreign_interrupts"),
-            ) {
+            let keys = ["cpu", "secure_entries", "foreign_interrupts"];
+            if let Some([cpu, secure_entries, foreign_interrupts]) = fields(&words, keys) {
                 self.cpus.retain(|c| c.cpu != cpu);
                 self.cpus.push(CpuCounters {
                     cpu,
@@ -49,9 +50,10 @@ impl SmpCounters {
         }
         if let Some(at) = line.find("tee: smp: ") {
             let words: Vec<&str> = line[at..].split_whitespace().collect();
-            self.cpus_on = after(&words, "cpus_on");
-            self.max_concurrent_calls = after(&words, "max_concurrent_calls");
-            self.resumed_on_other_cpu = after(&words, "resumed_on_other_cpu");
+            let one = |key| fields(&words, [key]).map(|[v]| v);
+            self.cpus_on = one("cpus_on");
+            self.max_concurrent_calls = one("max_concurrent_calls");
+            self.resumed_on_other_cpu = one("resumed_on_other_cpu");
         }
     }
 

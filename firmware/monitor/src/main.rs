@@ -25,6 +25,17 @@ use teeshm_fw_common::{println, semihosting};
 
 core::arch::global_asm!(
     r#"
+    // What every CPU sets at EL3 before its first Rust code: SCTLR_EL3 (MMU off), the EL3
+    // vectors, and SP_EL0 as the stack pointer. Clobbers x0.
+    .macro el3_registers
+    ldr     x0, ={sctlr_el3}
+    msr     sctlr_el3, x0
+    ldr     x0, =el3_vectors
+    msr     vbar_el3, x0
+    isb
+    msr     spsel, #0
+    .endm
+
     .section .text.boot, "ax"
     .global _start
 _start:
@@ -63,12 +74,7 @@ _start:
     b.hs    7f
     stp     xzr, xzr, [x0], #16
     b       6b
-7:  ldr     x0, ={sctlr_el3}
-    msr     sctlr_el3, x0
-    ldr     x0, =el3_vectors
-    msr     vbar_el3, x0
-    isb
-    msr     spsel, #0
+7:  el3_registers
     ldr     x0, =__el3_stack_top
     mov     sp, x0
     ldr     x0, =monitor_main
@@ -88,12 +94,7 @@ park:
     cmp     x1, x21
     b.ne    10b
     msr     cptr_el3, xzr
-    ldr     x0, ={sctlr_el3}
-    msr     sctlr_el3, x0
-    ldr     x0, =el3_vectors
-    msr     vbar_el3, x0
-    isb
-    msr     spsel, #0
+    el3_registers
     ldr     x0, =__el3_stack_top
     mov     x1, #{el3_stack}
     msub    x0, x19, x1, x0

@@ -44,6 +44,7 @@ use super::{
     DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES,
     Machine, Milestones, build_test, initramfs_entries, is_summary, parse_smp, write_cpio,
 };
+use crate::counters::fields;
 use crate::{ensure_debian_packages, run, workspace_root};
 
 /// Host packages Xen's build needs besides the cross compiler; dpkg-dev unpacks the source.
@@ -643,14 +644,6 @@ struct XenRun {
 /// Lines kept of each console.
 const CONSOLE_LINES: usize = 12;
 
-/// The number after the word `key` in `words`.
-fn field(words: &[&str], key: &str) -> Option<u64> {
-    words
-        .iter()
-        .position(|w| *w == key)
-        .and_then(|i| words.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
 
 impl XenRun {
     fn domain(&mut self, name: &str) -> &mut Domain {
@@ -719,19 +712,16 @@ impl XenRun {
                 .and_then(|v| v.trim_end_matches(':').parse().ok())
             {
                 self.vm_destroyed += 1;
-                if let (
-                    Some(objects),
-                    Some(registered_pages),
-                    Some(mapped_pages),
-                    Some(sessions),
-                    Some(threads),
-                ) = (
-                    field(&words, "objects"),
-                    field(&words, "registered_pages"),
-                    field(&words, "mapped_pages"),
-                    field(&words, "sessions"),
-                    field(&words, "threads"),
-                ) {
+                let keys = [
+                    "objects",
+                    "registered_pages",
+                    "mapped_pages",
+                    "sessions",
+                    "threads",
+                ];
+                if let Some([objects, registered_pages, mapped_pages, sessions, threads]) =
+                    fields(&words, keys)
+                {
                     self.swept.push(Swept {
                         client_id,
                         objects,
@@ -745,11 +735,10 @@ impl XenRun {
         }
         if let Some(rest) = after("tee: guest client ") {
             let words: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(client_id), Some(objects), Some(mapped_pages), Some(registered_pages)) = (
+            let keys = ["objects", "mapped_pages", "registered_pages"];
+            if let (Some(client_id), Some([objects, mapped_pages, registered_pages])) = (
                 words.first().and_then(|v| v.parse().ok()),
-                field(&words, "objects"),
-                field(&words, "mapped_pages"),
-                field(&words, "registered_pages"),
+                fields(&words, keys),
             ) {
                 self.guests.push(CoreGuest {
                     client_id,
