@@ -25,7 +25,8 @@
 //! [`Variant::Linux`], which `cargo xtask linux` boots, has not.
 //!
 //! `cargo xtask qemu [--client-only | --fault-test-only] [--timeout SECS] [--build-only]
-//! [--smp N]` (4 CPUs by default; the client brings the others up with PSCI `CPU_ON`).
+//! [--smp N]` (4 CPUs by default; the client brings the others up with PSCI `CPU_ON`). The
+//! client run writes the firmware's per-CPU counters to `target/qemu-report.json`.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -311,6 +312,8 @@ struct Seen {
     secure_fault: Option<String>,
     /// The firmware's counters of the run's CPUs.
     smp: crate::counters::SmpCounters,
+    /// What the core's last agreement check found (`tee: check: N disagreements, ...`).
+    disagreements: Option<u64>,
 }
 
 impl Seen {
@@ -329,6 +332,9 @@ impl Seen {
             self.fault_test_passed = true;
         }
         self.smp.note(line);
+        if let Some(rest) = line.strip_prefix("tee: check: ") {
+            self.disagreements = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
         if self.core_ready.is_none() && line.starts_with("monitor: S-EL1 core ready") {
             self.core_ready = Some(t);
         }
@@ -478,6 +484,19 @@ fn run_qemu(
                 .as_deref()
                 .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
             let counters = seen.smp.verdict(smp, true);
+            let report = crate::workspace_root()
+                .join("target")
+                .join("qemu-report.json");
+            let json = format!(
+                "{{\"smp\": {smp}, {}, \"summary\": {}}}\n",
+                seen.smp.json_fields(seen.disagreements),
+                seen.summary
+                    .as_deref()
+                    .map_or("null".to_string(), |s| format!("\"{s}\""))
+            );
+            if let Err(e) = fs::write(&report, json) {
+                eprintln!("xtask: qemu: cannot write {}: {e}", report.display());
+            }
             match (code, &seen.summary, &seen.failed_case) {
                 (Some(0), Some(summary), None) if summary_ok && counters.is_ok() => Ok(format!(
                     "client run passed: {summary} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s); on {smp} CPUs: {} calls in the core at once at most, {} normal-world interrupts let through",

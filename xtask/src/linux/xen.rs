@@ -644,7 +644,6 @@ struct XenRun {
 /// Lines kept of each console.
 const CONSOLE_LINES: usize = 12;
 
-
 impl XenRun {
     fn domain(&mut self, name: &str) -> &mut Domain {
         if let Some(i) = self.domains.iter().position(|d| d.name == name) {

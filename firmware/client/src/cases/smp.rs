@@ -2,9 +2,11 @@
 //! driver of its own (its own pages, its own session) through register / invoke with every
 //! memref kind / release rounds, its slice of a buffer the boot CPU registered for all, and
 //! SCRUBs long enough that its timer's interrupt must be let through (`RPC_FOREIGN_INTR`,
-//! served by the conduit as a handler would). Then each secondary CPU turns itself off with
-//! `CPU_OFF`, which `AFFINITY_INFO` must show. The workers print nothing (the UART is one for
-//! all CPUs): each leaves its outcome in [`OUTCOMES`], and the boot CPU reports.
+//! served by the conduit as a handler would). One CPU unregisters a buffer the others are
+//! filling, and one answers a call another CPU left waiting. Then each secondary CPU turns
+//! itself off with `CPU_OFF`, which `AFFINITY_INFO` must show. The workers print nothing (the
+//! UART is one for all CPUs): each leaves its outcome in [`OUTCOMES`], and the boot CPU
+//! reports.
 
 use super::suspend;
 use super::{Ctx, buf, bytes, drv, fast, invoke_raw, marker, op, pattern_mismatch, ret_of, teec};
@@ -15,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
-use teeshm_abi::gp::TEE_SUCCESS;
+use teeshm_abi::gp::{TEE_ERROR_ACCESS_CONFLICT, TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS};
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_core::pta::{MEMTEST_UUID, cmd};
@@ -53,6 +55,16 @@ static OUTCOMES: [Outcome; MAX_CPUS] = [const {
 static WHY: spin::Mutex<[Option<String>; MAX_CPUS]> = spin::Mutex::new([const { None }; MAX_CPUS]);
 /// The shared buffer's cookie and size, set by the boot CPU before any other CPU starts.
 static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// A buffer the boot CPU registers, every CPU fills its slice of each round, and the first
+/// other CPU unregisters in the middle of its rounds while the others may be filling it: its
+/// cookie (0: none), whether it is gone, and what the fills met (SUCCESS; after the unregister
+/// also ACCESS_CONFLICT, a fill the revocation cut, or BAD_PARAMETERS, the cookie unknown).
+static VICTIM: AtomicU64 = AtomicU64::new(0);
+static VICTIM_GONE: AtomicU64 = AtomicU64::new(0);
+static VICTIM_SEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// The round in which that CPU unregisters it.
+const VICTIM_ROUND: u64 = ROUNDS / 2;
+
 /// A TEE thread the boot CPU left waiting in an RPC for the first other CPU to answer
 /// (`u64::MAX`: none), and what that CPU saw: the `a0` the call ended with.
 static HANDED_OVER: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -195,6 +207,8 @@ fn work(cpu: usize) -> Result<(u64, u64), String> {
         if ret != TEE_SUCCESS {
             return Err(format!("round {r}: FILL of the shared slice answered {ret:#x}"));
         }
+        // Its slice of the victim buffer, which one CPU unregisters meanwhile.
+        victim_round(&mut ctx, &s, cpu, r)?;
         // Now and then a long call, with the timer armed.
         if r % 4 == 3 {
             scrub(&mut ctx, &s, seed, interrupts.then_some(ticks))?;
@@ -205,6 +219,47 @@ fn work(cpu: usize) -> Result<(u64, u64), String> {
     d.shutdown().map_err(drv)?;
     let c = d.conduit_mut();
     Ok((c.calls, c.foreign_interrupts))
+}
+
+/// One round's FILL of this CPU's slice of the victim buffer; the first other CPU (1)
+/// unregisters it at [`VICTIM_ROUND`]. A FILL that started and ended with the buffer known
+/// registered must pass; any other may also meet the unregister, as ACCESS_CONFLICT or
+/// BAD_PARAMETERS, never anything else.
+fn victim_round(ctx: &mut Ctx, s: &Session, cpu: usize, r: u64) -> Result<(), String> {
+    let cookie = VICTIM.load(Ordering::Acquire);
+    if cookie == 0 {
+        return Ok(());
+    }
+    if cpu == 1 && r == VICTIM_ROUND {
+        ctx.driver_mut()
+            .unregister(cookie)
+            .map_err(|e| format!("round {r}: UNREGISTER of the victim: {e}"))?;
+        VICTIM_GONE.store(1, Ordering::Release);
+        return Ok(());
+    }
+    let before = VICTIM_GONE.load(Ordering::Acquire);
+    let params = [
+        MsgParam::from_rmem(
+            OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
+            Rmem::new(cpu as u64 * SLICE, SLICE, cookie),
+        ),
+        MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(r, 0, 0)),
+    ];
+    let ret = ret_of(invoke_raw(ctx, s, cmd::FILL, &params))?;
+    let after = VICTIM_GONE.load(Ordering::Acquire);
+    let kind = match ret {
+        TEE_SUCCESS => 0,
+        TEE_ERROR_ACCESS_CONFLICT => 1,
+        TEE_ERROR_BAD_PARAMETERS => 2,
+        other => return Err(format!("round {r}: FILL of the victim answered {other:#x}")),
+    };
+    if before == 0 && after == 0 && kind != 0 {
+        return Err(format!(
+            "round {r}: FILL of the victim answered {ret:#x} while it was registered"
+        ));
+    }
+    VICTIM_SEEN[kind].fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// A SCRUB of 256 KiB, 2 rounds, every byte checked; with `timer`, the timer armed that many
@@ -256,6 +311,16 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
     ctx.driver_mut().register(&shared, cookie).map_err(drv)?;
     SHARED[0].store(cookie, Ordering::Release);
     SHARED[1].store(cpus as u64 * SLICE, Ordering::Release);
+    // The victim, when there is another CPU to unregister it.
+    let victim = if others.contains(&1) {
+        let v = buf(ctx, cpus as u64 * SLICE, 0x10, |_| 0)?;
+        let c = ctx.driver_mut().new_cookie();
+        ctx.driver_mut().register(&v, c).map_err(drv)?;
+        VICTIM.store(c, Ordering::Release);
+        Some(v)
+    } else {
+        None
+    };
     // A call of this CPU left waiting in its first RPC, for another CPU to answer.
     let handed = if others.is_empty() {
         None
@@ -321,6 +386,18 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
             others.first().copied().unwrap_or(0)
         );
     }
+    let mut victim_note = String::new();
+    if let Some(v) = victim {
+        // CPU 1 unregistered it; the pages are this normal world's again.
+        v.free(ctx.driver_mut().ram_mut());
+        if VICTIM_GONE.load(Ordering::Acquire) == 0 {
+            return Err("CPU 1 never unregistered the victim buffer".into());
+        }
+        let [ok, conflict, unknown] = VICTIM_SEEN.each_ref().map(|a| a.load(Ordering::Relaxed));
+        victim_note = format!(
+            "; a buffer unregistered by CPU 1 while the others filled it: {ok} fills passed, {conflict} cut (ACCESS_CONFLICT), {unknown} after it (BAD_PARAMETERS)"
+        );
+    }
     let data = bytes(ctx, &shared)?;
     ctx.driver_mut().unregister(cookie).map_err(drv)?;
     shared.free(ctx.driver_mut().ram_mut());
@@ -345,7 +422,7 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
         .map(|&i| OUTCOMES[i].foreign_interrupts.load(Ordering::Relaxed))
         .sum();
     Ok(format!(
-        "{cpus} CPUs ({} brought up by CPU_ON, off again by CPU_OFF), {ROUNDS} rounds each: {calls} SMCs, {foreign} timer interrupts let through during SCRUBs and served, every slice of the shared buffer right{handover}",
+        "{cpus} CPUs ({} brought up by CPU_ON, off again by CPU_OFF), {ROUNDS} rounds each: {calls} SMCs, {foreign} timer interrupts let through during SCRUBs and served, every slice of the shared buffer right{handover}{victim_note}",
         others.len()
     ))
 }
