@@ -458,3 +458,37 @@ fn one_mediator_serves_guests_on_several_cpus_at_once() {
     }
     assert_eq!(sys.shadows_held(), 0);
 }
+
+/// A long call through the mediator: SCRUB lets the normal world's interrupts through
+/// (`RPC_FOREIGN_INTR`, which the mediator passes on with only the thread id) and goes on where
+/// it stopped after each return; every byte lands in the guest's own pages.
+#[test]
+fn a_long_call_lets_interrupts_through_the_mediator() {
+    let mut sys = System::new();
+    let mut a = sys.guest(1, 0);
+    let s = a.open_session(&sys);
+    let size = 40 * PAGE + 77;
+    let buf = a.buffer(size, 0x21);
+    let cookie = a.cookie();
+    assert_eq!(a.register(&sys, cookie, &buf), gp::TEE_SUCCESS);
+    sys.tee().platform().set_foreign_interrupt_every(5);
+    let r = a.invoke(
+        &sys,
+        s,
+        cmd::SCRUB,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, cookie, 0, size),
+            value(VIN, 900, 3, 0),
+            value(VOUT, 0, 0, 0),
+        ],
+    );
+    sys.tee().platform().set_foreign_interrupt_every(0);
+    assert_eq!((r.a0, r.ret()), (0, gp::TEE_SUCCESS));
+    let [checked, yields, _] = r.value(2);
+    assert_eq!(checked, 3 * size);
+    assert!(yields >= 20, "{yields} interrupts let through");
+    assert_eq!(a.read_buf(&sys, &buf), pattern(902, size));
+    assert_eq!(a.unregister(&sys, cookie), gp::TEE_SUCCESS);
+    sys.check();
+    sys.destroy_and_check(&a);
+}
