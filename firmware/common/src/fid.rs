@@ -19,6 +19,10 @@ pub const OWNER_OPTEED: u32 = 62;
 /// a0 = 0, a1 = disagreements found, a2 = pages mapped in the SHM window, a3 = live table
 /// pages, a4 = calls served.
 pub const SIP_TEESHM_CHECK: u32 = 0x8200_0F01;
+/// x1 of a `SIP_TEESHM_CHECK` made at the end of a run (by the monitor after the normal world
+/// powered off, or the test client's last case): the core then also prints the CPUs' counters
+/// (`tee: smp: ...`), which it otherwise prints only once several CPUs or calls were in it.
+pub const CHECK_FINAL: u64 = 1;
 /// NS → S-EL1 (SiP fast call), only in a `fault-test` build: the core reads a VA that no
 /// table maps, to show the fault is caught and reported rather than read.
 pub const SIP_TEESHM_FAULT_TEST: u32 = 0x8200_0F0F;

@@ -702,6 +702,7 @@ impl Cpu {
     fn final_check(&mut self) -> *mut Context {
         self.secure.x = [0; 31];
         self.secure.x[0] = u64::from(fid::SIP_TEESHM_CHECK);
+        self.secure.x[1] = fid::CHECK_FINAL;
         self.secure.elr_el3 = teeshm_fw_tee::tee_call_entry as *const () as u64;
         self.secure.spsr_el3 = crate::context::SPSR_EL1H_MASKED;
         self.state = State::FinalCheck;

@@ -322,7 +322,7 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
         }
     }
     *regs = match func {
-        fid::SIP_TEESHM_CHECK => check(tee),
+        fid::SIP_TEESHM_CHECK => check(tee, regs[1] == fid::CHECK_FINAL),
         #[cfg(feature = "fault-test")]
         fid::SIP_TEESHM_FAULT_TEST => fault_test(tee),
         _ => {
@@ -374,7 +374,7 @@ extern "C" fn tee_cpu_on(cpu: u64) {
 }
 
 /// Runs the core's agreement checker and reports counters.
-fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
+fn check(tee: &Tee<FwPlatform>, last: bool) -> [u64; 8] {
     let found = tee.check_agreement();
     for d in found.iter().take(8) {
         println!("tee: disagreement: {d:?}");
@@ -394,12 +394,13 @@ fn check(tee: &Tee<FwPlatform>) -> [u64; 8] {
             g.id.0, g.objects, g.mapped_pages, g.registered_pages, g.sessions, g.threads
         );
     }
-    // The CPUs' counters, once there is something to tell (the test client checks often).
+    // The CPUs' counters at the end of a run, or once there is something to tell (the test
+    // client checks often).
     let (cpus_on, most) = (
         CPUS_ON.load(Ordering::Acquire),
         MAX_IN_CORE.load(Ordering::Acquire),
     );
-    if cpus_on > 1 || most > 1 {
+    if last || cpus_on > 1 || most > 1 {
         println!(
             "tee: smp: cpus_on {cpus_on} max_concurrent_calls {most} resumed_on_other_cpu {}",
             RESUMED_ELSEWHERE.load(Ordering::Acquire)

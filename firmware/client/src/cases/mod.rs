@@ -176,7 +176,12 @@ fn op(params: [Param<'_>; 4]) -> Operation<'_> {
 /// Runs the SiP check of the core: its agreement checker over tables, VA allocator, reverse
 /// map and registry. Returns (disagreements, window pages mapped, table pages, calls).
 fn check_core() -> (u64, u64, u64, u64) {
-    let r = fast(fid::SIP_TEESHM_CHECK, &[]);
+    check_core_with(0)
+}
+
+/// [`check_core`] with x1 = `flags` ([`fid::CHECK_FINAL`] for the run's last).
+fn check_core_with(flags: u64) -> (u64, u64, u64, u64) {
+    let r = fast(fid::SIP_TEESHM_CHECK, &[flags]);
     (r.a[1], r.a[2], r.a[3], r.a[4])
 }
 
@@ -403,7 +408,7 @@ pub fn run() {
         case(
             "the core's tables, window, reverse map and registry agree",
             || {
-                let (disagreements, mapped, tables, calls) = check_core();
+                let (disagreements, mapped, tables, calls) = check_core_with(fid::CHECK_FINAL);
                 ensure!(
                     disagreements == 0,
                     "{disagreements} disagreements (see the tee: lines)"
