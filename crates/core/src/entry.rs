@@ -309,12 +309,13 @@ impl<P: Platform> Tee<P> {
             guest.counters().refund_thread();
         }
         drop(ended);
-        let (registered, sessions, cached) = {
+        let (registered, sessions, cached, kept_args) = {
             let mut state = guest.state.lock();
             (
                 core::mem::take(&mut state.registered),
                 core::mem::take(&mut state.sessions),
                 core::mem::take(&mut state.cached_rpc_args),
+                core::mem::take(&mut state.kept_arg_pages),
             )
         };
         for mobj in registered.values() {
@@ -325,6 +326,9 @@ impl<P: Platform> Tee<P> {
         }
         for c in &cached {
             self.discard(&c.mobj);
+        }
+        for k in &kept_args {
+            self.discard(&k.mobj);
         }
         self.drain_releases();
     }
@@ -529,11 +533,20 @@ impl<P: Platform> Tee<P> {
             if pa == 0 {
                 return Err(CallError::BadAddress);
             }
-            self.ns_ref_at(guest, pa, MobjKind::Temporary, None, owned)
-                .map_err(|e| match e {
-                    TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
-                    _ => CallError::BadAddress,
-                })?
+            // Under a hypervisor every guest call comes this way, its arg on the mediator's
+            // shadow page (RPC_ARG is hidden from guests): those pages may be kept.
+            let at = if func == OPTEE_SMC_CALL_WITH_ARG
+                && self.virtualized()
+                && self.config.kept_arg_pages > 0
+            {
+                self.arg_ref_at(guest, pa)
+            } else {
+                self.ns_ref_at(guest, pa, MobjKind::Temporary, None, owned)
+            };
+            at.map_err(|e| match e {
+                TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
+                _ => CallError::BadAddress,
+            })?
         };
         let reserve = if func == OPTEE_SMC_CALL_WITH_ARG {
             0

@@ -218,6 +218,15 @@ pub(crate) struct CachedRpcArg {
     pub(crate) offset: u64,
 }
 
+/// A page that held one of the guest's call args, kept with its object (and so its mapping)
+/// for the next call whose arg lies there.
+#[derive(Debug)]
+pub(crate) struct KeptArgPage {
+    /// The page's physical address.
+    pub(crate) page: u64,
+    pub(crate) mobj: Arc<Mobj>,
+}
+
 /// What one guest holds, behind its lock.
 #[derive(Debug, Default)]
 pub(crate) struct GuestState {
@@ -230,6 +239,9 @@ pub(crate) struct GuestState {
     pub(crate) shm_cache_enabled: bool,
     /// RPC argument buffers kept by the SHM cache.
     pub(crate) cached_rpc_args: Vec<CachedRpcArg>,
+    /// Pages of its recent `CALL_WITH_ARG` args, most recently used first, at most
+    /// `CoreConfig::kept_arg_pages`.
+    pub(crate) kept_arg_pages: Vec<KeptArgPage>,
 }
 
 /// One normal world (VM) as the core knows it.
@@ -282,6 +294,7 @@ impl GuestPartition {
             sessions: state.sessions.len() as u64,
             shm_cache_enabled: state.shm_cache_enabled,
             cached_rpc_args: state.cached_rpc_args.len() as u64,
+            kept_arg_pages: state.kept_arg_pages.len() as u64,
             objects: self.counters.objects(),
             registered_pages: self.counters.registered_pages(),
             mapped_pages: self.counters.mapped_pages(),
@@ -304,6 +317,9 @@ pub struct GuestSnapshot {
     pub shm_cache_enabled: bool,
     /// RPC argument buffers in its SHM cache.
     pub cached_rpc_args: u64,
+    /// Pages of its `CALL_WITH_ARG` args kept for its next calls
+    /// ([`CoreConfig::kept_arg_pages`](crate::CoreConfig::kept_arg_pages)).
+    pub kept_arg_pages: u64,
     /// Live memory objects (registered, temporary, RPC, retired but still in use).
     pub objects: u64,
     /// Pages of registered buffers.

@@ -31,6 +31,10 @@ pub enum MobjKind {
     Temporary,
     /// A buffer the normal world gave in answer to an RPC; lives until the matching free.
     RpcBuffer,
+    /// A page that held a guest's `CALL_WITH_ARG` arg, kept (with its mapping) for the
+    /// guest's next call with its arg on that page; lives until the guest keeps another page
+    /// in its place, needs its quota, or is destroyed (docs/core.md, "Kept arg pages").
+    ArgPage,
 }
 
 /// The memory type of a buffer, as asked for by OP-TEE's `mobj_matches`.

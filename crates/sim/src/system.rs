@@ -29,7 +29,8 @@ pub struct SystemConfig {
 
 impl Default for SystemConfig {
     /// 4 guests of 64 MiB, 4 MiB of hypervisor pages each (the default shadow budget), a
-    /// virtualized default core, default limits.
+    /// virtualized default core that keeps 4 arg pages a guest (the mediators pass args on
+    /// their shadow pages), default limits.
     fn default() -> Self {
         Self {
             guests: 4,
@@ -37,6 +38,8 @@ impl Default for SystemConfig {
             hyp_pages_per_guest: HypLimits::default().max_shadow_pages,
             core: CoreConfig {
                 normal_world: teeshm_core::NormalWorld::Virtualized,
+                // Each mediator passes a guest's args on its shadow pages.
+                kept_arg_pages: 4,
                 ..CoreConfig::default()
             },
             limits: HypLimits::default(),
