@@ -11,7 +11,6 @@ use crate::platform::Platform;
 use crate::thread::{ThreadState, ThreadTable};
 use crate::window::SharedWindow;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
@@ -45,7 +44,7 @@ pub struct Tee<P: Platform> {
     pub(crate) platform: P,
     pub(crate) memory_map: MemoryMap,
     pub(crate) window: crate::window::WindowLock<P::Tlb>,
-    guests: crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
+    guests: crate::guest::GuestTable,
     pub(crate) threads: crate::sync::Mutex<ThreadTable>,
     pub(crate) releases: Arc<ReleaseQueue>,
     pub(crate) next_mobj: AtomicU64,
@@ -73,7 +72,7 @@ impl<P: Platform> Tee<P> {
                 shm,
                 config.quotas.max_mapped_pages,
             )),
-            guests: crate::sync::RwLock::new(BTreeMap::new()),
+            guests: crate::guest::GuestTable::default(),
             threads: crate::sync::Mutex::new(ThreadTable::new(
                 config.threads as usize,
                 usize::try_from(config.quota_holders()).unwrap_or(usize::MAX),
@@ -83,12 +82,12 @@ impl<P: Platform> Tee<P> {
             pool: None,
         };
         if config.normal_world == NormalWorld::Single {
-            let only = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
-            tee.guests.write().insert(GuestId::HYPERVISOR, only);
-            tee.threads
-                .lock()
-                .admit(GuestId::HYPERVISOR)
-                .map_err(|_| BootError::Config("no thread for the normal world"))?;
+            let threads = &tee.threads;
+            tee.guests
+                .insert(GuestId::HYPERVISOR, 1, || {
+                    threads.lock().admit(GuestId::HYPERVISOR).map_err(|_| ())
+                })
+                .map_err(|()| BootError::Config("no thread for the normal world"))?;
         }
         if let Some(range) = config.static_pool {
             if config.normal_world == NormalWorld::Virtualized {
@@ -113,7 +112,12 @@ impl<P: Platform> Tee<P> {
                     pages,
                 },
             };
-            let mobj = Arc::new(Mobj::new(tee.next_id(), spec, Arc::default()));
+            let mobj = Arc::new(Mobj::new(
+                tee.next_id(),
+                spec,
+                Arc::default(),
+                tee.releases.clone(),
+            ));
             tee.window.write().pin(&mobj).map_err(BootError::Pool)?;
             tee.pool = Some((range, mobj));
         }
@@ -265,14 +269,10 @@ impl<P: Platform> Tee<P> {
         if id.is_hypervisor() {
             return Err(());
         }
-        let mut guests = self.guests.write();
-        if guests.contains_key(&id) || guests.len() >= self.config.max_guests as usize {
-            return Err(());
-        }
         // Its reserved thread first: a guest that could never run a call is not admitted.
-        self.threads.lock().admit(id).map_err(|_| ())?;
-        guests.insert(id, Arc::new(GuestPartition::new(id)));
-        Ok(())
+        self.guests.insert(id, self.config.max_guests as usize, || {
+            self.threads.lock().admit(id).map_err(|_| ())
+        })
     }
 
     fn vm_destroyed(&self, a1: u64, a7: u64) -> SmcRegs {
@@ -293,7 +293,7 @@ impl<P: Platform> Tee<P> {
     /// A call of it still running on another CPU finishes, and what it holds is released when
     /// it ends. Destroying an unknown guest does nothing (OP-TEE answers OK too).
     pub fn destroy_guest(&self, id: GuestId) {
-        let Some(guest) = self.guests.write().remove(&id) else {
+        let Some(guest) = self.guests.remove(id) else {
             return;
         };
         // Dying before the suspended calls are ended: a call still running on another CPU
@@ -355,12 +355,12 @@ impl<P: Platform> Tee<P> {
 
     /// The live guest `id`.
     pub fn guest(&self, id: GuestId) -> Option<Arc<GuestPartition>> {
-        self.guests.read().get(&id).cloned()
+        self.guests.get(id)
     }
 
     /// Every live guest.
     pub fn guests(&self) -> Vec<Arc<GuestPartition>> {
-        self.guests.read().values().cloned().collect()
+        self.guests.all()
     }
 
     /// A picture of every live guest.
@@ -438,7 +438,6 @@ impl<P: Platform> Tee<P> {
             params_base: 0,
             waiting: None,
             owned,
-            releases: self.releases.clone(),
         });
         let step = self.run_message(&mut call);
         self.continue_call(call, step)
@@ -526,7 +525,7 @@ impl<P: Platform> Tee<P> {
             let offset = regs.a[3] & 0xffff_ffff;
             let state = guest.state.lock();
             let mobj = state.registered.get(&cookie).ok_or(CallError::BadAddress)?;
-            let used = MobjUse::try_new(mobj, &self.releases).ok_or(CallError::BadAddress)?;
+            let used = MobjUse::try_new(mobj).ok_or(CallError::BadAddress)?;
             NsRef { used, offset }
         } else {
             let pa = reg_pair(regs.a[1], regs.a[2]);

@@ -49,7 +49,12 @@ impl<P: Platform> Tee<P> {
         spec: MobjSpec,
     ) -> Result<Arc<Mobj>, TeeError> {
         let kind = spec.kind;
-        let mobj = Mobj::new(self.next_id(), spec, guest.counters().clone());
+        let mobj = Mobj::new(
+            self.next_id(),
+            spec,
+            guest.counters().clone(),
+            self.releases.clone(),
+        );
         let registered = if kind == MobjKind::Registered {
             mobj.num_pages()
         } else {
@@ -214,7 +219,7 @@ impl<P: Platform> Tee<P> {
         let used = if kind == MobjKind::Temporary {
             self.use_owned(&mobj, owned)?
         } else {
-            MobjUse::try_new(&mobj, &self.releases).ok_or(TeeError::OutOfMemory)?
+            MobjUse::try_new(&mobj).ok_or(TeeError::OutOfMemory)?
         };
         Ok(NsRef { used, offset: 0 })
     }
@@ -241,10 +246,7 @@ impl<P: Platform> Tee<P> {
                 if let Some(front) = kept.get_mut(..=i) {
                     front.rotate_right(1);
                 }
-                if let Some(used) = kept
-                    .first()
-                    .and_then(|k| MobjUse::try_new(&k.mobj, &self.releases))
-                {
+                if let Some(used) = kept.first().and_then(|k| MobjUse::try_new(&k.mobj)) {
                     return Ok(NsRef { used, offset });
                 }
             }
@@ -262,7 +264,7 @@ impl<P: Platform> Tee<P> {
             },
         };
         let mobj = self.new_mobj(guest, spec)?;
-        let used = MobjUse::try_new(&mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        let used = MobjUse::try_new(&mobj).ok_or(TeeError::OutOfMemory)?;
         let evicted = {
             let mut state = guest.state.lock();
             let kept = &mut state.kept_arg_pages;
@@ -353,14 +355,14 @@ impl<P: Platform> Tee<P> {
         if end > range.len() {
             return None;
         }
-        let used = MobjUse::try_new(mobj, &self.releases)?;
+        let used = MobjUse::try_new(mobj)?;
         Some(MemrefBuf { used, offs })
     }
 
     /// A use of a fresh object that nobody else will ever find: it is retired at once and
     /// released with this use.
     pub(crate) fn use_retired(&self, mobj: &Arc<Mobj>) -> Result<MobjUse, TeeError> {
-        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        let used = MobjUse::try_new(mobj).ok_or(TeeError::OutOfMemory)?;
         mobj.uses().retire();
         Ok(used)
     }
@@ -371,7 +373,7 @@ impl<P: Platform> Tee<P> {
         mobj: &Arc<Mobj>,
         owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<MobjUse, TeeError> {
-        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        let used = MobjUse::try_new(mobj).ok_or(TeeError::OutOfMemory)?;
         owned.try_reserve(1).map_err(|_| TeeError::OutOfMemory)?;
         owned.push(mobj.clone());
         Ok(used)
@@ -421,6 +423,6 @@ impl<P: Platform> Tee<P> {
     pub fn use_registered(&self, guest: GuestId, cookie: u64) -> Option<MobjUse> {
         let guest = self.guest(guest)?;
         let state = guest.state.lock();
-        MobjUse::try_new(state.registered.get(&cookie)?, &self.releases)
+        MobjUse::try_new(state.registered.get(&cookie)?)
     }
 }

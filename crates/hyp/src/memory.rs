@@ -20,7 +20,12 @@ pub trait MachineMemory {
     fn read(&self, pa: u64, buf: &mut [u8]);
     /// Copies `data` to `pa`.
     fn write(&self, pa: u64, data: &[u8]);
-    /// A hypervisor-owned NS page (for shadows), or `None` when none is left.
+    /// Zeroes the page at `pa` (page aligned).
+    fn zero_page(&self, pa: u64) {
+        self.write(pa, &[0u8; PAGE_SIZE as usize]);
+    }
+    /// A hypervisor-owned NS page (for shadows), or `None` when none is left. Its content is
+    /// whatever its last user left: the mediator zeroes a shadow before use.
     fn alloc_page(&mut self) -> Option<u64>;
     /// Gives back a page from [`MachineMemory::alloc_page`].
     fn free_page(&mut self, pa: u64);

@@ -89,6 +89,9 @@ impl MachineMemory for HypMemory {
     fn write(&self, pa: u64, data: &[u8]) {
         self.machine.memory.write(pa, data);
     }
+    fn zero_page(&self, pa: u64) {
+        self.machine.memory.zero_page(pa);
+    }
     fn alloc_page(&mut self) -> Option<u64> {
         if self.held >= self.share {
             return None;
