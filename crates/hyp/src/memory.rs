@@ -29,6 +29,9 @@ pub trait MachineMemory {
     fn alloc_page(&mut self) -> Option<u64>;
     /// Gives back a page from [`MachineMemory::alloc_page`].
     fn free_page(&mut self, pa: u64);
+    /// Gives the pool every page given back but kept for reuse, if the implementation keeps
+    /// any (the mediator calls it when it forgets a guest). Nothing by default.
+    fn give_back_spare(&mut self) {}
     /// Pages of the pool in all, held or free: what the mediator divides among guests. No
     /// default: a pool of unknown size cannot be shared fairly.
     fn pool_pages(&self) -> u64;
