@@ -57,6 +57,10 @@ struct Rewrite {
 
 /// Locks the pages are spread over.
 pub const SHARDS: usize = 64;
+const _: () = assert!(
+    SHARDS.is_power_of_two(),
+    "the shard hash takes the top bits"
+);
 
 /// Takes a lock even if a thread panicked while holding it: a page is plain bytes, so whatever a
 /// panicking test left there is still memory the next access may see (as on a machine).
@@ -162,7 +166,11 @@ impl PhysMemory {
     }
 
     fn shard(&self, page: u64) -> &Mutex<BTreeMap<u64, Frame>> {
-        &self.shards[(page % SHARDS as u64) as usize].0
+        // A multiplicative hash (Fibonacci hashing) of the page number: pages at the same
+        // offset of different guests' RAM (whose sizes are multiples of the shard count) land
+        // in different shards, as do a guest's consecutive pages.
+        let hash = page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.trailing_zeros());
+        &self.shards[hash as usize % SHARDS].0
     }
 
     /// Calls `f(page, offset in page, range of the caller's buffer)` for each page piece of an
