@@ -428,7 +428,8 @@ impl<P: Platform> Tee<P> {
                 return SmcRegs::ret(e.smc_code());
             }
         };
-        let mut call = Box::new(Call {
+        // On the stack: boxed only if it suspends in an RPC (most calls never do).
+        let mut call = Call {
             guest,
             thread,
             arg_at,
@@ -438,7 +439,7 @@ impl<P: Platform> Tee<P> {
             params_base: 0,
             waiting: None,
             owned,
-        });
+        };
         let step = self.run_message(&mut call);
         self.continue_call(call, step)
     }
@@ -450,15 +451,16 @@ impl<P: Platform> Tee<P> {
         let Ok(thread) = usize::try_from(regs.a[3]) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
         };
-        let Some(mut call) = self.threads.lock().resume(thread, guest) else {
+        let Some(call) = self.threads.lock().resume(thread, guest) else {
             return SmcRegs::ret(CallError::NotSuspended.smc_code());
         };
+        let mut call = *call;
         let answer = [regs.a[1], regs.a[2], regs.a[3], regs.a[4], regs.a[5]];
         let step = self.resume_message(&mut call, answer);
         self.continue_call(call, step)
     }
 
-    fn continue_call(&self, mut call: Box<Call>, step: Step) -> SmcRegs {
+    fn continue_call(&self, mut call: Call, step: Step) -> SmcRegs {
         match step {
             Step::Rpc(request, waiting) => {
                 call.waiting = Some(waiting);
@@ -477,6 +479,8 @@ impl<P: Platform> Tee<P> {
                     }
                 };
                 let id = call.thread;
+                // Boxed before the lock: its slot holds it until the normal world answers.
+                let call = Box::new(call);
                 let mut threads = self.threads.lock();
                 if call.guest.is_dying() {
                     // Its guest was destroyed while it ran: nobody will answer, so the call
