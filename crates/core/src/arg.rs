@@ -71,7 +71,53 @@ impl ArgReadError {
 #[derive(Debug, Clone)]
 pub struct ArgCopy {
     header: MsgArgHeader,
-    params: Vec<MsgParam>,
+    params: Params,
+}
+
+/// Params kept inline: what one access reads with the header (nearly every call's).
+const INLINE_PARAMS: usize = 4;
+
+/// An arg's params: up to [`INLINE_PARAMS`] inline (no heap allocation for a call), more on
+/// the heap.
+#[derive(Debug, Clone)]
+enum Params {
+    Inline {
+        params: [MsgParam; INLINE_PARAMS],
+        len: usize,
+    },
+    Heap(Vec<MsgParam>),
+}
+
+impl Params {
+    /// `count` zeroed params.
+    fn zeroed(count: usize) -> Result<Self, ArgReadError> {
+        if count <= INLINE_PARAMS {
+            return Ok(Self::Inline {
+                params: [MsgParam::new_zeroed(); INLINE_PARAMS],
+                len: count,
+            });
+        }
+        let mut params = Vec::new();
+        params
+            .try_reserve_exact(count)
+            .map_err(|_| ArgReadError::OutOfMemory)?;
+        params.resize(count, MsgParam::new_zeroed());
+        Ok(Self::Heap(params))
+    }
+
+    fn as_slice(&self) -> &[MsgParam] {
+        match self {
+            Self::Inline { params, len } => params.get(..*len).unwrap_or(&[]),
+            Self::Heap(params) => params,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [MsgParam] {
+        match self {
+            Self::Inline { params, len } => params.get_mut(..*len).unwrap_or(&mut []),
+            Self::Heap(params) => params,
+        }
+    }
 }
 
 impl ArgCopy {
@@ -107,12 +153,8 @@ impl ArgCopy {
         if needed > available {
             return Err(ArgReadError::BadAddress);
         }
-        let mut params = Vec::new();
-        params
-            .try_reserve_exact(count)
-            .map_err(|_| ArgReadError::OutOfMemory)?;
-        params.resize(count, MsgParam::new_zeroed());
-        let bytes = params.as_mut_bytes();
+        let mut params = Params::zeroed(count)?;
+        let bytes = params.as_mut_slice().as_mut_bytes();
         let have = in_prefix.len().min(bytes.len());
         let (copied, rest) = bytes.split_at_mut(have);
         copied.copy_from_slice(in_prefix.get(..have).ok_or(ArgReadError::BadAddress)?);
@@ -139,7 +181,10 @@ impl ArgCopy {
         let mut header = MsgArgHeader::new_zeroed();
         header.cmd.set(cmd);
         header.num_params.set(num_params);
-        Ok(Self { header, params })
+        Ok(Self {
+            header,
+            params: Params::Heap(params),
+        })
     }
 
     /// The header.
@@ -149,12 +194,12 @@ impl ArgCopy {
 
     /// The params, exactly `num_params` of them.
     pub fn params(&self) -> &[MsgParam] {
-        &self.params
+        self.params.as_slice()
     }
 
     /// The params, to write results (output values and sizes) into the copy.
     pub fn params_mut(&mut self) -> &mut [MsgParam] {
-        &mut self.params
+        self.params.as_mut_slice()
     }
 
     /// Sets the session id (an `OPEN_SESSION` that succeeded).
@@ -170,7 +215,7 @@ impl ArgCopy {
 
     /// Bytes the arg takes in normal-world memory (header and params).
     pub fn size(&self) -> usize {
-        MSG_ARG_HEADER_SIZE + self.params.as_bytes().len()
+        MSG_ARG_HEADER_SIZE + self.params().as_bytes().len()
     }
 
     /// Writes the copy back to `at`.
@@ -182,7 +227,7 @@ impl ArgCopy {
     ) -> Result<(), TeeError> {
         let guard = at.map(window, platform)?;
         // One access for the whole arg (a stack copy for up to four params).
-        let params = self.params.as_bytes();
+        let params = self.params().as_bytes();
         let mut small = [0u8; RPC_ARG_SIZE];
         let whole_len = MSG_ARG_HEADER_SIZE + params.len();
         if let Some(whole) = small.get_mut(..whole_len) {
@@ -214,9 +259,11 @@ impl ArgCopy {
             ArgError::TooManyParams { .. } => TeeError::Rpc("bad num_params"),
             ArgError::Truncated { .. } => TeeError::Rpc("RPC arg too big"),
         })?;
+        let mut copy = Params::zeroed(params.len()).map_err(|_| TeeError::OutOfMemory)?;
+        copy.as_mut_slice().copy_from_slice(params);
         Ok(Self {
             header,
-            params: params.to_vec(),
+            params: copy,
         })
     }
 }

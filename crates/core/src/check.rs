@@ -73,6 +73,14 @@ pub enum CoreDisagreement {
         /// The cookie.
         cookie: u64,
     },
+    /// A kept arg page is retired, another guest's, not an arg page, not on its page, kept
+    /// twice, or one more than the configuration keeps.
+    BadArgPage {
+        /// The guest.
+        guest: GuestId,
+        /// The page it is kept for.
+        page: u64,
+    },
     /// An object is owned by a guest that no longer exists.
     Orphan {
         /// The object.
@@ -153,6 +161,27 @@ impl<P: Platform> Tee<P> {
                 if cached.mobj.kind() != MobjKind::StaticPool {
                     r.objects.insert(cached.mobj.id(), cached.mobj.clone());
                 }
+            }
+            let too_many = state.kept_arg_pages.len() > usize::from(self.config.kept_arg_pages);
+            for (i, kept) in state.kept_arg_pages.iter().enumerate() {
+                let m = &kept.mobj;
+                let twice = state
+                    .kept_arg_pages
+                    .get(..i)
+                    .is_some_and(|before| before.iter().any(|k| k.page == kept.page));
+                if too_many
+                    || twice
+                    || m.uses().is_retired()
+                    || m.owner() != guest.id()
+                    || m.kind() != MobjKind::ArgPage
+                    || m.page(0) != Some(PhysAddr(kept.page))
+                {
+                    found.push(CoreDisagreement::BadArgPage {
+                        guest: guest.id(),
+                        page: kept.page,
+                    });
+                }
+                r.objects.insert(m.id(), m.clone());
             }
             r.sessions = state.sessions.len() as u64;
         }

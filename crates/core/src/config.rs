@@ -187,6 +187,12 @@ pub struct CoreConfig {
     /// Secure heap bytes the guests together may take (their `max_secure_bytes` and the
     /// reverse-map entries of their mapped pages); the rest of the heap is the core's own.
     pub heap_budget: u64,
+    /// Pages of `CALL_WITH_ARG` args each guest keeps, with their objects and mappings, for
+    /// its next calls with an arg there (under a hypervisor only: the arg then lies on the
+    /// mediator's shadow page, which it uses call after call). 0 (the default) keeps none:
+    /// each such arg is a temporary object, mapped for its call and unmapped after. Kept
+    /// pages are charged to the guest's quotas like any object, and yield to them.
+    pub kept_arg_pages: u8,
 }
 
 impl CoreConfig {
@@ -383,6 +389,7 @@ impl CoreConfig {
             max_buffer_pages,
             static_pool: None,
             heap_budget: qemu_virt::HEAP_BUDGET,
+            kept_arg_pages: 0,
         }
     }
 }
@@ -408,6 +415,7 @@ impl Default for CoreConfig {
             max_buffer_pages: DEFAULT_MAX_BUFFER_PAGES,
             static_pool: None,
             heap_budget: 192 << 20,
+            kept_arg_pages: 0,
         }
     }
 }

@@ -11,7 +11,6 @@ use crate::platform::Platform;
 use crate::thread::{ThreadState, ThreadTable};
 use crate::window::SharedWindow;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
@@ -45,7 +44,7 @@ pub struct Tee<P: Platform> {
     pub(crate) platform: P,
     pub(crate) memory_map: MemoryMap,
     pub(crate) window: crate::window::WindowLock<P::Tlb>,
-    guests: crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>,
+    guests: crate::guest::GuestTable,
     pub(crate) threads: crate::sync::Mutex<ThreadTable>,
     pub(crate) releases: Arc<ReleaseQueue>,
     pub(crate) next_mobj: AtomicU64,
@@ -73,7 +72,7 @@ impl<P: Platform> Tee<P> {
                 shm,
                 config.quotas.max_mapped_pages,
             )),
-            guests: crate::sync::RwLock::new(BTreeMap::new()),
+            guests: crate::guest::GuestTable::default(),
             threads: crate::sync::Mutex::new(ThreadTable::new(
                 config.threads as usize,
                 usize::try_from(config.quota_holders()).unwrap_or(usize::MAX),
@@ -83,12 +82,12 @@ impl<P: Platform> Tee<P> {
             pool: None,
         };
         if config.normal_world == NormalWorld::Single {
-            let only = Arc::new(GuestPartition::new(GuestId::HYPERVISOR));
-            tee.guests.write().insert(GuestId::HYPERVISOR, only);
-            tee.threads
-                .lock()
-                .admit(GuestId::HYPERVISOR)
-                .map_err(|_| BootError::Config("no thread for the normal world"))?;
+            let threads = &tee.threads;
+            tee.guests
+                .insert(GuestId::HYPERVISOR, 1, || {
+                    threads.lock().admit(GuestId::HYPERVISOR).map_err(|_| ())
+                })
+                .map_err(|()| BootError::Config("no thread for the normal world"))?;
         }
         if let Some(range) = config.static_pool {
             if config.normal_world == NormalWorld::Virtualized {
@@ -113,7 +112,12 @@ impl<P: Platform> Tee<P> {
                     pages,
                 },
             };
-            let mobj = Arc::new(Mobj::new(tee.next_id(), spec, Arc::default()));
+            let mobj = Arc::new(Mobj::new(
+                tee.next_id(),
+                spec,
+                Arc::default(),
+                tee.releases.clone(),
+            ));
             tee.window.write().pin(&mobj).map_err(BootError::Pool)?;
             tee.pool = Some((range, mobj));
         }
@@ -265,14 +269,10 @@ impl<P: Platform> Tee<P> {
         if id.is_hypervisor() {
             return Err(());
         }
-        let mut guests = self.guests.write();
-        if guests.contains_key(&id) || guests.len() >= self.config.max_guests as usize {
-            return Err(());
-        }
         // Its reserved thread first: a guest that could never run a call is not admitted.
-        self.threads.lock().admit(id).map_err(|_| ())?;
-        guests.insert(id, Arc::new(GuestPartition::new(id)));
-        Ok(())
+        self.guests.insert(id, self.config.max_guests as usize, || {
+            self.threads.lock().admit(id).map_err(|_| ())
+        })
     }
 
     fn vm_destroyed(&self, a1: u64, a7: u64) -> SmcRegs {
@@ -293,7 +293,7 @@ impl<P: Platform> Tee<P> {
     /// A call of it still running on another CPU finishes, and what it holds is released when
     /// it ends. Destroying an unknown guest does nothing (OP-TEE answers OK too).
     pub fn destroy_guest(&self, id: GuestId) {
-        let Some(guest) = self.guests.write().remove(&id) else {
+        let Some(guest) = self.guests.remove(id) else {
             return;
         };
         // Dying before the suspended calls are ended: a call still running on another CPU
@@ -309,12 +309,13 @@ impl<P: Platform> Tee<P> {
             guest.counters().refund_thread();
         }
         drop(ended);
-        let (registered, sessions, cached) = {
+        let (registered, sessions, cached, kept_args) = {
             let mut state = guest.state.lock();
             (
                 core::mem::take(&mut state.registered),
                 core::mem::take(&mut state.sessions),
                 core::mem::take(&mut state.cached_rpc_args),
+                core::mem::take(&mut state.kept_arg_pages),
             )
         };
         for mobj in registered.values() {
@@ -325,6 +326,9 @@ impl<P: Platform> Tee<P> {
         }
         for c in &cached {
             self.discard(&c.mobj);
+        }
+        for k in &kept_args {
+            self.discard(&k.mobj);
         }
         self.drain_releases();
     }
@@ -351,12 +355,12 @@ impl<P: Platform> Tee<P> {
 
     /// The live guest `id`.
     pub fn guest(&self, id: GuestId) -> Option<Arc<GuestPartition>> {
-        self.guests.read().get(&id).cloned()
+        self.guests.get(id)
     }
 
     /// Every live guest.
     pub fn guests(&self) -> Vec<Arc<GuestPartition>> {
-        self.guests.read().values().cloned().collect()
+        self.guests.all()
     }
 
     /// A picture of every live guest.
@@ -424,7 +428,8 @@ impl<P: Platform> Tee<P> {
                 return SmcRegs::ret(e.smc_code());
             }
         };
-        let mut call = Box::new(Call {
+        // On the stack: boxed only if it suspends in an RPC (most calls never do).
+        let mut call = Call {
             guest,
             thread,
             arg_at,
@@ -434,8 +439,7 @@ impl<P: Platform> Tee<P> {
             params_base: 0,
             waiting: None,
             owned,
-            releases: self.releases.clone(),
-        });
+        };
         let step = self.run_message(&mut call);
         self.continue_call(call, step)
     }
@@ -447,15 +451,16 @@ impl<P: Platform> Tee<P> {
         let Ok(thread) = usize::try_from(regs.a[3]) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
         };
-        let Some(mut call) = self.threads.lock().resume(thread, guest) else {
+        let Some(call) = self.threads.lock().resume(thread, guest) else {
             return SmcRegs::ret(CallError::NotSuspended.smc_code());
         };
+        let mut call = *call;
         let answer = [regs.a[1], regs.a[2], regs.a[3], regs.a[4], regs.a[5]];
         let step = self.resume_message(&mut call, answer);
         self.continue_call(call, step)
     }
 
-    fn continue_call(&self, mut call: Box<Call>, step: Step) -> SmcRegs {
+    fn continue_call(&self, mut call: Call, step: Step) -> SmcRegs {
         match step {
             Step::Rpc(request, waiting) => {
                 call.waiting = Some(waiting);
@@ -477,6 +482,8 @@ impl<P: Platform> Tee<P> {
                     }
                 };
                 let id = call.thread;
+                // Boxed before the lock: its slot holds it until the normal world answers.
+                let call = Box::new(call);
                 let mut threads = self.threads.lock();
                 if call.guest.is_dying() {
                     // Its guest was destroyed while it ran: nobody will answer, so the call
@@ -525,18 +532,27 @@ impl<P: Platform> Tee<P> {
             let offset = regs.a[3] & 0xffff_ffff;
             let state = guest.state.lock();
             let mobj = state.registered.get(&cookie).ok_or(CallError::BadAddress)?;
-            let used = MobjUse::try_new(mobj, &self.releases).ok_or(CallError::BadAddress)?;
+            let used = MobjUse::try_new(mobj).ok_or(CallError::BadAddress)?;
             NsRef { used, offset }
         } else {
             let pa = reg_pair(regs.a[1], regs.a[2]);
             if pa == 0 {
                 return Err(CallError::BadAddress);
             }
-            self.ns_ref_at(guest, pa, MobjKind::Temporary, None, owned)
-                .map_err(|e| match e {
-                    TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
-                    _ => CallError::BadAddress,
-                })?
+            // Under a hypervisor every guest call comes this way, its arg on the mediator's
+            // shadow page (RPC_ARG is hidden from guests): those pages may be kept.
+            let at = if func == OPTEE_SMC_CALL_WITH_ARG
+                && self.virtualized()
+                && self.config.kept_arg_pages > 0
+            {
+                self.arg_ref_at(guest, pa)
+            } else {
+                self.ns_ref_at(guest, pa, MobjKind::Temporary, None, owned)
+            };
+            at.map_err(|e| match e {
+                TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
+                _ => CallError::BadAddress,
+            })?
         };
         let reserve = if func == OPTEE_SMC_CALL_WITH_ARG {
             0

@@ -218,6 +218,15 @@ pub(crate) struct CachedRpcArg {
     pub(crate) offset: u64,
 }
 
+/// A page that held one of the guest's call args, kept with its object (and so its mapping)
+/// for the next call whose arg lies there.
+#[derive(Debug)]
+pub(crate) struct KeptArgPage {
+    /// The page's physical address.
+    pub(crate) page: u64,
+    pub(crate) mobj: Arc<Mobj>,
+}
+
 /// What one guest holds, behind its lock.
 #[derive(Debug, Default)]
 pub(crate) struct GuestState {
@@ -230,6 +239,9 @@ pub(crate) struct GuestState {
     pub(crate) shm_cache_enabled: bool,
     /// RPC argument buffers kept by the SHM cache.
     pub(crate) cached_rpc_args: Vec<CachedRpcArg>,
+    /// Pages of its recent `CALL_WITH_ARG` args, most recently used first, at most
+    /// `CoreConfig::kept_arg_pages`.
+    pub(crate) kept_arg_pages: Vec<KeptArgPage>,
 }
 
 /// One normal world (VM) as the core knows it.
@@ -282,12 +294,87 @@ impl GuestPartition {
             sessions: state.sessions.len() as u64,
             shm_cache_enabled: state.shm_cache_enabled,
             cached_rpc_args: state.cached_rpc_args.len() as u64,
+            kept_arg_pages: state.kept_arg_pages.len() as u64,
             objects: self.counters.objects(),
             registered_pages: self.counters.registered_pages(),
             mapped_pages: self.counters.mapped_pages(),
             threads: self.counters.threads(),
             secure_bytes: self.counters.secure_bytes(),
         }
+    }
+}
+
+/// Shards of the guest table (a power of two): guests whose ids differ in their low bits
+/// never share one.
+const GUEST_SHARDS: usize = 16;
+
+/// One shard of the guest table, alone on its cache lines: a call reads its guest's shard
+/// only, so calls of guests in different shards write no common lock word.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct GuestShard(crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>>);
+
+/// The live guests by id, in shards by the id's low bits. Lookups (every call's) take their
+/// shard's read lock; creation and destruction (rare) are serialised by one more lock, which
+/// keeps the count of guests.
+#[derive(Debug, Default)]
+pub(crate) struct GuestTable {
+    shards: [GuestShard; GUEST_SHARDS],
+    /// Guests alive, for the limit; held while a guest is made or removed.
+    live: crate::sync::Mutex<usize>,
+}
+
+impl GuestTable {
+    fn shard(&self, id: GuestId) -> &crate::sync::RwLock<BTreeMap<GuestId, Arc<GuestPartition>>> {
+        let [first, ..] = &self.shards;
+        &self
+            .shards
+            .get(usize::from(id.raw()) % GUEST_SHARDS)
+            .unwrap_or(first)
+            .0
+    }
+
+    /// The live guest `id`.
+    pub(crate) fn get(&self, id: GuestId) -> Option<Arc<GuestPartition>> {
+        self.shard(id).read().get(&id).cloned()
+    }
+
+    /// Adds guest `id` unless it exists or `max` guests live; `admit` runs first (with the
+    /// table's creation lock held) and may refuse it.
+    pub(crate) fn insert(
+        &self,
+        id: GuestId,
+        max: usize,
+        admit: impl FnOnce() -> Result<(), ()>,
+    ) -> Result<(), ()> {
+        let mut live = self.live.lock();
+        let shard = self.shard(id);
+        if shard.read().contains_key(&id) || *live >= max {
+            return Err(());
+        }
+        admit()?;
+        shard.write().insert(id, Arc::new(GuestPartition::new(id)));
+        *live = live.saturating_add(1);
+        Ok(())
+    }
+
+    /// Removes guest `id`.
+    pub(crate) fn remove(&self, id: GuestId) -> Option<Arc<GuestPartition>> {
+        let mut live = self.live.lock();
+        let guest = self.shard(id).write().remove(&id)?;
+        *live = live.saturating_sub(1);
+        Some(guest)
+    }
+
+    /// Every live guest, by id.
+    pub(crate) fn all(&self) -> Vec<Arc<GuestPartition>> {
+        let mut all: Vec<Arc<GuestPartition>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.0.read().values().cloned().collect::<Vec<_>>())
+            .collect();
+        all.sort_by_key(|g| g.id());
+        all
     }
 }
 
@@ -304,6 +391,9 @@ pub struct GuestSnapshot {
     pub shm_cache_enabled: bool,
     /// RPC argument buffers in its SHM cache.
     pub cached_rpc_args: u64,
+    /// Pages of its `CALL_WITH_ARG` args kept for its next calls
+    /// ([`CoreConfig::kept_arg_pages`](crate::CoreConfig::kept_arg_pages)).
+    pub kept_arg_pages: u64,
     /// Live memory objects (registered, temporary, RPC, retired but still in use).
     pub objects: u64,
     /// Pages of registered buffers.
@@ -314,4 +404,45 @@ pub struct GuestSnapshot {
     pub threads: u64,
     /// Secure heap bytes its objects keep.
     pub secure_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The sharded table behaves as one map with a limit: inserts of a new id under the
+        /// limit succeed, lookups and the ordered list agree with a model map.
+        #[test]
+        fn guest_table_agrees_with_a_map(ops in proptest::collection::vec((any::<bool>(), 0u16..48), 0..200)) {
+            const MAX: usize = 20;
+            let table = GuestTable::default();
+            let mut model = alloc::collections::BTreeSet::new();
+            for (insert, raw) in ops {
+                let id = GuestId(raw);
+                if insert {
+                    let ok = table.insert(id, MAX, || Ok(())).is_ok();
+                    prop_assert_eq!(ok, !model.contains(&id) && model.len() < MAX);
+                    if ok {
+                        model.insert(id);
+                    }
+                } else {
+                    prop_assert_eq!(table.remove(id).map(|g| g.id()), model.take(&id));
+                }
+                prop_assert_eq!(table.get(id).is_some(), model.contains(&id));
+                let all: Vec<GuestId> = table.all().iter().map(|g| g.id()).collect();
+                prop_assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_admission_adds_no_guest() {
+        let table = GuestTable::default();
+        assert!(table.insert(GuestId(3), 4, || Err(())).is_err());
+        assert!(table.get(GuestId(3)).is_none());
+        assert!(table.insert(GuestId(3), 4, || Ok(())).is_ok());
+        assert!(table.insert(GuestId(3), 4, || Ok(())).is_err(), "twice");
+    }
 }

@@ -31,6 +31,10 @@ pub enum MobjKind {
     Temporary,
     /// A buffer the normal world gave in answer to an RPC; lives until the matching free.
     RpcBuffer,
+    /// A page that held a guest's `CALL_WITH_ARG` arg, kept (with its mapping) for the
+    /// guest's next call with its arg on that page; lives until the guest keeps another page
+    /// in its place, needs its quota, or is destroyed (docs/core.md, "Kept arg pages").
+    ArgPage,
 }
 
 /// The memory type of a buffer, as asked for by OP-TEE's `mobj_matches`.
@@ -238,12 +242,21 @@ pub struct Mobj {
     /// reaches its pages (see [`CopyGate`]).
     copies: CopyGate,
     counters: Arc<GuestCounters>,
+    /// The core's release queue, where its last use queues it once it is retired (held here,
+    /// not by each use: a use then writes no word that every call shares).
+    releases: Arc<ReleaseQueue>,
 }
 
 impl Mobj {
     /// A new, live object. The caller charges it to `counters` (see
-    /// [`GuestCounters::charge_object`]); the release refunds it.
-    pub(crate) fn new(id: MobjId, spec: MobjSpec, counters: Arc<GuestCounters>) -> Self {
+    /// [`GuestCounters::charge_object`]); the release refunds it. `releases` is the core's
+    /// release queue.
+    pub(crate) fn new(
+        id: MobjId,
+        spec: MobjSpec,
+        counters: Arc<GuestCounters>,
+        releases: Arc<ReleaseQueue>,
+    ) -> Self {
         let MobjSpec {
             kind,
             owner,
@@ -264,7 +277,13 @@ impl Mobj {
             pins: MappingPins::new(),
             copies: CopyGate::new(),
             counters,
+            releases,
         }
+    }
+
+    /// Retires it for its owner; when nobody uses it, it is queued for release now.
+    pub(crate) fn retire_queued(self: &Arc<Self>) {
+        self.releases.retire(self);
     }
 
     /// Its identity.
@@ -460,16 +479,12 @@ impl ReleaseQueue {
 #[derive(Debug)]
 pub struct MobjUse {
     mobj: Arc<Mobj>,
-    releases: Arc<ReleaseQueue>,
 }
 
 impl MobjUse {
     /// A use of `mobj`, unless it is retired.
-    pub(crate) fn try_new(mobj: &Arc<Mobj>, releases: &Arc<ReleaseQueue>) -> Option<Self> {
-        mobj.uses.try_acquire().then(|| Self {
-            mobj: mobj.clone(),
-            releases: releases.clone(),
-        })
+    pub(crate) fn try_new(mobj: &Arc<Mobj>) -> Option<Self> {
+        mobj.uses.try_acquire().then(|| Self { mobj: mobj.clone() })
     }
 
     /// The object used.
@@ -485,7 +500,6 @@ impl Clone for MobjUse {
         self.mobj.uses.add_user();
         Self {
             mobj: self.mobj.clone(),
-            releases: self.releases.clone(),
         }
     }
 }
@@ -493,7 +507,7 @@ impl Clone for MobjUse {
 impl Drop for MobjUse {
     fn drop(&mut self) {
         if self.mobj.uses.drop_user() {
-            self.releases.push(self.mobj.clone());
+            self.mobj.releases.push(self.mobj.clone());
         }
     }
 }
@@ -512,7 +526,12 @@ mod tests {
             page_offset,
             backing,
         };
-        Mobj::new(MobjId(1), spec, Arc::new(GuestCounters::default()))
+        Mobj::new(
+            MobjId(1),
+            spec,
+            Arc::new(GuestCounters::default()),
+            Arc::new(ReleaseQueue::default()),
+        )
     }
 
     #[test]
@@ -581,7 +600,6 @@ mod tests {
 
     #[test]
     fn last_use_of_retired_object_is_queued_once() {
-        let q = Arc::new(ReleaseQueue::default());
         let m = Arc::new(obj(
             1,
             0,
@@ -590,13 +608,14 @@ mod tests {
                 pages: 1,
             },
         ));
-        let a = MobjUse::try_new(&m, &q).unwrap();
-        let b = MobjUse::try_new(&m, &q).unwrap();
+        let q = m.releases.clone();
+        let a = MobjUse::try_new(&m).unwrap();
+        let b = MobjUse::try_new(&m).unwrap();
         assert_eq!(
             m.uses().retire(),
             crate::lifecycle::Retire::InUse { users: 2 }
         );
-        assert!(MobjUse::try_new(&m, &q).is_none());
+        assert!(MobjUse::try_new(&m).is_none());
         drop(a);
         assert!(q.is_empty());
         drop(b);

@@ -5,7 +5,7 @@ use crate::arg::{ArgCopy, NsRef};
 use crate::entry::Tee;
 use crate::error::TeeError;
 use crate::guest::{CachedRpcArg, GuestPartition};
-use crate::mobj::{Mobj, MobjKind, MobjUse, ReleaseQueue};
+use crate::mobj::{Mobj, MobjKind, MobjUse};
 use crate::platform::Platform;
 use crate::pta::{self, PtaWait};
 use alloc::sync::Arc;
@@ -120,7 +120,6 @@ pub struct Call {
     /// Temporary objects the call made (its arg page, NONCONTIG params); retired when it ends,
     /// so their mappings serve every access of the call and go with it.
     pub(crate) owned: Vec<Arc<Mobj>>,
-    pub(crate) releases: Arc<ReleaseQueue>,
 }
 
 impl Drop for Call {
@@ -128,10 +127,10 @@ impl Drop for Call {
     /// made is retired, and released with the uses the call still holds.
     fn drop(&mut self) {
         for mobj in &self.owned {
-            self.releases.retire(mobj);
+            mobj.retire_queued();
         }
         if let RpcArgAt::Allocated { at, .. } = &self.rpc_at {
-            self.releases.retire(at.used.mobj());
+            at.used.mobj().retire_queued();
         }
     }
 }
@@ -302,7 +301,7 @@ impl<P: Platform> Tee<P> {
         if matches!(call.rpc_at, RpcArgAt::Missing) {
             let cached = call.guest.state.lock().cached_rpc_args.pop();
             if let Some(cached) = cached {
-                match MobjUse::try_new(&cached.mobj, &self.releases) {
+                match MobjUse::try_new(&cached.mobj) {
                     Some(used) => {
                         call.rpc_at = RpcArgAt::Allocated {
                             cookie: cached.cookie,
@@ -513,7 +512,7 @@ impl<P: Platform> Tee<P> {
                     .registered
                     .get(&cookie)
                     .ok_or(TeeError::UnknownCookie(cookie))?;
-                MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::UnknownCookie(cookie))?
+                MobjUse::try_new(mobj).ok_or(TeeError::UnknownCookie(cookie))?
             };
             check_bounds(offs, size, used.mobj().size())?;
             return Ok(CallParam::Memref {

@@ -5,7 +5,7 @@
 use crate::arg::NsRef;
 use crate::entry::Tee;
 use crate::error::TeeError;
-use crate::guest::GuestPartition;
+use crate::guest::{GuestPartition, KeptArgPage};
 use crate::mobj::{Backing, FramesBuilder, Mobj, MobjId, MobjKind, MobjSpec, MobjUse};
 use crate::msg::MemrefBuf;
 use crate::platform::{AccessFault, Platform};
@@ -49,16 +49,38 @@ impl<P: Platform> Tee<P> {
         spec: MobjSpec,
     ) -> Result<Arc<Mobj>, TeeError> {
         let kind = spec.kind;
-        let mobj = Mobj::new(self.next_id(), spec, guest.counters().clone());
+        let mobj = Mobj::new(
+            self.next_id(),
+            spec,
+            guest.counters().clone(),
+            self.releases.clone(),
+        );
         let registered = if kind == MobjKind::Registered {
             mobj.num_pages()
         } else {
             0
         };
-        guest
-            .counters()
-            .charge_object(&self.config.quotas, registered, mobj.charged_bytes())?;
+        let charge = || {
+            guest
+                .counters()
+                .charge_object(&self.config.quotas, registered, mobj.charged_bytes())
+        };
+        match charge() {
+            // Kept arg pages yield to the guest's quotas: they go, and the charge is tried
+            // again (a kept page a call still uses goes with that call).
+            Err(TeeError::Quota { .. }) if self.drop_kept_arg_pages(guest) => charge()?,
+            charged => charged?,
+        }
         Ok(Arc::new(mobj))
+    }
+
+    /// Lets go of every arg page `guest` keeps; whether it kept any.
+    fn drop_kept_arg_pages(&self, guest: &GuestPartition) -> bool {
+        let kept = core::mem::take(&mut guest.state.lock().kept_arg_pages);
+        for k in &kept {
+            self.discard(&k.mobj);
+        }
+        !kept.is_empty()
     }
 
     /// Decodes a NONCONTIG page list of `guest` (`buf_ptr` = first list page | offset) into a
@@ -197,9 +219,81 @@ impl<P: Platform> Tee<P> {
         let used = if kind == MobjKind::Temporary {
             self.use_owned(&mobj, owned)?
         } else {
-            MobjUse::try_new(&mobj, &self.releases).ok_or(TeeError::OutOfMemory)?
+            MobjUse::try_new(&mobj).ok_or(TeeError::OutOfMemory)?
         };
         Ok(NsRef { used, offset: 0 })
+    }
+
+    /// The arg of a `CALL_WITH_ARG` at `pa`: inside the static pool when it lies there, else
+    /// on a page the guest keeps for its args (`CoreConfig::kept_arg_pages` at most, most recently used
+    /// first), so a guest that passes its args on the same pages — a mediator's shadow page,
+    /// a driver's per-thread arg — finds the page's object, and its mapping, from its last
+    /// call: no object made, no map or unmap, no lock but its own. A page not kept becomes a
+    /// new object of kind [`MobjKind::ArgPage`], kept in the place of the least recently used.
+    /// The kept pages yield to the guest's quotas: when a new object of the guest does not
+    /// fit them, its kept pages are let go and the charge is tried again ([`Self::new_mobj`]).
+    pub(crate) fn arg_ref_at(&self, guest: &GuestPartition, pa: u64) -> Result<NsRef, TeeError> {
+        if let Some(MemrefBuf { used, offs }) = self.pool_ref(pa, 1) {
+            return Ok(NsRef { used, offset: offs });
+        }
+        let page = pa & !(PAGE_SIZE - 1);
+        let offset = pa - page;
+        {
+            let mut state = guest.state.lock();
+            let kept = &mut state.kept_arg_pages;
+            if let Some(i) = kept.iter().position(|k| k.page == page) {
+                // Most recently used first.
+                if let Some(front) = kept.get_mut(..=i) {
+                    front.rotate_right(1);
+                }
+                if let Some(used) = kept.first().and_then(|k| MobjUse::try_new(&k.mobj)) {
+                    return Ok(NsRef { used, offset });
+                }
+            }
+        }
+        self.check_non_secure(page)?;
+        let spec = MobjSpec {
+            kind: MobjKind::ArgPage,
+            owner: guest.id(),
+            cookie: None,
+            size: PAGE_SIZE,
+            page_offset: 0,
+            backing: Backing::Contiguous {
+                first: PhysAddr(page),
+                pages: 1,
+            },
+        };
+        let mobj = self.new_mobj(guest, spec)?;
+        let used = MobjUse::try_new(&mobj).ok_or(TeeError::OutOfMemory)?;
+        let evicted = {
+            let mut state = guest.state.lock();
+            let kept = &mut state.kept_arg_pages;
+            // A guest being destroyed keeps nothing (its sweep may have passed already).
+            if guest.is_dying() || kept.try_reserve(1).is_err() {
+                None
+            } else {
+                kept.insert(
+                    0,
+                    KeptArgPage {
+                        page,
+                        mobj: mobj.clone(),
+                    },
+                );
+                Some(if kept.len() > usize::from(self.config.kept_arg_pages) {
+                    kept.pop()
+                } else {
+                    None
+                })
+            }
+        };
+        match evicted {
+            // Not kept: retired now, it goes with this call's use.
+            None => self.discard(&mobj),
+            // The least recently used page goes (with its call, if one still uses it).
+            Some(Some(old)) => self.discard(&old.mobj),
+            Some(None) => {}
+        }
+        Ok(NsRef { used, offset })
     }
 
     /// A contiguous buffer the normal world named by physical address (an RPC SHM_ALLOC
@@ -261,14 +355,14 @@ impl<P: Platform> Tee<P> {
         if end > range.len() {
             return None;
         }
-        let used = MobjUse::try_new(mobj, &self.releases)?;
+        let used = MobjUse::try_new(mobj)?;
         Some(MemrefBuf { used, offs })
     }
 
     /// A use of a fresh object that nobody else will ever find: it is retired at once and
     /// released with this use.
     pub(crate) fn use_retired(&self, mobj: &Arc<Mobj>) -> Result<MobjUse, TeeError> {
-        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        let used = MobjUse::try_new(mobj).ok_or(TeeError::OutOfMemory)?;
         mobj.uses().retire();
         Ok(used)
     }
@@ -279,7 +373,7 @@ impl<P: Platform> Tee<P> {
         mobj: &Arc<Mobj>,
         owned: &mut Vec<Arc<Mobj>>,
     ) -> Result<MobjUse, TeeError> {
-        let used = MobjUse::try_new(mobj, &self.releases).ok_or(TeeError::OutOfMemory)?;
+        let used = MobjUse::try_new(mobj).ok_or(TeeError::OutOfMemory)?;
         owned.try_reserve(1).map_err(|_| TeeError::OutOfMemory)?;
         owned.push(mobj.clone());
         Ok(used)
@@ -329,6 +423,6 @@ impl<P: Platform> Tee<P> {
     pub fn use_registered(&self, guest: GuestId, cookie: u64) -> Option<MobjUse> {
         let guest = self.guest(guest)?;
         let state = guest.state.lock();
-        MobjUse::try_new(state.registered.get(&cookie)?, &self.releases)
+        MobjUse::try_new(state.registered.get(&cookie)?)
     }
 }

@@ -467,8 +467,11 @@ impl<T: TlbMaintenance> WindowLock<T> {
     /// guard of a mapping goes and something must follow: the mapping's first entry into the
     /// eviction index, or the unmap of a retired object's mapping.
     pub(crate) fn release_guard(&self, mobj: &Mobj) {
-        // A temporary's mapping is never in the LRU order (it goes with its call).
-        let now = if mobj.kind() == MobjKind::Temporary {
+        // A temporary's mapping is never in the LRU order (it goes with its call); a kept arg
+        // page's is, with no use stamped (the clock is a word every CPU writes, and an arg
+        // page is the cheapest mapping to make again): it is the first evicted when the
+        // window is short.
+        let now = if matches!(mobj.kind(), MobjKind::Temporary | MobjKind::ArgPage) {
             0
         } else {
             self.tick()

@@ -244,7 +244,7 @@ impl GuestState {
             mem.free_page(pa);
             return Err(HypError::NoShadowPage);
         }
-        mem.write(pa, &[0u8; PAGE_SIZE as usize]);
+        mem.zero_page(pa);
         self.shadow_pages.add(1);
         Ok(pa)
     }

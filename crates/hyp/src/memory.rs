@@ -20,10 +20,18 @@ pub trait MachineMemory {
     fn read(&self, pa: u64, buf: &mut [u8]);
     /// Copies `data` to `pa`.
     fn write(&self, pa: u64, data: &[u8]);
-    /// A hypervisor-owned NS page (for shadows), or `None` when none is left.
+    /// Zeroes the page at `pa` (page aligned).
+    fn zero_page(&self, pa: u64) {
+        self.write(pa, &[0u8; PAGE_SIZE as usize]);
+    }
+    /// A hypervisor-owned NS page (for shadows), or `None` when none is left. Its content is
+    /// whatever its last user left: the mediator zeroes a shadow before use.
     fn alloc_page(&mut self) -> Option<u64>;
     /// Gives back a page from [`MachineMemory::alloc_page`].
     fn free_page(&mut self, pa: u64);
+    /// Gives the pool every page given back but kept for reuse, if the implementation keeps
+    /// any (the mediator calls it when it forgets a guest). Nothing by default.
+    fn give_back_spare(&mut self) {}
     /// Pages of the pool in all, held or free: what the mediator divides among guests. No
     /// default: a pool of unknown size cannot be shared fairly.
     fn pool_pages(&self) -> u64;

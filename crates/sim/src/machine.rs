@@ -172,12 +172,11 @@ impl Machine {
         }
     }
 
-    /// A hypervisor page (for shadows), zeroed.
+    /// A hypervisor page (for shadows), as its last user left it: the mediator zeroes each
+    /// shadow it takes ([`teeshm_hyp::MachineMemory::zero_page`]).
     pub fn alloc_hyp_page(&self) -> Option<u64> {
         let n = self.hyp_pages.lock().ok()?.alloc()?;
-        let pa = self.layout.hyp_pa(n);
-        self.memory.write(pa, &[0u8; PAGE as usize]);
-        Some(pa)
+        Some(self.layout.hyp_pa(n))
     }
 
     /// Gives a hypervisor page back.

@@ -29,7 +29,8 @@ pub struct SystemConfig {
 
 impl Default for SystemConfig {
     /// 4 guests of 64 MiB, 4 MiB of hypervisor pages each (the default shadow budget), a
-    /// virtualized default core, default limits.
+    /// virtualized default core that keeps 4 arg pages a guest (the mediators pass args on
+    /// their shadow pages), default limits.
     fn default() -> Self {
         Self {
             guests: 4,
@@ -37,6 +38,8 @@ impl Default for SystemConfig {
             hyp_pages_per_guest: HypLimits::default().max_shadow_pages,
             core: CoreConfig {
                 normal_world: teeshm_core::NormalWorld::Virtualized,
+                // Each mediator passes a guest's args on its shadow pages.
+                kept_arg_pages: 4,
                 ..CoreConfig::default()
             },
             limits: HypLimits::default(),
@@ -77,7 +80,15 @@ pub struct HypMemory {
     pub share: u64,
     /// Pages it holds.
     pub held: u64,
+    /// Pages it gave back and keeps for its next shadows (at most [`SPARE_HYP_PAGES`]): a
+    /// guest's next call then takes the page its last call left, warm in its CPU's cache,
+    /// without the machine's allocator lock. Taken from the share, so held and spare pages
+    /// together never exceed it; given back to the machine when the mediator forgets a guest.
+    pub spare: Vec<u64>,
 }
+
+/// Pages a mediator keeps after freeing them ([`HypMemory::spare`]).
+pub const SPARE_HYP_PAGES: usize = 4;
 
 impl MachineMemory for HypMemory {
     fn read(&self, pa: u64, buf: &mut [u8]) {
@@ -86,17 +97,32 @@ impl MachineMemory for HypMemory {
     fn write(&self, pa: u64, data: &[u8]) {
         self.machine.memory.write(pa, data);
     }
+    fn zero_page(&self, pa: u64) {
+        self.machine.memory.zero_page(pa);
+    }
     fn alloc_page(&mut self) -> Option<u64> {
         if self.held >= self.share {
             return None;
         }
-        let pa = self.machine.alloc_hyp_page()?;
+        let pa = match self.spare.pop() {
+            Some(pa) => pa,
+            None => self.machine.alloc_hyp_page()?,
+        };
         self.held += 1;
         Some(pa)
     }
     fn free_page(&mut self, pa: u64) {
-        self.machine.free_hyp_page(pa);
+        if self.spare.len() < SPARE_HYP_PAGES {
+            self.spare.push(pa);
+        } else {
+            self.machine.free_hyp_page(pa);
+        }
         self.held = self.held.saturating_sub(1);
+    }
+    fn give_back_spare(&mut self) {
+        for pa in self.spare.drain(..) {
+            self.machine.free_hyp_page(pa);
+        }
     }
     fn pool_pages(&self) -> u64 {
         self.share
@@ -327,6 +353,7 @@ impl System {
             machine: self.machine.clone(),
             share: self.config.hyp_pages_per_guest,
             held: 0,
+            spare: Vec::new(),
         };
         let hyp = HypConfig {
             max_guests: 1,
@@ -411,14 +438,27 @@ impl System {
                     .into_iter()
                     .map(|v| format!("mediator of guest {}: {v:?}", g.id.raw())),
             );
-            let (counted, held) = (mediator.shadow_pages(), mediator.memory().held);
+            let (counted, held, spare) = {
+                let memory = mediator.memory();
+                (
+                    mediator.shadow_pages(),
+                    memory.held,
+                    memory.spare.len() as u64,
+                )
+            };
             if counted != held {
                 found.push(format!(
                     "the mediator of guest {} holds {held} pool pages but accounts for {counted}",
                     g.id.raw()
                 ));
             }
-            shadows += counted;
+            if held + spare > mediator.memory().share {
+                found.push(format!(
+                    "the mediator of guest {} holds {held} and keeps {spare} pool pages, beyond its share",
+                    g.id.raw()
+                ));
+            }
+            shadows += counted + spare;
         }
         let in_use = self.machine.hyp_pages_in_use();
         if shadows != in_use {
@@ -437,5 +477,42 @@ impl System {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Layout;
+
+    /// A mediator's pages, held and kept, stay within its share; a page given back is taken
+    /// again first; the kept pages go back to the machine when asked.
+    #[test]
+    fn spare_pages_stay_within_the_share_and_go_back() {
+        let machine = Machine::new(Layout::new(1, 16, 8));
+        let mut m = HypMemory {
+            machine: machine.clone(),
+            share: 6,
+            held: 0,
+            spare: Vec::new(),
+        };
+        let pages: Vec<u64> = (0..6).map(|_| m.alloc_page().unwrap()).collect();
+        assert_eq!(m.alloc_page(), None, "the share is full");
+        for &pa in &pages {
+            m.free_page(pa);
+            assert!(m.held + m.spare.len() as u64 <= m.share);
+        }
+        assert_eq!((m.held, m.spare.len()), (0, SPARE_HYP_PAGES));
+        assert_eq!(machine.hyp_pages_in_use(), SPARE_HYP_PAGES as u64);
+        // The pages beyond the spare's room went back to the machine; the last one kept is
+        // taken first.
+        let last = pages[SPARE_HYP_PAGES - 1];
+        assert_eq!(m.alloc_page(), Some(last), "the last page kept");
+        m.free_page(last);
+        m.give_back_spare();
+        assert_eq!(
+            (m.held, m.spare.len(), machine.hyp_pages_in_use()),
+            (0, 0, 0)
+        );
     }
 }

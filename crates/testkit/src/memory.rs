@@ -8,6 +8,12 @@ use teeshm_mm::PAGE_SIZE;
 /// One simulated page frame.
 type Frame = Box<[u8; PAGE_SIZE as usize]>;
 
+/// One shard's lock, alone on its cache lines: CPUs touching pages of different shards write
+/// no common line (simulated CPUs stand for a machine's, whose memory has no such lock).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Mutex<BTreeMap<u64, Frame>>);
+
 /// Physical memory that costs only what is touched: 4 KiB pages made on first write; an
 /// untouched page reads as zeros. Pages are spread over [`SHARDS`] locks, so simulated CPUs
 /// touching different pages do not wait for each other.
@@ -17,7 +23,7 @@ type Frame = Box<[u8; PAGE_SIZE as usize]>;
 /// core's own translation tables first.
 #[derive(Debug)]
 pub struct PhysMemory {
-    shards: [Mutex<BTreeMap<u64, Frame>>; SHARDS],
+    shards: [Shard; SHARDS],
     tracing: AtomicBool,
     /// Reads per page, while tracing (tests of the read-once rule).
     traced: Mutex<Option<BTreeMap<u64, u64>>>,
@@ -51,6 +57,10 @@ struct Rewrite {
 
 /// Locks the pages are spread over.
 pub const SHARDS: usize = 64;
+const _: () = assert!(
+    SHARDS.is_power_of_two(),
+    "the shard hash takes the top bits"
+);
 
 /// Takes a lock even if a thread panicked while holding it: a page is plain bytes, so whatever a
 /// panicking test left there is still memory the next access may see (as on a machine).
@@ -61,7 +71,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Default for PhysMemory {
     fn default() -> Self {
         Self {
-            shards: std::array::from_fn(|_| Mutex::new(BTreeMap::new())),
+            shards: std::array::from_fn(|_| Shard(Mutex::new(BTreeMap::new()))),
             tracing: AtomicBool::new(false),
             traced: Mutex::new(None),
             rewrites: Mutex::new(Vec::new()),
@@ -156,7 +166,11 @@ impl PhysMemory {
     }
 
     fn shard(&self, page: u64) -> &Mutex<BTreeMap<u64, Frame>> {
-        &self.shards[(page % SHARDS as u64) as usize]
+        // A multiplicative hash (Fibonacci hashing) of the page number: pages at the same
+        // offset of different guests' RAM (whose sizes are multiples of the shard count) land
+        // in different shards, as do a guest's consecutive pages.
+        let hash = page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.trailing_zeros());
+        &self.shards[hash as usize % SHARDS].0
     }
 
     /// Calls `f(page, offset in page, range of the caller's buffer)` for each page piece of an
@@ -206,6 +220,16 @@ impl PhysMemory {
         }
     }
 
+    /// Zeroes the page holding `pa` in place (an untouched page is zero already): what
+    /// writing a page of zeros does, without the page of zeros.
+    pub fn zero_page(&self, pa: u64) {
+        let page = pa / PAGE_SIZE;
+        self.watched(page);
+        if let Some(p) = lock(self.shard(page)).get_mut(&page) {
+            p.fill(0);
+        }
+    }
+
     /// Copies into physical memory.
     pub fn write(&self, pa: u64, data: &[u8]) {
         Self::pieces(pa, data.len(), |page, in_page, range| {
@@ -221,13 +245,29 @@ impl PhysMemory {
 
     /// Pages that have been written.
     pub fn touched_pages(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(&s.0).len()).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zeroing a page clears every byte of it and nothing of its neighbours, and makes no
+    /// frame for an untouched page.
+    #[test]
+    fn zero_page_clears_one_page_in_place() {
+        let m = PhysMemory::new();
+        m.write(0x1ff0, &[0xaa; 0x20]);
+        m.zero_page(0x1234);
+        let mut b = [0xffu8; 0x20];
+        m.read(0x1ff0, &mut b);
+        assert_eq!(&b[..0x10], &[0; 0x10]);
+        assert_eq!(&b[0x10..], &[0xaa; 0x10]);
+        let touched = m.touched_pages();
+        m.zero_page(0x9000);
+        assert_eq!(m.touched_pages(), touched);
+    }
 
     /// An access across a page boundary lands in both pages; untouched memory reads as zeros
     /// and costs nothing; tracing counts each page an access touches once.

@@ -9,6 +9,7 @@
 )]
 
 mod front_end;
+mod kept_args;
 mod lifecycle;
 mod model;
 mod reference;

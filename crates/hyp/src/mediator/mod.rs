@@ -214,6 +214,7 @@ impl<T: SmcConduit + Clone, M: MachineMemory> Mediator<T, M> {
         for pa in shadows {
             memory.free_page(pa);
         }
+        memory.give_back_spare();
         drop(memory);
         if out.a[0] != u64::from(OPTEE_SMC_RETURN_OK) {
             return Err(HypError::TeeRefused {
