@@ -81,18 +81,32 @@ impl SmpCounters {
     }
 
     /// Why a run on `smp` CPUs fails the counters' goals, if it does: every CPU entered the
-    /// secure world, some call was interrupted by the normal world (`foreign` wanted), and with
-    /// several CPUs, two calls at least were in the core at once.
-    pub fn verdict(&self, smp: usize, foreign: bool) -> Result<(), String> {
-        for cpu in 0..smp as u64 {
-            match self.cpus.iter().find(|c| c.cpu == cpu) {
-                Some(c) if c.secure_entries > 0 => {}
-                other => {
-                    return Err(format!(
-                        "CPU {cpu} never entered the secure world: {other:?}"
-                    ));
-                }
+    /// secure world (or, with `entering` = `Some(n)`, at least n of them: under a hypervisor,
+    /// which CPUs call is its scheduler's choice), some call was interrupted by the normal
+    /// world (`foreign` wanted), and with several CPUs, two calls at least were in the core at
+    /// once.
+    pub fn verdict(
+        &self,
+        smp: usize,
+        entering: Option<usize>,
+        foreign: bool,
+    ) -> Result<(), String> {
+        let entered = self.cpus.iter().filter(|c| c.secure_entries > 0).count();
+        if let Some(n) = entering {
+            if entered < n.min(smp) {
+                return Err(format!(
+                    "{entered} CPUs entered the secure world, {} wanted: {:?}",
+                    n.min(smp),
+                    self.cpus
+                ));
             }
+        } else if let Some(cpu) = (0..smp as u64).find(|&cpu| {
+            !self
+                .cpus
+                .iter()
+                .any(|c| c.cpu == cpu && c.secure_entries > 0)
+        }) {
+            return Err(format!("CPU {cpu} never entered the secure world"));
         }
         let interrupts: u64 = self.cpus.iter().map(|c| c.foreign_interrupts).sum();
         if foreign && interrupts == 0 {
@@ -120,10 +134,12 @@ mod tests {
         c.note("tee: smp: cpus_on 2 max_concurrent_calls 3 resumed_on_other_cpu 1");
         assert_eq!(c.cpus.len(), 2);
         assert_eq!(c.max_concurrent_calls, Some(3));
-        assert!(c.verdict(2, true).unwrap_err().contains("CPU 1"));
+        assert!(c.verdict(2, None, true).unwrap_err().contains("CPU 1"));
+        assert!(c.verdict(2, Some(2), true).is_err());
+        assert_eq!(c.verdict(2, Some(1), true), Ok(()));
         c.note("monitor: cpu 1 secure_entries 5 foreign_interrupts 0");
-        assert_eq!(c.verdict(2, true), Ok(()));
-        assert!(c.verdict(3, true).is_err());
+        assert_eq!(c.verdict(2, None, true), Ok(()));
+        assert!(c.verdict(3, None, true).is_err());
         assert!(c.json_fields(Some(0)).contains("\"secure_entries\": 5"));
     }
 }

@@ -483,7 +483,7 @@ fn run_qemu(
                 .summary
                 .as_deref()
                 .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
-            let counters = seen.smp.verdict(smp, true);
+            let counters = seen.smp.verdict(smp, None, true);
             let report = crate::workspace_root()
                 .join("target")
                 .join("qemu-report.json");

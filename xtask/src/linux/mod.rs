@@ -626,7 +626,7 @@ fn boot(
     if let Some(report) = &seen.secure_failure {
         return failure(format!("linux: FAILED: the secure world died: `{report}`"));
     }
-    let counters = seen.smp.verdict(machine.smp, true);
+    let counters = seen.smp.verdict(machine.smp, None, true);
     match (code, &seen.summary, counters) {
         (Some(0), Some((_, summary)), Ok(())) if summary_ok && agreement_ok => {
             eprintln!(
