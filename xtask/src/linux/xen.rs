@@ -227,7 +227,7 @@ pub fn xen(args: &[String]) -> Result<(), String> {
         return run(&dtb, Mode::Domains).map(|_| ());
     };
     let alone = build_dtb(&machine, &firmware, &modules, &out, Mode::Dom0Alone)?;
-    compare_with_linux(runs, &out, || {
+    compare_with_linux(runs, smp, &out, || {
         run(&alone, Mode::Dom0Alone)?
             .domains
             .iter()
@@ -249,19 +249,21 @@ fn churn_seconds(text: &str) -> Option<f64> {
         .ok()
 }
 
-/// `--compare RUNS`: the same test (`linux/teeshm-test.c`) on the same firmware, alternately
-/// directly under Linux (`cargo xtask linux`) and in dom0 alone under Xen, RUNS times each;
+/// `--compare RUNS`: the same test (`linux/teeshm-test.c`) on the same firmware and the same
+/// CPUs, alternately directly under Linux (`cargo xtask linux --smp N`) and in dom0 alone under
+/// Xen, RUNS times each;
 /// prints calls per second of the churn case (min, median, max) side by side and writes
 /// `target/xen/compare.json`.
 fn compare_with_linux(
     runs: usize,
+    smp: usize,
     out: &Path,
     mut xen_run: impl FnMut() -> Result<f64, String>,
 ) -> Result<(), String> {
     let root = workspace_root();
     let (mut direct, mut under_xen) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        super::linux(&[])?;
+        super::linux(&["--smp".to_string(), smp.to_string()])?;
         let log = root.join("target/linux/uart.log");
         let text =
             fs::read_to_string(&log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
@@ -278,7 +280,9 @@ fn compare_with_linux(
         [v[0], v[v.len() / 2], v[v.len() - 1]]
     };
     let (d, x) = (spread(&mut direct), spread(&mut under_xen));
-    println!("xen: calls per second of the churn case ({runs} runs each, min / median / max):");
+    println!(
+        "xen: calls per second of the churn case ({runs} runs each, {smp} CPUs, min / median / max):"
+    );
     println!("| where | calls/s |\n|---|---|");
     println!(
         "| Linux directly on the firmware | {:.0} / {:.0} / {:.0} |",
@@ -293,7 +297,7 @@ fn compare_with_linux(
         d[1] / x[1]
     );
     let json = format!(
-        "{{\"calls\": {CHURN_CALLS}, \"runs\": {runs}, \"linux_calls_per_s\": {d:?}, \"xen_dom0_alone_calls_per_s\": {x:?}, \"ratio_of_medians\": {:.3}}}\n",
+        "{{\"calls\": {CHURN_CALLS}, \"runs\": {runs}, \"smp\": {smp}, \"linux_calls_per_s\": {d:?}, \"xen_dom0_alone_calls_per_s\": {x:?}, \"ratio_of_medians\": {:.3}}}\n",
         d[1] / x[1]
     );
     let path = out.join("compare.json");
