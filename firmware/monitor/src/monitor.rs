@@ -799,6 +799,9 @@ impl Cpu {
     /// `CPU_OFF`: this CPU leaves the normal world and parks at EL3 until a `CPU_ON` releases
     /// it again. The last CPU on may not go (`DENIED`), nor may one the core still serves.
     fn cpu_off(&mut self, index: usize) -> *mut Context {
+        // Once this CPU is marked off, a `CPU_ON` on another CPU may prepare its contexts at
+        // once: nothing of this CPU's state is touched after the lock (its state is set first).
+        self.state = State::Booting;
         let allowed = locked(index, |s| {
             let others = (0..s.present.min(cpu::MAX_CPUS))
                 .filter(|&i| i != index && s.power[i] != Power::Off)
@@ -810,12 +813,12 @@ impl Cpu {
             true
         });
         if !allowed {
+            self.state = State::Ready;
             return self.answer(&[psci::DENIED]);
         }
-        self.ns.el1.save();
-        self.state = State::Booting;
-        // SAFETY: `park` never returns; this CPU's contexts stay as they are until `CPU_ON`
-        // prepares them again (under the lock, after this CPU marked itself off).
+        // SAFETY: `park` never returns and uses no Rust state: this frame (and its reference to
+        // this CPU's `Cpu`) is abandoned, and the CPU waits on its release word until `CPU_ON`
+        // has prepared its contexts again.
         unsafe { park(index) }
     }
 }
