@@ -26,7 +26,10 @@ pub struct PagePool {
 
 impl PagePool {
     fn new() -> Self {
-        Self::over((&raw const __pages_start) as u64, (&raw const __pages_end) as u64)
+        Self::over(
+            (&raw const __pages_start) as u64,
+            (&raw const __pages_end) as u64,
+        )
     }
 
     fn over(base: u64, end: u64) -> Self {

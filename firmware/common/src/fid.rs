@@ -39,8 +39,6 @@ pub const SIP_TEESHM_MONITOR_STATS: u32 = 0x8200_0F11;
 /// `TEESMC_OPTEED_RETURN_ON_DONE`): the monitor enters the normal world's `CPU_ON` entry.
 pub const SECURE_CPU_ON_DONE: u32 = 0xBE00_0001;
 
-
-
 /// First and last function number of the firmware's SiP range.
 pub const SIP_TEESHM_RANGE: (u32, u32) = (0x8200_0F00, 0x8200_0FFF);
 

@@ -239,7 +239,11 @@ fn locked<T>(me: usize, f: impl FnOnce(&mut Shared) -> T) -> T {
         barrier();
     };
     set(choosing, me, 1);
-    let mine = (0..cpu::MAX_CPUS).map(|i| get(number, i)).max().unwrap_or(0) + 1;
+    let mine = (0..cpu::MAX_CPUS)
+        .map(|i| get(number, i))
+        .max()
+        .unwrap_or(0)
+        + 1;
     set(number, me, mine);
     set(choosing, me, 0);
     for other in (0..cpu::MAX_CPUS).filter(|&i| i != me) {
@@ -720,7 +724,11 @@ impl Cpu {
             time::micros().saturating_sub(shared().ready_at_us)
         );
         print_cpu_counters();
-        end_run(if status == 0 && disagreements == 0 { 0 } else { 1 })
+        end_run(if status == 0 && disagreements == 0 {
+            0
+        } else {
+            1
+        })
     }
 
     fn psci(&mut self, index: usize, func: u32) -> *mut Context {
@@ -883,7 +891,9 @@ fn print_cpu_counters() {
 fn totals() -> (u64, u64) {
     (0..cpu::MAX_CPUS)
         .map(counters)
-        .fold((0, 0), |(c, s), (calls, switches, _)| (c + calls, s + switches))
+        .fold((0, 0), |(c, s), (calls, switches, _)| {
+            (c + calls, s + switches)
+        })
 }
 
 /// An exception taken at EL3 itself: a monitor bug. Prints what is known and ends the run.

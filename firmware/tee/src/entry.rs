@@ -47,7 +47,8 @@ static RESUMED_ELSEWHERE: AtomicU64 = AtomicU64::new(0);
 /// Threads the core may run (`CoreConfig::threads` is at most this many in the firmware's
 /// preset); a suspended thread's CPU is kept here (`u64::MAX`: none).
 const TRACKED_THREADS: usize = 64;
-static SUSPENDED_ON: [AtomicU64; TRACKED_THREADS] = [const { AtomicU64::new(u64::MAX) }; TRACKED_THREADS];
+static SUSPENDED_ON: [AtomicU64; TRACKED_THREADS] =
+    [const { AtomicU64::new(u64::MAX) }; TRACKED_THREADS];
 /// CPUs the core's CPU_ON hook brought up (the boot CPU counts).
 static CPUS_ON: AtomicU64 = AtomicU64::new(1);
 /// Every `VM_CREATED` and `VM_DESTROYED` the core acknowledged, in order, with what a
@@ -329,7 +330,11 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
             let client = regs[1];
             // What a guest the hypervisor destroys still holds, to be swept by this call.
             let held = (func == OPTEE_SMC_VM_DESTROYED)
-                .then(|| tee.snapshots().into_iter().find(|g| u64::from(g.id.0) == client))
+                .then(|| {
+                    tee.snapshots()
+                        .into_iter()
+                        .find(|g| u64::from(g.id.0) == client)
+                })
                 .flatten();
             let out = tee.handle_smc(SmcRegs { a: *regs }).a;
             // A guest's life, as the hypervisor announces it: logged, so a run can tell what

@@ -96,7 +96,11 @@ pub unsafe fn enable_boot(normal: Range<u64>, device: Range<u64>) {
     let first_block = normal.start / BLOCK_SIZE;
     for (entry, page) in t.l3.iter_mut().enumerate() {
         let at = first_block * BLOCK_SIZE + entry as u64 * 4096;
-        *page = if normal.contains(&at) { at | PAGE | normal_attrs } else { 0 };
+        *page = if normal.contains(&at) {
+            at | PAGE | normal_attrs
+        } else {
+            0
+        };
     }
     let blocks = |r: &Range<u64>| (r.start / BLOCK_SIZE)..r.end.div_ceil(BLOCK_SIZE);
     for (entry, block) in t.l2.iter_mut().enumerate() {

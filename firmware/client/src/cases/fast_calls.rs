@@ -127,7 +127,10 @@ pub(super) fn psci() -> Outcome {
         "CPU_ON of MPIDR 0x100 (no such CPU) answered {r}"
     );
     let r = fast(psci::AFFINITY_INFO_64, &[me, 0]).a[0];
-    ensure!(r == psci::AFFINITY_ON, "AFFINITY_INFO of the calling CPU: {r:#x}");
+    ensure!(
+        r == psci::AFFINITY_ON,
+        "AFFINITY_INFO of the calling CPU: {r:#x}"
+    );
     let r = low(fast(psci::AFFINITY_INFO_64, &[0x100, 0]).a[0]);
     ensure!(
         r == err(psci::INVALID_PARAMETERS),

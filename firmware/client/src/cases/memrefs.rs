@@ -69,7 +69,11 @@ pub(super) fn values(ctx: &mut Ctx, s: &Session) -> Outcome {
 }
 
 pub(super) fn temporary(ctx: &mut Ctx, s: &Session) -> Outcome {
-    let total = temporary_of(ctx, s, &[(0, 1), (0xfff, 2), (0x123, 10_000), (1, (1 << 20) + 3)])?;
+    let total = temporary_of(
+        ctx,
+        s,
+        &[(0, 1), (0xfff, 2), (0x123, 10_000), (1, (1 << 20) + 3)],
+    )?;
     Ok(format!(
         "FILL and COPY of 1 B, 2 B across a page line, 10000 B at 0x123, 1 MiB + 3 at 1: {total} bytes each way, every byte checked"
     ))

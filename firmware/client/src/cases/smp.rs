@@ -201,11 +201,16 @@ fn work(cpu: usize) -> Result<(u64, u64), String> {
                 OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
                 Rmem::new(cpu as u64 * SLICE, SLICE, shared),
             ),
-            MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(0x100 + cpu as u64, 0, 0)),
+            MsgParam::from_value(
+                OPTEE_MSG_ATTR_TYPE_VALUE_INPUT,
+                Value::new(0x100 + cpu as u64, 0, 0),
+            ),
         ];
         let ret = ret_of(invoke_raw(&mut ctx, &s, cmd::FILL, &params))?;
         if ret != TEE_SUCCESS {
-            return Err(format!("round {r}: FILL of the shared slice answered {ret:#x}"));
+            return Err(format!(
+                "round {r}: FILL of the shared slice answered {ret:#x}"
+            ));
         }
         // Its slice of the victim buffer, which one CPU unregisters meanwhile.
         victim_round(&mut ctx, &s, cpu, r)?;
@@ -271,7 +276,10 @@ fn scrub(ctx: &mut Ctx, s: &Session, seed: u64, timer: Option<u64>) -> Result<()
         .register_shared_memory(b.clone(), ShmFlags::INOUT)
         .map_err(teec)?;
     let params = [
-        MsgParam::from_rmem(OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT, Rmem::new(0, size, shm.cookie())),
+        MsgParam::from_rmem(
+            OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
+            Rmem::new(0, size, shm.cookie()),
+        ),
         MsgParam::from_value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, Value::new(seed, 2, 0)),
         MsgParam::new(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),
     ];
@@ -336,7 +344,11 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
     for &i in &others {
         let r = fast(
             psci::CPU_ON_64,
-            &[i as u64, client_secondary_entry as *const () as u64, i as u64],
+            &[
+                i as u64,
+                client_secondary_entry as *const () as u64,
+                i as u64,
+            ],
         );
         if r.a[0] != 0 {
             return Err(format!("CPU_ON of CPU {i} answered {:#x}", r.a[0]));
@@ -376,7 +388,9 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
         let ended = HANDOVER_END.load(Ordering::Acquire);
         let late = fast(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).a[0];
         if ended != u64::from(OPTEE_SMC_RETURN_OK) {
-            return Err(format!("the call answered from another CPU ended with {ended:#x}"));
+            return Err(format!(
+                "the call answered from another CPU ended with {ended:#x}"
+            ));
         }
         if late != u64::from(OPTEE_SMC_RETURN_ERESUME) {
             return Err(format!("a late answer for thread {thread} got {late:#x}"));
@@ -410,13 +424,20 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
             .get(i * SLICE as usize..(i + 1) * SLICE as usize)
             .ok_or("shared buffer too short")?;
         if let Some(b) = pattern_mismatch(slice, 0x100 + i as u64) {
-            return Err(format!("CPU {i}'s slice of the shared buffer: byte {b} wrong"));
+            return Err(format!(
+                "CPU {i}'s slice of the shared buffer: byte {b} wrong"
+            ));
         }
     }
     if !others.is_empty() && again != psci::ALREADY_ON && again != psci::ON_PENDING {
-        return Err(format!("a second CPU_ON of a started CPU answered {again:#x}"));
+        return Err(format!(
+            "a second CPU_ON of a started CPU answered {again:#x}"
+        ));
     }
-    let calls: u64 = all.iter().map(|&i| OUTCOMES[i].calls.load(Ordering::Relaxed)).sum();
+    let calls: u64 = all
+        .iter()
+        .map(|&i| OUTCOMES[i].calls.load(Ordering::Relaxed))
+        .sum();
     let foreign: u64 = all
         .iter()
         .map(|&i| OUTCOMES[i].foreign_interrupts.load(Ordering::Relaxed))

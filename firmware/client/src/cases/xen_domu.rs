@@ -37,7 +37,9 @@ const XEN_MAX_BUFFER_PAGES: u64 = 129;
 /// Runs the cases; returns a line naming the calls left waiting (they stay so, unanswered,
 /// until Xen destroys the domain: dropping their records answers nothing).
 pub fn run() -> String {
-    println!("client: teeshm's Rust client as a Xen domU (NS-EL1, MMU off), its SMCs trapped by Xen");
+    println!(
+        "client: teeshm's Rust client as a Xen domU (NS-EL1, MMU off), its SMCs trapped by Xen"
+    );
     let ram = NsRam::new();
     let driver = match Driver::probe(Conduit::new(0), ram) {
         Ok(d) => d,
@@ -86,9 +88,10 @@ pub fn run() -> String {
             "FILL and COPY of 1 B, 2 B across a page line, {largest} B at 0xfff (up to 129 pages): {total} bytes each way, every byte checked"
         ))
     });
-    case("a temporary memref of 130 pages: refused, the guest goes on", || {
-        over_xen_bound(&mut ctx, &session)
-    });
+    case(
+        "a temporary memref of 130 pages: refused, the guest goes on",
+        || over_xen_bound(&mut ctx, &session),
+    );
     case(
         "a registered buffer of 40 scattered pages: FILL, SHA-256",
         || registered(&mut ctx, &session),
@@ -304,10 +307,10 @@ fn all_threads_waiting(ctx: &mut Ctx, s: &Session, waiting: &mut Vec<Suspended>)
 fn answer_for_nobody(ctx: &mut Ctx, waiting: &[Suspended]) -> Outcome {
     let busy: Vec<u64> = waiting.iter().map(Suspended::thread).collect();
     let nobody = (0..64).find(|t| !busy.contains(t)).unwrap_or(63) + 0x100;
-    let r = ctx
-        .driver_mut()
-        .conduit_mut()
-        .smc(SmcRegs::call(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, nobody]));
+    let r = ctx.driver_mut().conduit_mut().smc(SmcRegs::call(
+        OPTEE_SMC_CALL_RETURN_FROM_RPC,
+        &[0, 0, nobody],
+    ));
     ensure!(
         r.a0() == OPTEE_SMC_RETURN_ERESUME,
         "RETURN_FROM_RPC to thread {nobody:#x} answered {:#x}",
