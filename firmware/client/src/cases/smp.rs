@@ -57,8 +57,9 @@ static WHY: spin::Mutex<[Option<String>; MAX_CPUS]> = spin::Mutex::new([const { 
 static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 /// A buffer the boot CPU registers, every CPU fills its slice of each round, and the first
 /// other CPU unregisters in the middle of its rounds while the others may be filling it: its
-/// cookie (0: none), whether it is gone, and what the fills met (SUCCESS; after the unregister
-/// also ACCESS_CONFLICT, a fill the revocation cut, or BAD_PARAMETERS, the cookie unknown).
+/// cookie (0: none), whether its unregister may have started, and what the fills met
+/// (SUCCESS; after the unregister also ACCESS_CONFLICT, a fill the revocation cut, or
+/// BAD_PARAMETERS, the cookie unknown).
 static VICTIM: AtomicU64 = AtomicU64::new(0);
 static VICTIM_GONE: AtomicU64 = AtomicU64::new(0);
 static VICTIM_SEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
@@ -221,7 +222,16 @@ fn work(cpu: usize) -> Result<(u64, u64), String> {
     }
     ctx.close_session(s).map_err(teec)?;
     let mut d = ctx.into_driver();
-    d.shutdown().map_err(drv)?;
+    // No `shutdown` here: the SHM cache (which it disables) is the whole normal world's, and
+    // the core refuses to disable it while another CPU's call runs (EBUSY); Linux waits for a
+    // call to end and retries. The boot CPU's driver shuts down after every CPU is done. With
+    // RPC_ARG the cache is never on, so nothing is held in it.
+    if d.rpc_buffers_held() != 0 {
+        return Err(format!(
+            "{} RPC buffers held at the end",
+            d.rpc_buffers_held()
+        ));
+    }
     let c = d.conduit_mut();
     Ok((c.calls, c.foreign_interrupts))
 }
@@ -236,10 +246,12 @@ fn victim_round(ctx: &mut Ctx, s: &Session, cpu: usize, r: u64) -> Result<(), St
         return Ok(());
     }
     if cpu == 1 && r == VICTIM_ROUND {
+        // Said before the UNREGISTER starts: a fill that began and ended before this store
+        // had the buffer registered throughout.
+        VICTIM_GONE.store(1, Ordering::Release);
         ctx.driver_mut()
             .unregister(cookie)
             .map_err(|e| format!("round {r}: UNREGISTER of the victim: {e}"))?;
-        VICTIM_GONE.store(1, Ordering::Release);
         return Ok(());
     }
     let before = VICTIM_GONE.load(Ordering::Acquire);
