@@ -92,6 +92,8 @@ pub fn small_config(pool: bool) -> CoreConfig {
         max_buffer_pages: 16,
         static_pool: None,
         heap_budget: 128 << 10,
+        // As the firmware's presets: no arg page kept between calls (the simulator's setting).
+        kept_arg_pages: 0,
     }
 }
 
