@@ -23,6 +23,14 @@ pub struct SmpCounters {
     pub resumed_on_other_cpu: Option<u64>,
 }
 
+/// `--smp N`: the CPUs of a run, 1 to the firmware's 8.
+pub fn parse_smp(value: Option<&String>) -> Result<usize, String> {
+    value
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| (1..=8).contains(n))
+        .ok_or_else(|| "--smp needs a number of CPUs from 1 to 8".to_string())
+}
+
 /// The numbers after the words `keys` in `words`, if every one is there.
 pub fn fields<const N: usize>(words: &[&str], keys: [&str; N]) -> Option<[u64; N]> {
     let mut out = [0; N];
@@ -77,6 +85,16 @@ impl SmpCounters {
             opt(self.max_concurrent_calls),
             opt(self.resumed_on_other_cpu),
             opt(disagreements)
+        )
+    }
+
+    /// A run's report (`target/linux/report.json`, `target/qemu-report.json`): its CPUs, the
+    /// counters, the core's last agreement check and the test's summary line.
+    pub fn report(&self, smp: usize, disagreements: Option<u64>, summary: Option<&str>) -> String {
+        format!(
+            "{{\"smp\": {smp}, {}, \"summary\": {}}}\n",
+            self.json_fields(disagreements),
+            summary.map_or("null".to_string(), |s| format!("\"{s}\""))
         )
     }
 

@@ -129,13 +129,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--client-only" => options.variants = vec![Variant::Client],
             "--fault-test-only" | "--fault-test" => options.variants = vec![Variant::FaultTest],
             "--build-only" => options.build_only = true,
-            "--smp" => {
-                options.smp = rest
-                    .next()
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .filter(|n| (1..=8).contains(n))
-                    .ok_or("--smp needs a number of CPUs from 1 to 8")?;
-            }
+            "--smp" => options.smp = crate::counters::parse_smp(rest.next())?,
             "--timeout" => {
                 let secs = rest
                     .next()
@@ -487,13 +481,9 @@ fn run_qemu(
             let report = crate::workspace_root()
                 .join("target")
                 .join("qemu-report.json");
-            let json = format!(
-                "{{\"smp\": {smp}, {}, \"summary\": {}}}\n",
-                seen.smp.json_fields(seen.disagreements),
-                seen.summary
-                    .as_deref()
-                    .map_or("null".to_string(), |s| format!("\"{s}\""))
-            );
+            let json = seen
+                .smp
+                .report(smp, seen.disagreements, seen.summary.as_deref());
             if let Err(e) = fs::write(&report, json) {
                 eprintln!("xtask: qemu: cannot write {}: {e}", report.display());
             }

@@ -312,7 +312,10 @@ extern "C" fn tee_handle_call(regs: &mut [u64; 8]) {
     let func = (regs[0] & 0xffff_ffff) as u32;
     let cpu = teeshm_fw_common::cpu::this() as u64;
     let now = IN_CORE.fetch_add(1, Ordering::AcqRel) + 1;
-    MAX_IN_CORE.fetch_max(now, Ordering::AcqRel);
+    // Written only when a new most is reached: every call reads it, few write it.
+    if now > MAX_IN_CORE.load(Ordering::Relaxed) {
+        MAX_IN_CORE.fetch_max(now, Ordering::AcqRel);
+    }
     if func == OPTEE_SMC_CALL_RETURN_FROM_RPC {
         let thread = regs[3] as usize;
         if let Some(slot) = SUSPENDED_ON.get(thread) {

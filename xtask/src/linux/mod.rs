@@ -81,14 +81,6 @@ impl Machine {
     }
 }
 
-/// `--smp N` (1 to 8).
-fn parse_smp(value: Option<&String>) -> Result<usize, String> {
-    value
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|n| (1..=8).contains(n))
-        .ok_or_else(|| "--smp needs a number of CPUs from 1 to 8".to_string())
-}
-
 /// Where the `-device loader`s put the kernel, the device tree and the initramfs (non-secure
 /// RAM starts at 0x4000_0000). The kernel Image wants a 2 MiB-aligned base (text_offset 0); it
 /// goes where the monitor enters the normal world, as the bare-metal client does.
@@ -143,7 +135,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or("--timeout needs a number of seconds")?;
                 options.timeout = Duration::from_secs(secs);
             }
-            "--smp" => options.smp = parse_smp(rest.next())?,
+            "--smp" => options.smp = crate::counters::parse_smp(rest.next())?,
             "--kernel" => {
                 options.kernel_meta = rest
                     .next()
@@ -605,22 +597,11 @@ fn boot(
         .as_ref()
         .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
     let agreement_ok = seen.agreement.as_deref() == Some("0 disagreements");
-    let disagreements = seen
-        .agreement
-        .as_deref()
-        .and_then(|a| a.strip_suffix(" disagreements"))
-        .and_then(|n| n.parse::<u64>().ok());
     let report = out.join("report.json");
+    let summary = seen.summary.as_ref().map(|(_, s)| s.as_str());
     fs::write(
         &report,
-        format!(
-            "{{\"smp\": {}, {}, \"summary\": {}}}\n",
-            machine.smp,
-            seen.smp.json_fields(disagreements),
-            seen.summary
-                .as_ref()
-                .map_or("null".to_string(), |(_, s)| format!("\"{s}\""))
-        ),
+        seen.smp.report(machine.smp, seen.disagreements(), summary),
     )
     .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
     if let Some(report) = &seen.secure_failure {
@@ -653,6 +634,16 @@ fn boot(
                 .map_or("missing".to_string(), |(_, s)| format!("`{s}`")),
             counters.err().unwrap_or_else(|| "as wanted".into()),
         )),
+    }
+}
+
+impl Milestones {
+    /// What the core's agreement check after power-off found, from the monitor's line.
+    fn disagreements(&self) -> Option<u64> {
+        self.agreement
+            .as_deref()
+            .and_then(|a| a.strip_suffix(" disagreements"))
+            .and_then(|n| n.parse().ok())
     }
 }
 

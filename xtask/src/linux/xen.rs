@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use super::debian::{Kernel, arm64_deb, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
     DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES,
-    Machine, Milestones, build_test, initramfs_entries, is_summary, parse_smp, write_cpio,
+    Machine, Milestones, build_test, initramfs_entries, is_summary, write_cpio,
 };
 use crate::counters::fields;
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -152,7 +152,7 @@ pub fn xen(args: &[String]) -> Result<(), String> {
                         .ok_or("--timeout needs a number of seconds")?,
                 );
             }
-            "--smp" => smp = parse_smp(rest.next())?,
+            "--smp" => smp = crate::counters::parse_smp(rest.next())?,
             "--compare" => {
                 compare = Some(
                     rest.next()
@@ -941,11 +941,7 @@ fn boot(
         super::note_milestone(&mut seen, t, line);
     })?;
     let _ = log.flush();
-    let disagreements = seen
-        .agreement
-        .as_deref()
-        .and_then(|a| a.strip_suffix(" disagreements"))
-        .and_then(|n| n.parse::<u64>().ok());
+    let disagreements = seen.disagreements();
     let report = out.join(match mode {
         Mode::Domains => "report.json",
         Mode::Dom0Alone => "report-dom0-alone.json",

@@ -101,11 +101,6 @@ pub(super) fn psci() -> Outcome {
         psci::FEATURES,
         psci::SYSTEM_OFF,
         psci::SYSTEM_RESET,
-    ] {
-        let r = low(fast(psci::FEATURES, &[u64::from(f)]).a[0]);
-        ensure!(r == 0, "PSCI_FEATURES({f:#x}) = {r}");
-    }
-    for f in [
         psci::CPU_ON_64,
         psci::CPU_OFF,
         psci::AFFINITY_INFO_64,

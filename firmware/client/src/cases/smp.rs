@@ -396,7 +396,7 @@ pub(super) fn every_cpu(ctx: &mut Ctx, session: &Session) -> Result<String, Stri
     let mut handover = String::new();
     if let Some(call) = handed {
         let thread = call.thread();
-        suspend::abandon(ctx, call);
+        suspend::give_back(ctx, call);
         let ended = HANDOVER_END.load(Ordering::Acquire);
         let late = fast(OPTEE_SMC_CALL_RETURN_FROM_RPC, &[0, 0, thread]).a[0];
         if ended != u64::from(OPTEE_SMC_RETURN_OK) {

@@ -196,13 +196,9 @@ pub(super) fn finish(ctx: &mut Ctx, mut call: Suspended) -> Result<Finished, Str
     })
 }
 
-/// Forgets a call another CPU answered (its page and loans given back here).
-pub(super) fn abandon(ctx: &mut Ctx, call: Suspended) {
-    give_back(ctx, call);
-}
-
-/// Gives back the call's page and whatever `SHM_ALLOC` lent that was not freed.
-fn give_back(ctx: &mut Ctx, call: Suspended) {
+/// Gives back the call's page and whatever `SHM_ALLOC` lent that was not freed (also for a
+/// call another CPU answered).
+pub(super) fn give_back(ctx: &mut Ctx, call: Suspended) {
     let ram = ctx.driver_mut().ram_mut();
     ram.free_pages(&[call.page]);
     for (_, buf, list) in call.lent {
