@@ -38,6 +38,7 @@ pub mod page_list;
 pub mod rpc;
 pub mod smc;
 pub mod uid;
+pub mod utee;
 
 pub use count::{Count, Underflow};
 pub use guest::{GuestId, GuestIdError};

@@ -44,6 +44,7 @@ pub mod objects;
 pub mod platform;
 pub mod pta;
 pub mod sync;
+pub mod ta;
 pub mod thread;
 pub mod window;
 

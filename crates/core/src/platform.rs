@@ -6,7 +6,7 @@
 //! hardware the MMU does the same walk and the platform simply copies through the pointer.
 
 use teeshm_mm::tables::Translation;
-use teeshm_mm::{ShmWindow, VirtAddr};
+use teeshm_mm::{PhysAddr, ShmWindow, VirtAddr};
 use teeshm_platform::TlbMaintenance;
 
 /// The core's stage-1 translation, as the platform sees it.
@@ -66,4 +66,109 @@ pub trait Platform: Send + Sync {
     fn foreign_interrupt_pending(&self) -> bool {
         false
     }
+}
+
+/// A TA's address space as the platform makes it current: the root of its translation tables
+/// and its ASID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRoot {
+    /// Physical address of the root (level 1) table.
+    pub table: PhysAddr,
+    /// The space's address-space identifier (1..=255; 0 is the core's).
+    pub asid: u16,
+}
+
+/// A TA's general-purpose registers, its stack pointer and its program counter: what the core
+/// sets before entering it and reads and changes at each trap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    /// `x0`..`x30`.
+    pub x: [u64; 31],
+    /// `SP_EL0`.
+    pub sp: u64,
+    /// Where the TA goes on: its entry point, or after the trap (`ELR_EL1`).
+    pub pc: u64,
+}
+
+/// What kind of access faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAccess {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+    /// An instruction fetch.
+    Execute,
+}
+
+/// Why a TA stopped and entered the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserTrap {
+    /// `svc #0`: the call number is in `x8`, its arguments in `x0`..`x7`; `pc` is already past
+    /// the instruction.
+    Syscall,
+    /// A translation or permission fault at `far`; `pc` is the faulting instruction, so
+    /// resuming retries it.
+    Abort {
+        /// The faulting address (`FAR_EL1`).
+        far: u64,
+        /// What was tried.
+        access: UserAccess,
+    },
+    /// Anything else (an undefined instruction, an alignment fault, a breakpoint): `esr` is
+    /// `ESR_EL1` (0 on the host).
+    Other {
+        /// The exception syndrome.
+        esr: u64,
+    },
+}
+
+/// What the core does with a trapped TA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapAction {
+    /// Go on at `regs.pc` with `regs` as the core left them.
+    Resume,
+    /// The TA is not resumed: [`Platform::enter_user`] returns.
+    Exit,
+}
+
+/// The core's side of user mode: it handles every trap of a TA it entered.
+pub trait UserTrapHandler {
+    /// Handles `trap`; may change `regs` (a system call's result in `x0`).
+    fn trap(&mut self, regs: &mut UserRegs, trap: UserTrap) -> TrapAction;
+}
+
+/// User mode: running trusted applications at EL0, each in its own translation regime.
+///
+/// The core builds each TA's tables (its `UserRoot`); the platform switches to them and runs
+/// the TA. A trap may enter another TA (a TA invoking a TA) before it returns: the platform
+/// keeps one frame per entry, as a stack.
+pub trait UserMode {
+    /// The TLB maintenance of a user address space's tables: by its ASID.
+    type UserTlb: TlbMaintenance + Send + Sync;
+
+    /// The TLB maintenance for the tables of the space tagged `asid`.
+    fn user_tlb(&self, asid: u16) -> Self::UserTlb;
+
+    /// Makes `space` the current user address space of this CPU (`None`: none), so that the
+    /// core's [`Platform::read`] and [`Platform::write`] through a TA's addresses reach it.
+    fn activate_user(&self, space: Option<UserRoot>);
+
+    /// Runs the TA of `space` (made current first) from `regs` at EL0 until `handler` answers
+    /// [`TrapAction::Exit`] to one of its traps. `map` is the same space's translation, for
+    /// platforms that walk it in software.
+    fn enter_user(
+        &self,
+        space: UserRoot,
+        map: &dyn Translate,
+        regs: &mut UserRegs,
+        handler: &mut dyn UserTrapHandler,
+    );
+
+    /// Writes `data` into the core's secure RAM for TAs at `pa` (loading an image, zeroing a
+    /// stack): memory that no TA can reach yet.
+    ///
+    /// # Errors
+    /// [`AccessFault::NoMemory`] if `pa..pa + len` is not TA RAM.
+    fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault>;
 }

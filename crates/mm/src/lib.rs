@@ -39,5 +39,5 @@ pub mod shm_window;
 pub use memmap::{MemoryMap, Region, RegionKind};
 pub use reverse_map::{ReverseEntry, ReverseMap};
 pub use shm_window::{Disagreement, Mapping, ShmWindow, ShmWindowConfig, WindowError};
-pub use tables::{MemKind, TableError, TranslationTables};
+pub use tables::{MemKind, TableError, TranslationTables, UserPage};
 pub use va_window::{VaWindow, VaWindowConfig, VaWindowError};

@@ -40,6 +40,63 @@ pub enum MemKind {
     /// shareable, read-only, executable at EL1 (never at EL0). Only boot-time static mappings
     /// outside the window use it ([`ShmWindow::map_static`](crate::ShmWindow::map_static)).
     SecureCode,
+    /// A page of a trusted application's own address space, reachable at EL0: normal
+    /// write-back cacheable, inner shareable, non-global (tagged with the space's ASID), never
+    /// executable at EL1.
+    User(UserPage),
+}
+
+/// What a user page is and what the TA may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserPage {
+    /// Secure memory (the TA's own, or another TA's shared with it) rather than the normal
+    /// world's (NS=1).
+    pub secure: bool,
+    /// The TA may write it.
+    pub writable: bool,
+    /// The TA may execute it (then never writable).
+    pub executable: bool,
+}
+
+impl UserPage {
+    /// The TA's code: secure, read-only, executable.
+    pub const CODE: UserPage = UserPage {
+        secure: true,
+        writable: false,
+        executable: true,
+    };
+    /// The TA's read-only data: secure, read-only.
+    pub const RODATA: UserPage = UserPage {
+        secure: true,
+        writable: false,
+        executable: false,
+    };
+    /// The TA's data, heap and stack: secure, read-write.
+    pub const DATA: UserPage = UserPage {
+        secure: true,
+        writable: true,
+        executable: false,
+    };
+
+    /// Every combination teeshm writes (executable pages are never writable, nor normal-world
+    /// ones executable; a secure memref page is `RODATA` or `DATA`).
+    const ALL: [UserPage; 5] = [
+        UserPage::CODE,
+        UserPage::RODATA,
+        UserPage::DATA,
+        UserPage::shared(false, false),
+        UserPage::shared(false, true),
+    ];
+
+    /// A memref parameter's page: `secure` (another TA's memory) or the normal world's,
+    /// writable or not, never executable.
+    pub const fn shared(secure: bool, writable: bool) -> UserPage {
+        UserPage {
+            secure,
+            writable,
+            executable: false,
+        }
+    }
 }
 
 impl MemKind {
@@ -64,6 +121,24 @@ impl MemKind {
                     | El1Attributes::INNER_SHAREABLE
                     | El1Attributes::ATTRIBUTE_INDEX_1
             }
+            MemKind::User(page) => {
+                let mut a = El1Attributes::ACCESSED
+                    | El1Attributes::USER
+                    | El1Attributes::NON_GLOBAL
+                    | El1Attributes::PXN
+                    | El1Attributes::INNER_SHAREABLE
+                    | El1Attributes::ATTRIBUTE_INDEX_1;
+                if !page.secure {
+                    a |= El1Attributes::NS;
+                }
+                if !page.writable {
+                    a |= El1Attributes::READ_ONLY;
+                }
+                if !page.executable {
+                    a |= El1Attributes::UXN;
+                }
+                a
+            }
         }
     }
 
@@ -77,6 +152,7 @@ impl MemKind {
             MemKind::SecureCode,
         ]
         .into_iter()
+        .chain(UserPage::ALL.into_iter().map(MemKind::User))
         .find(|k| k.attributes() == bare)
     }
 }
@@ -149,6 +225,24 @@ impl<T: TlbMaintenance> TranslationTables<T> {
         let pool = TablePagePool::new(max_table_pages);
         pool.reserve(1)?;
         let root = Mapping::with_asid_and_va_range(pool, 0, ROOT_LEVEL, El1And0, VaRange::Lower);
+        Ok(Self { root, tlb })
+    }
+
+    /// Empty tables of a user address space tagged with `asid` (its TLB maintenance `tlb`
+    /// invalidates by that ASID).
+    ///
+    /// # Errors
+    /// [`TableError::OutOfTableMemory`] if not even the root fits.
+    pub fn new_user(max_table_pages: usize, tlb: T, asid: u16) -> Result<Self, TableError> {
+        let pool = TablePagePool::new(max_table_pages);
+        pool.reserve(1)?;
+        let root = Mapping::with_asid_and_va_range(
+            pool,
+            usize::from(asid),
+            ROOT_LEVEL,
+            El1And0,
+            VaRange::Lower,
+        );
         Ok(Self { root, tlb })
     }
 

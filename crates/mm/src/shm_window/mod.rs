@@ -332,6 +332,8 @@ impl<T: TlbMaintenance> ShmWindow<T> {
                 self.memory_map.is_kind(page, RegionKind::SecureRam)
             }
             MemKind::Device => self.memory_map.is_kind(page, RegionKind::Device),
+            // A TA's pages live in its own address space, never in the core's window.
+            MemKind::User(_) => false,
         }
     }
 }
