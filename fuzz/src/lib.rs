@@ -94,6 +94,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
         heap_budget: 128 << 10,
         // As the firmware's presets: no arg page kept between calls (the simulator's setting).
         kept_arg_pages: 0,
+        ta_ram: None,
     }
 }
 

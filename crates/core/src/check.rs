@@ -384,6 +384,31 @@ mod tests {
         }
     }
 
+    /// No user mode either: no TA RAM is configured, so no TA is ever entered.
+    impl crate::platform::UserMode for NoAccess {
+        type UserTlb = RecordingTlb;
+
+        fn user_tlb(&self, _: u16) -> RecordingTlb {
+            RecordingTlb::counting()
+        }
+
+        fn activate_user(&self, _: Option<crate::platform::UserRoot>) {}
+
+        fn enter_user(
+            &self,
+            _: crate::platform::UserRoot,
+            _: &dyn Translate,
+            regs: &mut crate::platform::UserRegs,
+            handler: &mut dyn crate::platform::UserTrapHandler,
+        ) {
+            let _ = handler.trap(regs, crate::platform::UserTrap::Other { esr: 0 });
+        }
+
+        fn write_ta_ram(&self, pa: PhysAddr, _: &[u8]) -> Result<(), AccessFault> {
+            Err(AccessFault::NoMemory(pa.get()))
+        }
+    }
+
     const NS_RAM: u64 = 0x4000_0000;
 
     fn tee() -> Tee<NoAccess> {

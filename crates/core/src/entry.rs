@@ -49,6 +49,7 @@ pub struct Tee<P: Platform> {
     pub(crate) releases: Arc<ReleaseQueue>,
     pub(crate) next_mobj: AtomicU64,
     pub(crate) pool: Option<(PhysRange, Arc<Mobj>)>,
+    pub(crate) tas: crate::ta::TaSystem,
 }
 
 impl<P: Platform> Tee<P> {
@@ -80,6 +81,10 @@ impl<P: Platform> Tee<P> {
             releases: Arc::new(ReleaseQueue::default()),
             next_mobj: AtomicU64::new(1),
             pool: None,
+            tas: crate::ta::TaSystem::new(crate::ta::TaResources::new(
+                config.ta_ram,
+                config.max_guests,
+            )),
         };
         if config.normal_world == NormalWorld::Single {
             let threads = &tee.threads;
@@ -88,6 +93,15 @@ impl<P: Platform> Tee<P> {
                     threads.lock().admit(GuestId::HYPERVISOR).map_err(|_| ())
                 })
                 .map_err(|()| BootError::Config("no thread for the normal world"))?;
+        }
+        if let Some(range) = config.ta_ram
+            && (!tee.memory_map.is_kind(range, RegionKind::SecureRam)
+                || range.start().get() % PAGE_SIZE != 0
+                || range.len() % PAGE_SIZE != 0)
+        {
+            return Err(BootError::Config(
+                "TA RAM must be whole pages of a SecureRam region",
+            ));
         }
         if let Some(range) = config.static_pool {
             if config.normal_world == NormalWorld::Virtualized {

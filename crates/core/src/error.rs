@@ -20,6 +20,8 @@ pub enum QuotaKind {
     Threads,
     /// Secure heap bytes.
     SecureBytes,
+    /// Pages of TA RAM held by its TA instances (its share: `pages / max_guests`).
+    TaRam,
 }
 
 /// Why a message (the `optee_msg_arg` of a yielding call) failed. It is reported in
@@ -107,6 +109,16 @@ pub enum TeeError {
     /// A check of data the pseudo-TA wrote and read back failed.
     #[error("data check failed at byte {0}")]
     Corrupt(u64),
+    /// The trusted application died (it faulted or panicked) in this call or before it; its
+    /// session only closes.
+    #[error("the trusted application is dead")]
+    TargetDead,
+    /// The session's TA instance is running another call (one call at a time per instance).
+    #[error("the trusted application is busy")]
+    TaBusy,
+    /// The trusted application answered with this result (origin `TEE_ORIGIN_TRUSTED_APP`).
+    #[error("the trusted application returned {0:#x}")]
+    TaResult(u32),
 }
 
 impl TeeError {
@@ -134,6 +146,9 @@ impl TeeError {
             Self::UnknownTa => gp::TEE_ERROR_ITEM_NOT_FOUND,
             Self::ShortBuffer { .. } => gp::TEE_ERROR_SHORT_BUFFER,
             Self::Rpc(_) => gp::TEE_ERROR_COMMUNICATION,
+            Self::TargetDead => gp::TEE_ERROR_TARGET_DEAD,
+            Self::TaBusy => gp::TEE_ERROR_BUSY,
+            Self::TaResult(code) => *code,
         }
     }
 }

@@ -7,7 +7,7 @@
 use crate::config::GuestQuotas;
 use crate::error::{QuotaKind, TeeError};
 use crate::mobj::Mobj;
-use crate::pta::PtaSession;
+use crate::ta::Session;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -233,7 +233,7 @@ pub(crate) struct GuestState {
     /// Registered buffers by cookie.
     pub(crate) registered: BTreeMap<u64, Arc<Mobj>>,
     /// Open sessions by id.
-    pub(crate) sessions: BTreeMap<u32, PtaSession>,
+    pub(crate) sessions: BTreeMap<u32, Session>,
     pub(crate) next_session: u32,
     /// `ENABLE_SHM_CACHE` is in force.
     pub(crate) shm_cache_enabled: bool,

@@ -8,6 +8,9 @@ use crate::guest::{CachedRpcArg, GuestPartition};
 use crate::mobj::{Mobj, MobjKind, MobjUse};
 use crate::platform::Platform;
 use crate::pta::{self, PtaWait};
+use crate::ta::instance::PageSource;
+use crate::ta::run::{TaParam, run_entry};
+use crate::ta::{Session, TaInstance};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
@@ -20,6 +23,11 @@ use teeshm_abi::msg::{
 };
 use teeshm_abi::msg::{Rmem, Tmem, Value};
 use teeshm_abi::smc::reg_pair;
+use teeshm_abi::utee::{
+    self, UTEE_ENTRY_FUNC_CLOSE_SESSION, UTEE_ENTRY_FUNC_INVOKE_COMMAND,
+    UTEE_ENTRY_FUNC_OPEN_SESSION,
+};
+use teeshm_mm::PAGE_SIZE;
 
 /// A memory reference parameter's buffer: an object in use and the offset of the memref in it.
 #[derive(Debug)]
@@ -175,9 +183,20 @@ impl<P: Platform> Tee<P> {
             OPTEE_MSG_CMD_OPEN_SESSION => self.open_session(call).map(|()| Step::Done),
             OPTEE_MSG_CMD_CLOSE_SESSION => self.close_session(call).map(|()| Step::Done),
             OPTEE_MSG_CMD_INVOKE_COMMAND => match self.invoke_prepare(call) {
-                Ok(()) => {
+                Ok(Session::Pta) => {
                     let step = pta::invoke(self, call, header.func.get());
                     return self.after_pta(call, step);
+                }
+                Ok(Session::User(instance)) => {
+                    let id = header.session.get();
+                    let result = self.run_user_entry(
+                        call,
+                        &instance,
+                        UTEE_ENTRY_FUNC_INVOKE_COMMAND,
+                        id,
+                        header.func.get(),
+                    );
+                    return self.after_user_entry(call, result);
                 }
                 Err(e) => Err(e),
             },
@@ -212,6 +231,97 @@ impl<P: Platform> Tee<P> {
         }
     }
 
+    /// Ends a message whose user TA returned `result`: its outputs are written back on success
+    /// and on `TEE_ERROR_SHORT_BUFFER` (the needed sizes), as OP-TEE does.
+    fn after_user_entry(&self, call: &mut Call, result: Result<u32, TeeError>) -> Step {
+        let step = match result {
+            Ok(TEE_SUCCESS) => {
+                self.write_back_params(call);
+                Ok(Step::Done)
+            }
+            Ok(code) => {
+                if code == teeshm_abi::gp::TEE_ERROR_SHORT_BUFFER {
+                    self.write_back_params(call);
+                }
+                Err(TeeError::TaResult(code))
+            }
+            Err(e) => Err(e),
+        };
+        self.after_message(call, step, TEE_ORIGIN_TRUSTED_APP)
+    }
+
+    /// Runs entry `func` of a user TA's `instance` with the call's parameters, mapped into the
+    /// TA for the entry only; its outputs go back into the call's parameters.
+    fn run_user_entry(
+        &self,
+        call: &mut Call,
+        instance: &Arc<TaInstance>,
+        func: u64,
+        session: u32,
+        cmd: u32,
+    ) -> Result<u32, TeeError> {
+        // The client's buffers stay mapped in the TA while it runs: each is held by a copy pass
+        // for the entry, so that an unregistration waits for it (docs/core.md, revocation).
+        let mut objects: Vec<Arc<Mobj>> = Vec::new();
+        let mut params = Vec::new();
+        for p in &call.params {
+            params.push(match p {
+                CallParam::None => TaParam::None,
+                CallParam::Value { ty, value } => TaParam::Value {
+                    ty: tee_param_type(*ty),
+                    a: value[0] & 0xffff_ffff,
+                    b: value[1] & 0xffff_ffff,
+                },
+                CallParam::Memref { ty, buf, size } => {
+                    let source = match buf {
+                        Some(MemrefBuf { used, offs }) if *size != 0 => {
+                            let mobj = used.mobj();
+                            let start = mobj
+                                .page_offset()
+                                .checked_add(*offs)
+                                .ok_or(TeeError::BadParameters("memref offset overflows"))?;
+                            let in_page = start % PAGE_SIZE;
+                            let pages = (in_page + *size).div_ceil(PAGE_SIZE);
+                            objects.push(mobj.clone());
+                            let source = PageSource::Object {
+                                mobj: mobj.clone(),
+                                first: start / PAGE_SIZE,
+                            };
+                            Some((source, in_page, pages))
+                        }
+                        _ => None,
+                    };
+                    TaParam::Memref {
+                        ty: tee_param_type(*ty),
+                        source,
+                        size: *size,
+                    }
+                }
+            });
+        }
+        let passes = objects
+            .iter()
+            .map(|m| m.begin_copy().ok_or(TeeError::Revoked(m.id())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = run_entry(self, instance, func, session, cmd, &mut params, 1, None);
+        drop(passes);
+        for (p, out) in call.params.iter_mut().zip(&params) {
+            match (p, out) {
+                (CallParam::Value { ty, value }, TaParam::Value { a, b, .. }) if ty.is_output() => {
+                    value[0] = *a;
+                    value[1] = *b;
+                }
+                (CallParam::Memref { ty, size, .. }, TaParam::Memref { size: out, .. })
+                    if ty.is_output() =>
+                {
+                    *size = *out;
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
     fn after_pta(&self, call: &mut Call, step: Result<Step, TeeError>) -> Step {
         if step.is_ok() {
             self.write_back_params(call);
@@ -228,7 +338,9 @@ impl<P: Platform> Tee<P> {
             Ok(Step::Done) => call.arg.set_result(TEE_SUCCESS, origin),
             Err(e) => {
                 let origin = match e {
-                    TeeError::ShortBuffer { .. } | TeeError::UnknownFunction(_) => origin,
+                    TeeError::ShortBuffer { .. }
+                    | TeeError::UnknownFunction(_)
+                    | TeeError::TaResult(_) => origin,
                     TeeError::BadParameters(_) if origin == TEE_ORIGIN_TRUSTED_APP => origin,
                     _ => TEE_ORIGIN_TEE,
                 };
@@ -406,43 +518,106 @@ impl<P: Platform> Tee<P> {
         let mut octets = [0u8; 16];
         octets[..8].copy_from_slice(&v.a.get().to_le_bytes());
         octets[8..].copy_from_slice(&v.b.get().to_le_bytes());
-        if octets != pta::MEMTEST_UUID {
+        let is_pta = octets == pta::MEMTEST_UUID;
+        if !is_pta && self.tas.image(octets).is_none() {
             return Err(TeeError::UnknownTa);
         }
         self.resolve_params(call, 2)?;
         call.guest
             .counters()
             .charge_session(self.config.quotas.max_sessions)?;
+        let id = self.free_session_id(&call.guest);
+        let session = if is_pta {
+            Session::Pta
+        } else {
+            match self.open_user_session(call, octets, id) {
+                Ok(instance) => Session::User(instance),
+                Err(e) => {
+                    call.guest.counters().refund_session();
+                    return Err(e);
+                }
+            }
+        };
         let mut state = call.guest.state.lock();
-        let mut id = state.next_session;
+        let mut id = id;
         while id == 0 || state.sessions.contains_key(&id) {
             id = id.wrapping_add(1);
         }
         state.next_session = id.wrapping_add(1);
-        state.sessions.insert(id, pta::PtaSession);
+        state.sessions.insert(id, session);
         drop(state);
         call.arg.set_session(id);
         Ok(())
     }
 
+    /// A session id the guest does not use now (taken for good when the session is made).
+    fn free_session_id(&self, guest: &GuestPartition) -> u32 {
+        let state = guest.state.lock();
+        let mut id = state.next_session;
+        while id == 0 || state.sessions.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        id
+    }
+
+    /// A new instance of the user TA `uuid` for the call's guest, its open-session entry run
+    /// with the call's parameters.
+    fn open_user_session(
+        &self,
+        call: &mut Call,
+        uuid: [u8; 16],
+        id: u32,
+    ) -> Result<Arc<TaInstance>, TeeError> {
+        let instance = self.new_ta_instance(uuid, call.guest_id())?;
+        let result = self.run_user_entry(call, &instance, UTEE_ENTRY_FUNC_OPEN_SESSION, id, 0);
+        match result {
+            Ok(TEE_SUCCESS) => Ok(instance),
+            Ok(code) => Err(TeeError::TaResult(code)),
+            Err(e) => Err(e),
+        }
+    }
+
     fn close_session(&self, call: &mut Call) -> Result<(), TeeError> {
         let id = call.arg.header().session.get();
-        call.guest
+        let session = call
+            .guest
             .state
             .lock()
             .sessions
             .remove(&id)
             .ok_or(TeeError::UnknownSession(id))?;
         call.guest.counters().refund_session();
+        if let Session::User(instance) = session
+            && instance.death().is_none()
+        {
+            // The TA's answer does not matter: the session closes (GP: TA_CloseSessionEntryPoint
+            // returns nothing).
+            let _ = run_entry(
+                self,
+                &instance,
+                UTEE_ENTRY_FUNC_CLOSE_SESSION,
+                id,
+                0,
+                &mut [],
+                1,
+                None,
+            );
+        }
         Ok(())
     }
 
-    fn invoke_prepare(&self, call: &mut Call) -> Result<(), TeeError> {
+    fn invoke_prepare(&self, call: &mut Call) -> Result<Session, TeeError> {
         let id = call.arg.header().session.get();
-        if !call.guest.state.lock().sessions.contains_key(&id) {
-            return Err(TeeError::UnknownSession(id));
-        }
-        self.resolve_params(call, 0)
+        let session = call
+            .guest
+            .state
+            .lock()
+            .sessions
+            .get(&id)
+            .cloned()
+            .ok_or(TeeError::UnknownSession(id))?;
+        self.resolve_params(call, 0)?;
+        Ok(session)
     }
 
     /// Decodes the pseudo-TA's parameters from index `base` of the copy and resolves their
@@ -590,6 +765,21 @@ pub(crate) fn check_bounds(offs: u64, size: u64, buf_size: u64) -> Result<(), Te
 
 /// The attr of an RPC SHM_ALLOC request param: one VALUE_INPUT.
 pub(crate) const RPC_VALUE_INPUT: u64 = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT;
+
+/// The GP type (`TEE_PARAM_TYPE_*`) of a message parameter type.
+fn tee_param_type(ty: ParamType) -> u32 {
+    let base = if ty.is_value() {
+        utee::TEE_PARAM_TYPE_VALUE_INPUT - 1
+    } else {
+        utee::TEE_PARAM_TYPE_MEMREF_INPUT - 1
+    };
+    match (ty.is_input(), ty.is_output()) {
+        (true, true) => base + 3,
+        (false, true) => base + 2,
+        (true, false) => base + 1,
+        (false, false) => utee::TEE_PARAM_TYPE_NONE,
+    }
+}
 
 /// Type bits of an attr.
 pub(crate) fn attr_type(attr: u64) -> u64 {

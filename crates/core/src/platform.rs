@@ -43,7 +43,7 @@ pub enum AccessFault {
 ///
 /// Implementations must translate every page of the access with `map` (or let the MMU do it)
 /// and fail, without a partial side effect the caller relies on, when a page is not mapped.
-pub trait Platform: Send + Sync {
+pub trait Platform: Send + Sync + UserMode {
     /// The TLB maintenance the translation tables use on this machine.
     type Tlb: TlbMaintenance + Send;
 
@@ -145,7 +145,7 @@ pub trait UserTrapHandler {
 /// keeps one frame per entry, as a stack.
 pub trait UserMode {
     /// The TLB maintenance of a user address space's tables: by its ASID.
-    type UserTlb: TlbMaintenance + Send + Sync;
+    type UserTlb: TlbMaintenance + Send + Sync + 'static;
 
     /// The TLB maintenance for the tables of the space tagged `asid`.
     fn user_tlb(&self, asid: u16) -> Self::UserTlb;
@@ -171,4 +171,9 @@ pub trait UserMode {
     /// # Errors
     /// [`AccessFault::NoMemory`] if `pa..pa + len` is not TA RAM.
     fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault>;
+
+    /// A TA's `TEE_SCN_LOG` message, for the secure console (the default drops it).
+    fn ta_log(&self, ta: &str, message: &str) {
+        let _ = (ta, message);
+    }
 }

@@ -65,10 +65,6 @@ pub fn pattern_byte(seed: u64, index: u64) -> u8 {
     ((seed ^ index).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
 }
 
-/// An open session of the pseudo-TA (it keeps no state between commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PtaSession;
-
 /// Where an RPC-using command is when it waits.
 #[derive(Debug)]
 pub(crate) enum PtaWait {

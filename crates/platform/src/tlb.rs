@@ -154,3 +154,13 @@ mod tests {
         assert_eq!(quiet.count(), 1);
     }
 }
+
+impl<T: TlbMaintenance + ?Sized> TlbMaintenance for alloc::boxed::Box<T> {
+    fn invalidate_pages(&mut self, va: u64, pages: u64) {
+        (**self).invalidate_pages(va, pages);
+    }
+
+    fn invalidate_all(&mut self) {
+        (**self).invalidate_all();
+    }
+}

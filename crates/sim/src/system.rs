@@ -40,6 +40,7 @@ impl Default for SystemConfig {
                 normal_world: teeshm_core::NormalWorld::Virtualized,
                 // Each mediator passes a guest's args on its shadow pages.
                 kept_arg_pages: 4,
+                ta_ram: None,
                 ..CoreConfig::default()
             },
             limits: HypLimits::default(),
