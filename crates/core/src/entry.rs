@@ -50,6 +50,7 @@ pub struct Tee<P: Platform> {
     pub(crate) next_mobj: AtomicU64,
     pub(crate) pool: Option<(PhysRange, Arc<Mobj>)>,
     pub(crate) tas: crate::ta::TaSystem,
+    pub(crate) io: crate::sync::Mutex<alloc::vec::Vec<crate::io::IoMapping>>,
 }
 
 impl<P: Platform> Tee<P> {
@@ -81,6 +82,7 @@ impl<P: Platform> Tee<P> {
             releases: Arc::new(ReleaseQueue::default()),
             next_mobj: AtomicU64::new(1),
             pool: None,
+            io: crate::sync::Mutex::new(alloc::vec::Vec::new()),
             tas: crate::ta::TaSystem::new(crate::ta::TaResources::new(
                 config.ta_ram,
                 config.max_guests,

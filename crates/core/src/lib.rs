@@ -37,6 +37,7 @@ pub mod config;
 pub mod entry;
 pub mod error;
 pub mod guest;
+pub mod io;
 pub mod lifecycle;
 pub mod mobj;
 pub mod msg;

@@ -59,6 +59,15 @@ pub trait Platform: Send + Sync + UserMode {
     /// An [`AccessFault`] naming the first address that could not be written.
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault>;
 
+    /// Reads the 32-bit device register at `va` (4-byte aligned) with one single-copy atomic
+    /// load, as device memory needs; `map` must translate the page as [`MemKind::Device`].
+    ///
+    /// # Errors
+    /// An [`AccessFault`] when the page is not mapped as a device.
+    ///
+    /// [`MemKind::Device`]: teeshm_mm::MemKind::Device
+    fn read_io32(&self, map: &dyn Translate, va: VirtAddr) -> Result<u32, AccessFault>;
+
     /// Whether an interrupt of the normal world is pending on this CPU. The secure world runs
     /// with interrupts masked; a long yielding call asks between chunks of its work and, when
     /// one is, suspends with `RPC_FOREIGN_INTR` so that the normal world serves it. Fast calls

@@ -12,6 +12,7 @@
 //! | 4 | TOUCH | memref in, value out | reads only the first and last byte: `p1.a`, `p1.b` |
 //! | 5 | RPC_BUFFER | value in (`a` = bytes, `b` = SHM type, `c` = seed), value out | asks the normal world for a buffer by `OPTEE_RPC_CMD_SHM_ALLOC`, fills it with the pattern, reads it back, frees it by `SHM_FREE`; `p1.a` = bytes checked, `p1.b` = the buffer's cookie |
 //! | 6 | SCRUB | memref out, value in (`a` = seed, `b` = rounds), value out | a long call: `rounds` times over the whole buffer, round `r` writes the pattern of seed `a + r` and reads each chunk back; the buffer ends with the last round's pattern; `p2.a` = bytes checked, `p2.b` = times the call let the normal world serve an interrupt; size × rounds at most [`SCRUB_MAX_BYTES`] |
+//! | 7 | IO_PROBE | value out, value out | `ioremap`s the probe device (the memory map's highest device region: on QEMU `virt` the secure PL011), reads its identification registers through the window, unmaps it: `p0.a` = PeriphID0..3, `p0.b` = CellID0..3 (one byte each, low byte first; a PL011 answers `0x0014_1011`, `0xb105_f00d`); `p1.a`, `p1.b` = the GP codes of `ioremap` of a page of secure RAM and of normal-world RAM (both refused: `TEE_ERROR_BAD_PARAMETERS`) |
 //!
 //! SCRUB is preemptible: between chunks it asks the platform whether an interrupt of the
 //! normal world is pending and, if one is (after at least one chunk of progress), suspends with
@@ -57,6 +58,9 @@ pub mod cmd {
     pub const RPC_BUFFER: u32 = 5;
     /// Write and check patterns over memref 0, `p1.b` rounds; preemptible.
     pub const SCRUB: u32 = 6;
+    /// `ioremap` the probe device, read its identification, unmap it; try secure and normal
+    /// RAM (refused).
+    pub const IO_PROBE: u32 = 7;
 }
 
 /// Byte `index` of the pattern of `seed`: the top byte of
@@ -107,6 +111,7 @@ pub(crate) fn invoke<P: Platform>(
         cmd::TOUCH => touch(tee, call),
         cmd::RPC_BUFFER => rpc_buffer_start(tee, call),
         cmd::SCRUB => scrub(tee, call, ScrubProgress::default()),
+        cmd::IO_PROBE => io_probe(tee, call),
         other => Err(TeeError::UnknownFunction(other)),
     }
 }
@@ -364,6 +369,47 @@ fn touch<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
     guard.read(buf.offs + last, &mut end)?;
     drop(guard);
     set_value(call, 1, [first[0].into(), end[0].into(), 0])?;
+    Ok(Step::Done)
+}
+
+fn io_probe<P: Platform>(tee: &Tee<P>, call: &mut Call) -> Result<Step, TeeError> {
+    use teeshm_mm::RegionKind;
+    let regions = tee.memory_map().regions();
+    let first_of = |kind: RegionKind| {
+        regions
+            .iter()
+            .find(|r| r.kind == kind)
+            .map(|r| r.range.start().get())
+    };
+    let device = regions
+        .iter()
+        .rev()
+        .find(|r| r.kind == RegionKind::Device && r.range.len() >= 0x1000)
+        .ok_or(TeeError::BadParameters("no device region to probe"))?;
+    let mapping = tee.ioremap(device.range.start().get(), 0x1000)?;
+    let id = |base: u64| -> Result<u64, TeeError> {
+        let mut id = 0u64;
+        for i in 0..4 {
+            let reg = tee.io_read32(&mapping, base + 4 * i)?;
+            id |= u64::from(reg & 0xff) << (8 * i);
+        }
+        Ok(id)
+    };
+    let read = id(0xfe0).and_then(|periph| Ok((periph, id(0xff0)?)));
+    tee.iounmap(mapping.va)?;
+    let (periph, cell) = read?;
+    let refused = |pa: Option<u64>| match pa.map(|pa| tee.ioremap(pa, 0x1000)) {
+        Some(Ok(m)) => {
+            let _ = tee.iounmap(m.va);
+            u64::from(TEE_SUCCESS)
+        }
+        Some(Err(e)) => u64::from(e.code()),
+        None => u64::from(TEE_SUCCESS),
+    };
+    let secure = refused(first_of(RegionKind::SecureRam));
+    let normal = refused(first_of(RegionKind::NonSecureRam));
+    set_value(call, 0, [periph, cell, 0])?;
+    set_value(call, 1, [secure, normal, 0])?;
     Ok(Step::Done)
 }
 
