@@ -9,6 +9,7 @@
 //! guest that opened it; a session a TA opens to another TA is owned by the first TA's
 //! instance and charged to the same guest.
 
+pub mod elf;
 pub mod image;
 pub mod instance;
 pub mod resources;
