@@ -5,6 +5,9 @@ use teeshm_mm::{MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind};
 
 /// Secure RAM of the simulated machine (as on QEMU `virt`): 16 MiB at 0x0e00_0000.
 pub const SECURE_RAM: (u64, u64) = (0x0e00_0000, 16 << 20);
+/// Where a simulated core loads its TAs ([`crate::SimPlatform::with_ta_ram`]): the upper 8
+/// MiB of [`SECURE_RAM`].
+pub const TA_RAM: (u64, u64) = (SECURE_RAM.0 + (8 << 20), 8 << 20);
 /// Device registers (the UART page and around): 16 MiB at 0x0900_0000.
 pub const DEVICES: (u64, u64) = (0x0900_0000, 16 << 20);
 /// Normal-world RAM: 4 GiB at 0x4000_0000 (address 0 means NULL on the OP-TEE ABI, so no

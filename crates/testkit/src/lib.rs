@@ -8,6 +8,8 @@
 //!   or wrong mapping faults as the MMU would.
 //! - [`layout`]: the simulated machine's memory map ([`sim_memory_map`], [`machine_memory_map`])
 //!   and a normal world's scattering page allocator ([`NsPages`]).
+//! - [`user`]: user mode on the host (TAs of `teeshm_ta` run through their own tables, their
+//!   traps handled by the core) and the simulator's TA images ([`sim_ta_images`]).
 //! - [`msg`]: args, params, replies and buffers as a normal world builds and reads them.
 //! - [`World`]: the core alone with a small normal world that talks to it by physical address
 //!   (the core's integration tests and the benchmarks).
@@ -26,24 +28,26 @@
 //! The whole-system simulator (`teeshm-sim`) depends on this crate rather than holding the
 //! platform itself: its machine is then the very platform the core's tests trust, while the
 //! core's own tests get that platform without building the simulator's driver, mediator,
-//! guests and scenarios. This crate depends on abi, platform, mm and core only; what is specific
-//! to the driver's or the mediator's tests stays in their `tests/common`. It is `publish =
-//! false`: the benchmarks (and through them `teeshm bench`) use [`World`], but nothing here is
-//! an API of the TEE.
+//! guests and scenarios. This crate depends on abi, platform, mm, core and the user TAs
+//! (`teeshm-ta`) only; what is specific to the driver's or the mediator's tests stays in their
+//! `tests/common`. It is `publish = false`: the benchmarks (and through them `teeshm bench`) use
+//! [`World`], but nothing here is an API of the TEE.
 #![deny(missing_docs)]
 
 pub mod layout;
 pub mod memory;
 pub mod msg;
 pub mod platform;
+pub mod user;
 pub mod world;
 
 pub use layout::{
-    DEVICES, NS_PAGES, NS_RAM, NsPages, SECURE_RAM, STATIC_POOL, machine_memory_map,
+    DEVICES, NS_PAGES, NS_RAM, NsPages, SECURE_RAM, STATIC_POOL, TA_RAM, machine_memory_map,
     scattered_page, sim_memory_map,
 };
 pub use memory::PhysMemory;
 pub use platform::SimPlatform;
+pub use user::{SimUserEnv, sim_ta_images};
 pub use world::{ArgMode, World};
 
 use std::sync::Arc;

@@ -7,11 +7,12 @@
 
 use crate::memory::PhysMemory;
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use teeshm_core::{AccessFault, Platform, Translate};
 use teeshm_mm::tables::Translation;
-use teeshm_mm::{MemKind, PAGE_SIZE, VirtAddr};
+use teeshm_mm::{MemKind, PAGE_SIZE, PhysRange, VirtAddr};
 use teeshm_platform::{RecordingTlb, TlbListener};
 
 /// Buckets of [`SimTlb`]'s invalidation generations (pages hash into them).
@@ -98,12 +99,20 @@ thread_local! {
 
 /// The host [`Platform`]: every access is translated page by page through the core's tables
 /// (or the simulated TLB, when the platform has one: [`SimPlatform::with_tlb`]) and faults
-/// unless the page is mapped as normal-world shared memory or secure RAM.
-#[derive(Debug, Clone, Default)]
+/// unless the page is mapped as normal-world shared memory or secure RAM, or as a TA's page
+/// while a user address space is active (user mode: `crate::user`).
+#[derive(Debug, Clone)]
 pub struct SimPlatform {
     memory: Arc<PhysMemory>,
+    /// Which machine this is (clones are the same one): the key of each simulated CPU's
+    /// current user space.
+    pub(crate) machine: u64,
     tlb: Option<Arc<SimTlb>>,
     interrupts: Arc<ForeignInterrupts>,
+    /// The secure RAM TAs are loaded into ([`SimPlatform::with_ta_ram`]); none by default.
+    pub(crate) ta_ram: Option<PhysRange>,
+    /// What the TAs logged, the last lines ([`SimPlatform::ta_logs`]).
+    pub(crate) ta_log_lines: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// Simulated normal-world interrupts: one is pending at every `every`-th time the core asks
@@ -115,15 +124,38 @@ struct ForeignInterrupts {
     pending: AtomicU64,
 }
 
+impl Default for SimPlatform {
+    fn default() -> Self {
+        Self::new(Arc::default())
+    }
+}
+
+/// A new machine's id.
+fn next_machine() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl SimPlatform {
     /// A platform over `memory` (which the simulated normal world shares), with no TLB: every
     /// access walks the tables.
     pub fn new(memory: Arc<PhysMemory>) -> Self {
         Self {
             memory,
+            machine: next_machine(),
             tlb: None,
             interrupts: Arc::default(),
+            ta_ram: None,
+            ta_log_lines: Arc::default(),
         }
+    }
+
+    /// The same platform with `range` as the secure RAM for TAs, the only memory
+    /// [`UserMode::write_ta_ram`](teeshm_core::platform::UserMode::write_ta_ram) writes.
+    #[must_use]
+    pub fn with_ta_ram(mut self, range: PhysRange) -> Self {
+        self.ta_ram = Some(range);
+        self
     }
 
     /// From now on, a normal-world interrupt is pending at every `every`-th time the core
@@ -146,8 +178,11 @@ impl SimPlatform {
         (
             Self {
                 memory,
+                machine: next_machine(),
                 tlb: Some(tlb),
                 interrupts: Arc::default(),
+                ta_ram: None,
+                ta_log_lines: Arc::default(),
             },
             maintenance,
         )
@@ -172,6 +207,11 @@ impl SimPlatform {
             return cached;
         }
         let walked = map.translate_page(page)?;
+        // A user page is not cached: TA address spaces share their VAs and this TLB has no
+        // ASIDs, so it is walked each time (what a TLB flushed at every switch would do).
+        if matches!(walked.kind, Some(MemKind::User(_))) {
+            return Some(walked);
+        }
         CPU_TLB.with(|t| {
             if let Some(slot) = t.borrow_mut().get_mut(index) {
                 *slot = Some(CpuTlbEntry {
@@ -190,12 +230,14 @@ impl SimPlatform {
         &self.memory
     }
 
-    /// Calls `f(pa, range)` for each page-sized piece of an access of `len` bytes at `va`.
+    /// Calls `f(pa, range)` for each page-sized piece of an access of `len` bytes at `va` (a
+    /// store if `write`).
     fn walk(
         &self,
         map: &dyn Translate,
         va: VirtAddr,
         len: usize,
+        write: bool,
         mut f: impl FnMut(u64, std::ops::Range<usize>),
     ) -> Result<(), AccessFault> {
         let mut done = 0usize;
@@ -210,6 +252,10 @@ impl SimPlatform {
                 .ok_or(AccessFault::NotMapped(at))?;
             match translation.kind {
                 Some(MemKind::NonSecureShared | MemKind::SecureRam) => {}
+                // The core reaches a TA's page only with that TA's space active (TTBR0), and
+                // stores only where the TA may store (the page's AP bits bind EL1 too).
+                Some(MemKind::User(page))
+                    if self.active_user().is_some() && (page.writable || !write) => {}
                 _ => return Err(AccessFault::Permission(at)),
             }
             let in_page = at % PAGE_SIZE;
@@ -232,9 +278,10 @@ impl SimPlatform {
         map: &dyn Translate,
         va: VirtAddr,
         len: usize,
+        write: bool,
     ) -> Result<Vec<(u64, std::ops::Range<usize>)>, AccessFault> {
         let mut pieces = Vec::with_capacity(len / PAGE_SIZE as usize + 2);
-        self.walk(map, va, len, |pa, range| pieces.push((pa, range)))?;
+        self.walk(map, va, len, write, |pa, range| pieces.push((pa, range)))?;
         Ok(pieces)
     }
 }
@@ -248,13 +295,14 @@ impl SimPlatform {
         map: &dyn Translate,
         va: VirtAddr,
         len: usize,
+        write: bool,
     ) -> Result<Option<u64>, AccessFault> {
         let in_page = va.get() % PAGE_SIZE;
         if len == 0 || in_page.saturating_add(len as u64) > PAGE_SIZE {
             return Ok(None);
         }
         let mut found = None;
-        self.walk(map, va, len, |pa, _| found = Some(pa))?;
+        self.walk(map, va, len, write, |pa, _| found = Some(pa))?;
         Ok(found)
     }
 }
@@ -263,11 +311,11 @@ impl Platform for SimPlatform {
     type Tlb = RecordingTlb;
 
     fn read(&self, map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
-        if let Some(pa) = self.within_one_page(map, va, buf.len())? {
+        if let Some(pa) = self.within_one_page(map, va, buf.len(), false)? {
             self.memory.read(pa, buf);
             return Ok(());
         }
-        for (pa, range) in self.translate_all(map, va, buf.len())? {
+        for (pa, range) in self.translate_all(map, va, buf.len(), false)? {
             if let Some(dst) = buf.get_mut(range) {
                 self.memory.read(pa, dst);
             }
@@ -276,16 +324,34 @@ impl Platform for SimPlatform {
     }
 
     fn write(&self, map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
-        if let Some(pa) = self.within_one_page(map, va, data.len())? {
+        if let Some(pa) = self.within_one_page(map, va, data.len(), true)? {
             self.memory.write(pa, data);
             return Ok(());
         }
-        for (pa, range) in self.translate_all(map, va, data.len())? {
+        for (pa, range) in self.translate_all(map, va, data.len(), true)? {
             if let Some(src) = data.get(range) {
                 self.memory.write(pa, src);
             }
         }
         Ok(())
+    }
+
+    /// A device register: the simulated machine's devices are bytes of [`PhysMemory`] (a test
+    /// writes what a device would answer); the page must be mapped as a device, as on the MMU.
+    fn read_io32(&self, map: &dyn Translate, va: VirtAddr) -> Result<u32, AccessFault> {
+        if va.get() % 4 != 0 {
+            return Err(AccessFault::Permission(va.get()));
+        }
+        let translation = self
+            .translate(map, va.page_base())
+            .ok_or(AccessFault::NotMapped(va.get()))?;
+        if translation.kind != Some(MemKind::Device) {
+            return Err(AccessFault::Permission(va.get()));
+        }
+        let mut word = [0u8; 4];
+        self.memory
+            .read(translation.pa.get() + va.page_offset(), &mut word);
+        Ok(u32::from_le_bytes(word))
     }
 
     fn foreign_interrupt_pending(&self) -> bool {
