@@ -9,7 +9,7 @@ use crate::mobj::{Mobj, MobjKind, MobjUse};
 use crate::platform::Platform;
 use crate::pta::{self, PtaWait};
 use crate::ta::instance::PageSource;
-use crate::ta::run::{TaParam, run_entry};
+use crate::ta::run::{Entry, TaParam, run_entry};
 use crate::ta::{Session, TaInstance};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -188,14 +188,12 @@ impl<P: Platform> Tee<P> {
                     return self.after_pta(call, step);
                 }
                 Ok(Session::User(instance)) => {
-                    let id = header.session.get();
-                    let result = self.run_user_entry(
-                        call,
-                        &instance,
-                        UTEE_ENTRY_FUNC_INVOKE_COMMAND,
-                        id,
-                        header.func.get(),
-                    );
+                    let entry = Entry {
+                        func: UTEE_ENTRY_FUNC_INVOKE_COMMAND,
+                        session: header.session.get(),
+                        cmd: header.func.get(),
+                    };
+                    let result = self.run_user_entry(call, &instance, entry);
                     return self.after_user_entry(call, result);
                 }
                 Err(e) => Err(e),
@@ -256,9 +254,7 @@ impl<P: Platform> Tee<P> {
         &self,
         call: &mut Call,
         instance: &Arc<TaInstance>,
-        func: u64,
-        session: u32,
-        cmd: u32,
+        entry: Entry,
     ) -> Result<u32, TeeError> {
         // The client's buffers stay mapped in the TA while it runs: each is held by a copy pass
         // for the entry, so that an unregistration waits for it (docs/core.md, revocation).
@@ -303,7 +299,7 @@ impl<P: Platform> Tee<P> {
             .iter()
             .map(|m| m.begin_copy().ok_or(TeeError::Revoked(m.id())))
             .collect::<Result<Vec<_>, _>>()?;
-        let result = run_entry(self, instance, func, session, cmd, &mut params, 1, None);
+        let result = run_entry(self, instance, entry, &mut params, 1, None);
         drop(passes);
         for (p, out) in call.params.iter_mut().zip(&params) {
             match (p, out) {
@@ -569,7 +565,12 @@ impl<P: Platform> Tee<P> {
         id: u32,
     ) -> Result<Arc<TaInstance>, TeeError> {
         let instance = self.new_ta_instance(uuid, call.guest_id())?;
-        let result = self.run_user_entry(call, &instance, UTEE_ENTRY_FUNC_OPEN_SESSION, id, 0);
+        let entry = Entry {
+            func: UTEE_ENTRY_FUNC_OPEN_SESSION,
+            session: id,
+            cmd: 0,
+        };
+        let result = self.run_user_entry(call, &instance, entry);
         match result {
             Ok(TEE_SUCCESS) => Ok(instance),
             Ok(code) => Err(TeeError::TaResult(code)),
@@ -592,16 +593,12 @@ impl<P: Platform> Tee<P> {
         {
             // The TA's answer does not matter: the session closes (GP: TA_CloseSessionEntryPoint
             // returns nothing).
-            let _ = run_entry(
-                self,
-                &instance,
-                UTEE_ENTRY_FUNC_CLOSE_SESSION,
-                id,
-                0,
-                &mut [],
-                1,
-                None,
-            );
+            let entry = Entry {
+                func: UTEE_ENTRY_FUNC_CLOSE_SESSION,
+                session: id,
+                cmd: 0,
+            };
+            let _ = run_entry(self, &instance, entry, &mut [], 1, None);
         }
         Ok(())
     }

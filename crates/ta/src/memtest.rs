@@ -14,7 +14,7 @@
 //! | 1 | CHECK | p0 memref in, p1 value in `a` = seed, p2 value out | reads every byte of p0: `p2.a` = bytes checked, `p2.b` = index of the first byte that is not the pattern, or `u64::MAX` |
 //! | 2 | COPY | p0 memref in, p1 memref out | copies p0 into p1; p1's size becomes p0's; `TEE_ERROR_SHORT_BUFFER` with the needed size if p1 is smaller |
 //! | 3 | TOUCH | p0 memref in, p1 value out | reads only the first and the last byte: `p1.a`, `p1.b` (empty memref: `TEE_ERROR_BAD_PARAMETERS`) |
-//! | 4 | KEEP | p0 any memref | keeps p0's address and size in the instance's state |
+//! | 4 | KEEP | p0 any memref | reads p0's first byte (so its page is mapped during the call) and keeps p0's address and size in the instance's state |
 //! | 5 | USE_KEPT | p0 value out | reads the byte at the kept address into `p0.a` (`TEE_ERROR_BAD_STATE` if nothing is kept). After the call that gave the memref has ended this must fault: the TA dies |
 //! | 6 | FAULT | none | reads `PARAM_BASE + PARAM_SIZE - 8`, which nothing maps: the TA dies |
 //! | 7 | WRITE_INPUT | p0 `MEMREF_INPUT` | inverts p0's first byte: an input memref is mapped read-only, so the TA dies |
@@ -196,6 +196,11 @@ fn invoke(env: &mut dyn UserEnv, cmd: u32, p: &mut UteeParams) -> Result<u32, St
         }
         cmd::KEEP => {
             let (va, size) = p.pair(0);
+            // Touch the page first, so that it is mapped when the call ends: what must go then
+            // is a mapping, not merely an address that was never reached.
+            if size != 0 {
+                env.read(va, &mut [0u8])?;
+            }
             state_set(env, SLOT_KEPT_VA, va)?;
             state_set(env, SLOT_KEPT_SIZE, size)?;
             state_set(env, SLOT_KEPT, 1)?;

@@ -53,6 +53,7 @@ pub use world::{ArgMode, World};
 use std::sync::Arc;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
 use teeshm_core::{CoreConfig, Tee};
+use teeshm_mm::{PhysAddr, PhysRange};
 
 /// A core configured by `config` on the simulated platform over fresh memory
 /// ([`sim_memory_map`], simulated TLBs and a counting recorder), and that memory.
@@ -61,10 +62,48 @@ use teeshm_core::{CoreConfig, Tee};
 /// If the core refuses `config` (a test's own configuration).
 pub fn sim_tee(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
     let mem = Arc::new(PhysMemory::new());
+    write_pl011_id(&mem);
     let (platform, tlb) = SimPlatform::with_tlb(mem.clone());
     let tee = Tee::new(config, sim_memory_map(), platform, tlb)
         .expect("the core boots with the test's configuration");
     (tee, mem)
+}
+
+/// A core as [`sim_tee`] makes it, with TA RAM ([`layout::TA_RAM`], unless `config` names
+/// other) and the simulator's user TAs ([`sim_ta_images`]) registered.
+pub fn sim_tee_with_tas(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
+    let mem = Arc::new(PhysMemory::new());
+    write_pl011_id(&mem);
+    let ta_ram = config.ta_ram.unwrap_or_else(|| {
+        PhysRange::new(PhysAddr(layout::TA_RAM.0), layout::TA_RAM.1)
+            .expect("TA_RAM is a valid range")
+    });
+    let (platform, tlb) = SimPlatform::with_tlb(mem.clone());
+    let config = CoreConfig {
+        ta_ram: Some(ta_ram),
+        ..config
+    };
+    let tee = Tee::new(config, sim_memory_map(), platform.with_ta_ram(ta_ram), tlb)
+        .expect("the core boots with the test's configuration");
+    for image in sim_ta_images() {
+        tee.register_ta(image)
+            .expect("each simulated TA has its own UUID");
+    }
+    (tee, mem)
+}
+
+/// The identification registers of a PL011 at the base of the simulated devices (the probe
+/// device of the pseudo-TA's `IO_PROBE`): PeriphID0..3 at 0xfe0 = 0x11, 0x10, 0x14, 0x00 and
+/// CellID0..3 at 0xff0 = 0x0d, 0xf0, 0x05, 0xb1, one byte per 32-bit register.
+pub fn write_pl011_id(mem: &PhysMemory) {
+    let base = layout::DEVICES.0;
+    for (i, byte) in [0x11u8, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1]
+        .into_iter()
+        .enumerate()
+    {
+        // PeriphID0..3 then CellID0..3: eight consecutive 32-bit registers from 0xfe0.
+        mem.write(base + 0xfe0 + 4 * i as u64, &u32::from(byte).to_le_bytes());
+    }
 }
 
 /// Asserts that the core's agreement checker finds nothing, listing what it found if not.

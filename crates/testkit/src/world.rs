@@ -68,6 +68,13 @@ impl World {
         Self::with_tee(tee, mem)
     }
 
+    /// A core configured by `config` with TA RAM and the simulator's user TAs
+    /// ([`sim_tee_with_tas`](crate::sim_tee_with_tas)).
+    pub fn with_user_tas(config: CoreConfig) -> Self {
+        let (tee, mem) = crate::sim_tee_with_tas(config);
+        Self::with_tee(tee, mem)
+    }
+
     /// A world around a core the caller built over `mem`.
     pub fn with_tee(tee: Tee<SimPlatform>, mem: Arc<PhysMemory>) -> Self {
         Self {

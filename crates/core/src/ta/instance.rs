@@ -28,8 +28,14 @@ use teeshm_mm::{
 };
 use teeshm_platform::TlbMaintenance;
 
+/// The TLB maintenance of one TA's tables (by its ASID).
+pub type UserTlb = Box<dyn TlbMaintenance + Send + Sync>;
+
 /// A TA's translation tables; their TLB maintenance invalidates by the space's ASID.
-pub type UserTables = TranslationTables<Box<dyn TlbMaintenance + Send + Sync>>;
+pub type UserTables = TranslationTables<UserTlb>;
+
+/// Copies bytes into TA RAM by physical address (the platform's `write_ta_ram`).
+pub(crate) type LoadFn<'a> = &'a dyn Fn(PhysAddr, &[u8]) -> Result<(), TeeError>;
 
 /// Most table pages one TA's tables may hold (the root, the private region's, and the
 /// parameter pages touched in one invocation; when the TA touches more, the parameter pages
@@ -159,8 +165,8 @@ impl TaInstance {
         image: Arc<TaImage>,
         owner: GuestId,
         resources: Arc<TaResources>,
-        make_tlb: &dyn Fn(u16) -> Box<dyn TlbMaintenance + Send + Sync>,
-        write: &dyn Fn(PhysAddr, &[u8]) -> Result<(), TeeError>,
+        make_tlb: &dyn Fn(u16) -> UserTlb,
+        write: LoadFn<'_>,
     ) -> Result<Arc<Self>, TeeError> {
         let mut held = resources.take(owner, pages_needed(&image)?)?;
         match Self::load(&image, &held, make_tlb(held.asid), write) {
@@ -194,8 +200,8 @@ impl TaInstance {
     fn load(
         image: &TaImage,
         held: &Held,
-        tlb: Box<dyn TlbMaintenance + Send + Sync>,
-        write: &dyn Fn(PhysAddr, &[u8]) -> Result<(), TeeError>,
+        tlb: UserTlb,
+        write: LoadFn<'_>,
     ) -> Result<UserTables, TeeError> {
         let mut tables = UserTables::new_user(MAX_USER_TABLE_PAGES, tlb, held.asid)
             .map_err(|_| TeeError::OutOfMemory)?;

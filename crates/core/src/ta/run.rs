@@ -60,6 +60,17 @@ impl TaParam {
     }
 }
 
+/// Which entry function of a TA to run, for which session, with which command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// `UTEE_ENTRY_FUNC_*`.
+    pub func: u64,
+    /// The session's id (as its opener knows it).
+    pub session: u32,
+    /// The command (invocations only).
+    pub cmd: u32,
+}
+
 /// How an entry ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -67,7 +78,7 @@ enum Exit {
     Died(Death),
 }
 
-/// Runs entry function `func` of `instance` with `params` and returns the TA's result; the
+/// Runs `entry` of `instance` with `params` and returns the TA's result; the
 /// outputs are written back into `params`. `back_to` is the address space to make current
 /// again afterwards (the calling TA's; `None` for the normal world's calls).
 ///
@@ -77,15 +88,13 @@ enum Exit {
 pub(crate) fn run_entry<P: Platform>(
     tee: &Tee<P>,
     instance: &Arc<TaInstance>,
-    func: u64,
-    session: u32,
-    cmd: u32,
+    entry: Entry,
     params: &mut [TaParam],
     depth: usize,
     back_to: Option<UserRoot>,
 ) -> Result<u32, TeeError> {
     let claim = instance.claim()?;
-    let result = run_claimed(tee, instance, func, session, cmd, params, depth);
+    let result = run_claimed(tee, instance, entry, params, depth);
     drop(claim);
     tee.platform.activate_user(back_to);
     result
@@ -94,9 +103,7 @@ pub(crate) fn run_entry<P: Platform>(
 fn run_claimed<P: Platform>(
     tee: &Tee<P>,
     instance: &Arc<TaInstance>,
-    func: u64,
-    session: u32,
-    cmd: u32,
+    entry: Entry,
     params: &mut [TaParam],
     depth: usize,
 ) -> Result<u32, TeeError> {
@@ -125,10 +132,10 @@ fn run_claimed<P: Platform>(
     tee.platform
         .write(&**instance, VirtAddr(PARAMS_AT), up.as_bytes())?;
     let mut regs = UserRegs::default();
-    regs.x[0] = func;
-    regs.x[1] = u64::from(session);
+    regs.x[0] = entry.func;
+    regs.x[1] = u64::from(entry.session);
     regs.x[2] = PARAMS_AT;
-    regs.x[3] = u64::from(cmd);
+    regs.x[3] = u64::from(entry.cmd);
     regs.sp = PARAMS_AT & !0xf;
     regs.pc = instance.image().entry;
     let mut handler = Handler {
@@ -349,25 +356,9 @@ impl<P: Platform> Handler<'_, P> {
     }
 
     /// Runs the callee's entry and turns its end into a result and an origin.
-    fn call(
-        &self,
-        callee: &Arc<TaInstance>,
-        func: u64,
-        session: u32,
-        cmd: u32,
-        params: &mut [TaParam],
-    ) -> (u32, u32) {
+    fn call(&self, callee: &Arc<TaInstance>, entry: Entry, params: &mut [TaParam]) -> (u32, u32) {
         let back = Some(self.instance.root());
-        match run_entry(
-            self.tee,
-            callee,
-            func,
-            session,
-            cmd,
-            params,
-            self.depth + 1,
-            back,
-        ) {
+        match run_entry(self.tee, callee, entry, params, self.depth + 1, back) {
             Ok(code) => (code, gp::TEE_ORIGIN_TRUSTED_APP),
             Err(e) => (e.code(), gp::TEE_ORIGIN_TEE),
         }
@@ -404,13 +395,12 @@ impl<P: Platform> Handler<'_, P> {
             space.next_session = id.wrapping_add(1);
             id
         };
-        let (code, origin) = self.call(
-            &callee,
-            utee::UTEE_ENTRY_FUNC_OPEN_SESSION,
-            id,
-            0,
-            &mut params,
-        );
+        let entry = Entry {
+            func: utee::UTEE_ENTRY_FUNC_OPEN_SESSION,
+            session: id,
+            cmd: 0,
+        };
+        let (code, origin) = self.call(&callee, entry, &mut params);
         self.write_u32(origin_at, origin)?;
         if code != gp::TEE_SUCCESS {
             return Err(code);
@@ -432,13 +422,12 @@ impl<P: Platform> Handler<'_, P> {
             .cloned()
             .ok_or(gp::TEE_ERROR_BAD_PARAMETERS)?;
         let (up, mut params) = self.params_from_user(params_at)?;
-        let (code, origin) = self.call(
-            &callee,
-            utee::UTEE_ENTRY_FUNC_INVOKE_COMMAND,
-            id,
-            cmd as u32,
-            &mut params,
-        );
+        let entry = Entry {
+            func: utee::UTEE_ENTRY_FUNC_INVOKE_COMMAND,
+            session: id,
+            cmd: cmd as u32,
+        };
+        let (code, origin) = self.call(&callee, entry, &mut params);
         self.write_u32(origin_at, origin)?;
         if code == gp::TEE_SUCCESS || code == gp::TEE_ERROR_SHORT_BUFFER {
             self.params_to_user(params_at, up, &params)?;
@@ -460,7 +449,12 @@ impl<P: Platform> Handler<'_, P> {
             .remove(&id)
             .ok_or(gp::TEE_ERROR_BAD_PARAMETERS)?;
         if callee.death().is_none() {
-            let _ = self.call(&callee, utee::UTEE_ENTRY_FUNC_CLOSE_SESSION, id, 0, &mut []);
+            let entry = Entry {
+                func: utee::UTEE_ENTRY_FUNC_CLOSE_SESSION,
+                session: id,
+                cmd: 0,
+            };
+            let _ = self.call(&callee, entry, &mut []);
         }
         Ok(gp::TEE_SUCCESS)
     }

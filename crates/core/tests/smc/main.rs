@@ -14,3 +14,4 @@ mod lifecycle;
 mod model;
 mod reference;
 mod regressions;
+mod user_ta;

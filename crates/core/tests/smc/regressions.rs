@@ -1022,6 +1022,45 @@ impl teeshm_core::Platform for GatedPlatform {
     ) -> Result<(), teeshm_core::AccessFault> {
         self.inner.write(map, va, data)
     }
+
+    fn read_io32(
+        &self,
+        map: &dyn teeshm_core::Translate,
+        va: teeshm_mm::VirtAddr,
+    ) -> Result<u32, teeshm_core::AccessFault> {
+        self.inner.read_io32(map, va)
+    }
+}
+
+/// User mode as the simulated platform has it.
+impl teeshm_core::platform::UserMode for GatedPlatform {
+    type UserTlb = teeshm_platform::RecordingTlb;
+
+    fn user_tlb(&self, asid: u16) -> Self::UserTlb {
+        self.inner.user_tlb(asid)
+    }
+
+    fn activate_user(&self, space: Option<teeshm_core::platform::UserRoot>) {
+        self.inner.activate_user(space);
+    }
+
+    fn enter_user(
+        &self,
+        space: teeshm_core::platform::UserRoot,
+        map: &dyn teeshm_core::Translate,
+        regs: &mut teeshm_core::platform::UserRegs,
+        handler: &mut dyn teeshm_core::platform::UserTrapHandler,
+    ) {
+        self.inner.enter_user(space, map, regs, handler);
+    }
+
+    fn write_ta_ram(
+        &self,
+        pa: teeshm_mm::PhysAddr,
+        data: &[u8],
+    ) -> Result<(), teeshm_core::AccessFault> {
+        self.inner.write_ta_ram(pa, data)
+    }
 }
 
 /// Found while writing the host stress test of several CPUs per guest
