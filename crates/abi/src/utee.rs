@@ -77,7 +77,9 @@ pub const TEE_MEMORY_ACCESS_ANY_OWNER: u32 = 0x4;
 
 /// `struct utee_params`: the parameter types (`TEE_PARAM_TYPES`) and, per parameter, two
 /// values: a memref's address and size, or a value's `a` and `b`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct UteeParams {
     /// `types`.
