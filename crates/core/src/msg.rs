@@ -304,8 +304,9 @@ impl<P: Platform> Tee<P> {
         for (p, out) in call.params.iter_mut().zip(&params) {
             match (p, out) {
                 (CallParam::Value { ty, value }, TaParam::Value { a, b, .. }) if ty.is_output() => {
-                    value[0] = *a;
-                    value[1] = *b;
+                    // GP values are 32 bits; `utee_params` carries them in 64.
+                    value[0] = *a & 0xffff_ffff;
+                    value[1] = *b & 0xffff_ffff;
                 }
                 (CallParam::Memref { ty, size, .. }, TaParam::Memref { size: out, .. })
                     if ty.is_output() =>

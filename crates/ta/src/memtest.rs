@@ -11,7 +11,7 @@
 //! | id | name | params | does |
 //! |---|---|---|---|
 //! | 0 | FILL | p0 memref out, p1 value in `a` = seed | fills p0 with [`pattern_byte`](crate::pattern_byte) of the seed |
-//! | 1 | CHECK | p0 memref in, p1 value in `a` = seed, p2 value out | reads every byte of p0: `p2.a` = bytes checked, `p2.b` = index of the first byte that is not the pattern, or `u64::MAX` |
+//! | 1 | CHECK | p0 memref in, p1 value in `a` = seed, p2 value out | reads every byte of p0: `p2.a` = bytes checked, `p2.b` = index of the first byte that is not the pattern, or `0xffff_ffff` (GP values are 32 bits) |
 //! | 2 | COPY | p0 memref in, p1 memref out | copies p0 into p1; p1's size becomes p0's; `TEE_ERROR_SHORT_BUFFER` with the needed size if p1 is smaller |
 //! | 3 | TOUCH | p0 memref in, p1 value out | reads only the first and the last byte: `p1.a`, `p1.b` (empty memref: `TEE_ERROR_BAD_PARAMETERS`) |
 //! | 4 | KEEP | p0 any memref | reads p0's first byte (so its page is mapped during the call) and keeps p0's address and size in the instance's state |
@@ -41,7 +41,7 @@
 use crate::Program;
 use crate::env::{Stop, UserEnv};
 use crate::libutee::{self, read_params, state_get, state_set, types_are, write_params};
-use crate::pattern;
+use crate::pattern::{self, NONE_WRONG};
 use crate::peer;
 use teeshm_abi::gp::{
     TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_BAD_STATE, TEE_ERROR_GENERIC, TEE_ERROR_OUT_OF_MEMORY,
@@ -170,7 +170,7 @@ fn invoke(env: &mut dyn UserEnv, cmd: u32, p: &mut UteeParams) -> Result<u32, St
         cmd::CHECK => {
             let ((va, size), (seed, _)) = (p.pair(0), p.pair(1));
             let wrong = pattern::check(env, va, size, seed, 0)?;
-            p.set_pair(2, size, wrong.unwrap_or(u64::MAX));
+            p.set_pair(2, size, wrong.unwrap_or(NONE_WRONG));
             Ok(TEE_SUCCESS)
         }
         cmd::COPY => {
@@ -347,7 +347,7 @@ fn call_peer_in_heap(
     libutee::close_ta_session(env, session)?;
     p.set_pair(1, peer_checked, probe.into());
 
-    if peer_wrong != u64::MAX || peer_checked != len {
+    if peer_wrong != NONE_WRONG || peer_checked != len {
         libutee::log(env, "ta-memtest: the peer did not find the pattern")?;
         return Ok(TEE_ERROR_GENERIC);
     }
@@ -408,7 +408,7 @@ mod tests {
             ],
         );
         assert_eq!(ended, Ended::Returned(TEE_SUCCESS));
-        assert_eq!(out.pair(2), (9000, u64::MAX));
+        assert_eq!(out.pair(2), (9000, NONE_WRONG));
 
         let mut bad = patterned(7, 9000);
         bad[5000] ^= 1;

@@ -100,6 +100,10 @@ pub fn invert(env: &mut dyn UserEnv, va: u64, len: u64) -> Result<(), Stop> {
     Ok(())
 }
 
+/// "No wrong byte" in a CHECK's answer: the largest 32-bit value (GP values are 32 bits, so
+/// the client sees exactly this).
+pub const NONE_WRONG: u64 = u32::MAX as u64;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //!
 //! | id | name | params | does |
 //! |---|---|---|---|
-//! | 0 | CHECK_AND_INVERT | p0 `MEMREF_INOUT`, p1 value in `a` = seed, p2 value out | reads every byte of p0 and compares it with [`pattern_byte`](crate::pattern_byte) of the seed: `p2.a` = bytes checked, `p2.b` = index of the first wrong byte or `u64::MAX`; then writes every byte back XOR 0xff |
+//! | 0 | CHECK_AND_INVERT | p0 `MEMREF_INOUT`, p1 value in `a` = seed, p2 value out | reads every byte of p0 and compares it with [`pattern_byte`](crate::pattern_byte) of the seed: `p2.a` = bytes checked, `p2.b` = index of the first wrong byte or `0xffff_ffff`; then writes every byte back XOR 0xff |
 //! | 1 | PROBE_BEYOND | p0 any memref | reads the first byte after p0's last page (`va + size` rounded up to 4 KiB): nothing of the caller but p0's pages is mapped, so the TA dies. `TEE_SUCCESS` if the read went through |
 //!
 //! Opening a session accepts any parameters and logs `ta-peer: open`. Unknown commands and
@@ -102,7 +102,7 @@ fn invoke(env: &mut dyn UserEnv, cmd: u32, p: &mut UteeParams) -> Result<u32, St
             let ((va, size), (seed, _)) = (p.pair(0), p.pair(1));
             let wrong = pattern::check(env, va, size, seed, 0)?;
             pattern::invert(env, va, size)?;
-            p.set_pair(2, size, wrong.unwrap_or(u64::MAX));
+            p.set_pair(2, size, wrong.unwrap_or(crate::pattern::NONE_WRONG));
             Ok(TEE_SUCCESS)
         }
         cmd::PROBE_BEYOND => {
@@ -142,7 +142,7 @@ mod tests {
             ],
         );
         assert_eq!(ended, Ended::Returned(TEE_SUCCESS));
-        assert_eq!(out.pair(2), (5000, u64::MAX));
+        assert_eq!(out.pair(2), (5000, crate::pattern::NONE_WRONG));
         let inverted: Vec<u8> = bytes.iter().map(|b| b ^ 0xff).collect();
         assert_eq!(m.read_buffer(&buf), inverted);
         // Checking the inverted bytes against the pattern finds the first one wrong.

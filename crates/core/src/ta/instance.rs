@@ -381,35 +381,26 @@ impl TaInstance {
     /// mapping parameter pages on the way. `own_only`: memref parameters do not count
     /// (`TEE_MEMORY_ACCESS_ANY_OWNER` not given).
     pub(crate) fn check_access(&self, va: u64, len: u64, write: bool, own_only: bool) -> bool {
-        if len == 0 {
-            return true;
-        }
-        let Some(last) = va.checked_add(len - 1) else {
+        let Some(span) = page_span(va, len) else {
             return false;
         };
-        let mut page = va & !(PAGE_SIZE - 1);
-        loop {
-            let in_params =
-                (layout::PARAM_BASE..layout::PARAM_BASE + layout::PARAM_SIZE).contains(&page);
+        let pages = pages_of_span(span);
+        let params = layout::PARAM_BASE..layout::PARAM_BASE + layout::PARAM_SIZE;
+        let allowed = |t: Option<Translation>| matches!(t, Some(Translation { kind: Some(MemKind::User(p)), .. }) if !write || p.writable);
+        for page in pages.clone() {
+            let in_params = params.contains(&page);
             if in_params && own_only {
                 return false;
             }
             let mapped = self.space.lock().tables.translate_page(VirtAddr(page));
-            let ok = match mapped {
-                Some(Translation {
-                    kind: Some(MemKind::User(p)),
-                    ..
-                }) => !write || p.writable,
-                _ => in_params && self.fault_in(page, write),
-            };
-            if !ok {
+            if !allowed(mapped) && !(in_params && self.fault_in(page, write)) {
                 return false;
             }
-            match page.checked_add(PAGE_SIZE) {
-                Some(next) if next <= last => page = next,
-                _ => return true,
-            }
         }
+        // Mapping a page may have dropped the parameter pages mapped before it (when the
+        // tables were full): the core's copy that follows must find every page mapped.
+        let space = self.space.lock();
+        pages_of_span(span).all(|page| allowed(space.tables.translate_page(VirtAddr(page))))
     }
 
     /// The physical pages under `va..va + len` (each the TA's to read, and to write if
@@ -420,13 +411,13 @@ impl TaInstance {
         len: u64,
         write: bool,
     ) -> Result<(Vec<PhysAddr>, bool), TeeError> {
-        if !self.check_access(va, len, write, false) {
+        let span = page_span(va, len).filter(|_| self.check_access(va, len, write, false));
+        let Some(span) = span else {
             return Err(TeeError::BadParameters(
                 "memref not in the calling TA's memory",
             ));
-        }
-        let first = va & !(PAGE_SIZE - 1);
-        let count = (va % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
+        };
+        let (first, count) = span;
         let mut pages = Vec::new();
         pages
             .try_reserve_exact(usize::try_from(count).map_err(|_| TeeError::OutOfMemory)?)
@@ -462,6 +453,22 @@ impl TaInstance {
         space.spans.clear();
         space.spans_end = 0;
     }
+}
+
+/// The pages under `va..va + len`: the first page's address and how many (none for `len` 0;
+/// `None` if the range wraps).
+fn page_span(va: u64, len: u64) -> Option<(u64, u64)> {
+    if len == 0 {
+        return Some((0, 0));
+    }
+    let last = va.checked_add(len - 1)?;
+    let first = va & !(PAGE_SIZE - 1);
+    Some((first, (last - first) / PAGE_SIZE + 1))
+}
+
+/// The page addresses of a [`page_span`].
+fn pages_of_span((first, count): (u64, u64)) -> impl Iterator<Item = u64> + Clone {
+    (0..count).map(move |i| first + i * PAGE_SIZE)
 }
 
 fn unmap_spans(space: &mut SpaceState) {

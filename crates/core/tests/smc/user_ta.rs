@@ -77,7 +77,7 @@ fn every_memref_kind_reaches_the_ta_and_every_byte_comes_back() {
         ],
     );
     assert_eq!(r.ret(), TEE_SUCCESS);
-    assert_eq!(r.value(2)[..2], [size, u64::MAX]);
+    assert_eq!(r.value(2)[..2], [size, 0xffff_ffff]);
     // Temporary (a page list): checked byte by byte, a wrong byte found where it is.
     let tmp = w.buffer(2 * 4096 + 7, 0x80);
     let mut data = pattern(3, tmp.size);
