@@ -393,7 +393,8 @@ impl TaInstance {
                 return false;
             }
             let mapped = self.space.lock().tables.translate_page(VirtAddr(page));
-            if !allowed(mapped) && !(in_params && self.fault_in(page, write)) {
+            let reachable = allowed(mapped) || (in_params && self.fault_in(page, write));
+            if !reachable {
                 return false;
             }
         }
