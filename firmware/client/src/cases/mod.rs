@@ -60,6 +60,8 @@ mod smp;
 #[cfg(not(feature = "fault-test"))]
 mod suspend;
 #[cfg(not(feature = "fault-test"))]
+mod ta;
+#[cfg(not(feature = "fault-test"))]
 mod vm;
 #[cfg(all(feature = "xen-domu", not(feature = "fault-test")))]
 pub mod xen_domu;
@@ -388,6 +390,7 @@ pub fn run() {
         case("every CPU at once, each with a driver of its own", || {
             smp::every_cpu(&mut ctx, &session)
         });
+        ta::group(&mut ctx, &session);
         case("the core still serves calls after all of it", || {
             still_alive(&mut ctx, &session)
         });
