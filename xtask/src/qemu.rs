@@ -5,9 +5,12 @@
 //!    rustc-web, cargo-web, rust-web-src, lld, llvm, qemu-system-arm).
 //! 2. The firmware workspace (`firmware/`) built with `/usr/bin/cargo` for
 //!    `aarch64-unknown-none` (`RUSTC_BOOTSTRAP=1`, `-Zbuild-std=core,alloc`, its own target
-//!    directory `target/firmware`), linked by `ld.lld` with `firmware/secure.ld` and
-//!    `firmware/client.ld`, made flat by `llvm-objcopy`: `secure.bin` (`-bios`: the EL3 monitor
-//!    with the S-EL1 core) and `client.bin` (the normal-world test client).
+//!    directory `target/firmware`): first the user TAs (`firmware/ta`, linked with
+//!    `firmware/ta.ld`, stripped of debug info into `target/firmware/ta/`), then the images,
+//!    with that directory in `TEESHM_TA_DIR` (the secure image links the TAs' ELF files),
+//!    linked by `ld.lld` with `firmware/secure.ld` and `firmware/client.ld`, made flat by
+//!    `llvm-objcopy`: `secure.bin` (`-bios`: the EL3 monitor with the S-EL1 core and the early
+//!    TAs) and `client.bin` (the normal-world test client).
 //! 3. QEMU runs with a timeout, the UART streams to stdout, and the run passes when QEMU exits
 //!    0 and the UART shows what the run must show:
 //!    - the client run: `N passed, 0 failed` (N > 0) alone on a line and no `FAIL` line;
@@ -181,15 +184,104 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// The environment variable that tells the secure image's build where the TAs' ELF files are
+/// (`firmware/tee/src/tas.rs`).
+pub const TA_DIR_VAR: &str = "TEESHM_TA_DIR";
+
+/// `/usr/bin/cargo build` of the firmware workspace for `aarch64-unknown-none`, with Debian's
+/// compiler and `core` and `alloc` built from source, into `target_dir`.
+fn firmware_cargo(root: &Path, target_dir: &Path) -> Command {
+    let mut command = Command::new("/usr/bin/cargo");
+    command
+        .current_dir(root.join("firmware"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", "/usr/bin/rustc")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove(TA_DIR_VAR)
+        .args([
+            "build",
+            "--release",
+            "-Zbuild-std=core,alloc",
+            "-Zunstable-options",
+            "--target",
+            "aarch64-unknown-none",
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    command
+}
+
+/// Builds the user TAs (`firmware/ta`: one binary per program of `teeshm_ta::PROGRAMS`) and
+/// leaves them, without debug info, in `target/firmware/ta/`, which it returns: the directory
+/// the secure image's build links them from ([`TA_DIR_VAR`]). A file is replaced only when its
+/// bytes change, so that an unchanged TA does not make the secure image build again.
+///
+/// # Errors
+/// A build or objcopy failure, or no TA built.
+pub fn build_tas(root: &Path, target_dir: &Path, objcopy: &Path) -> Result<PathBuf, String> {
+    let dir = target_dir.join("ta");
+    let elf_dir = target_dir.join(format!("ta-elf-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&elf_dir);
+    let mut command = firmware_cargo(root, target_dir);
+    command
+        .args(["-p", "teeshm-fw-ta", "--artifact-dir"])
+        .arg(&elf_dir);
+    run(&mut command)?;
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = fs::read_dir(&elf_dir)
+        .map_err(|e| format!("cannot list {}: {e}", elf_dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("ta-") && !name.contains('.'))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(format!("no TA binary in {}", elf_dir.display()));
+    }
+    for name in &names {
+        let fresh = dir.join(format!(".{name}.{}", std::process::id()));
+        run(Command::new(objcopy)
+            .arg("--strip-debug")
+            .arg(elf_dir.join(name))
+            .arg(&fresh))?;
+        let target = dir.join(name);
+        let same = fs::read(&fresh)
+            .ok()
+            .is_some_and(|new| fs::read(&target).ok().is_some_and(|old| old == new));
+        if same {
+            let _ = fs::remove_file(&fresh);
+        } else {
+            fs::rename(&fresh, &target).map_err(|e| {
+                format!(
+                    "cannot move {} to {}: {e}",
+                    fresh.display(),
+                    target.display()
+                )
+            })?;
+        }
+    }
+    let _ = fs::remove_dir_all(&elf_dir);
+    eprintln!(
+        "xtask: TAs built into {}: {}",
+        dir.display(),
+        names.join(", ")
+    );
+    Ok(dir)
+}
+
 /// Builds the firmware `variant` with `extra_features` (features of the firmware packages, as
-/// `package/feature`) and returns its flat images, in `target/firmware/images/<variant>/`.
-/// The client build's images are also copied to `target/firmware/images/` itself.
+/// `package/feature`) and returns its flat images, in `target/firmware/images/<variant>/`:
+/// first the user TAs ([`build_tas`]), then the images, whose secure one links them. The
+/// client build's images are also copied to `target/firmware/images/` itself.
 ///
 /// # Errors
 /// A build, link or objcopy failure.
 pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String> {
     let root = workspace_root();
     let target_dir = root.join("target").join("firmware");
+    let objcopy = find_objcopy()?;
+    let ta_dir = build_tas(&root, &target_dir, &objcopy)?;
     let mut features: Vec<&str> = variant.features().to_vec();
     features.extend_from_slice(extra_features);
     let suffix = if extra_features.is_empty() {
@@ -205,28 +297,10 @@ pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String
     // The ELFs of this very build, hard-linked by cargo while it holds the build lock: the
     // uplifted `release/teeshm-fw-*` may be replaced meanwhile by a build of other features.
     let elf_dir = out.join("elf");
-    let mut command = Command::new("/usr/bin/cargo");
+    let mut command = firmware_cargo(&root, &target_dir);
     command
-        .current_dir(root.join("firmware"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("RUSTC", "/usr/bin/rustc")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .args([
-            "build",
-            "--release",
-            "-Zbuild-std=core,alloc",
-            "-Zunstable-options",
-            "--target",
-            "aarch64-unknown-none",
-            "-p",
-            "teeshm-fw-monitor",
-            "-p",
-            "teeshm-fw-client",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
+        .env(TA_DIR_VAR, &ta_dir)
+        .args(["-p", "teeshm-fw-monitor", "-p", "teeshm-fw-client"])
         .arg("--artifact-dir")
         .arg(&elf_dir);
     if !features.is_empty() {
@@ -235,7 +309,6 @@ pub fn build(variant: Variant, extra_features: &[&str]) -> Result<Images, String
     let _ = fs::remove_dir_all(&elf_dir);
     run(&mut command)?;
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let objcopy = find_objcopy()?;
     let flat = |elf: &str, name: &str| -> Result<PathBuf, String> {
         let elf_path = elf_dir.join(elf);
         let bin = out.join(format!("{name}.bin"));

@@ -12,7 +12,10 @@
 //!   x1..x8. Nothing stays on the stack between calls: a call suspended in an RPC is parked
 //!   in the core's thread table, and the normal world's `RETURN_FROM_RPC` is a new entry.
 //! - `tee_vectors`: every exception at S-EL1 is fatal: [`tee_exception`] prints the fault with
-//!   its address and reports it to the monitor (`SMC SECURE_FAULT`), which ends the run.
+//!   its address and reports it to the monitor (`SMC SECURE_FAULT`), which ends the run. So are
+//!   the lower EL's IRQ, FIQ and SError (a TA runs with them masked) and every AArch32 vector;
+//!   the lower EL's AArch64 synchronous exceptions (a TA's system calls and faults) go to
+//!   `tee_user_sync` ([`crate::user`]), which hands them to the core's trap handler.
 
 use crate::layout;
 use crate::platform::{FwPlatform, FwTlb};
@@ -127,7 +130,15 @@ tee_call_entry:
     .balign 0x800
     .global tee_vectors
 tee_vectors:
-    .irp kind, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .irp kind, 0, 1, 2, 3, 4, 5, 6, 7
+    .balign 0x80
+    mov     x0, #\kind
+    b       tee_vector_common
+    .endr
+    // 8: synchronous from a lower EL in AArch64: a TA's system call or fault (user.rs).
+    .balign 0x80
+    b       tee_user_sync
+    .irp kind, 9, 10, 11, 12, 13, 14, 15
     .balign 0x80
     mov     x0, #\kind
     b       tee_vector_common
@@ -169,6 +180,10 @@ enum BootError {
     Map(&'static str, teeshm_mm::WindowError),
     Range(&'static str),
     MemoryMap,
+    Layout(&'static str),
+    User(&'static str),
+    Ta(&'static str, teeshm_core::ta::elf::ElfError),
+    Register(&'static str, teeshm_core::TeeError),
 }
 
 fn memory_map() -> Result<MemoryMap, BootError> {
@@ -181,6 +196,7 @@ fn memory_map() -> Result<MemoryMap, BootError> {
     MemoryMap::new(&[
         region(layout::SECURE_RAM, RegionKind::SecureRam)?,
         region(layout::UART, RegionKind::Device)?,
+        region(layout::SECURE_UART, RegionKind::Device)?,
         region(layout::NS_RAM, RegionKind::NonSecureRam)?,
     ])
     .map_err(|_| BootError::MemoryMap)
@@ -189,13 +205,17 @@ fn memory_map() -> Result<MemoryMap, BootError> {
 /// The core's configuration on QEMU: the core's `qemu_virt` preset (quotas sized to the 16 MiB
 /// of secure RAM; the mediator fuzz target runs the same), in the mode of what the monitor
 /// boots in the normal world: an operating system at EL1 (`ns_el` 1: one normal world, a7 names
-/// no guest) or a hypervisor at EL2 (`ns_el` 2: guests it announces).
+/// no guest) or a hypervisor at EL2 (`ns_el` 2: guests it announces); TA RAM is
+/// [`layout::TA_RAM`].
 pub fn config(ns_el: u64) -> CoreConfig {
-    CoreConfig::qemu_virt(if ns_el == 2 {
-        NormalWorld::Virtualized
-    } else {
-        NormalWorld::Single
-    })
+    CoreConfig {
+        ta_ram: PhysRange::new(PhysAddr(layout::TA_RAM.0), layout::TA_RAM.1).ok(),
+        ..CoreConfig::qemu_virt(if ns_el == 2 {
+            NormalWorld::Virtualized
+        } else {
+            NormalWorld::Single
+        })
+    }
 }
 
 /// Maps `range` (page aligned) at VA == PA as `kind`, outside the window.
@@ -227,6 +247,12 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
             layout::UART.0..layout::UART.0 + layout::UART.1,
         )
     };
+    let ta_ram = layout::TA_RAM.0..layout::TA_RAM.0 + layout::TA_RAM.1;
+    if layout::ta_ram() != ta_ram || layout::heap().end != ta_ram.start {
+        return Err(BootError::Layout(
+            "secure.ld's TA RAM is not layout::TA_RAM right after the heap",
+        ));
+    }
     crate::heap::init(layout::heap());
     let tee = Tee::new(
         config(ns_el),
@@ -244,6 +270,8 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         for cpu in 0..teeshm_fw_common::cpu::MAX_CPUS {
             rest += map_identity(shm, "stacks", layout::stacks(cpu), MemKind::SecureRam)?;
         }
+        // TA RAM at S-EL1 too, so that loading an instance is a plain copy (`write_ta_ram`).
+        let ta_pages = map_identity(shm, "TA RAM", ta_ram.clone(), MemKind::SecureRam)?;
         map_identity(
             shm,
             "uart",
@@ -252,8 +280,9 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         )?;
         println!(
             "tee: static map: code+rodata {code} pages RX, data {data} pages RW, \
-             stacks+heap {rest} pages RW, UART 1 page device; unmapped: EL3 {:#x}..{:#x}, \
-             a stack guard page below each CPU's stack ({:#x}, ...)",
+             stacks+heap {rest} pages RW, TA RAM {ta_pages} pages RW, UART 1 page device; \
+             unmapped: EL3 {:#x}..{:#x}, a stack guard page below each CPU's stack ({:#x}, \
+             ...)",
             layout::el3().start,
             layout::el3().end,
             layout::stack_guard(0).start
@@ -264,6 +293,23 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
     // (just above) with the boot tables' attributes, and nothing of them moves: the tables
     // live on the heap, reached by the `Tee` that goes into the static below.
     unsafe { crate::mmu::switch_to(root) };
+    let copied = crate::user::init(root).map_err(BootError::User)?;
+    let images = crate::tas::images().map_err(|(name, e)| BootError::Ta(name, e))?;
+    let mut names = Vec::new();
+    for image in images {
+        let name = image.name;
+        let segments = image.segments.len();
+        tee.register_ta(image)
+            .map_err(|e| BootError::Register(name, e))?;
+        names.push(alloc::format!("{name} ({segments} segments)"));
+    }
+    println!(
+        "tee: user mode: per-CPU level-1 tables with the core's {copied} static slot(s), TA slots \
+         2 and 3; TA RAM {:#x}..{:#x}; early TAs: {}",
+        ta_ram.start,
+        ta_ram.end,
+        names.join(", ")
+    );
     let normal_world = tee.config().normal_world;
     TEE.call_once(|| tee);
     println!(
@@ -414,6 +460,11 @@ fn check(tee: &Tee<FwPlatform>, last: bool) -> [u64; 8] {
             RESUMED_ELSEWHERE.load(Ordering::Acquire)
         );
     }
+    let (entered, traps, user_by_va, by_asid) = crate::user::counters();
+    println!(
+        "tee: user: {entered} TA entries, {traps} traps from EL0, TLBI VAE1IS (by ASID) \
+         x{user_by_va}, TLBI ASIDE1IS x{by_asid}"
+    );
     let (by_va, all, at) = crate::platform::counters();
     println!(
         "tee: check: {} disagreements, {mapped} window pages mapped, {live} table pages, {} \

@@ -6,6 +6,9 @@
 //! - [`platform`]: the core's [`Platform`](teeshm_core::Platform): copies through window VAs,
 //!   each page checked by the MMU itself (`AT S1E1R/W`) first; TLB maintenance with `TLBI`.
 //! - [`mmu`]: MAIR/TCR/TTBR0/SCTLR for mm's tables.
+//! - [`user`]: user mode: TAs at S-EL0 in their own translation regimes (per-CPU level-1
+//!   tables, ASIDs), entered and trapped back, their TLB maintenance and TA RAM.
+//! - [`tas`]: the early TAs, ELF files built by xtask and linked into the image.
 //! - [`entry`]: the boot and call entry points the monitor `eret`s to, the exception vectors,
 //!   and the Rust side of each.
 //!
@@ -20,6 +23,8 @@ pub mod heap;
 pub mod layout;
 pub mod mmu;
 pub mod platform;
+pub mod tas;
+pub mod user;
 
 pub use entry::{FAULT_TEST_VA, report_panic, tee_boot_entry, tee_call_entry, tee_cpu_on_entry};
 

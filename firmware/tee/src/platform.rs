@@ -1,22 +1,35 @@
-//! The core's platform on the machine: memory access through window VAs that the MMU
-//! translates, and TLB maintenance with `TLBI`.
+//! The core's platform on the machine: memory access through window VAs and TA VAs that the
+//! MMU translates, device reads, user mode ([`crate::user`]), and TLB maintenance with `TLBI`.
 //!
 //! The `&dyn Translate` the core passes is not used: the hardware walks the tables. Before any
-//! byte is copied, every page of the access is translated by the MMU itself (`AT S1E1R` or
-//! `AT S1E1W`), so an access through a missing mapping is an [`AccessFault`] answered to the
-//! caller, not an abort, and the copy touches nothing when any page fails. The access must also
-//! lie inside the SHM window and every page must be a non-secure (NS=1) mapping: the core
-//! reaches normal-world memory only that way, and never reads secure memory through this path.
+//! byte is copied, every page of the access is translated by the MMU itself, so an access
+//! through a missing mapping is an [`AccessFault`] answered to the caller, not an abort, and
+//! the copy touches nothing when any page fails. An access is either
+//!
+//! - inside the SHM window: every page translated with `AT S1E1R` / `AT S1E1W` and required to
+//!   be a non-secure (NS=1) mapping: the core reaches normal-world memory only that way, and
+//!   never reads secure memory through this path; or
+//! - inside a TA's slots (`0x8000_0000..0x1_0000_0000`): the CPU's current user space (the
+//!   core's `activate_user`) is installed for the copy, and every page translated with
+//!   `AT S1E0R` / `AT S1E0W`, as EL0 would: the core acting for a TA reaches what the TA may
+//!   reach (its own secure pages, the memrefs mapped for it), with the TA's permissions.
+//!
+//! Anything else is refused.
 
+use crate::user::{self, FwUserTlb};
 use core::sync::atomic::{AtomicU64, Ordering};
+use teeshm_core::platform::{UserMode, UserRegs, UserRoot, UserTrapHandler};
 use teeshm_core::{AccessFault, Platform, Translate};
-use teeshm_mm::{PAGE_SIZE, VirtAddr};
+use teeshm_fw_common::println;
+use teeshm_mm::{PAGE_SIZE, PhysAddr, VirtAddr};
 use teeshm_platform::TlbMaintenance;
 
 /// `PAR_EL1.F`: the translation failed.
 const PAR_F: u64 = 1;
 /// `PAR_EL1.NS`: the output address is in the non-secure PA space.
 const PAR_NS: u64 = 1 << 9;
+/// `PAR_EL1.FST` (bits [6:1] when F is set): its top four bits 0b0011 are a permission fault.
+const PAR_FST_PERMISSION: u64 = 0b0011;
 /// Above this many pages one unmap invalidates the whole TLB instead of page by page.
 const TLBI_PAGE_LIMIT: u64 = 256;
 
@@ -82,19 +95,94 @@ impl FwPlatform {
     }
 }
 
+/// Whether `len` bytes at `va` start in the TAs' slots (then they must end there too).
+fn is_user(va: VirtAddr) -> bool {
+    (user::USER_START..user::USER_END).contains(&va.get())
+}
+
+/// Checks that `len` bytes at `va` lie in the TAs' slots and that the current user space maps
+/// every page of them for EL0, for reading (or writing). Runs with that space installed.
+fn check_user(va: VirtAddr, len: usize, write: bool) -> Result<(), AccessFault> {
+    let start = va.get();
+    let end = start
+        .checked_add(len as u64)
+        .ok_or(AccessFault::Wrap(start))?;
+    if end > user::USER_END {
+        return Err(AccessFault::Permission(start));
+    }
+    // Entries the core just wrote in the TA's tables must be visible to the walker.
+    barrier_for_new_entries();
+    let mut page = start & !(PAGE_SIZE - 1);
+    while page < end {
+        let at = page.max(start);
+        let par = translate_el0(page, write);
+        AT_CHECKS.fetch_add(1, Ordering::Relaxed);
+        if par & PAR_F != 0 {
+            return Err(if (par >> 3) & 0xf == PAR_FST_PERMISSION {
+                AccessFault::Permission(at)
+            } else {
+                AccessFault::NotMapped(at)
+            });
+        }
+        page += PAGE_SIZE;
+    }
+    Ok(())
+}
+
 impl Platform for FwPlatform {
     type Tlb = FwTlb;
 
     fn read(&self, _map: &dyn Translate, va: VirtAddr, buf: &mut [u8]) -> Result<(), AccessFault> {
+        if is_user(va) {
+            // The copy runs with the TA's space installed: `buf` is the core's (its stack or
+            // heap, mapped the same there), never the window's.
+            return user::with_user_space(|| {
+                check_user(va, buf.len(), false)?;
+                copy_in(buf, va.get() as usize);
+                Ok(())
+            })
+            .unwrap_or(Err(AccessFault::NotMapped(va.get())));
+        }
         self.check(va, buf.len(), false)?;
         copy_in(buf, va.get() as usize);
         Ok(())
     }
 
     fn write(&self, _map: &dyn Translate, va: VirtAddr, data: &[u8]) -> Result<(), AccessFault> {
+        if is_user(va) {
+            return user::with_user_space(|| {
+                check_user(va, data.len(), true)?;
+                copy_out(va.get() as usize, data);
+                Ok(())
+            })
+            .unwrap_or(Err(AccessFault::NotMapped(va.get())));
+        }
         self.check(va, data.len(), true)?;
         copy_out(va.get() as usize, data);
         Ok(())
+    }
+
+    /// One 32-bit load from a device page of the window (an `ioremap`): the page must
+    /// translate (`AT S1E1R`) to device memory (`PAR_EL1.ATTR` 0b0000xx00).
+    fn read_io32(&self, _map: &dyn Translate, va: VirtAddr) -> Result<u32, AccessFault> {
+        let at = va.get();
+        if at % 4 != 0 || at < self.window_start || at >= self.window_end {
+            return Err(AccessFault::Permission(at));
+        }
+        barrier_for_new_entries();
+        let par = translate(at & !(PAGE_SIZE - 1), false);
+        AT_CHECKS.fetch_add(1, Ordering::Relaxed);
+        if par & PAR_F != 0 {
+            return Err(AccessFault::NotMapped(at));
+        }
+        if (par >> 56) & 0xf0 != 0 {
+            return Err(AccessFault::Permission(at));
+        }
+        // SAFETY: the MMU maps the page of `at` (4-byte aligned, so the word is inside it) as
+        // device memory right now, an `ioremap` of a device region of the memory map; a
+        // volatile 32-bit load is the single access a device register needs, and nothing of
+        // Rust's lives there.
+        Ok(unsafe { (at as *const u32).read_volatile() })
     }
 
     /// `ISR_EL1`'s I or F bit: an interrupt is pending at this CPU while the core runs with
@@ -112,6 +200,64 @@ impl Platform for FwPlatform {
 /// `ISR_EL1.I` and `ISR_EL1.F`: an IRQ, an FIQ pending.
 const ISR_I: u64 = 1 << 7;
 const ISR_F: u64 = 1 << 6;
+
+impl UserMode for FwPlatform {
+    type UserTlb = FwUserTlb;
+
+    fn user_tlb(&self, asid: u16) -> FwUserTlb {
+        FwUserTlb::new(asid)
+    }
+
+    fn activate_user(&self, space: Option<UserRoot>) {
+        user::activate(space);
+    }
+
+    fn enter_user(
+        &self,
+        space: UserRoot,
+        _map: &dyn Translate,
+        regs: &mut UserRegs,
+        handler: &mut dyn UserTrapHandler,
+    ) {
+        user::enter_user(space, regs, handler);
+    }
+
+    fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault> {
+        user::write_ta_ram(pa.get(), data).ok_or(AccessFault::NoMemory(pa.get()))
+    }
+
+    /// `ta: <name>: <message>` on the UART, control characters shown as `.` (a TA's message
+    /// cannot start a line of its own, such as one xtask reads as the firmware's).
+    fn ta_log(&self, ta: &str, message: &str) {
+        struct Clean<'a>(&'a str);
+        impl core::fmt::Display for Clean<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                for c in self.0.chars() {
+                    core::fmt::Write::write_char(f, if c.is_control() { '.' } else { c })?;
+                }
+                Ok(())
+            }
+        }
+        println!("ta: {}: {}", Clean(ta), Clean(message));
+    }
+}
+
+/// The MMU's translation of `page` for EL0 in the current regime (`PAR_EL1` after
+/// `AT S1E0R`/`AT S1E0W`).
+fn translate_el0(page: u64, write: bool) -> u64 {
+    let par: u64;
+    // SAFETY: as `translate`: AT only writes PAR_EL1 and cannot fault.
+    unsafe {
+        if write {
+            core::arch::asm!("at s1e0w, {va}", "isb", "mrs {par}, par_el1",
+                va = in(reg) page, par = out(reg) par, options(nostack, preserves_flags));
+        } else {
+            core::arch::asm!("at s1e0r, {va}", "isb", "mrs {par}, par_el1",
+                va = in(reg) page, par = out(reg) par, options(nostack, preserves_flags));
+        }
+    }
+    par
+}
 
 /// `dsb ishst; isb`: translation-table writes complete before the next walk.
 fn barrier_for_new_entries() {
