@@ -37,7 +37,8 @@
 //! interrupt stays pending until the TA traps and the core returns to the normal world), and
 //! EL0 cannot unmask them (`SCTLR_EL1.UMA` = 0). SP_EL1 is then the enter frame: a trap from
 //! EL0 (the lower-EL AArch64 synchronous vector, `tee_user_sync`) pushes a *trap frame* below
-//! it with x0..x30, SP_EL0, ELR_EL1, ESR_EL1, FAR_EL1, FPCR, FPSR and q0..q31, and calls
+//! it with x0..x30, SP_EL0, ELR_EL1, ESR_EL1, FAR_EL1, SPSR_EL1 (for the TA's condition
+//! flags), TPIDR_EL0, FPCR, FPSR and q0..q31, and calls
 //! [`tee_user_trap`], which moves TTBR0 back to the core's root, copies the registers into the
 //! entry's `UserRegs`, classifies the exception ([`classify`]) and calls the handler. `Resume`:
 //! the space is made current again (the handler may have entered another TA, or mapped pages
@@ -51,8 +52,9 @@
 //! [`MAX_DEPTH`] deep on one CPU (each costs the core's handler frames on the CPU's 64 KiB
 //! stack).
 //!
-//! A TA's FP/SIMD registers are its own: zeroed when it is entered (nothing of the core or of
-//! another TA shows through) and saved and restored around every trap.
+//! A TA's FP/SIMD registers, condition flags and `TPIDR_EL0` are its own: zeroed when it is
+//! entered (nothing of the core or of another TA shows through) and saved and restored around
+//! every trap. (The core's own `TPIDR_EL0` is not used: nothing at S-EL1 reads it.)
 
 use crate::layout;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -290,7 +292,10 @@ pub fn with_user_space<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(result)
 }
 
-/// A TA's registers at a trap, as `tee_user_sync` saves them (offsets used by the assembly).
+/// A TA's registers at a trap, as `tee_user_sync` saves them (offsets used by the assembly):
+/// besides what `UserRegs` has, its syndrome, its FP/SIMD state, its condition flags (from
+/// `SPSR_EL1`: a faulting access that the core resolves is retried, and the flags set before it
+/// must still be there) and `TPIDR_EL0` (which EL0 may write: each TA keeps its own).
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(16))]
 pub struct TrapFrame {
@@ -301,6 +306,8 @@ pub struct TrapFrame {
     far: u64,
     fpcr: u64,
     fpsr: u64,
+    spsr: u64,
+    tpidr: u64,
     _pad: u64,
     q: [u128; 32],
 }
@@ -308,6 +315,7 @@ pub struct TrapFrame {
 const F_SP: usize = core::mem::offset_of!(TrapFrame, sp);
 const F_ESR: usize = core::mem::offset_of!(TrapFrame, esr);
 const F_FPCR: usize = core::mem::offset_of!(TrapFrame, fpcr);
+const F_SPSR: usize = core::mem::offset_of!(TrapFrame, spsr);
 const F_Q: usize = core::mem::offset_of!(TrapFrame, q);
 const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 // The assembly stores x0..x30 from offset 0, then SP_EL0, ELR (pc), ESR, FAR, FPCR, FPSR in
@@ -318,6 +326,7 @@ const _: () = assert!(
         && core::mem::offset_of!(TrapFrame, pc) == F_SP + 8
         && core::mem::offset_of!(TrapFrame, far) == F_ESR + 8
         && core::mem::offset_of!(TrapFrame, fpsr) == F_FPCR + 8
+        && core::mem::offset_of!(TrapFrame, tpidr) == F_SPSR + 8
         && F_Q % 16 == 0
         && F_Q + 0x1f0 <= 1008
         && FRAME_SIZE % 16 == 0
@@ -338,6 +347,8 @@ impl TrapFrame {
             far: 0,
             fpcr: 0,
             fpsr: 0,
+            spsr: 0,
+            tpidr: 0,
             _pad: 0,
             q: [0; 32],
         }
@@ -381,15 +392,19 @@ core::arch::global_asm!(
     r#"
     .section .text.tee_user, "ax"
 
-    // x0 = a trap frame: loads the TA's SP_EL0, ELR_EL1, SPSR_EL1 (EL0t, DAIF masked), FPCR,
-    // FPSR, q0..q31, x0..x30 from it and returns to EL0. SP_EL1 must already be where the next
-    // trap may push its frame.
+    // x0 = a trap frame: loads the TA's SP_EL0, ELR_EL1, SPSR_EL1 (EL0t, DAIF masked, the TA's
+    // condition flags NZCV and nothing else of the saved SPSR), TPIDR_EL0, FPCR, FPSR,
+    // q0..q31, x0..x30 from it and returns to EL0. SP_EL1 must already be where the next trap
+    // may push its frame.
     .macro eret_to_user
     ldp     x1, x2, [x0, #{f_sp}]
     msr     sp_el0, x1
     msr     elr_el1, x2
-    mov     x1, #{spsr}
+    ldp     x1, x2, [x0, #{f_spsr}]
+    and     x1, x1, #0xf0000000
+    orr     x1, x1, #{spsr}
     msr     spsr_el1, x1
+    msr     tpidr_el0, x2
     ldp     x1, x2, [x0, #{f_fpcr}]
     msr     fpcr, x1
     msr     fpsr, x2
@@ -485,6 +500,9 @@ tee_user_sync:
     mrs     x0, fpcr
     mrs     x1, fpsr
     stp     x0, x1, [sp, #{f_fpcr}]
+    mrs     x0, spsr_el1
+    mrs     x1, tpidr_el0
+    stp     x0, x1, [sp, #{f_spsr}]
     stp     q0, q1, [sp, #{f_q} + 0x000]
     stp     q2, q3, [sp, #{f_q} + 0x020]
     stp     q4, q5, [sp, #{f_q} + 0x040]
@@ -536,6 +554,7 @@ tee_user_sync:
     f_sp = const F_SP,
     f_esr = const F_ESR,
     f_fpcr = const F_FPCR,
+    f_spsr = const F_SPSR,
     f_q = const F_Q,
     frame_size = const FRAME_SIZE,
     enter_size = const ENTER_SIZE,
