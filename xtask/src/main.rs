@@ -49,6 +49,7 @@ const NO_STD_CRATES: &[&str] = &[
     "teeshm-core",
     "teeshm-nw",
     "teeshm-hyp",
+    "teeshm-ta",
 ];
 
 fn main() -> ExitCode {
