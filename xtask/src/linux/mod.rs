@@ -16,10 +16,11 @@
 //!    0x4020_0000, NS-EL1, with x0 = the device tree at 0x4800_0000.
 //! 7. QEMU runs with a timeout; the UART is shown live and kept in `target/linux/uart.log`. The
 //!    run passes when QEMU exits 0 (PSCI SYSTEM_OFF, which init asks for only when the test
-//!    passed), the UART shows `N passed, 0 failed` (N > 0) and the monitor reports the core's
-//!    agreement check after the power-off with `0 disagreements`, and no line reports a secure
-//!    panic or exception (`qemu::secure_failure`). A hang is killed and reported with the last
-//!    UART lines.
+//!    passed), the UART shows `N passed, 0 failed` (N > 0) and the test's user-TA group
+//!    `user-ta: N passed, 0 failed` (N > 0), the monitor reports the core's agreement check
+//!    after the power-off with `0 disagreements`, and no line reports a secure panic or
+//!    exception (`qemu::secure_failure`). A hang is killed and reported with the last UART
+//!    lines. `target/linux/report.json` has the counts.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -528,6 +529,8 @@ struct Milestones {
     init: Option<f64>,
     probed: Option<f64>,
     summary: Option<(f64, String)>,
+    /// The test's user-TA group: its `user-ta: N passed, M failed` line, (N, M).
+    user_ta: Option<(u32, u32)>,
     /// The monitor's report of the core's agreement check after SYSTEM_OFF.
     agreement: Option<String>,
     /// The first report of a secure panic or exception (`qemu::secure_failure`).
@@ -597,11 +600,16 @@ fn boot(
         .as_ref()
         .is_some_and(|(_, s)| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
     let agreement_ok = seen.agreement.as_deref() == Some("0 disagreements");
+    let user_ta_ok = seen.user_ta.is_some_and(|(p, f)| p > 0 && f == 0);
     let report = out.join("report.json");
     let summary = seen.summary.as_ref().map(|(_, s)| s.as_str());
     fs::write(
         &report,
-        seen.smp.report(machine.smp, seen.disagreements(), summary),
+        with_field(
+            &seen.smp.report(machine.smp, seen.disagreements(), summary),
+            "user_ta",
+            &user_ta_json(seen.user_ta),
+        ),
     )
     .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
     if let Some(report) = &seen.secure_failure {
@@ -609,9 +617,10 @@ fn boot(
     }
     let counters = seen.smp.verdict(machine.smp, None, true);
     match (code, &seen.summary, counters) {
-        (Some(0), Some((_, summary)), Ok(())) if summary_ok && agreement_ok => {
+        (Some(0), Some((_, summary)), Ok(())) if summary_ok && agreement_ok && user_ta_ok => {
             eprintln!(
-                "xtask: linux: {summary}; QEMU exited 0 (PSCI SYSTEM_OFF); the core's agreement check after power-off: 0 disagreements; on {} CPUs: {} calls in the core at once at most, {} resumed on another CPU, {} normal-world interrupts let through; report {}",
+                "xtask: linux: {summary} ({}); QEMU exited 0 (PSCI SYSTEM_OFF); the core's agreement check after power-off: 0 disagreements; on {} CPUs: {} calls in the core at once at most, {} resumed on another CPU, {} normal-world interrupts let through; report {}",
+                user_ta_line(seen.user_ta),
                 machine.smp,
                 seen.smp.max_concurrent_calls.unwrap_or(0),
                 seen.smp.resumed_on_other_cpu.unwrap_or(0),
@@ -626,12 +635,13 @@ fn boot(
             Ok(())
         }
         (code, summary, counters) => failure(format!(
-            "linux: FAILED: QEMU exit status {}, agreement check {}, test summary {}, CPUs: {}",
+            "linux: FAILED: QEMU exit status {}, agreement check {}, test summary {}, user-TA group `{}`, CPUs: {}",
             code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
             seen.agreement.as_deref().unwrap_or("missing"),
             summary
                 .as_ref()
                 .map_or("missing".to_string(), |(_, s)| format!("`{s}`")),
+            user_ta_line(seen.user_ta),
             counters.err().unwrap_or_else(|| "as wanted".into()),
         )),
     }
@@ -668,7 +678,40 @@ fn note_milestone(seen: &mut Milestones, t: f64, line: &str) {
     if is_summary(line) {
         seen.summary = Some((t, line.trim().to_string()));
     }
+    if let Some(counts) = user_ta_summary(line) {
+        seen.user_ta = Some(counts);
+    }
     seen.smp.note(line);
+}
+
+/// `user-ta: N passed, M failed` alone on a line (the test's user-TA group): (N, M).
+fn user_ta_summary(line: &str) -> Option<(u32, u32)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["user-ta:", n, "passed,", m, "failed"] => Some((n.parse().ok()?, m.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// The user-TA group's line as the test prints it (`missing` without one).
+fn user_ta_line(counts: Option<(u32, u32)>) -> String {
+    counts.map_or("user-ta: missing".to_string(), |(p, f)| {
+        format!("user-ta: {p} passed, {f} failed")
+    })
+}
+
+/// The user-TA group's counts in a report: `{"passed": N, "failed": M}`, or `null`.
+fn user_ta_json(counts: Option<(u32, u32)>) -> String {
+    counts.map_or("null".to_string(), |(p, f)| {
+        format!("{{\"passed\": {p}, \"failed\": {f}}}")
+    })
+}
+
+/// `report` (one JSON object, a newline after it) with `"name": value` added as its last field.
+fn with_field(report: &str, name: &str, value: &str) -> String {
+    let body = report.trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body);
+    format!("{body}, \"{name}\": {value}}}\n")
 }
 
 /// `N passed, M failed` alone on a line.
@@ -688,6 +731,31 @@ mod tests {
         assert!(is_summary("  3 passed, 2 failed "));
         assert!(!is_summary("ok 3 passed, 2 failed"));
         assert!(!is_summary("tests: 3 passed, 2 failed, 0 ignored"));
+    }
+
+    #[test]
+    fn user_ta_summary_line() {
+        assert_eq!(
+            user_ta_summary("user-ta: 31 passed, 0 failed"),
+            Some((31, 0))
+        );
+        assert_eq!(
+            user_ta_summary(" user-ta: 2 passed, 5 failed "),
+            Some((2, 5))
+        );
+        assert_eq!(user_ta_summary("31 passed, 0 failed"), None);
+        assert_eq!(user_ta_summary("domu1| user-ta: 31 passed, 0 failed"), None);
+        assert_eq!(user_ta_summary("user-ta touch: 1 passed, 0 failed"), None);
+        assert!(!is_summary("user-ta: 31 passed, 0 failed"));
+        assert_eq!(
+            with_field(
+                "{\"smp\": 4, \"summary\": null}\n",
+                "user_ta",
+                &user_ta_json(Some((3, 0)))
+            ),
+            "{\"smp\": 4, \"summary\": null, \"user_ta\": {\"passed\": 3, \"failed\": 0}}\n"
+        );
+        assert_eq!(user_ta_json(None), "null");
     }
 
     #[test]

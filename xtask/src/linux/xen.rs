@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 use super::debian::{Kernel, arm64_deb, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
     DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES,
-    Machine, Milestones, build_test, initramfs_entries, is_summary, write_cpio,
+    Machine, Milestones, build_test, initramfs_entries, is_summary, user_ta_line, user_ta_summary,
+    write_cpio,
 };
 use crate::counters::fields;
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -235,6 +236,11 @@ pub fn xen(args: &[String]) -> Result<(), String> {
             .and_then(|d| d.churn)
             .ok_or_else(|| "dom0 under Xen printed no churn time".to_string())
     })
+}
+
+/// Whether a case's line (after `ok ` or `FAIL `) is one of the test's user-TA group.
+fn is_user_ta_case(case: &str) -> bool {
+    case.trim_start().starts_with("user TA: ")
 }
 
 /// The calls of the test's churn case (300 rounds of register, invoke, release).
@@ -603,6 +609,11 @@ struct Domain {
     failed: u32,
     /// Its last `N passed, M failed` line.
     summary: Option<(u32, u32)>,
+    /// `ok` and `FAIL` lines of its test's user-TA group (`user TA: ` cases, every round).
+    user_ta_passed: u32,
+    user_ta_failed: u32,
+    /// Its last `user-ta: N passed, M failed` line.
+    user_ta: Option<(u32, u32)>,
     /// Seconds of its first churn case (300 register/invoke/release rounds).
     churn: Option<f64>,
     destroyed: bool,
@@ -755,7 +766,11 @@ impl XenRun {
         // live by dom0, every line prefixed with the domain's name.
         let (name, text) = match line.split_once("| ") {
             Some((name, text)) if name.starts_with("domu") => (name, text),
-            _ if line.starts_with("ok ") || line.starts_with("FAIL ") || is_summary(line) => {
+            _ if line.starts_with("ok ")
+                || line.starts_with("FAIL ")
+                || is_summary(line)
+                || user_ta_summary(line).is_some() =>
+            {
                 ("dom0", line)
             }
             _ => return,
@@ -764,13 +779,17 @@ impl XenRun {
         if name == "dom0" {
             domain.domid = Some(0);
         }
-        if text.starts_with("ok ") {
+        if let Some(case) = text.strip_prefix("ok ") {
             domain.passed += 1;
+            domain.user_ta_passed += u32::from(is_user_ta_case(case));
             if domain.churn.is_none() {
                 domain.churn = churn_seconds(text);
             }
-        } else if text.starts_with("FAIL ") {
+        } else if let Some(case) = text.strip_prefix("FAIL ") {
             domain.failed += 1;
+            domain.user_ta_failed += u32::from(is_user_ta_case(case));
+        } else if let Some(counts) = user_ta_summary(text) {
+            domain.user_ta = Some(counts);
         } else if is_summary(text) {
             let words: Vec<&str> = text.split_whitespace().collect();
             if let [p, _, f, _] = words.as_slice() {
@@ -792,12 +811,16 @@ impl XenRun {
             .iter()
             .map(|d| {
                 format!(
-                    "{{\"name\": \"{}\", \"domid\": {}, \"passed\": {}, \"failed\": {}, \"destroyed\": {}}}",
+                    "{{\"name\": \"{}\", \"domid\": {}, \"passed\": {}, \"failed\": {}, \"destroyed\": {}, \"user_ta\": {{\"passed\": {}, \"failed\": {}, \"summary\": {}}}}}",
                     d.name,
                     d.domid.map_or("null".into(), |i| i.to_string()),
                     d.passed,
                     d.failed,
-                    d.destroyed
+                    d.destroyed,
+                    d.user_ta_passed,
+                    d.user_ta_failed,
+                    d.user_ta
+                        .map_or("null".into(), |c| format!("\"{}\"", user_ta_line(Some(c))))
                 )
             })
             .collect();
@@ -852,7 +875,8 @@ impl XenRun {
             return match self.domains.as_slice() {
                 [d] if d.name == "dom0"
                     && d.failed == 0
-                    && d.summary.is_some_and(|(p, f)| p > 0 && f == 0) =>
+                    && d.summary.is_some_and(|(p, f)| p > 0 && f == 0)
+                    && d.user_ta.is_some_and(|(p, f)| p > 0 && f == 0) =>
                 {
                     Ok(())
                 }
@@ -885,6 +909,21 @@ impl XenRun {
                 return Err(format!(
                     "{}: {} passed, {} failed, summary {:?}",
                     d.name, d.passed, d.failed, d.summary
+                ));
+            }
+            // The user-TA group: no case failed anywhere, and every Linux guest that ran the
+            // test to its end (all but the destroyed; the misbehaving client has no such
+            // group) printed `user-ta: N passed, 0 failed` with N > 0.
+            let group_failed = d.user_ta_failed != 0 || d.user_ta.is_some_and(|(_, f)| f != 0);
+            let group_missing =
+                !d.destroyed && d.name != HOSTILE_DOMU && d.user_ta.is_none_or(|(p, _)| p == 0);
+            if group_failed || group_missing {
+                return Err(format!(
+                    "{}: the user-TA group: {} ok and {} FAIL lines, last line `{}`",
+                    d.name,
+                    d.user_ta_passed,
+                    d.user_ta_failed,
+                    user_ta_line(d.user_ta)
                 ));
             }
         }
@@ -963,6 +1002,11 @@ fn boot(
         .filter(|d| !d.destroyed && d.summary.is_none())
         .count() as u32;
     let verdict_line = format!("xen: {passed} passed, {} failed", failed + missing);
+    let (ut_passed, ut_failed): (u32, u32) = system.domains.iter().fold((0, 0), |(p, f), d| {
+        (p + d.user_ta_passed, f + d.user_ta_failed)
+    });
+    // The user-TA group over all domains (its cases are in the line above too).
+    let user_ta_verdict = format!("xen: user-ta: {ut_passed} passed, {ut_failed} failed");
     let failure = |why: String| {
         let mut text = format!("{why}\nlast UART lines:\n");
         for line in &run.last {
@@ -979,6 +1023,7 @@ fn boot(
             log_path.display(),
             report.display()
         ));
+        println!("{user_ta_verdict}");
         println!("{verdict_line}");
         Err(text)
     };
@@ -1001,10 +1046,12 @@ fn boot(
                     .domains
                     .iter()
                     .map(|d| format!(
-                        "{} {}/{}{}",
+                        "{} {}/{} (user TA {}/{}){}",
                         d.name,
                         d.passed,
                         d.failed,
+                        d.user_ta_passed,
+                        d.user_ta_failed,
                         if d.destroyed { " destroyed" } else { "" }
                     ))
                     .collect::<Vec<_>>()
@@ -1013,6 +1060,7 @@ fn boot(
                 system.vm_destroyed,
                 report.display()
             );
+            println!("{user_ta_verdict}");
             println!("{verdict_line}");
             Ok(system)
         }
@@ -1022,5 +1070,41 @@ fn boot(
             disagreements.map_or("missing".to_string(), |d| format!("{d} disagreements")),
             verdict.err().unwrap_or_else(|| "the domains passed".into()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ta_lines_are_counted_per_domain() {
+        let mut run = XenRun::default();
+        for line in [
+            "ok   register 1 bytes at page offset 1 (0.010 s)",
+            "ok   user TA: TEEC_OpenSession to teeshm.ta-memtest (S-EL0) by UUID (0.002 s)",
+            "user-ta: 1 passed, 0 failed",
+            "2 passed, 0 failed",
+            "domu1| ok   user TA: CALL_PEER of 1 bytes (0.1 s)",
+            "domu1| FAIL user TA: PANIC (TEE_Panic) kills the TA alone: result 0x00000000",
+            "domu1| user-ta: 1 passed, 1 failed",
+            "domu1| user-ta touch: 528284 B 1.000 ms per call",
+        ] {
+            run.note(line);
+        }
+        let dom0 = &run.domains[0];
+        assert_eq!(
+            (dom0.name.as_str(), dom0.passed, dom0.user_ta_passed),
+            ("dom0", 2, 1)
+        );
+        assert_eq!((dom0.user_ta, dom0.summary), (Some((1, 0)), Some((2, 0))));
+        let domu1 = &run.domains[1];
+        assert_eq!(
+            (domu1.user_ta_passed, domu1.user_ta_failed, domu1.user_ta),
+            (1, 1, Some((1, 1)))
+        );
+        assert!(run.json(Some(0)).contains(
+            "\"user_ta\": {\"passed\": 1, \"failed\": 1, \"summary\": \"user-ta: 1 passed, 1 failed\"}"
+        ));
     }
 }
