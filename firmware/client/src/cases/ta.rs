@@ -53,9 +53,10 @@ fn expect_code(
 }
 
 pub(super) fn group(ctx: &mut Ctx, pta: &Session) {
-    ta_case("user TA: memrefs of every kind, every byte both ways", || {
-        memrefs(ctx)
-    });
+    ta_case(
+        "user TA: memrefs of every kind, every byte both ways",
+        || memrefs(ctx),
+    );
     ta_case("user TA: a short output gets the size it needs", || {
         short_output(ctx)
     });
@@ -71,16 +72,18 @@ pub(super) fn group(ctx: &mut Ctx, pta: &Session) {
         "user TA: a TA shares exactly its own buffer with another TA",
         || ta_to_ta(ctx),
     );
-    ta_case("user TA: access rights of a memref and of its own memory", || {
-        access_rights(ctx)
-    });
+    ta_case(
+        "user TA: access rights of a memref and of its own memory",
+        || access_rights(ctx),
+    );
     ta_case(
         "user TA: TOUCH of a 1 MiB and of a 4 KiB buffer, 100 times each",
         || repeat_large(ctx),
     );
-    ta_case("ioremap: the secure UART mapped as a device, RAM refused", || {
-        io_probe(ctx, pta)
-    });
+    ta_case(
+        "ioremap: the secure UART mapped as a device, RAM refused",
+        || io_probe(ctx, pta),
+    );
     println!(
         "ta: {} passed, {} failed",
         PASSED.load(Ordering::Relaxed),
@@ -92,7 +95,12 @@ fn memrefs(ctx: &mut Ctx) -> Outcome {
     let s = open(ctx)?;
     let mut total = 0u64;
     // Temporary, output: the TA fills, this side checks.
-    for (size, offset) in [(1u64, 0u64), (PAGE_SIZE, 0), (10_000, 0x123), ((1 << 20) + 3, 1)] {
+    for (size, offset) in [
+        (1u64, 0u64),
+        (PAGE_SIZE, 0),
+        (10_000, 0x123),
+        ((1 << 20) + 3, 1),
+    ] {
         let out = buf(ctx, size, offset, |_| 0)?;
         let mut o = op([
             Param::TempOutput(out),
@@ -238,7 +246,12 @@ fn read_only_input(ctx: &mut Ctx) -> Outcome {
     let victim = open(ctx)?;
     let other = open(ctx)?;
     let input = buf(ctx, 64, 0, |_| 0x5a)?;
-    let mut o = op([Param::TempInput(input), Param::None, Param::None, Param::None]);
+    let mut o = op([
+        Param::TempInput(input),
+        Param::None,
+        Param::None,
+        Param::None,
+    ]);
     let e = ctx
         .invoke_command(&victim, cmd::WRITE_INPUT, &mut o)
         .err()
@@ -282,7 +295,10 @@ fn read_only_input(ctx: &mut Ctx) -> Outcome {
     free(ctx, input);
     ctx.close_session(victim).map_err(teec)?;
     ctx.close_session(other).map_err(teec)?;
-    Ok("TARGET_DEAD then and after, the input untouched, another instance of the same TA unharmed".into())
+    Ok(
+        "TARGET_DEAD then and after, the input untouched, another instance of the same TA unharmed"
+            .into(),
+    )
 }
 
 fn stale_pointer(ctx: &mut Ctx) -> Outcome {
