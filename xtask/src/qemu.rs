@@ -369,6 +369,8 @@ fn find_objcopy() -> Result<PathBuf, String> {
 #[derive(Default)]
 struct Seen {
     summary: Option<String>,
+    /// The user-TA group's own count (`ta: N passed, M failed`).
+    ta_summary: Option<String>,
     failed_case: Option<String>,
     fault_report: Option<String>,
     fault_test_passed: bool,
@@ -388,6 +390,11 @@ impl Seen {
         let line = line.trim();
         if is_summary(line) {
             self.summary = Some(line.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("ta: ")
+            && is_summary(rest)
+        {
+            self.ta_summary = Some(rest.to_string());
         }
         if line.starts_with("FAIL ") && self.failed_case.is_none() {
             self.failed_case = Some(line.to_string());
@@ -546,10 +553,11 @@ fn run_qemu(
             ),
         ),
         Variant::Client => {
-            let summary_ok = seen
-                .summary
-                .as_deref()
-                .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"));
+            let all_passed = |s: &Option<String>| {
+                s.as_deref()
+                    .is_some_and(|s| s.ends_with(" 0 failed") && !s.starts_with("0 passed"))
+            };
+            let summary_ok = all_passed(&seen.summary) && all_passed(&seen.ta_summary);
             let counters = seen.smp.verdict(smp, None, true);
             let report = crate::workspace_root()
                 .join("target")
@@ -562,7 +570,8 @@ fn run_qemu(
             }
             match (code, &seen.summary, &seen.failed_case) {
                 (Some(0), Some(summary), None) if summary_ok && counters.is_ok() => Ok(format!(
-                    "client run passed: {summary} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s); on {smp} CPUs: {} calls in the core at once at most, {} normal-world interrupts let through",
+                    "client run passed: {summary}, user TAs ta: {} (S-EL1 core ready {ready}, QEMU exit 0 after {total:.2} s); on {smp} CPUs: {} calls in the core at once at most, {} normal-world interrupts let through",
+                    seen.ta_summary.as_deref().unwrap_or_default(),
                     seen.smp.max_concurrent_calls.unwrap_or(0),
                     seen.smp
                         .cpus
@@ -577,9 +586,10 @@ fn run_qemu(
                 (code, summary, failed) => failure(
                     code.filter(|&c| c != 0).unwrap_or(1),
                     format!(
-                        "QEMU exit status {}, summary {}, first failed case {}",
+                        "QEMU exit status {}, summary {}, user-TA group {}, first failed case {}",
                         code.map_or("none (killed by a signal)".to_string(), |c| c.to_string()),
                         summary.as_deref().unwrap_or("missing"),
+                        seen.ta_summary.as_deref().unwrap_or("missing"),
                         failed.as_deref().unwrap_or("none")
                     ),
                 ),
@@ -715,6 +725,9 @@ mod tests {
             "monitor: S-EL1 core ready at 6000 us; entering the normal world",
         );
         seen.note(0.2, "FAIL hostile: unknown cookies [0 ms]: 0xffff0006");
+        seen.note(0.2, "ta: 9 passed, 0 failed");
+        assert_eq!(seen.ta_summary.as_deref(), Some("9 passed, 0 failed"));
+        assert_eq!(seen.summary, None, "the group's line is not the run's");
         seen.note(0.3, "25 passed, 1 failed\r");
         assert_eq!(seen.core_ready, Some(0.1));
         assert!(seen.failed_case.is_some());
