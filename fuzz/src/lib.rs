@@ -5,12 +5,16 @@
 //! - [`page_list`]: the NONCONTIG decoder over a normal-world memory made of the input, its
 //!   contract checked on every success, and the encode/decode round trip.
 //! - [`msg_arg`]: `split_arg` / `split_arg_mut` / `ParamType` over arbitrary bytes, then the
-//!   same bytes as the arg page of a real call into a small core.
-//! - [`smc_surface`]: a small core driven by a program decoded from the input: writes into
-//!   normal-world memory, SMCs with registers from the OP-TEE function ids and arbitrary values,
-//!   RPC answers (hostile or well-behaved), VM created / destroyed. After every step the core's
-//!   agreement checker must find nothing; at the end every guest is destroyed and nothing may be
-//!   left: no object, mapping, VA range, table page or thread.
+//!   same bytes as the arg page of a real call into a small core (to the pseudo-TA or a user
+//!   TA).
+//! - [`smc_surface`]: a small core with TA RAM and the user TAs (`teeshm.ta-memtest`,
+//!   `teeshm.ta-peer`, run by the test kit's user mode) driven by a program decoded from the
+//!   input: writes into normal-world memory, SMCs with registers from the OP-TEE function ids and
+//!   arbitrary values, sessions of the pseudo-TA, a user TA or an unknown UUID, invokes of any
+//!   command with any params, RPC answers (hostile or well-behaved), VM created / destroyed.
+//!   After every step the core's agreement checker must find nothing; at the end every guest is
+//!   destroyed and nothing may be left: no object, mapping, VA range, table page, thread or page
+//!   of TA RAM.
 //!
 //! Every input does bounded work: few guests, small quotas, buffers of at most 16 pages, a
 //! window of a few dozen pages, at most 16 RPC rounds per call.
@@ -29,7 +33,7 @@ use teeshm_core::pta::MEMTEST_UUID;
 use teeshm_core::thread::ThreadState;
 use teeshm_core::{CoreConfig, GuestQuotas, Tee};
 use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
-use teeshm_testkit::{DEVICES, NS_RAM, PhysMemory, SECURE_RAM, STATIC_POOL, SimPlatform};
+use teeshm_testkit::{DEVICES, NS_RAM, PhysMemory, SECURE_RAM, STATIC_POOL, SimPlatform, TA_RAM};
 use zerocopy::{FromBytes, IntoBytes};
 
 mod input;
@@ -53,6 +57,17 @@ pub const NS_BASE: u64 = NS_RAM.0;
 pub const NS_PAGES: u64 = 48;
 /// Guest ids the programs use (plus arbitrary ones).
 pub const GUESTS: [u16; 3] = [1, 2, 3];
+
+/// The UUIDs a program opens sessions of: the pseudo-TA, the user TAs, and one no TA has.
+pub const UUIDS: [[u8; 16]; 4] = [
+    MEMTEST_UUID,
+    teeshm_ta::memtest::UUID,
+    teeshm_ta::peer::UUID,
+    [
+        0x74, 0x65, 0x65, 0x73, 0x68, 0x6d, 0x4d, 0x54, 0x8d, 0x6d, 0x65, 0x6d, 0x74, 0x65, 0x73,
+        0x75,
+    ],
+];
 
 /// Normal-world page `k` (modulo [`NS_PAGES`]).
 pub fn ns_page(k: u64) -> u64 {
@@ -94,7 +109,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
         heap_budget: 128 << 10,
         // As the firmware's presets: no arg page kept between calls (the simulator's setting).
         kept_arg_pages: 0,
-        ta_ram: None,
+        // `FuzzCore::with_user_tas` gives it the test kit's TA RAM.
     }
 }
 
@@ -134,6 +149,17 @@ impl FuzzCore {
     /// Boots a small core.
     pub fn new(pool: bool) -> Self {
         let (tee, mem) = teeshm_testkit::sim_tee(small_config(pool));
+        Self::around(tee, mem)
+    }
+
+    /// Boots a small core with TA RAM (the test kit's [`TA_RAM`], each of the 4 guests a
+    /// quarter) and the user TAs registered, as `teeshm_testkit::sim_tee_with_tas` makes it.
+    pub fn with_user_tas(pool: bool) -> Self {
+        let (tee, mem) = teeshm_testkit::sim_tee_with_tas(small_config(pool));
+        Self::around(tee, mem)
+    }
+
+    fn around(tee: Tee<SimPlatform>, mem: Arc<PhysMemory>) -> Self {
         let baseline = baseline_of(&tee);
         Self {
             tee,
@@ -289,14 +315,15 @@ impl FuzzCore {
         out
     }
 
-    /// Opens a session of the memtest pseudo-TA for `guest` with an arg written at page `k`.
-    pub fn open_session(&mut self, guest: u16, k: u64) -> Option<u32> {
+    /// Opens a session of the TA `uuid` (the memtest pseudo-TA's, a user TA's, any) for `guest`
+    /// with an arg written at page `k`.
+    pub fn open_session(&mut self, guest: u16, uuid: [u8; 16], k: u64) -> Option<u32> {
         let mut h = MsgArgHeader::default();
         h.cmd.set(OPTEE_MSG_CMD_OPEN_SESSION);
         h.num_params.set(2);
         let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-        let uuid_lo = u64::from_le_bytes(MEMTEST_UUID[..8].try_into().ok()?);
-        let uuid_hi = u64::from_le_bytes(MEMTEST_UUID[8..].try_into().ok()?);
+        let uuid_lo = u64::from_le_bytes(uuid[..8].try_into().ok()?);
+        let uuid_hi = u64::from_le_bytes(uuid[8..].try_into().ok()?);
         let mut bytes = h.as_bytes().to_vec();
         bytes.extend_from_slice(
             MsgParam::from_value(meta, Value::new(uuid_lo, uuid_hi, 0)).as_bytes(),
@@ -349,8 +376,14 @@ impl FuzzCore {
     }
 
     /// Destroys every guest and checks that nothing of any is left: no guest, object, mapping,
-    /// VA range, table page beyond the baseline, busy thread or pending release.
+    /// VA range, table page beyond the baseline, busy thread, pending release or page of TA RAM
+    /// (every TA instance, those TAs opened included, went with its guest).
     pub fn destroy_all_and_check_empty(&self) {
+        if std::env::var_os("TEESHM_FUZZ_TRACE").is_some() {
+            for line in self.tee.platform().ta_logs() {
+                eprintln!("ta log: {line}");
+            }
+        }
         for g in self.tee.guests() {
             self.vm(false, u64::from(g.id().raw()));
         }
@@ -369,6 +402,12 @@ impl FuzzCore {
             now, self.baseline,
             "something of a destroyed guest is left in the window"
         );
+        let tas = self.tee.tas().resources();
+        assert_eq!(
+            tas.free_pages(),
+            tas.total_pages(),
+            "a TA instance outlived its guest"
+        );
     }
 }
 
@@ -381,6 +420,7 @@ fn interesting(input: &mut Input) -> u64 {
         5 => u64::from(input.u8() % 16),
         6 => input.pick(&[
             SECURE_RAM.0,
+            TA_RAM.0,
             DEVICES.0,
             STATIC_POOL.0,
             STATIC_POOL.0 + 15 * PAGE,

@@ -128,6 +128,8 @@ struct Recount {
     threads: u64,
     sessions: u64,
     mapped_pages: u64,
+    /// Secure heap its TA instances were charged.
+    ta_bytes: u64,
 }
 
 impl<P: Platform> Tee<P> {
@@ -184,6 +186,14 @@ impl<P: Platform> Tee<P> {
                 r.objects.insert(m.id(), m.clone());
             }
             r.sessions = state.sessions.len() as u64;
+            r.ta_bytes = state
+                .sessions
+                .values()
+                .filter_map(|s| match s {
+                    crate::ta::Session::User(instance) => Some(instance.charged_bytes()),
+                    crate::ta::Session::Pta => None,
+                })
+                .sum();
         }
         {
             let threads = self.threads.lock();
@@ -328,7 +338,8 @@ impl<P: Platform> Tee<P> {
                 .filter(|m| m.kind() == MobjKind::Registered)
                 .map(|m| m.num_pages())
                 .sum();
-            let bytes: u64 = r.objects.values().map(|m| m.charged_bytes()).sum();
+            let bytes: u64 =
+                r.objects.values().map(|m| m.charged_bytes()).sum::<u64>() + r.ta_bytes;
             let c = guest.counters();
             let checks = [
                 ("objects", c.objects(), objects),
@@ -392,7 +403,18 @@ mod tests {
         }
     }
 
-    /// No user mode either: no TA RAM is configured, so no TA is ever entered.
+    /// No page for a TA.
+    struct NoPages;
+
+    impl crate::platform::TaPages for NoPages {
+        fn alloc(&self) -> Option<PhysAddr> {
+            None
+        }
+
+        fn free(&self, _: PhysAddr) {}
+    }
+
+    /// No user mode either: no page for a TA, so no TA is ever entered.
     impl crate::platform::UserMode for NoAccess {
         type UserTlb = RecordingTlb;
 
@@ -401,6 +423,10 @@ mod tests {
         }
 
         fn activate_user(&self, _: Option<crate::platform::UserRoot>) {}
+
+        fn ta_pages(&self) -> alloc::sync::Arc<dyn crate::platform::TaPages> {
+            alloc::sync::Arc::new(NoPages)
+        }
 
         fn enter_user(
             &self,

@@ -193,11 +193,6 @@ pub struct CoreConfig {
     /// each such arg is a temporary object, mapped for its call and unmapped after. Kept
     /// pages are charged to the guest's quotas like any object, and yield to them.
     pub kept_arg_pages: u8,
-    /// Secure RAM for trusted applications' instances (their code, data, heap and stack), if
-    /// any; it must be a `SecureRam` region of the memory map, and neither the heap nor the
-    /// window may use it. Without it no user TA can be opened (`TEE_ERROR_OUT_OF_MEMORY`).
-    /// Each guest may hold `pages / max_guests` of it.
-    pub ta_ram: Option<PhysRange>,
 }
 
 impl CoreConfig {
@@ -395,7 +390,6 @@ impl CoreConfig {
             static_pool: None,
             heap_budget: qemu_virt::HEAP_BUDGET,
             kept_arg_pages: 0,
-            ta_ram: None,
         }
     }
 }
@@ -422,7 +416,6 @@ impl Default for CoreConfig {
             static_pool: None,
             heap_budget: 192 << 20,
             kept_arg_pages: 0,
-            ta_ram: None,
         }
     }
 }

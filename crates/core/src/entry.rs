@@ -66,6 +66,7 @@ impl<P: Platform> Tee<P> {
     ) -> Result<Self, BootError> {
         config.capacity()?;
         let shm = ShmWindow::new(config.window, memory_map.clone(), tlb)?;
+        let ta_pages = platform.ta_pages();
         let mut tee = Self {
             config,
             platform,
@@ -83,10 +84,7 @@ impl<P: Platform> Tee<P> {
             next_mobj: AtomicU64::new(1),
             pool: None,
             io: crate::sync::Mutex::new(alloc::vec::Vec::new()),
-            tas: crate::ta::TaSystem::new(crate::ta::TaResources::new(
-                config.ta_ram,
-                config.max_guests,
-            )),
+            tas: crate::ta::TaSystem::new(crate::ta::TaResources::new(ta_pages)),
         };
         if config.normal_world == NormalWorld::Single {
             let threads = &tee.threads;
@@ -95,15 +93,6 @@ impl<P: Platform> Tee<P> {
                     threads.lock().admit(GuestId::HYPERVISOR).map_err(|_| ())
                 })
                 .map_err(|()| BootError::Config("no thread for the normal world"))?;
-        }
-        if let Some(range) = config.ta_ram
-            && (!tee.memory_map.is_kind(range, RegionKind::SecureRam)
-                || range.start().get() % PAGE_SIZE != 0
-                || range.len() % PAGE_SIZE != 0)
-        {
-            return Err(BootError::Config(
-                "TA RAM must be whole pages of a SecureRam region",
-            ));
         }
         if let Some(range) = config.static_pool {
             if config.normal_world == NormalWorld::Virtualized {

@@ -129,6 +129,17 @@ impl GuestCounters {
         self.secure_bytes.refund(secure_bytes);
     }
 
+    /// Charges `bytes` of secure heap that are not an object's (a TA instance's) against
+    /// `limit`; the count it would have reached if refused.
+    pub(crate) fn charge_secure(&self, bytes: u64, limit: u64) -> Result<(), u64> {
+        self.secure_bytes.charge(bytes, limit)
+    }
+
+    /// Refunds what [`charge_secure`](Self::charge_secure) charged.
+    pub(crate) fn refund_secure(&self, bytes: u64) {
+        self.secure_bytes.refund(bytes);
+    }
+
     pub(crate) fn charge_thread(&self, limit: u64) -> Result<(), TeeError> {
         self.threads
             .charge(1, limit)

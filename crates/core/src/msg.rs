@@ -565,7 +565,8 @@ impl<P: Platform> Tee<P> {
         uuid: [u8; 16],
         id: u32,
     ) -> Result<Arc<TaInstance>, TeeError> {
-        let instance = self.new_ta_instance(uuid, call.guest_id())?;
+        let instance =
+            self.new_ta_instance(uuid, call.guest_id(), call.guest.counters().clone())?;
         let entry = Entry {
             func: UTEE_ENTRY_FUNC_OPEN_SESSION,
             session: id,

@@ -147,6 +147,16 @@ pub trait UserTrapHandler {
     fn trap(&mut self, regs: &mut UserRegs, trap: UserTrap) -> TrapAction;
 }
 
+/// The source of TA instances' pages: on the firmware 4 KiB blocks of the secure heap (at VA ==
+/// PA), in the simulator pages of a simulated secure region. The core charges each page to the
+/// guest the instance belongs to (its secure-heap quota), so the heap budget covers them.
+pub trait TaPages: Send + Sync {
+    /// A free page, not zeroed (`None`: none left).
+    fn alloc(&self) -> Option<PhysAddr>;
+    /// Gives back a page [`alloc`](Self::alloc) gave.
+    fn free(&self, page: PhysAddr);
+}
+
 /// User mode: running trusted applications at EL0, each in its own translation regime.
 ///
 /// The core builds each TA's tables (its `UserRoot`); the platform switches to them and runs
@@ -174,11 +184,15 @@ pub trait UserMode {
         handler: &mut dyn UserTrapHandler,
     );
 
-    /// Writes `data` into the core's secure RAM for TAs at `pa` (loading an image, zeroing a
+    /// Where TA instances' pages come from (secure memory the core may hand a TA), shared by
+    /// the instances, which give their pages back when they go.
+    fn ta_pages(&self) -> alloc::sync::Arc<dyn TaPages>;
+
+    /// Writes `data` at `pa` into a page [`TaPages::alloc`] gave (loading an image, zeroing a
     /// stack): memory that no TA can reach yet.
     ///
     /// # Errors
-    /// [`AccessFault::NoMemory`] if `pa..pa + len` is not TA RAM.
+    /// [`AccessFault::NoMemory`] if `pa..pa + len` is not memory `TaPages` hands out.
     fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault>;
 
     /// A TA's `TEE_SCN_LOG` message, for the secure console (the default drops it).

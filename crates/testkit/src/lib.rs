@@ -69,20 +69,14 @@ pub fn sim_tee(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
     (tee, mem)
 }
 
-/// A core as [`sim_tee`] makes it, with TA RAM ([`layout::TA_RAM`], unless `config` names
-/// other) and the simulator's user TAs ([`sim_ta_images`]) registered.
+/// A core as [`sim_tee`] makes it, with TA RAM ([`layout::TA_RAM`]) and the simulator's user
+/// TAs ([`sim_ta_images`]) registered.
 pub fn sim_tee_with_tas(config: CoreConfig) -> (Tee<SimPlatform>, Arc<PhysMemory>) {
     let mem = Arc::new(PhysMemory::new());
     write_pl011_id(&mem);
-    let ta_ram = config.ta_ram.unwrap_or_else(|| {
-        PhysRange::new(PhysAddr(layout::TA_RAM.0), layout::TA_RAM.1)
-            .expect("TA_RAM is a valid range")
-    });
+    let ta_ram = PhysRange::new(PhysAddr(layout::TA_RAM.0), layout::TA_RAM.1)
+        .expect("TA_RAM is a valid range");
     let (platform, tlb) = SimPlatform::with_tlb(mem.clone());
-    let config = CoreConfig {
-        ta_ram: Some(ta_ram),
-        ..config
-    };
     let tee = Tee::new(config, sim_memory_map(), platform.with_ta_ram(ta_ram), tlb)
         .expect("the core boots with the test's configuration");
     for image in sim_ta_images() {

@@ -110,7 +110,7 @@ pub struct SimPlatform {
     tlb: Option<Arc<SimTlb>>,
     interrupts: Arc<ForeignInterrupts>,
     /// The secure RAM TAs are loaded into ([`SimPlatform::with_ta_ram`]); none by default.
-    pub(crate) ta_ram: Option<PhysRange>,
+    pub(crate) ta_ram: Option<Arc<crate::user::SimTaRam>>,
     /// What the TAs logged, the last lines ([`SimPlatform::ta_logs`]).
     pub(crate) ta_log_lines: Arc<Mutex<VecDeque<String>>>,
 }
@@ -154,8 +154,15 @@ impl SimPlatform {
     /// [`UserMode::write_ta_ram`](teeshm_core::platform::UserMode::write_ta_ram) writes.
     #[must_use]
     pub fn with_ta_ram(mut self, range: PhysRange) -> Self {
-        self.ta_ram = Some(range);
+        self.ta_ram = Some(Arc::new(crate::user::SimTaRam::new(range)));
         self
+    }
+
+    /// The TA RAM's pages: (free now, in all); (0, 0) without TA RAM.
+    pub fn ta_ram_pages(&self) -> (u64, u64) {
+        self.ta_ram
+            .as_ref()
+            .map_or((0, 0), |r| (r.free_pages(), r.total_pages()))
     }
 
     /// From now on, a normal-world interrupt is pending at every `every`-th time the core

@@ -13,14 +13,14 @@
 
 use crate::platform::SimPlatform;
 use std::cell::RefCell;
-use std::sync::{OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use teeshm_abi::utee::layout;
 use teeshm_core::platform::{
-    TrapAction, UserAccess, UserMode, UserRegs, UserRoot, UserTrap, UserTrapHandler,
+    TaPages, TrapAction, UserAccess, UserMode, UserRegs, UserRoot, UserTrap, UserTrapHandler,
 };
 use teeshm_core::ta::{Segment, SegmentAccess, TaImage};
 use teeshm_core::{AccessFault, Translate};
-use teeshm_mm::{MemKind, PAGE_SIZE, PhysAddr, VirtAddr};
+use teeshm_mm::{MemKind, PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
 use teeshm_platform::RecordingTlb;
 use teeshm_ta::{PROGRAMS, Program, Stop, UserEnv};
 
@@ -252,6 +252,54 @@ impl UserEnv for SimUserEnv<'_> {
     }
 }
 
+/// The simulated secure RAM TA instances take their pages from: a free list over its pages
+/// (none in the default one).
+#[derive(Debug, Default)]
+pub struct SimTaRam {
+    range: Option<PhysRange>,
+    free: Mutex<Vec<PhysAddr>>,
+}
+
+impl SimTaRam {
+    /// Every page of `range` free.
+    pub fn new(range: PhysRange) -> Self {
+        let first = range.start().get().div_ceil(PAGE_SIZE);
+        let end = range.end().get() / PAGE_SIZE;
+        Self {
+            range: Some(range),
+            // Highest first, so that pages are handed out from the bottom.
+            free: Mutex::new(
+                (first..end)
+                    .rev()
+                    .map(|p| PhysAddr(p * PAGE_SIZE))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Pages free now.
+    pub fn free_pages(&self) -> u64 {
+        self.free.lock().map_or(0, |f| f.len() as u64)
+    }
+
+    /// Pages in all.
+    pub fn total_pages(&self) -> u64 {
+        self.range.map_or(0, |r| r.len() / PAGE_SIZE)
+    }
+}
+
+impl TaPages for SimTaRam {
+    fn alloc(&self) -> Option<PhysAddr> {
+        self.free.lock().ok()?.pop()
+    }
+
+    fn free(&self, page: PhysAddr) {
+        if let Ok(mut free) = self.free.lock() {
+            free.push(page);
+        }
+    }
+}
+
 impl UserMode for SimPlatform {
     /// User translations are never cached by the simulated TLBs (`SimPlatform::translate`),
     /// so a user space's invalidations are only counted.
@@ -291,14 +339,25 @@ impl UserMode for SimPlatform {
         }
     }
 
+    fn ta_pages(&self) -> Arc<dyn TaPages> {
+        match &self.ta_ram {
+            Some(ram) => ram.clone(),
+            None => Arc::new(SimTaRam::default()),
+        }
+    }
+
     fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault> {
-        let inside = self.ta_ram.is_some_and(|ram| {
-            pa.get() >= ram.start().get()
-                && pa
-                    .get()
-                    .checked_add(data.len() as u64)
-                    .is_some_and(|end| end <= ram.end().get())
-        });
+        let inside = self
+            .ta_ram
+            .as_ref()
+            .and_then(|r| r.range)
+            .is_some_and(|ram| {
+                pa.get() >= ram.start().get()
+                    && pa
+                        .get()
+                        .checked_add(data.len() as u64)
+                        .is_some_and(|end| end <= ram.end().get())
+            });
         if !inside {
             return Err(AccessFault::NoMemory(pa.get()));
         }

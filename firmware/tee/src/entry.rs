@@ -180,7 +180,6 @@ enum BootError {
     Map(&'static str, teeshm_mm::WindowError),
     Range(&'static str),
     MemoryMap,
-    Layout(&'static str),
     User(&'static str),
     Ta(&'static str, teeshm_core::ta::elf::ElfError),
     Register(&'static str, teeshm_core::TeeError),
@@ -205,17 +204,13 @@ fn memory_map() -> Result<MemoryMap, BootError> {
 /// The core's configuration on QEMU: the core's `qemu_virt` preset (quotas sized to the 16 MiB
 /// of secure RAM; the mediator fuzz target runs the same), in the mode of what the monitor
 /// boots in the normal world: an operating system at EL1 (`ns_el` 1: one normal world, a7 names
-/// no guest) or a hypervisor at EL2 (`ns_el` 2: guests it announces); TA RAM is
-/// [`layout::TA_RAM`].
+/// no guest) or a hypervisor at EL2 (`ns_el` 2: guests it announces).
 pub fn config(ns_el: u64) -> CoreConfig {
-    CoreConfig {
-        ta_ram: PhysRange::new(PhysAddr(layout::TA_RAM.0), layout::TA_RAM.1).ok(),
-        ..CoreConfig::qemu_virt(if ns_el == 2 {
-            NormalWorld::Virtualized
-        } else {
-            NormalWorld::Single
-        })
-    }
+    CoreConfig::qemu_virt(if ns_el == 2 {
+        NormalWorld::Virtualized
+    } else {
+        NormalWorld::Single
+    })
 }
 
 /// Maps `range` (page aligned) at VA == PA as `kind`, outside the window.
@@ -247,12 +242,6 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
             layout::UART.0..layout::UART.0 + layout::UART.1,
         )
     };
-    let ta_ram = layout::TA_RAM.0..layout::TA_RAM.0 + layout::TA_RAM.1;
-    if layout::ta_ram() != ta_ram || layout::heap().end != ta_ram.start {
-        return Err(BootError::Layout(
-            "secure.ld's TA RAM is not layout::TA_RAM right after the heap",
-        ));
-    }
     crate::heap::init(layout::heap());
     let tee = Tee::new(
         config(ns_el),
@@ -270,8 +259,6 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         for cpu in 0..teeshm_fw_common::cpu::MAX_CPUS {
             rest += map_identity(shm, "stacks", layout::stacks(cpu), MemKind::SecureRam)?;
         }
-        // TA RAM at S-EL1 too, so that loading an instance is a plain copy (`write_ta_ram`).
-        let ta_pages = map_identity(shm, "TA RAM", ta_ram.clone(), MemKind::SecureRam)?;
         map_identity(
             shm,
             "uart",
@@ -280,7 +267,7 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         )?;
         println!(
             "tee: static map: code+rodata {code} pages RX, data {data} pages RW, \
-             stacks+heap {rest} pages RW, TA RAM {ta_pages} pages RW, UART 1 page device; \
+             stacks+heap {rest} pages RW, UART 1 page device; \
              unmapped: EL3 {:#x}..{:#x}, a stack guard page below each CPU's stack ({:#x}, \
              ...)",
             layout::el3().start,
@@ -305,9 +292,7 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
     }
     println!(
         "tee: user mode: per-CPU level-1 tables with the core's {copied} static slot(s), TA slots \
-         2 and 3; TA RAM {:#x}..{:#x}; early TAs: {}",
-        ta_ram.start,
-        ta_ram.end,
+         2 and 3; TA pages from the heap; early TAs: {}",
         names.join(", ")
     );
     let normal_world = tee.config().normal_world;

@@ -9,8 +9,6 @@ unsafe extern "C" {
     static __tee_stacks_start: u8;
     static __heap_start: u8;
     static __heap_end: u8;
-    static __ta_ram_start: u8;
-    static __ta_ram_end: u8;
     static __el3_start: u8;
     static __el3_end: u8;
 }
@@ -32,11 +30,6 @@ pub const UART: (u64, u64) = (0x0900_0000, 0x1000);
 /// side of the bus): a device region of the core's memory map, never mapped statically (the
 /// core's `ioremap` maps it when it probes it).
 pub const SECURE_UART: (u64, u64) = (0x0904_0000, 0x1000);
-/// TA RAM: the top 4 MiB of secure RAM, carved out of the heap by `secure.ld`
-/// (`__ta_ram_start`): the pages of TA instances (code, data, heap, stacks), which the core
-/// hands out (`CoreConfig::ta_ram`) and writes through `UserMode::write_ta_ram`.
-pub const TA_RAM: (u64, u64) = (0x0ec0_0000, 4 << 20);
-const _: () = assert!(TA_RAM.0 + TA_RAM.1 == SECURE_RAM.0 + SECURE_RAM.1);
 
 /// Code and read-only data (mapped read-only, executable).
 pub fn code() -> Range<u64> {
@@ -69,11 +62,6 @@ pub fn stacks(cpu: usize) -> Range<u64> {
 /// The heap.
 pub fn heap() -> Range<u64> {
     addr!(__heap_start)..addr!(__heap_end)
-}
-
-/// TA RAM as the linker script places it (equal to [`TA_RAM`]; checked at boot).
-pub fn ta_ram() -> Range<u64> {
-    addr!(__ta_ram_start)..addr!(__ta_ram_end)
 }
 
 /// EL3's private state and stacks (never mapped at S-EL1).

@@ -222,6 +222,10 @@ impl UserMode for FwPlatform {
         user::enter_user(space, regs, handler);
     }
 
+    fn ta_pages(&self) -> alloc::sync::Arc<dyn teeshm_core::platform::TaPages> {
+        alloc::sync::Arc::new(user::HeapPages)
+    }
+
     fn write_ta_ram(&self, pa: PhysAddr, data: &[u8]) -> Result<(), AccessFault> {
         user::write_ta_ram(pa.get(), data).ok_or(AccessFault::NoMemory(pa.get()))
     }

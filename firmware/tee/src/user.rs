@@ -63,6 +63,7 @@ use teeshm_core::platform::{
     TrapAction, UserAccess, UserRegs, UserRoot, UserTrap, UserTrapHandler,
 };
 use teeshm_fw_common::cpu::{self, MAX_CPUS};
+use teeshm_mm::PhysAddr;
 use teeshm_platform::TlbMaintenance;
 
 /// Entries of a level-1 table (4 KiB granule, 39-bit VAs).
@@ -694,26 +695,57 @@ impl TlbMaintenance for FwUserTlb {
     }
 }
 
-/// Copies `data` into TA RAM at physical address `pa` (`UserMode::write_ta_ram`): TA RAM is
-/// mapped at S-EL1 at VA == PA as secure RAM, so this is a plain copy; then the data cache is
-/// cleaned to the point of unification and the instruction cache invalidated, since the bytes
-/// may be a TA's code that EL0 fetches next (and the pages may have held another TA's).
+/// The pages of TA instances: 4 KiB blocks of the secure heap, at VA == PA (the core charges
+/// each to its guest's heap quota, so the heap budget covers them).
+pub struct HeapPages;
+
+const TA_PAGE: core::alloc::Layout = match core::alloc::Layout::from_size_align(4096, 4096) {
+    Ok(layout) => layout,
+    Err(_) => panic!("4 KiB pages"),
+};
+
+impl teeshm_core::platform::TaPages for HeapPages {
+    fn alloc(&self) -> Option<PhysAddr> {
+        // SAFETY: a non-zero-sized layout; the block is the core's until `free`.
+        let page = unsafe { alloc::alloc::alloc(TA_PAGE) };
+        (!page.is_null()).then(|| PhysAddr(page as u64))
+    }
+
+    fn free(&self, page: PhysAddr) {
+        if !in_heap(page.get(), 4096) || page.get() % 4096 != 0 {
+            return;
+        }
+        // SAFETY: the core gives back exactly the pages `alloc` gave it, once each (its
+        // `Held` drains them), with the layout they were allocated with.
+        unsafe { alloc::alloc::dealloc(page.get() as *mut u8, TA_PAGE) };
+    }
+}
+
+/// Whether `pa..pa + len` lies in the heap.
+fn in_heap(pa: u64, len: u64) -> bool {
+    let heap = layout::heap();
+    pa >= heap.start && pa.checked_add(len).is_some_and(|end| end <= heap.end)
+}
+
+/// Copies `data` into a TA page at physical address `pa` (`UserMode::write_ta_ram`): the heap
+/// is mapped at S-EL1 at VA == PA as secure RAM, so this is a plain copy; then the data cache
+/// is cleaned to the point of unification and the instruction cache invalidated, since the
+/// bytes may be a TA's code that EL0 fetches next (and the pages may have held another TA's).
 ///
 /// # Errors
-/// `None` if `pa..pa + len` is not inside TA RAM.
+/// `None` if `pa..pa + len` is not inside the heap.
 pub fn write_ta_ram(pa: u64, data: &[u8]) -> Option<()> {
-    let (start, size) = layout::TA_RAM;
     let end = pa.checked_add(data.len() as u64)?;
-    if pa < start || end > start + size {
+    if !in_heap(pa, data.len() as u64) {
         return None;
     }
     if data.is_empty() {
         return Some(());
     }
-    // SAFETY: `pa..end` lies in TA RAM, which the linker script keeps out of everything Rust
-    // owns (it is not the heap) and the core's map keeps at VA == PA, writable at S-EL1; the
-    // core writes only pages no TA can reach yet (its instance is being made), so nothing
-    // reads them meanwhile. `data` is the core's own buffer, outside TA RAM.
+    // SAFETY: `pa..end` lies in the heap, which the core's map keeps at VA == PA, writable at
+    // S-EL1; the core writes only into pages `HeapPages::alloc` gave it for an instance that no
+    // TA can reach yet (it is being made), so no Rust reference and no TA reads them meanwhile.
+    // `data` is the core's own buffer, another heap block.
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), pa as *mut u8, data.len()) };
     let ctr: u64;
     // SAFETY: reading CTR_EL0 has no side effect.

@@ -12,6 +12,7 @@
 use super::image::{SegmentAccess, TaImage};
 use super::resources::{Held, TaResources};
 use crate::error::TeeError;
+use crate::guest::GuestCounters;
 use crate::mobj::Mobj;
 use crate::platform::{Translate, UserRoot};
 use crate::sync::Mutex;
@@ -37,10 +38,13 @@ pub type UserTables = TranslationTables<UserTlb>;
 /// Copies bytes into TA RAM by physical address (the platform's `write_ta_ram`).
 pub(crate) type LoadFn<'a> = &'a dyn Fn(PhysAddr, &[u8]) -> Result<(), TeeError>;
 
-/// Most table pages one TA's tables may hold (the root, the private region's, and the
-/// parameter pages touched in one invocation; when the TA touches more, the parameter pages
-/// mapped so far are unmapped and fault in again as it goes on).
-pub const MAX_USER_TABLE_PAGES: usize = 64;
+/// Most table pages one TA's tables may hold: the root, the private region's level-2 table and
+/// its level-3 tables (an image of up to 4 MiB, the heap, the stack: at most 4), the parameter
+/// region's level-2 table, and the rest for the level-3 tables of the parameter pages the TA
+/// touches in one entry (each covers 2 MiB); when the TA touches more, the parameter pages
+/// mapped so far are unmapped and fault in again as it goes on. Charged to the guest with the
+/// instance.
+pub const MAX_USER_TABLE_PAGES: usize = 16;
 
 /// Bytes of the parameter region each memref's span starts on.
 const PARAM_ALIGN: u64 = 2 << 20;
@@ -125,6 +129,7 @@ pub(crate) struct SpaceState {
 pub struct TaInstance {
     image: Arc<TaImage>,
     owner: GuestId,
+    counters: Arc<GuestCounters>,
     resources: Arc<TaResources>,
     held: Mutex<Held>,
     asid: u16,
@@ -164,11 +169,12 @@ impl TaInstance {
     pub(crate) fn new(
         image: Arc<TaImage>,
         owner: GuestId,
+        (counters, limit): (Arc<GuestCounters>, u64),
         resources: Arc<TaResources>,
         make_tlb: &dyn Fn(u16) -> UserTlb,
         write: LoadFn<'_>,
     ) -> Result<Arc<Self>, TeeError> {
-        let mut held = resources.take(owner, pages_needed(&image)?)?;
+        let mut held = resources.take(&counters, limit, pages_needed(&image)?)?;
         match Self::load(&image, &held, make_tlb(held.asid), write) {
             Ok(tables) => {
                 let root = tables.root_address();
@@ -176,6 +182,7 @@ impl TaInstance {
                     asid: held.asid,
                     image,
                     owner,
+                    counters,
                     resources,
                     held: Mutex::new(held),
                     root,
@@ -191,7 +198,7 @@ impl TaInstance {
                 }))
             }
             Err(e) => {
-                resources.give_back(owner, &mut held);
+                resources.give_back(&counters, &mut held);
                 Err(e)
             }
         }
@@ -273,12 +280,27 @@ impl TaInstance {
         self.owner
     }
 
+    /// The counters of that guest, which it is charged to.
+    pub(crate) fn counters(&self) -> &Arc<GuestCounters> {
+        &self.counters
+    }
+
     /// Its address space, as the platform makes it current.
     pub fn root(&self) -> UserRoot {
         UserRoot {
             table: self.root,
             asid: self.asid,
         }
+    }
+
+    /// Bytes charged to its guest for it and for the instances of the sessions it opened.
+    pub fn charged_bytes(&self) -> u64 {
+        let own = self.held.lock().charged;
+        let sessions: alloc::vec::Vec<Arc<TaInstance>> =
+            self.space.lock().sessions.values().cloned().collect();
+        sessions
+            .iter()
+            .fold(own, |sum, s| sum.saturating_add(s.charged_bytes()))
     }
 
     /// How it died, if it did.
@@ -492,7 +514,7 @@ impl Drop for TaInstance {
         // No TLB may keep a translation of this ASID once its pages and the ASID are reused.
         self.space.lock().tables.tlb_mut().invalidate_all();
         let mut held = self.held.lock();
-        self.resources.give_back(self.owner, &mut held);
+        self.resources.give_back(&self.counters, &mut held);
     }
 }
 

@@ -95,16 +95,19 @@ impl<P: Platform> Tee<P> {
         &self.tas
     }
 
-    /// A new instance of the TA `uuid` for `owner`, loaded and ready to run.
+    /// A new instance of the TA `uuid` for `owner` (charged to `counters`), loaded and ready
+    /// to run.
     pub(crate) fn new_ta_instance(
         &self,
         uuid: [u8; 16],
         owner: GuestId,
+        counters: Arc<crate::guest::GuestCounters>,
     ) -> Result<Arc<TaInstance>, TeeError> {
         let image = self.tas.image(uuid).ok_or(TeeError::UnknownTa)?;
         TaInstance::new(
             image,
             owner,
+            (counters, self.config.quotas.max_secure_bytes),
             self.tas.resources.clone(),
             &|asid| Box::new(self.platform.user_tlb(asid)),
             &|pa, data| {

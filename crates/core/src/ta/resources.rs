@@ -1,35 +1,40 @@
-//! What TA instances are made of and must give back: pages of TA RAM and ASIDs, with each
-//! guest's share of the RAM.
+//! What TA instances are made of and must give back: pages (from the platform's
+//! [`TaPages`]) and ASIDs, each instance's pages charged to its guest.
 //!
-//! TA RAM is a carve-out of secure RAM that only TAs use (`CoreConfig::ta_ram`). Every guest
-//! may hold at most its share of it, `pages / max_guests`, so that no guest can exhaust it for
-//! another; instances a TA opens for another TA are charged to the guest whose call opened them.
+//! An instance is charged to the secure-heap quota (`GuestQuotas::max_secure_bytes`) of the
+//! guest whose call made it — a TA's instance for another TA to the same guest — for its pages,
+//! the most table pages its tables may hold and its bookkeeping: the core's heap budget, which
+//! the capacity check proves the heap can hold, thus covers every TA a guest may make, and no
+//! guest can take another's share. 255 ASIDs bound the live instances of all guests together.
 
-use crate::error::TeeError;
+use super::instance::MAX_USER_TABLE_PAGES;
+use crate::error::{QuotaKind, TeeError};
+use crate::guest::GuestCounters;
+use crate::platform::TaPages;
 use crate::sync::Mutex;
-use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use teeshm_abi::GuestId;
-use teeshm_mm::{PAGE_SIZE, PhysAddr, PhysRange};
+use teeshm_mm::{PAGE_SIZE, PhysAddr};
 
 /// The largest ASID with 8-bit ASIDs (`TCR_EL1.AS = 0`); 0 is the core's own.
 pub const MAX_ASID: u16 = 255;
 
-/// The free pages of TA RAM, the ASIDs in use, and what each guest holds.
-#[derive(Debug)]
+/// Bytes of an instance's bookkeeping on the heap besides its pages and tables (the instance,
+/// its sessions and spans), charged with them.
+pub const INSTANCE_BOOKKEEPING: u64 = 1024;
+
+/// The ASIDs in use and where pages come from.
 pub struct TaResources {
-    inner: Mutex<Inner>,
-    /// Pages each guest may hold.
-    share: u64,
-    /// Pages of TA RAM in all.
-    total: u64,
+    asids: Mutex<[u64; 4]>,
+    pages: Arc<dyn TaPages>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    free_pages: Vec<PhysAddr>,
-    asids: [u64; 4],
-    held: BTreeMap<GuestId, u64>,
+impl core::fmt::Debug for TaResources {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TaResources")
+            .field("asids_in_use", &self.asids_in_use())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an instance took: given back by [`TaResources::give_back`].
@@ -39,104 +44,91 @@ pub struct Held {
     pub asid: u16,
     /// Its pages.
     pub pages: Vec<PhysAddr>,
+    /// Bytes charged to its guest.
+    pub charged: u64,
+}
+
+/// Bytes an instance of `pages` pages is charged.
+pub fn instance_charge(pages: u64) -> Option<u64> {
+    pages
+        .checked_add(MAX_USER_TABLE_PAGES as u64)?
+        .checked_mul(PAGE_SIZE)?
+        .checked_add(INSTANCE_BOOKKEEPING)
 }
 
 impl TaResources {
-    /// Resources over `ram` (no TAs can run without it), shared by up to `guests` guests.
-    pub fn new(ram: Option<PhysRange>, guests: u32) -> Self {
-        let mut free_pages = Vec::new();
-        if let Some(ram) = ram {
-            let first = ram.start().get().div_ceil(PAGE_SIZE);
-            let end = ram.end().get() / PAGE_SIZE;
-            // Highest first, so that pages are handed out from the bottom.
-            free_pages = (first..end)
-                .rev()
-                .map(|p| PhysAddr(p * PAGE_SIZE))
-                .collect();
-        }
-        let total = free_pages.len() as u64;
+    /// Resources with pages from `pages`.
+    pub fn new(pages: Arc<dyn TaPages>) -> Self {
         Self {
-            inner: Mutex::new(Inner {
-                free_pages,
-                // ASID 0 is the core's.
-                asids: [1, 0, 0, 0],
-                held: BTreeMap::new(),
-            }),
-            share: total / u64::from(guests.max(1)),
-            total,
+            // ASID 0 is the core's.
+            asids: Mutex::new([1, 0, 0, 0]),
+            pages,
         }
     }
 
-    /// Pages of TA RAM in all.
-    pub fn total_pages(&self) -> u64 {
-        self.total
+    /// ASIDs of live instances.
+    pub fn asids_in_use(&self) -> u32 {
+        let map = self.asids.lock();
+        map.iter().map(|w| w.count_ones()).sum::<u32>() - 1
     }
 
-    /// Pages each guest may hold.
-    pub fn share(&self) -> u64 {
-        self.share
-    }
-
-    /// Pages of TA RAM free now.
-    pub fn free_pages(&self) -> u64 {
-        self.inner.lock().free_pages.len() as u64
-    }
-
-    /// Pages `guest` holds now.
-    pub fn held_by(&self, guest: GuestId) -> u64 {
-        self.inner.lock().held.get(&guest).copied().unwrap_or(0)
-    }
-
-    /// Takes an ASID and `pages` pages for an instance of `guest`'s.
+    /// Charges `counters` (quota `limit`) for an instance of `pages` pages, then takes an ASID
+    /// and the pages.
     ///
     /// # Errors
-    /// [`TeeError::OutOfMemory`] when no ASID or page is left, or the guest's share would be
-    /// passed; nothing is taken then.
-    pub fn take(&self, guest: GuestId, pages: u64) -> Result<Held, TeeError> {
-        let mut inner = self.inner.lock();
-        let held = inner.held.get(&guest).copied().unwrap_or(0);
-        let wanted = held.checked_add(pages).ok_or(TeeError::OutOfMemory)?;
-        if wanted > self.share {
-            return Err(TeeError::Quota {
-                kind: crate::error::QuotaKind::TaRam,
+    /// [`TeeError::Quota`] (`SecureBytes`) past the guest's quota, [`TeeError::OutOfMemory`]
+    /// when no ASID or page is left; nothing is taken then.
+    pub fn take(&self, counters: &GuestCounters, limit: u64, pages: u64) -> Result<Held, TeeError> {
+        let charged = instance_charge(pages).ok_or(TeeError::OutOfMemory)?;
+        counters
+            .charge_secure(charged, limit)
+            .map_err(|wanted| TeeError::Quota {
+                kind: QuotaKind::SecureBytes,
                 wanted,
-                limit: self.share,
-            });
+                limit,
+            })?;
+        let mut held = Held {
+            asid: 0,
+            pages: Vec::new(),
+            charged,
+        };
+        let taken = self.take_uncharged(&mut held, pages);
+        if taken.is_err() {
+            self.give_back(counters, &mut held);
         }
-        let count = usize::try_from(pages).map_err(|_| TeeError::OutOfMemory)?;
-        if count > inner.free_pages.len() {
-            return Err(TeeError::OutOfMemory);
-        }
-        let asid = (1..=MAX_ASID)
-            .find(|&a| !bit(&inner.asids, a))
-            .ok_or(TeeError::OutOfMemory)?;
-        set_bit(&mut inner.asids, asid, true);
-        let at = inner.free_pages.len() - count;
-        let taken = inner.free_pages.split_off(at);
-        inner.held.insert(guest, wanted);
-        Ok(Held { asid, pages: taken })
+        taken.map(|()| held)
     }
 
-    /// Gives back what [`take`](Self::take) gave `guest`.
-    pub fn give_back(&self, guest: GuestId, held: &mut Held) {
-        let mut inner = self.inner.lock();
-        let count = held.pages.len() as u64;
-        inner.free_pages.append(&mut held.pages);
+    fn take_uncharged(&self, held: &mut Held, pages: u64) -> Result<(), TeeError> {
+        let count = usize::try_from(pages).map_err(|_| TeeError::OutOfMemory)?;
+        held.pages
+            .try_reserve_exact(count)
+            .map_err(|_| TeeError::OutOfMemory)?;
+        {
+            let mut map = self.asids.lock();
+            let asid = (1..=MAX_ASID)
+                .find(|&a| !bit(&map, a))
+                .ok_or(TeeError::OutOfMemory)?;
+            set_bit(&mut map, asid, true);
+            held.asid = asid;
+        }
+        for _ in 0..count {
+            held.pages
+                .push(self.pages.alloc().ok_or(TeeError::OutOfMemory)?);
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`take`](Self::take) gave, and refunds its charge.
+    pub fn give_back(&self, counters: &GuestCounters, held: &mut Held) {
+        for page in held.pages.drain(..) {
+            self.pages.free(page);
+        }
         if held.asid != 0 {
-            set_bit(&mut inner.asids, held.asid, false);
+            set_bit(&mut self.asids.lock(), held.asid, false);
             held.asid = 0;
         }
-        let left = inner
-            .held
-            .get(&guest)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(count);
-        if left == 0 {
-            inner.held.remove(&guest);
-        } else {
-            inner.held.insert(guest, left);
-        }
+        counters.refund_secure(core::mem::take(&mut held.charged));
     }
 }
 
@@ -158,52 +150,65 @@ fn set_bit(map: &mut [u64; 4], asid: u16, on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex as StdMutex;
 
-    fn ram(pages: u64) -> Option<PhysRange> {
-        Some(PhysRange::new(PhysAddr(0x0ec0_0000), pages * PAGE_SIZE).unwrap())
-    }
+    /// `n` pages from 0x1000 up, and what was freed.
+    struct Pool(StdMutex<Vec<PhysAddr>>);
 
-    #[test]
-    fn each_guest_keeps_to_its_share_and_gets_it_back() {
-        let r = TaResources::new(ram(8), 2);
-        assert_eq!(r.share(), 4);
-        let mut a = r.take(GuestId(1), 3).unwrap();
-        assert_eq!(a.asid, 1);
-        assert!(matches!(
-            r.take(GuestId(1), 2),
-            Err(TeeError::Quota {
-                wanted: 5,
-                limit: 4,
-                ..
-            })
-        ));
-        let mut b = r.take(GuestId(2), 4).unwrap();
-        assert_eq!(b.asid, 2);
-        assert_eq!(r.free_pages(), 1);
-        r.give_back(GuestId(1), &mut a);
-        assert_eq!(r.held_by(GuestId(1)), 0);
-        assert_eq!(r.free_pages(), 4);
-        let c = r.take(GuestId(1), 4).unwrap();
-        assert_eq!(c.asid, 1, "a given-back ASID is used again");
-        r.give_back(GuestId(2), &mut b);
-        assert_eq!(r.free_pages(), 4);
-    }
-
-    #[test]
-    fn asids_run_out_cleanly() {
-        let r = TaResources::new(ram(1024), 1);
-        let mut held = Vec::new();
-        for _ in 1..=MAX_ASID {
-            held.push(r.take(GuestId(1), 0).unwrap());
+    impl Pool {
+        fn new(n: u64) -> Arc<Self> {
+            Arc::new(Pool(StdMutex::new(
+                (1..=n).rev().map(|i| PhysAddr(i * PAGE_SIZE)).collect(),
+            )))
         }
-        assert_eq!(r.take(GuestId(1), 0).unwrap_err(), TeeError::OutOfMemory);
-        r.give_back(GuestId(1), &mut held[7]);
-        assert_eq!(r.take(GuestId(1), 0).unwrap().asid, 8);
+        fn left(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    impl TaPages for Pool {
+        fn alloc(&self) -> Option<PhysAddr> {
+            self.0.lock().unwrap().pop()
+        }
+        fn free(&self, page: PhysAddr) {
+            self.0.lock().unwrap().push(page);
+        }
     }
 
     #[test]
-    fn no_ram_means_no_instance() {
-        let r = TaResources::new(None, 4);
-        assert!(r.take(GuestId(1), 1).is_err());
+    fn an_instance_is_charged_to_its_guest_and_refunded() {
+        let pool = Pool::new(8);
+        let r = TaResources::new(pool.clone());
+        let (a, b) = (GuestCounters::default(), GuestCounters::default());
+        let one = instance_charge(3).unwrap();
+        let mut held = r.take(&a, 2 * one, 3).unwrap();
+        assert_eq!((held.asid, a.secure_bytes(), pool.left()), (1, one, 5));
+        // Past the quota: refused with nothing taken.
+        let e = r.take(&a, 2 * one - 1, 3).unwrap_err();
+        assert!(matches!(
+            e,
+            TeeError::Quota {
+                kind: QuotaKind::SecureBytes,
+                ..
+            }
+        ));
+        assert_eq!((a.secure_bytes(), pool.left()), (one, 5));
+        // Another guest has its own quota; pages running out refund its charge.
+        assert_eq!(r.take(&b, u64::MAX, 6).unwrap_err(), TeeError::OutOfMemory);
+        assert_eq!((b.secure_bytes(), pool.left(), r.asids_in_use()), (0, 5, 1));
+        r.give_back(&a, &mut held);
+        assert_eq!((a.secure_bytes(), pool.left(), r.asids_in_use()), (0, 8, 0));
+    }
+
+    #[test]
+    fn asids_run_out_cleanly_and_are_used_again() {
+        let r = TaResources::new(Pool::new(0));
+        let c = GuestCounters::default();
+        let mut held: Vec<Held> = (1..=MAX_ASID)
+            .map(|_| r.take(&c, u64::MAX, 0).unwrap())
+            .collect();
+        assert_eq!(r.take(&c, u64::MAX, 0).unwrap_err(), TeeError::OutOfMemory);
+        r.give_back(&c, &mut held[7]);
+        assert_eq!(r.take(&c, u64::MAX, 0).unwrap().asid, 8);
     }
 }

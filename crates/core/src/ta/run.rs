@@ -379,7 +379,11 @@ impl<P: Platform> Handler<'_, P> {
             self.write_u32(origin_at, gp::TEE_ORIGIN_TEE)?;
             return Err(gp::TEE_ERROR_BUSY);
         }
-        let callee = match self.tee.new_ta_instance(uuid, self.instance.owner()) {
+        let callee = match self.tee.new_ta_instance(
+            uuid,
+            self.instance.owner(),
+            self.instance.counters().clone(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 self.write_u32(origin_at, gp::TEE_ORIGIN_TEE)?;

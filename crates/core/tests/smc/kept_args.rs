@@ -16,7 +16,6 @@ fn world(kept: u8, quotas: GuestQuotas) -> World {
     let w = World::new(CoreConfig {
         normal_world: NormalWorld::Virtualized,
         kept_arg_pages: kept,
-        ta_ram: None,
         quotas,
         ..CoreConfig::default()
     });

@@ -1054,6 +1054,10 @@ impl teeshm_core::platform::UserMode for GatedPlatform {
         self.inner.enter_user(space, map, regs, handler);
     }
 
+    fn ta_pages(&self) -> std::sync::Arc<dyn teeshm_core::platform::TaPages> {
+        self.inner.ta_pages()
+    }
+
     fn write_ta_ram(
         &self,
         pa: teeshm_mm::PhysAddr,

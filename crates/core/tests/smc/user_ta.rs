@@ -30,6 +30,13 @@ fn close(w: &World, guest: GuestId, session: u32) -> u32 {
     w.call(guest, ArgMode::RpcArg, h, &[]).ret()
 }
 
+/// Every page and ASID of every instance given back (the checker checks the charges).
+fn all_back(w: &World) {
+    let (free, total) = w.tee.platform().ta_ram_pages();
+    assert_eq!(free, total, "TA RAM all back");
+    assert_eq!(w.tee.tas().resources().asids_in_use(), 0, "ASIDs all back");
+}
+
 fn seed(a: u64) -> MsgParam {
     value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, a, 0, 0)
 }
@@ -106,8 +113,7 @@ fn every_memref_kind_reaches_the_ta_and_every_byte_comes_back() {
     assert_eq!(r.origin(), TEE_ORIGIN_TRUSTED_APP);
     assert_eq!(close(&w, G0, s), TEE_SUCCESS);
     w.check();
-    let tas = w.tee.tas().resources();
-    assert_eq!(tas.free_pages(), tas.total_pages(), "TA RAM all back");
+    all_back(&w);
 }
 
 #[test]
@@ -250,12 +256,7 @@ fn a_ta_shares_exactly_its_buffer_with_another_ta() {
         assert_eq!(r.value(1)[..2], [len, u64::from(TEE_ERROR_TARGET_DEAD)]);
     }
     assert_eq!(close(&w, G0, s), TEE_SUCCESS);
-    let tas = w.tee.tas().resources();
-    assert_eq!(
-        tas.free_pages(),
-        tas.total_pages(),
-        "the peers' instances are gone"
-    );
+    all_back(&w);
     w.check();
 }
 
@@ -279,12 +280,14 @@ fn access_rights_tell_a_memref_from_the_tas_own_memory() {
 }
 
 #[test]
-fn a_guest_keeps_to_its_share_of_ta_ram_and_its_sweep_gives_it_back() {
-    let w = World::with_user_tas(CoreConfig {
+fn a_guest_pays_for_its_instances_from_its_own_quota_and_its_sweep_refunds_them() {
+    let config = CoreConfig {
         normal_world: NormalWorld::Virtualized,
         max_guests: 2,
         ..CoreConfig::default()
-    });
+    };
+    let quota = config.quotas.max_secure_bytes;
+    let w = World::with_user_tas(config);
     let (a, b) = (GuestId(1), GuestId(2));
     assert_eq!(w.create_guest(1), 0);
     assert_eq!(w.create_guest(2), 0);
@@ -298,20 +301,21 @@ fn a_guest_keeps_to_its_share_of_ta_ram_and_its_sweep_gives_it_back() {
         assert!(sessions.len() < 64, "no limit reached");
     };
     assert_eq!(refused, TEE_ERROR_OUT_OF_MEMORY);
-    assert!(!sessions.is_empty());
-    // The other guest's share is whole.
+    let counters = |g: GuestId| w.tee.guest(g).unwrap().counters().secure_bytes();
+    let per_instance = counters(a) / sessions.len() as u64;
+    assert!(counters(a) <= quota && counters(a) + per_instance > quota);
+    // The other guest's quota is whole.
     let mut others = Vec::new();
     for _ in 0..sessions.len() {
         others.push(open(&w, b));
     }
-    let tas = w.tee.tas().resources();
-    assert!(tas.held_by(a) <= tas.share() && tas.held_by(b) <= tas.share());
+    assert_eq!(counters(b), counters(a));
     assert_eq!(w.destroy_guest(1), 0);
-    assert_eq!(tas.held_by(a), 0, "the sweep closes its instances");
     for s in others {
         assert_eq!(close(&w, b, s), TEE_SUCCESS);
     }
-    assert_eq!(tas.free_pages(), tas.total_pages());
+    assert_eq!(counters(b), 0);
+    all_back(&w);
     w.check();
 }
 
