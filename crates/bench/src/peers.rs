@@ -4,8 +4,10 @@
 use teeshm_abi::gp::{TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS};
 use teeshm_abi::msg::{OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM};
 use teeshm_abi::page_list::ENTRIES_PER_LIST_PAGE;
+use teeshm_abi::utee;
+use teeshm_core::ta::instance::{MAX_USER_TABLE_PAGES, UserTables, UserTlb};
 use teeshm_mm::tables::TranslationTables;
-use teeshm_mm::{MemKind, PhysAddr, VirtAddr, VirtPages};
+use teeshm_mm::{MemKind, PhysAddr, UserPage, VirtAddr, VirtPages};
 use teeshm_platform::RecordingTlb;
 use teeshm_testkit::{NS_RAM, PhysMemory};
 
@@ -495,9 +497,102 @@ impl OpteeEntryModel {
     }
 }
 
+/// A model of how OP-TEE maps a user TA's memref parameters for one invocation: every page of
+/// every memref, on every invocation, then all unmapped at its end (OP-TEE's issue #6142).
+/// Written from `vm_map_param`, `vm_map_pad`, `set_um_region`, `set_reg_in_table`,
+/// `vm_clean_param` and `rem_um_region` (core/mm/vm.c, read at optee_os commit
+/// 01e40b302cf186bb2cad98f7476ad4d2a209d797); P9 runs teeshm's own 4 KiB invoke between the
+/// model's map and unmap:
+///
+/// 1. `vm_map_param` rounds each memref to whole pages (`CORE_MMU_USER_PARAM_SIZE`) and maps
+///    it with `vm_map(.., TEE_MATTR_PRW | TEE_MATTR_URW, VM_FLAG_EPHEMERAL | ..)`: user
+///    read-write whatever the memref's direction;
+/// 2. `set_um_region` → `set_reg_in_table` walks the region one physical granule at a time
+///    (`mobj_get_phys_granule` of a registered buffer is one page): `mobj_get_pa` of the page,
+///    then `set_pa_range` writes its descriptor into the 2 MiB table it already holds — no walk
+///    from the root per page;
+/// 3. after the TA returns, `vm_clean_param` → `rem_um_region` clears the region's entries
+///    (`pgt_clear_range`) and invalidates its TLB entries page by page
+///    (`tlbi_va_range_asid(.., SMALL_PAGE_SIZE, asid)`).
+///
+/// Here: one [`TranslationTables::map_pages`] of all the memref's pages at the TA's parameter
+/// address, in user tables built as the core builds a TA's ([`UserTables::new_user`] with the
+/// core's table budget and the simulator's user TLB maintenance), as the core maps a parameter
+/// page (`MemKind::User`, normal-world memory) but writable, as OP-TEE maps it; then one
+/// [`TranslationTables::unmap`] of the same pages.
+///
+/// Generous to OP-TEE: `map_pages` writes the descriptors in one walk of the range and the page
+/// addresses come from a ready array (OP-TEE calls `mobj_get_pa` through the object's ops for
+/// each page and converts the attributes for each descriptor); the page-by-page TLBIs (one
+/// broadcast `TLBI VALE1IS` a page on hardware) are one counted request here; the
+/// `vm_region`'s `calloc`, its insertion in the TA's sorted region list, `param_mem`'s sort and
+/// merge, and the 2 MiB table taken from and given back to the `pgt` cache are not modelled.
+pub struct OpteeParamMapModel {
+    tables: UserTables,
+}
+
+impl OpteeParamMapModel {
+    /// Empty user tables of `asid`, built as the core builds a TA's.
+    pub fn new(asid: u16) -> Self {
+        let tlb: UserTlb = Box::new(RecordingTlb::counting());
+        Self {
+            tables: UserTables::new_user(MAX_USER_TABLE_PAGES, tlb, asid)
+                .expect("user tables for the model"),
+        }
+    }
+
+    /// `vm_map_param` of one memref of `pages` (the registered buffer's pages, in order): every
+    /// page mapped at the TA's parameter address. Returns the range, for [`unmap`](Self::unmap).
+    ///
+    /// # Panics
+    /// If the tables refuse (more pages than the parameter region, no table memory).
+    pub fn map(&mut self, pages: &[PhysAddr]) -> VirtPages {
+        let range = VirtPages::new(VirtAddr(utee::layout::PARAM_BASE), pages.len() as u64)
+            .expect("a range of the parameter region");
+        self.tables
+            .map_pages(range, pages, MemKind::User(UserPage::shared(false, true)))
+            .expect("the model maps the memref");
+        range
+    }
+
+    /// `vm_clean_param`: the memref's pages unmapped, one TLB invalidation request.
+    pub fn unmap(&mut self, range: VirtPages) {
+        self.tables.unmap(range);
+    }
+
+    /// The model's translation of `page` (for tests).
+    pub fn translate(&self, page: VirtAddr) -> Option<teeshm_mm::tables::Translation> {
+        self.tables.translate_page(page)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The param-map model maps every page of the memref at the TA's parameter address, user
+    /// read-write, in order, and unmaps them all.
+    #[test]
+    fn param_map_model_maps_every_page_and_unmaps_all() {
+        let mut model = OpteeParamMapModel::new(7);
+        let pages: Vec<PhysAddr> = (0..256u64)
+            .map(|i| PhysAddr(NS_RAM.0 + ((i * 37) % 4096) * PAGE))
+            .collect();
+        for _ in 0..2 {
+            let range = model.map(&pages);
+            for (i, pa) in pages.iter().enumerate() {
+                let va = VirtAddr(utee::layout::PARAM_BASE + i as u64 * PAGE);
+                let t = model.translate(va).expect("mapped");
+                assert_eq!(t.pa, *pa);
+                assert_eq!(t.kind, Some(MemKind::User(UserPage::shared(false, true))));
+            }
+            model.unmap(range);
+            for i in 0..256u64 {
+                let va = VirtAddr(utee::layout::PARAM_BASE + i * PAGE);
+                assert_eq!(model.translate(va), None);
+            }
+        }
+    }
 
     /// First fit from the pool's start, the new entry linked in after the gap's left entry;
     /// free by identity; the pool end checked.

@@ -87,7 +87,7 @@ enum Command {
         /// Write SVG plots of how P1, P5 and P6 grow with their input into this folder.
         #[arg(long)]
         plots: Option<PathBuf>,
-        /// Only these figure groups (P1 .. P8; repeatable).
+        /// Only these figure groups (P1 .. P9; repeatable).
         #[arg(long)]
         only: Vec<String>,
     },

@@ -3,11 +3,13 @@
 //! This file holds the figure type, the timing loop and the run; the figures are grouped by
 //! what they measure: `mm` the memory manager alone (P1 VA window, P3 map and unmap, P5
 //! phys_to_virt), `calls` one guest's calls into the core (P2 registration, P4 cached invoke),
-//! `system` many guests at once (P6 VM destroy, P7 the largest system, P8 throughput).
+//! `system` many guests at once (P6 VM destroy, P7 the largest system, P8 throughput),
+//! `user_ta` a user TA's calls (P9 invoke with a 1 MiB memref vs 4 KiB).
 
 mod calls;
 mod mm;
 mod system;
+mod user_ta;
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use calls::{p2, p4};
 use mm::{p1, p3, p5};
 use system::{p6, p7, p8};
+use user_ta::p9;
 
 /// One figure of the suite.
 #[derive(Debug, Clone, Serialize)]
@@ -172,7 +175,7 @@ fn ratio_stats(a: &[f64], b: &[f64]) -> Stats {
     Stats::of(a.iter().zip(b).map(|(x, y)| x / y).collect())
 }
 
-/// Runs the suite, or only the groups whose id (`P1`..`P8`) is in `only` when it is not empty.
+/// Runs the suite, or only the groups whose id (`P1`..`P9`) is in `only` when it is not empty.
 /// `quick` finishes in under two minutes on a 2-core machine; `progress` is told each group as
 /// it starts.
 pub fn run(quick: bool, only: &[String], progress: &dyn Fn(&str)) -> (Vec<Figure>, Vec<Series>) {
@@ -215,6 +218,9 @@ pub fn run(quick: bool, only: &[String], progress: &dyn Fn(&str)) -> (Vec<Figure
     }
     if wanted("P8", "throughput") {
         p8(budget, &mut out);
+    }
+    if wanted("P9", "user-TA invoke") {
+        p9(budget, &mut out);
     }
     // A count or an arithmetic figure has one value however often it is run: its spread is
     // that value three times (a timed figure without batches would stay without one and show).
