@@ -367,3 +367,28 @@ fn ioremap_maps_a_device_and_refuses_ram() {
     assert!(w.tee.iounmap(m.va).is_err());
     w.check();
 }
+
+#[test]
+fn a_ta_touching_more_parameters_than_its_tables_hold_goes_on() {
+    // 24 MiB: 12 level-3 tables of parameter pages, more than the 10 a TA's tables keep; the
+    // pages mapped so far are dropped and fault in again, and every byte is still checked.
+    let w = world();
+    let s = open(&w, G0);
+    let (buf, cookie) = registered(&w, G0, 24 << 20, 0);
+    w.write_buf(&buf, 0, &pattern(4, buf.size));
+    let r = w.invoke(
+        G0,
+        s,
+        cmd::CHECK,
+        &[
+            rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, cookie, 0, buf.size),
+            seed(4),
+            out(),
+        ],
+    );
+    assert_eq!(r.ret(), TEE_SUCCESS, "{:#x}", r.ret());
+    assert_eq!(r.value(2)[..2], [buf.size, 0xffff_ffff]);
+    assert_eq!(close(&w, G0, s), TEE_SUCCESS);
+    all_back(&w);
+    w.check();
+}
