@@ -29,7 +29,9 @@ use teeshm_abi::gp::{TEE_ERROR_OUT_OF_MEMORY, TEE_SUCCESS};
 use teeshm_abi::msg::*;
 use teeshm_abi::rpc::{OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE};
 use teeshm_abi::smc::*;
+use teeshm_abi::utee::layout;
 use teeshm_core::pta::MEMTEST_UUID;
+use teeshm_core::ta::resources::instance_charge;
 use teeshm_core::thread::ThreadState;
 use teeshm_core::{CoreConfig, GuestQuotas, Tee};
 use teeshm_mm::{ShmWindowConfig, VaWindowConfig, VirtAddr};
@@ -74,10 +76,24 @@ pub fn ns_page(k: u64) -> u64 {
     NS_BASE + (k % NS_PAGES) * PAGE
 }
 
+/// Pages of an instance of one of the simulator's TAs (`teeshm_testkit::sim_ta_images`): its
+/// code and data pages, its heap and its stack.
+pub const SIM_TA_PAGES: u64 = 2 + (layout::HEAP_SIZE + layout::STACK_SIZE) / PAGE;
+
+/// Secure heap of each guest for TA instances: two at once (teeshm.ta-memtest and the
+/// teeshm.ta-peer its CALL_PEER opens), each charged its pages, its most table pages and its
+/// bookkeeping (`teeshm_core::ta::resources::instance_charge`).
+pub fn ta_secure_bytes() -> u64 {
+    2 * instance_charge(SIM_TA_PAGES).unwrap_or(0)
+}
+
 /// A core small enough for fast executions, under a hypervisor: 4 threads, 4 guests, tight
-/// quotas, buffers of at most 16 pages, a window of 160 pages and a 128 KiB heap budget — just
-/// what the capacity check asks for 4 guests of 24 mapped pages and 12 objects each and 4 calls
-/// in flight (`CoreConfig::capacity`).
+/// quotas, buffers of at most 16 pages, a window of 160 pages and a heap budget of 128 KiB and
+/// the TA instances' share — just what the capacity check asks for 4 guests of 24 mapped pages
+/// and 12 objects each, two TA instances each, and 4 calls in flight (`CoreConfig::capacity`).
+/// Each guest's secure heap is 8 KiB for its objects and [`ta_secure_bytes`] for two TA
+/// instances: objects and instances share it, so a guest with instances open meets the quota
+/// with few objects.
 /// `pool` is kept for the targets' input format but no longer used: the static pool belongs to
 /// a normal world without a hypervisor (the core's front-end tests cover it).
 pub fn small_config(pool: bool) -> CoreConfig {
@@ -92,7 +108,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
             max_mapped_pages: 24,
             max_sessions: 3,
             max_threads: 3,
-            max_secure_bytes: 8192,
+            max_secure_bytes: 8192 + ta_secure_bytes(),
         },
         // The guests' quotas must fit (CoreConfig::capacity): 4 x (12 guards + 24 pages) and
         // a list page with its guard per thread.
@@ -106,7 +122,7 @@ pub fn small_config(pool: bool) -> CoreConfig {
         },
         max_buffer_pages: 16,
         static_pool: None,
-        heap_budget: 128 << 10,
+        heap_budget: (128 << 10) + 4 * ta_secure_bytes(),
         // As the firmware's presets: no arg page kept between calls (the simulator's setting).
         kept_arg_pages: 0,
         // `FuzzCore::with_user_tas` gives it the test kit's TA RAM.
@@ -152,8 +168,9 @@ impl FuzzCore {
         Self::around(tee, mem)
     }
 
-    /// Boots a small core with TA RAM (the test kit's [`TA_RAM`], each of the 4 guests a
-    /// quarter) and the user TAs registered, as `teeshm_testkit::sim_tee_with_tas` makes it.
+    /// Boots a small core with TA RAM (the test kit's [`TA_RAM`]; each instance is charged to
+    /// its guest's secure heap, room for two a guest: [`small_config`]) and the user TAs
+    /// registered, as `teeshm_testkit::sim_tee_with_tas` makes it.
     pub fn with_user_tas(pool: bool) -> Self {
         let (tee, mem) = teeshm_testkit::sim_tee_with_tas(small_config(pool));
         Self::around(tee, mem)
@@ -402,11 +419,12 @@ impl FuzzCore {
             now, self.baseline,
             "something of a destroyed guest is left in the window"
         );
-        let tas = self.tee.tas().resources();
+        let (free, total) = self.tee.platform().ta_ram_pages();
+        assert_eq!(free, total, "a TA instance's pages outlived its guest");
         assert_eq!(
-            tas.free_pages(),
-            tas.total_pages(),
-            "a TA instance outlived its guest"
+            self.tee.tas().resources().asids_in_use(),
+            0,
+            "a TA instance's ASID outlived its guest"
         );
     }
 }

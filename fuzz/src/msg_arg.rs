@@ -6,6 +6,7 @@ use teeshm_abi::GuestId;
 use teeshm_abi::msg::*;
 use teeshm_abi::page_list;
 use teeshm_abi::smc::*;
+use teeshm_core::pta::MEMTEST_UUID;
 use zerocopy::IntoBytes;
 
 fn check_split(bytes: &[u8]) {
@@ -40,12 +41,20 @@ fn check_split(bytes: &[u8]) {
 
 /// The message-argument target: the decoders over arbitrary bytes, then the bytes as the arg of
 /// a call (CALL_WITH_ARG, CALL_WITH_RPC_ARG or CALL_WITH_REGD_ARG) of a guest that has a
-/// session and a registered buffer, with well-behaved RPC answers.
+/// session (of the pseudo-TA or of the user TA `teeshm.ta-memtest`) and a registered buffer,
+/// with well-behaved RPC answers.
 pub fn msg_arg(data: &[u8]) {
     check_split(data);
     let mut input = Input::new(data);
     let flags = input.u8();
-    let at = u64::from(input.u16() % 4096) & !7;
+    let at_bits = input.u16();
+    let at = u64::from(at_bits % 4096) & !7;
+    // The session is the pseudo-TA's, or teeshm.ta-memtest's: the arg then reaches a user TA.
+    let uuid = if at_bits & 0x8000 != 0 {
+        teeshm_ta::memtest::UUID
+    } else {
+        MEMTEST_UUID
+    };
     let arg: Vec<u8> = input.rest().to_vec();
     check_split(&arg);
     let _ = arg_size_checked(u32::from_le_bytes(
@@ -54,9 +63,9 @@ pub fn msg_arg(data: &[u8]) {
             .unwrap_or([0; 4]),
     ));
 
-    let mut core = FuzzCore::new(flags & 0x80 != 0);
+    let mut core = FuzzCore::with_user_tas(flags & 0x80 != 0);
     assert_eq!(core.vm(true, 1), OPTEE_SMC_RETURN_OK);
-    let session = core.open_session(1, 0).unwrap_or(0);
+    let session = core.open_session(1, uuid, 0).unwrap_or(0);
     // Buffer 1: pages 10..14, its list at page 9. Temporary lists (page 8) name pages 16..19.
     core.register(1, 1, &[10, 11, 12, 13], 9, 1);
     let list = ns_page(8);

@@ -1,7 +1,8 @@
-//! The `smc_surface` target: a small core driven by a program decoded from the input, the
-//! agreement checker after every step, and nothing left once every guest is destroyed.
+//! The `smc_surface` target: a small core with the user TAs driven by a program decoded from
+//! the input, the agreement checker after every step, and nothing left once every guest is
+//! destroyed.
 
-use crate::{FuzzCore, GUESTS, Input, PAGE, interesting, ns_page};
+use crate::{FuzzCore, GUESTS, Input, PAGE, UUIDS, interesting, ns_page};
 use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use zerocopy::IntoBytes;
@@ -63,7 +64,8 @@ fn guest_id(input: &mut Input) -> u64 {
 fn write_arg(core: &FuzzCore, input: &mut Input, page: u64) -> u64 {
     let mut h = MsgArgHeader::default();
     h.cmd.set(u32::from(input.u8() % 8));
-    h.func.set(u32::from(input.u8() % 7));
+    // Every command of the pseudo-TA (0..=7) and of teeshm.ta-memtest (0..=10), and unknown ones.
+    h.func.set(u32::from(input.u8() % 16));
     h.session.set(u32::from(input.u8() % 4));
     let n = match input.u8() % 16 {
         15 => input.u32(),
@@ -130,11 +132,12 @@ struct Pending {
     appended: Option<u64>,
 }
 
-/// The whole-SMC-surface target: a program of at most 64 steps over a small core, the
-/// agreement checker after every step, and nothing left after every guest is destroyed.
+/// The whole-SMC-surface target: a program of at most 64 steps over a small core with the user
+/// TAs, the agreement checker after every step, and nothing left after every guest is
+/// destroyed.
 pub fn smc_surface(data: &[u8]) {
     let mut input = Input::new(data);
-    let mut core = FuzzCore::new(input.u8() & 1 != 0);
+    let mut core = FuzzCore::with_user_tas(input.u8() & 1 != 0);
     for id in GUESTS {
         assert_eq!(core.vm(true, u64::from(id)), OPTEE_SMC_RETURN_OK);
     }
@@ -263,9 +266,11 @@ pub fn smc_surface(data: &[u8]) {
                 }
             }
             8 => {
+                // A session of the pseudo-TA, a user TA or an unknown UUID.
                 let guest = GUESTS[usize::from(input.u8()) % GUESTS.len()];
+                let uuid = input.pick(&UUIDS);
                 let k = u64::from(input.u8());
-                core.open_session(guest, k);
+                core.open_session(guest, uuid, k);
             }
             _ => {
                 let guest = GUESTS[usize::from(input.u8()) % GUESTS.len()];

@@ -29,6 +29,38 @@ pub struct GuestReport {
     pub pinned_pages: u64,
 }
 
+/// A TA the core knows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaReport {
+    /// Its name.
+    pub name: String,
+    /// Its UUID (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+    pub uuid: String,
+}
+
+/// TA RAM: the secure RAM user TA instances take their pages from (each instance charged to
+/// its guest's secure heap, in the guest's `secure_bytes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TaRamReport {
+    /// Pages in all.
+    pub total_pages: u64,
+    /// Pages free now.
+    pub free_pages: u64,
+    /// TA instances alive, of every guest.
+    pub instances: u64,
+}
+
+/// A device region the core mapped with `ioremap`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoReport {
+    /// Physical address of its first byte.
+    pub pa: u64,
+    /// Where that byte is mapped.
+    pub va: u64,
+    /// Bytes mapped.
+    pub size: u64,
+}
+
 /// One mapping of the window.
 #[derive(Debug, Clone, Serialize)]
 pub struct MappingReport {
@@ -53,6 +85,12 @@ pub struct SystemReport {
     pub guests: Vec<GuestReport>,
     /// Every mapping of the window.
     pub mappings: Vec<MappingReport>,
+    /// The TAs the core knows (the pseudo-TA is not listed).
+    pub tas: Vec<TaReport>,
+    /// TA RAM.
+    pub ta_ram: TaRamReport,
+    /// The device regions mapped with `ioremap`.
+    pub io: Vec<IoReport>,
     /// The quotas every guest has.
     pub quotas: QuotaReport,
     /// Window counters.
@@ -127,6 +165,32 @@ impl SystemReport {
                 pinned_pages: pinned,
             });
         }
+        let tas = system
+            .tee
+            .tas()
+            .list()
+            .into_iter()
+            .map(|(name, uuid)| TaReport {
+                name: name.to_owned(),
+                uuid: crate::scenario::uuid_text(&uuid),
+            })
+            .collect();
+        let ram = system.ta_ram();
+        let ta_ram = TaRamReport {
+            total_pages: ram.total_pages,
+            free_pages: ram.free_pages,
+            instances: ram.instances,
+        };
+        let io = system
+            .tee
+            .io_mappings()
+            .into_iter()
+            .map(|m| IoReport {
+                pa: m.pa.get(),
+                va: m.va.get(),
+                size: m.size,
+            })
+            .collect();
         let window = system.tee.window();
         let config = window.shm().va_window().config();
         let mappings = window
@@ -153,6 +217,9 @@ impl SystemReport {
         Self {
             guests,
             mappings,
+            tas,
+            ta_ram,
+            io,
             quotas: system.config.core.quotas.into(),
             window: window_report,
             violations: system.check(),
@@ -200,12 +267,30 @@ impl SystemReport {
             q.max_sessions,
             q.max_threads
         );
+        let t = &self.ta_ram;
+        let _ = writeln!(
+            out,
+            "TA RAM: {} of {} pages free, {} TA instances (each charged to its guest's secure B)",
+            t.free_pages, t.total_pages, t.instances
+        );
         let w = &self.window;
         let _ = writeln!(
             out,
             "window: {} of {} pages mapped at {:#x}, {} table pages; cache {} misses, {} evictions",
             w.mapped_pages, w.pages, w.base, w.table_pages, w.cache_misses, w.cache_evictions
         );
+        if !self.tas.is_empty() {
+            let _ = writeln!(out, "\n{:<20} uuid", "TA");
+            for ta in &self.tas {
+                let _ = writeln!(out, "{:<20} {}", ta.name, ta.uuid);
+            }
+        }
+        if !self.io.is_empty() {
+            let _ = writeln!(out, "\n{:>14} {:>14} {:>8}  ioremap", "pa", "va", "bytes");
+            for m in &self.io {
+                let _ = writeln!(out, "{:>#14x} {:>#14x} {:>8}", m.pa, m.va, m.size);
+            }
+        }
         if !self.mappings.is_empty() {
             let _ = writeln!(
                 out,

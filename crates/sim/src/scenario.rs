@@ -1,16 +1,21 @@
 //! Operations of scenario and replay files (docs/replay.md), and a runner that executes them on
 //! a [`System`], one JSON result per operation.
 //!
-//! Two levels: high-level operations (guests, buffers, invokes) go through each guest's driver;
-//! raw operations (bytes at an IPA, an SMC with given registers, an answer to a pending RPC) go
-//! straight through the guest's hypervisor path, as a hostile guest kernel would.
+//! Two levels: high-level operations (guests, buffers, sessions, invokes) go through each guest's
+//! driver; raw operations (bytes at an IPA, an SMC with given registers, an answer to a pending
+//! RPC) go straight through the guest's hypervisor path, as a hostile guest kernel would.
+//!
+//! An `invoke` without a `session` goes to the memtest pseudo-TA (a session opened on the
+//! guest's first such invoke); `open_session` opens a session of any TA, the user TAs included,
+//! by name or UUID under a handle the scenario chooses, and `invoke` with that `session` and
+//! `close_session` use it.
 
 use crate::machine::PAGE;
 use crate::system::{Guest, System, SystemError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use teeshm_abi::gp::TEE_SUCCESS;
+use teeshm_abi::gp::{TEE_ERROR_TARGET_DEAD, TEE_SUCCESS};
 use teeshm_abi::msg::*;
 use teeshm_abi::page_list;
 use teeshm_abi::smc::SmcRegs;
@@ -128,15 +133,40 @@ pub enum Op {
         /// Cookie.
         cookie: u64,
     },
-    /// Invoke command `cmd` of the memtest pseudo-TA (a session is opened on first use).
+    /// Invoke command `cmd` of the memtest pseudo-TA (a session is opened on first use), or
+    /// of the session the scenario opened as `session`.
     Invoke {
         /// Guest id.
         guest: u16,
-        /// Command id (`teeshm_core::pta::cmd`).
+        /// Command id (`teeshm_core::pta::cmd`; a user TA's own, e.g. `teeshm_ta::memtest::cmd`).
         cmd: u32,
         /// Up to four parameters.
         #[serde(default)]
         params: Vec<ParamSpec>,
+        /// The handle of a session from `open_session`; none: the pseudo-TA's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u32>,
+    },
+    /// Open a session of the TA `ta` (a registered TA's name, e.g. `teeshm.ta-memtest`, or any
+    /// UUID as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`) as a public client, with up to four
+    /// parameters for its open entry; later operations name it by `session`.
+    OpenSession {
+        /// Guest id.
+        guest: u16,
+        /// The TA: a name or a UUID.
+        ta: String,
+        /// The handle the scenario gives the session (its own number, not the TEE's id).
+        session: u32,
+        /// Up to four parameters.
+        #[serde(default)]
+        params: Vec<ParamSpec>,
+    },
+    /// Close the session opened as `session`.
+    CloseSession {
+        /// Guest id.
+        guest: u16,
+        /// The handle.
+        session: u32,
     },
     /// Raw: write bytes (hex) at a guest IPA.
     Write {
@@ -177,6 +207,9 @@ pub struct OpResult {
     /// size written back) for a memref, `null` for none.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub params: Vec<serde_json::Value>,
+    /// The TEE's id of a session `open_session` opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
     /// Registers returned by a raw SMC.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub regs: Vec<u64>,
@@ -185,13 +218,51 @@ pub struct OpResult {
     pub detail: Option<String>,
 }
 
+/// A session a scenario opened, as the runner knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The scenario's handle.
+    pub handle: u32,
+    /// The TEE's session id.
+    pub id: u32,
+    /// The TA's UUID.
+    pub uuid: [u8; 16],
+    /// An invoke of it answered `TEE_ERROR_TARGET_DEAD`: the TA died, the session only closes.
+    pub dead: bool,
+}
+
 /// Executes operations on a system, keeping what the normal worlds hold (sessions, registered
 /// buffers) between them.
 pub struct Runner {
     /// The system.
     pub system: Arc<System>,
     sessions: BTreeMap<u16, u32>,
+    opened: BTreeMap<(u16, u32), OpenedSession>,
     buffers: BTreeMap<(u16, u64), GuestBuffer>,
+}
+
+/// A UUID's 16 octets in its text form (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, RFC 4122 order).
+pub fn uuid_text(uuid: &[u8; 16]) -> String {
+    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The octets of a UUID in text form, if `text` is one.
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let bytes = decode_hex(&groups.concat())?;
+    bytes.try_into().ok()
 }
 
 /// The byte at `i` of a registered buffer with cookie `cookie`.
@@ -205,8 +276,35 @@ impl Runner {
         Self {
             system,
             sessions: BTreeMap::new(),
+            opened: BTreeMap::new(),
             buffers: BTreeMap::new(),
         }
+    }
+
+    /// The sessions `guest` opened by `open_session` and has not closed, by handle.
+    pub fn opened_sessions(&self, guest: u16) -> Vec<OpenedSession> {
+        self.opened
+            .range((guest, 0)..=(guest, u32::MAX))
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// The UUID of the TA `ta` names: a UUID in text form, or the name of a TA the core has.
+    ///
+    /// # Errors
+    /// Neither.
+    pub fn resolve_ta(&self, ta: &str) -> Result<[u8; 16], SystemError> {
+        if let Some(uuid) = parse_uuid(ta) {
+            return Ok(uuid);
+        }
+        self.system
+            .tee
+            .tas()
+            .list()
+            .into_iter()
+            .find(|(name, _)| *name == ta)
+            .map(|(_, uuid)| uuid)
+            .ok_or_else(|| SystemError::Scenario(format!("no TA is named {ta:?}")))
     }
 
     /// The buffer registered as `cookie` by `guest`, as the normal world knows it.
@@ -253,6 +351,7 @@ impl Runner {
             Op::DestroyGuest { guest } => {
                 self.system.destroy_guest(*guest)?;
                 self.sessions.remove(guest);
+                self.opened.retain(|(g, _), _| g != guest);
                 let keys: Vec<_> = self.cookies(*guest);
                 for c in keys {
                     self.buffers.remove(&(*guest, c));
@@ -279,7 +378,19 @@ impl Runner {
                     ..OpResult::default()
                 })
             }
-            Op::Invoke { guest, cmd, params } => self.invoke(*guest, *cmd, params),
+            Op::Invoke {
+                guest,
+                cmd,
+                params,
+                session,
+            } => self.invoke(*guest, *cmd, params, *session),
+            Op::OpenSession {
+                guest,
+                ta,
+                session,
+                params,
+            } => self.open_session(*guest, ta, *session, params),
+            Op::CloseSession { guest, session } => self.close_session(*guest, *session),
             Op::Write { guest, ipa, hex } => {
                 let bytes = decode_hex(hex).ok_or(SystemError::Driver("bad hex".into()))?;
                 let g = self.guest(*guest)?;
@@ -351,68 +462,63 @@ impl Runner {
         Ok(s.id)
     }
 
+    /// Runs the message `header` with the wire form of `meta` and then `specs` (fresh
+    /// temporary buffers for it, freed after), as the guest's driver.
+    fn message(
+        &mut self,
+        guest: &Guest,
+        header: MsgArgHeader,
+        meta: &[MsgParam],
+        specs: &[ParamSpec],
+    ) -> Result<teeshm_nw::driver::MsgReply, SystemError> {
+        let mut ctx = guest.context();
+        let driver = ctx.driver_mut();
+        let mut temps: Vec<(GuestBuffer, Vec<u64>)> = Vec::new();
+        let mut params = meta.to_vec();
+        let built = build_params(driver, specs, &mut temps, &mut params);
+        let reply = match built {
+            Ok(()) => driver
+                .call(header, &params)
+                .map_err(|e| SystemError::Driver(e.to_string())),
+            Err(e) => Err(e),
+        };
+        for (buf, lists) in temps {
+            driver.ram_mut().free_pages(&buf.pages);
+            driver.ram_mut().free_pages(&lists);
+        }
+        reply
+    }
+
     fn invoke(
         &mut self,
         guest: u16,
         cmd: u32,
         specs: &[ParamSpec],
+        handle: Option<u32>,
     ) -> Result<OpResult, SystemError> {
         let g = self.guest(guest)?;
-        let session = self.session(&g)?;
-        let mut ctx = g.context();
-        let driver = ctx.driver_mut();
-        let mut temps: Vec<(GuestBuffer, Vec<u64>)> = Vec::new();
-        let mut params = Vec::new();
-        for spec in specs {
-            params.push(match *spec {
-                ParamSpec::Value { dir, a, b, c } => MsgParam::from_value(
-                    OPTEE_MSG_ATTR_TYPE_VALUE_INPUT + dir.offset(),
-                    Value::new(a, b, c),
-                ),
-                ParamSpec::Temp {
-                    dir,
-                    size,
-                    offset,
-                    seed,
-                } => {
-                    let buf = alloc_buffer(driver.ram_mut(), size, offset)?;
-                    if dir != Dir::Out {
-                        fill(driver.ram(), &buf, |i| pattern_byte(seed, i))?;
-                    }
-                    let lists = write_page_list(driver.ram_mut(), &buf)?;
-                    let buf_ptr = lists.first().copied().unwrap_or(0) | buf.offset;
-                    temps.push((buf, lists));
-                    MsgParam::from_tmem(
-                        (OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + dir.offset()) | OPTEE_MSG_ATTR_NONCONTIG,
-                        Tmem::new(buf_ptr, size, 0),
-                    )
-                }
-                ParamSpec::Registered {
-                    dir,
-                    cookie,
-                    offset,
-                    size,
-                } => MsgParam::from_rmem(
-                    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT + dir.offset(),
-                    Rmem::new(offset, size, cookie),
-                ),
-                ParamSpec::Null { dir, size } => MsgParam::from_tmem(
-                    OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + dir.offset(),
-                    Tmem::new(0, size, 0),
-                ),
-            });
-        }
+        let session = match handle {
+            None => self.session(&g)?,
+            Some(h) => {
+                self.opened
+                    .get(&(guest, h))
+                    .ok_or_else(|| {
+                        SystemError::Scenario(format!("guest {guest} has no session {h} open"))
+                    })?
+                    .id
+            }
+        };
         let mut header = MsgArgHeader::default();
         header.cmd.set(OPTEE_MSG_CMD_INVOKE_COMMAND);
         header.func.set(cmd);
         header.session.set(session);
-        let reply = driver.call(header, &params);
-        for (buf, lists) in temps {
-            driver.ram_mut().free_pages(&buf.pages);
-            driver.ram_mut().free_pages(&lists);
-        }
-        let reply = reply.map_err(|e| SystemError::Driver(e.to_string()))?;
+        let reply = self.message(&g, header, &[], specs)?;
         let ret = reply.header.ret.get();
+        if let (Some(h), TEE_ERROR_TARGET_DEAD) = (handle, ret) {
+            if let Some(s) = self.opened.get_mut(&(guest, h)) {
+                s.dead = true;
+            }
+        }
         Ok(OpResult {
             ok: reply.a0 == 0 && ret == TEE_SUCCESS,
             a0: Some(reply.a0),
@@ -421,6 +527,145 @@ impl Runner {
             ..OpResult::default()
         })
     }
+
+    fn open_session(
+        &mut self,
+        guest: u16,
+        ta: &str,
+        handle: u32,
+        specs: &[ParamSpec],
+    ) -> Result<OpResult, SystemError> {
+        let g = self.guest(guest)?;
+        if self.opened.contains_key(&(guest, handle)) {
+            return Err(SystemError::Scenario(format!(
+                "guest {guest} has a session {handle} open already"
+            )));
+        }
+        let uuid = self.resolve_ta(ta)?;
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        // As Linux sends them: the TA's UUID, then the client (public login, nil UUID).
+        let meta_attr = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
+        let meta = [
+            MsgParam::from_value(meta_attr, Value::new(word(&uuid[..8]), word(&uuid[8..]), 0)),
+            MsgParam::from_value(meta_attr, Value::new(0, 0, 0)),
+        ];
+        let reply = self.message(&g, header_of(OPTEE_MSG_CMD_OPEN_SESSION), &meta, specs)?;
+        let ret = reply.header.ret.get();
+        let ok = reply.a0 == 0 && ret == TEE_SUCCESS;
+        let id = reply.header.session.get();
+        if ok {
+            self.opened.insert(
+                (guest, handle),
+                OpenedSession {
+                    handle,
+                    id,
+                    uuid,
+                    dead: false,
+                },
+            );
+        }
+        Ok(OpResult {
+            ok,
+            a0: Some(reply.a0),
+            ret: Some(ret),
+            session: ok.then_some(id),
+            params: reply
+                .params
+                .get(meta.len()..)
+                .unwrap_or_default()
+                .iter()
+                .map(param_result)
+                .collect(),
+            ..OpResult::default()
+        })
+    }
+
+    fn close_session(&mut self, guest: u16, handle: u32) -> Result<OpResult, SystemError> {
+        let g = self.guest(guest)?;
+        let session = self.opened.remove(&(guest, handle)).ok_or_else(|| {
+            SystemError::Scenario(format!("guest {guest} has no session {handle} open"))
+        })?;
+        let mut header = header_of(OPTEE_MSG_CMD_CLOSE_SESSION);
+        header.session.set(session.id);
+        let reply = self.message(&g, header, &[], &[])?;
+        let ret = reply.header.ret.get();
+        Ok(OpResult {
+            ok: reply.a0 == 0 && ret == TEE_SUCCESS,
+            a0: Some(reply.a0),
+            ret: Some(ret),
+            ..OpResult::default()
+        })
+    }
+}
+
+/// A message header of command `cmd`.
+fn header_of(cmd: u32) -> MsgArgHeader {
+    let mut header = MsgArgHeader::default();
+    header.cmd.set(cmd);
+    header
+}
+
+/// Appends the wire form of `specs` to `params`; fresh temporary buffers (and their page
+/// lists) go to `temps`, for the caller to free after the call.
+fn build_params(
+    driver: &mut crate::system::GuestDriver,
+    specs: &[ParamSpec],
+    temps: &mut Vec<(GuestBuffer, Vec<u64>)>,
+    params: &mut Vec<MsgParam>,
+) -> Result<(), SystemError> {
+    for spec in specs {
+        params.push(match *spec {
+            ParamSpec::Value { dir, a, b, c } => MsgParam::from_value(
+                OPTEE_MSG_ATTR_TYPE_VALUE_INPUT + dir.offset(),
+                Value::new(a, b, c),
+            ),
+            ParamSpec::Temp {
+                dir,
+                size,
+                offset,
+                seed,
+            } => {
+                let buf = alloc_buffer(driver.ram_mut(), size, offset)?;
+                if dir != Dir::Out {
+                    if let Err(e) = fill(driver.ram(), &buf, |i| pattern_byte(seed, i)) {
+                        driver.ram_mut().free_pages(&buf.pages);
+                        return Err(e);
+                    }
+                }
+                let lists = match write_page_list(driver.ram_mut(), &buf) {
+                    Ok(lists) => lists,
+                    Err(e) => {
+                        driver.ram_mut().free_pages(&buf.pages);
+                        return Err(e);
+                    }
+                };
+                let buf_ptr = lists.first().copied().unwrap_or(0) | buf.offset;
+                temps.push((buf, lists));
+                MsgParam::from_tmem(
+                    (OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + dir.offset()) | OPTEE_MSG_ATTR_NONCONTIG,
+                    Tmem::new(buf_ptr, size, 0),
+                )
+            }
+            ParamSpec::Registered {
+                dir,
+                cookie,
+                offset,
+                size,
+            } => MsgParam::from_rmem(
+                OPTEE_MSG_ATTR_TYPE_RMEM_INPUT + dir.offset(),
+                Rmem::new(offset, size, cookie),
+            ),
+            ParamSpec::Null { dir, size } => MsgParam::from_tmem(
+                OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + dir.offset(),
+                Tmem::new(0, size, 0),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A parameter as the result shows it.
@@ -580,8 +825,13 @@ fn validate(op: &Op) -> Result<(), String> {
         Op::Register { size, .. } if *size == 0 || *size > MAX_BYTES => {
             Err(format!("size {size} must be 1..=2^30"))
         }
-        Op::Invoke { params, .. } if params.len() > 4 => Err("at most 4 params".into()),
-        Op::Invoke { params, .. } => {
+        Op::Invoke { params, .. } | Op::OpenSession { params, .. } if params.len() > 4 => {
+            Err("at most 4 params".into())
+        }
+        Op::OpenSession { ta, .. } if parse_uuid(ta).is_none() && !is_ta_name(ta) => Err(format!(
+            "ta {ta:?} is neither a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) nor a TA's name"
+        )),
+        Op::Invoke { params, .. } | Op::OpenSession { params, .. } => {
             for p in params {
                 if let ParamSpec::Temp { size, .. } = p {
                     if *size == 0 || *size > MAX_BYTES {
@@ -600,4 +850,13 @@ fn validate(op: &Op) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// Whether `name` can be a TA's name: 1 to 64 characters, letters, digits, `.`, `-` and `_`
+/// (whether a TA has it is known when the scenario runs).
+fn is_ta_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }

@@ -1,5 +1,13 @@
 //! Random operations over several guests with the agreement checker after every step.
 //!
+//! Besides the pseudo-TA's commands, the guests open sessions of the user TA
+//! `teeshm.ta-memtest` (at most [`MAX_TA_SESSIONS`] at a time, each an instance in TA RAM) and
+//! invoke it: FILL of a registered buffer followed at once by a CHECK of the same bytes, CHECK
+//! of a temporary buffer, COPY, a TA-to-TA CALL_PEER, and now and then a WRITE_INPUT that kills
+//! the instance (`TEE_ERROR_TARGET_DEAD`), whose session is closed next and a new one opened.
+//! At the end of a run without violation every user TA session is closed and all of TA RAM must
+//! be free again.
+//!
 //! A step is one operation per worker thread, run at the same time (each thread drives its own
 //! guests, so calls of different guests overlap in the core); then the whole system is checked
 //! while nothing runs, by the worker that finished its step last (no thread of its own: with
@@ -9,8 +17,21 @@
 
 use crate::scenario::{Dir, Op, OpResult, ParamSpec, Runner, buffer_byte, read_buffer};
 use crate::system::System;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
+use teeshm_abi::gp::TEE_ERROR_TARGET_DEAD;
 use teeshm_core::pta::{cmd, pattern_byte};
+use teeshm_ta::memtest::{self, cmd as ta_cmd};
+
+/// The user TA the guests invoke.
+pub const USER_TA: &str = memtest::PROGRAM.name;
+
+/// User TA sessions a guest keeps open at most in the usual mix: with the peer a CALL_PEER
+/// opens, three instances, well within a guest's share of TA RAM.
+pub const MAX_TA_SESSIONS: usize = 2;
+
+/// "No wrong byte" in a user TA's CHECK answer (GP values are 32 bits).
+const NONE_WRONG: u64 = 0xffff_ffff;
 
 /// A small, fast, seedable generator (SplitMix64), so a run is reproduced from its seed.
 #[derive(Debug, Clone)]
@@ -97,6 +118,7 @@ fn register_op(rng: &mut Rng, guest: u16, size: u64, next_cookie: &mut u64) -> O
 fn fill_op(rng: &mut Rng, guest: u16, cookie: u64, offset: u64, size: u64) -> Op {
     Op::Invoke {
         guest,
+        session: None,
         cmd: cmd::FILL,
         params: vec![
             ParamSpec::Registered {
@@ -120,6 +142,7 @@ fn fill_op(rng: &mut Rng, guest: u16, cookie: u64, offset: u64, size: u64) -> Op
 fn copy_op(rng: &mut Rng, guest: u16, max_in: u64, out: u64, out_offset: bool) -> Op {
     Op::Invoke {
         guest,
+        session: None,
         cmd: cmd::COPY,
         params: vec![
             ParamSpec::Temp {
@@ -142,6 +165,7 @@ fn copy_op(rng: &mut Rng, guest: u16, max_in: u64, out: u64, out_offset: bool) -
 fn rpc_buffer_op(rng: &mut Rng, guest: u16, max: u64) -> Op {
     Op::Invoke {
         guest,
+        session: None,
         cmd: cmd::RPC_BUFFER,
         params: vec![
             ParamSpec::Value {
@@ -160,19 +184,174 @@ fn rpc_buffer_op(rng: &mut Rng, guest: u16, max: u64) -> Op {
     }
 }
 
-/// Picks a random operation for `guest`, given what the runner knows it holds.
+/// What a worker numbers and keeps between its operations: the next cookie and session
+/// handle, and per guest the operation that must come next (the CHECK after a user TA's FILL).
+#[derive(Debug)]
+struct WorkerState {
+    next_cookie: u64,
+    next_session: u32,
+    pending: BTreeMap<u16, Op>,
+}
+
+/// A value parameter.
+fn value(dir: Dir, a: u64, b: u64) -> ParamSpec {
+    ParamSpec::Value { dir, a, b, c: 0 }
+}
+
+/// An invoke of the user TA session `session`.
+fn ta_invoke(guest: u16, session: u32, cmd: u32, params: Vec<ParamSpec>) -> Op {
+    Op::Invoke {
+        guest,
+        cmd,
+        params,
+        session: Some(session),
+    }
+}
+
+/// A seed for a user TA: GP values are 32 bits.
+fn ta_seed(rng: &mut Rng) -> u64 {
+    rng.next_u64() & 0xffff_ffff
+}
+
+/// Opens a new user TA session.
+fn open_ta_op(guest: u16, state: &mut WorkerState) -> Op {
+    state.next_session += 1;
+    Op::OpenSession {
+        guest,
+        ta: USER_TA.into(),
+        session: state.next_session,
+        params: Vec::new(),
+    }
+}
+
+/// An operation of the user TA for `guest`: a dead session is closed first, a guest without a
+/// session opens one; otherwise FILL of one of its registered buffers (the CHECK of the same
+/// bytes is queued to come next), CHECK or COPY of temporary buffers, CALL_PEER, the rare
+/// WRITE_INPUT that kills the TA, another session opened or one closed.
+fn user_ta_op(rng: &mut Rng, runner: &Runner, guest: u16, state: &mut WorkerState) -> Op {
+    let sessions = runner.opened_sessions(guest);
+    if let Some(dead) = sessions.iter().find(|s| s.dead) {
+        return Op::CloseSession {
+            guest,
+            session: dead.handle,
+        };
+    }
+    if sessions.is_empty() || (sessions.len() < MAX_TA_SESSIONS && rng.below(10) == 0) {
+        return open_ta_op(guest, state);
+    }
+    let session = sessions[rng.below(sessions.len() as u64) as usize].handle;
+    let cookies = runner.cookies(guest);
+    let temp_in = |rng: &mut Rng, max: u64, seed: u64| ParamSpec::Temp {
+        dir: Dir::In,
+        size: 1 + rng.below(max),
+        offset: rng.below(4096),
+        seed,
+    };
+    match rng.below(20) {
+        0..=7 if !cookies.is_empty() => {
+            let cookie = pick(rng, &cookies).unwrap_or(0);
+            let size = runner.buffer(guest, cookie).map_or(1, |b| b.size);
+            let offset = rng.below(size);
+            let len = 1 + rng.below((size - offset).min(256 << 10));
+            let seed = ta_seed(rng);
+            let region = |dir| ParamSpec::Registered {
+                dir,
+                cookie,
+                offset,
+                size: len,
+            };
+            state.pending.insert(
+                guest,
+                ta_invoke(
+                    guest,
+                    session,
+                    ta_cmd::CHECK,
+                    vec![
+                        region(Dir::In),
+                        value(Dir::In, seed, 0),
+                        value(Dir::Out, 0, 0),
+                    ],
+                ),
+            );
+            ta_invoke(
+                guest,
+                session,
+                ta_cmd::FILL,
+                vec![region(Dir::Out), value(Dir::In, seed, 0)],
+            )
+        }
+        0..=11 => {
+            let seed = ta_seed(rng);
+            ta_invoke(
+                guest,
+                session,
+                ta_cmd::CHECK,
+                vec![
+                    temp_in(rng, 64 << 10, seed),
+                    value(Dir::In, seed, 0),
+                    value(Dir::Out, 0, 0),
+                ],
+            )
+        }
+        12..=14 => {
+            let (seed, len) = (ta_seed(rng), 1 + rng.below(60 << 10));
+            ta_invoke(
+                guest,
+                session,
+                ta_cmd::CALL_PEER,
+                vec![value(Dir::In, seed, len), value(Dir::Out, 0, 0)],
+            )
+        }
+        15 => {
+            let seed = ta_seed(rng);
+            ta_invoke(
+                guest,
+                session,
+                ta_cmd::WRITE_INPUT,
+                vec![temp_in(rng, 8192, seed)],
+            )
+        }
+        16..=17 => {
+            let size = 1 + rng.below(16 << 10);
+            let seed = ta_seed(rng);
+            ta_invoke(
+                guest,
+                session,
+                ta_cmd::COPY,
+                vec![
+                    temp_in(rng, size, seed),
+                    ParamSpec::Temp {
+                        dir: Dir::Out,
+                        size,
+                        offset: rng.below(4096),
+                        seed: 0,
+                    },
+                ],
+            )
+        }
+        18 if sessions.len() < MAX_TA_SESSIONS => open_ta_op(guest, state),
+        _ => Op::CloseSession { guest, session },
+    }
+}
+
+/// Picks a random operation for `guest`, given what the runner knows it holds: a fifth of the
+/// usual mix goes to the user TA ([`user_ta_op`]).
 fn random_op(
     rng: &mut Rng,
     runner: &Runner,
     guest: u16,
     running: bool,
-    next_cookie: &mut u64,
+    state: &mut WorkerState,
 ) -> Op {
     if !running {
         return Op::CreateGuest { guest };
     }
+    let roll = rng.below(125);
+    if roll >= 100 {
+        return user_ta_op(rng, runner, guest, state);
+    }
+    let next_cookie = &mut state.next_cookie;
     let cookies = runner.cookies(guest);
-    let roll = rng.below(100);
     // Keep each guest's registered buffers bounded, so long runs stay within its RAM.
     let roll = if roll < 25 && cookies.len() >= 32 {
         30
@@ -202,6 +381,7 @@ fn random_op(
             }
             None => Op::Invoke {
                 guest,
+                session: None,
                 cmd: cmd::SHA256,
                 params: vec![
                     ParamSpec::Temp {
@@ -223,6 +403,7 @@ fn random_op(
         75..=89 => rpc_buffer_op(rng, guest, 200_000),
         90..=95 => Op::Invoke {
             guest,
+            session: None,
             cmd: cmd::TOUCH,
             params: vec![
                 match pick(rng, &cookies) {
@@ -250,12 +431,35 @@ fn random_op(
 }
 
 /// An operation of the exhausting guest: it registers buffers without end (any size up to
-/// 1 MiB), maps them (FILL), asks for large temporary and RPC buffers, and rarely lets go, so
-/// it runs into every quota it has, again and again. Each refusal must be clean and must cost
-/// no other guest anything.
-fn exhausting_op(rng: &mut Rng, runner: &Runner, guest: u16, next_cookie: &mut u64) -> Op {
+/// 1 MiB), maps them (FILL), asks for large temporary and RPC buffers, opens user TA sessions
+/// without end (each an instance in its share of TA RAM) and has them call their peers, and
+/// rarely lets go, so it runs into every quota it has, again and again. Each refusal must be
+/// clean and must cost no other guest anything.
+fn exhausting_op(rng: &mut Rng, runner: &Runner, guest: u16, state: &mut WorkerState) -> Op {
     let cookies = runner.cookies(guest);
-    match rng.below(100) {
+    let roll = rng.below(115);
+    if roll >= 100 {
+        let sessions = runner.opened_sessions(guest);
+        return match (rng.below(10), sessions.is_empty()) {
+            (0..=4, _) | (_, true) => open_ta_op(guest, state),
+            (5..=8, false) => {
+                let s = sessions[rng.below(sessions.len() as u64) as usize].handle;
+                let (seed, len) = (ta_seed(rng), 1 + rng.below(60 << 10));
+                ta_invoke(
+                    guest,
+                    s,
+                    ta_cmd::CALL_PEER,
+                    vec![value(Dir::In, seed, len), value(Dir::Out, 0, 0)],
+                )
+            }
+            _ => Op::CloseSession {
+                guest,
+                session: sessions[rng.below(sessions.len() as u64) as usize].handle,
+            },
+        };
+    }
+    let next_cookie = &mut state.next_cookie;
+    match roll {
         0..=49 => {
             let size = match rng.below(3) {
                 0 => 1 + rng.below(4096),
@@ -286,10 +490,20 @@ fn exhausting_op(rng: &mut Rng, runner: &Runner, guest: u16, next_cookie: &mut u
 /// Whether `result` of `op` is what a correct system answers, given what the runner holds.
 /// Operations whose outcome may legitimately vary (a hostile or unknown cookie) only need to
 /// fail cleanly.
-fn judge(runner: &Runner, guest_known: bool, op: &Op, result: &OpResult) -> Result<(), String> {
+fn judge(guest_known: bool, op: &Op, result: &OpResult) -> Result<(), String> {
+    if !guest_known {
+        return Ok(());
+    }
+    if let Op::Invoke {
+        cmd: c,
+        params,
+        session: Some(_),
+        ..
+    } = op
+    {
+        return judge_user_ta(*c, params, result).map_err(|what| format!("{op:?}: {what}"));
+    }
     let expect_ok = match op {
-        Op::CreateGuest { .. } | Op::DestroyGuest { .. } => true,
-        Op::Register { .. } => true,
         Op::Unregister { cookie, .. } => *cookie != 0xdead,
         Op::Invoke { cmd: c, params, .. } => match params.first() {
             Some(ParamSpec::Null { .. }) => *c != cmd::TOUCH,
@@ -297,30 +511,89 @@ fn judge(runner: &Runner, guest_known: bool, op: &Op, result: &OpResult) -> Resu
         },
         _ => true,
     };
-    if !guest_known {
-        return Ok(());
-    }
     if expect_ok && !result.ok {
         return Err(format!("{op:?} failed: {result:?}"));
     }
     if !expect_ok && result.ok {
         return Err(format!("{op:?} succeeded but should not: {result:?}"));
     }
-    let _ = runner;
     Ok(())
 }
 
-/// After a FILL of a registered buffer, the guest's own memory must hold the pattern.
+/// Values `a` and `b` of output parameter `i` of a result.
+fn result_value(result: &OpResult, i: usize) -> Option<(u64, u64)> {
+    let v = result.params.get(i)?.get("value")?.as_array()?;
+    Some((v.first()?.as_u64()?, v.get(1)?.as_u64()?))
+}
+
+/// The size a memref spec asks for.
+fn spec_size(spec: Option<&ParamSpec>) -> u64 {
+    match spec {
+        Some(ParamSpec::Temp { size, .. } | ParamSpec::Registered { size, .. }) => *size,
+        _ => 0,
+    }
+}
+
+/// The answer the user TA `teeshm.ta-memtest` owes to command `c` with `params`: WRITE_INPUT
+/// kills it (`TEE_ERROR_TARGET_DEAD`); CHECK finds the pattern in every byte; CALL_PEER's peer
+/// checked every byte and died at its probe; everything else succeeds.
+fn judge_user_ta(c: u32, params: &[ParamSpec], result: &OpResult) -> Result<(), String> {
+    if c == ta_cmd::WRITE_INPUT {
+        return if result.a0 == Some(0) && result.ret == Some(TEE_ERROR_TARGET_DEAD) {
+            Ok(())
+        } else {
+            Err(format!(
+                "writing an input memref did not kill the TA: {result:?}"
+            ))
+        };
+    }
+    if !result.ok {
+        return Err(format!("failed: {result:?}"));
+    }
+    match c {
+        ta_cmd::CHECK => {
+            let want = (spec_size(params.first()), NONE_WRONG);
+            match result_value(result, 2) {
+                Some(got) if got == want => Ok(()),
+                got => Err(format!(
+                    "CHECK answered (bytes, first wrong) {got:?}, not {want:?}"
+                )),
+            }
+        }
+        ta_cmd::CALL_PEER => {
+            let len = match params.first() {
+                Some(ParamSpec::Value { b, .. }) => *b,
+                _ => 0,
+            };
+            let want = (len, u64::from(TEE_ERROR_TARGET_DEAD));
+            match result_value(result, 1) {
+                Some(got) if got == want => Ok(()),
+                got => Err(format!(
+                    "CALL_PEER answered (bytes the peer checked, its probe) {got:?}, not {want:?}"
+                )),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// After a FILL of a registered buffer (by the pseudo-TA or the user TA), the guest's own
+/// memory must hold the pattern.
 fn verify(runner: &Runner, op: &Op) -> Result<(), String> {
     let Op::Invoke {
         guest,
         cmd: c,
         params,
+        session,
     } = op
     else {
         return Ok(());
     };
-    if *c != cmd::FILL {
+    let fill = match session {
+        None => cmd::FILL,
+        Some(_) => ta_cmd::FILL,
+    };
+    if *c != fill {
         return Ok(());
     }
     let (
@@ -344,10 +617,15 @@ fn verify(runner: &Runner, op: &Op) -> Result<(), String> {
     let ctx = g.context();
     let len = (*size).min(4096);
     let got = read_buffer(ctx.driver().ram(), buf, *offset, len).map_err(|e| e.to_string())?;
+    let who = if session.is_some() {
+        "the user TA"
+    } else {
+        "the pseudo-TA"
+    };
     for (i, b) in got.iter().enumerate() {
         if *b != pattern_byte(*seed, i as u64) {
             return Err(format!(
-                "cookie {cookie:#x} byte {} is {b:#x}, the pseudo-TA wrote {:#x}",
+                "cookie {cookie:#x} byte {} is {b:#x}, {who} wrote {:#x}",
                 offset + i as u64,
                 pattern_byte(*seed, i as u64)
             ));
@@ -433,21 +711,23 @@ pub fn run(
                 let mine: Vec<u16> = (1..=guests)
                     .filter(|g| usize::from(*g - 1) % threads == t)
                     .collect();
-                // Above 2^48: never the cookie 0xdead that stands for "unknown" (a run of a
-                // million operations once registered cookie 0xdead on thread 0).
-                let mut next_cookie = (t as u64 + 1) << 48;
-                for step in 0..steps {
-                    if stop.load(std::sync::atomic::Ordering::Acquire) {
-                        break;
+                let mut state = WorkerState {
+                    // Above 2^48: never the cookie 0xdead that stands for "unknown" (a run of a
+                    // million operations once registered cookie 0xdead on thread 0).
+                    next_cookie: (t as u64 + 1) << 48,
+                    next_session: 0,
+                    pending: BTreeMap::new(),
+                };
+                let flag = |step: u64, what: String| {
+                    let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
+                    if v.is_none() {
+                        *v = Some(Violation { step, what });
                     }
-                    let guest = mine[rng.below(mine.len() as u64) as usize];
+                };
+                // Runs `op` of `guest` at `step`, counts, judges (`strict`: it must answer as
+                // a correct system does; else only the checker judges it) and logs it.
+                let run_one = |runner: &mut Runner, step: u64, guest: u16, op: Op, strict: bool| {
                     let running = system.guest(guest).is_some();
-                    let exhausting = exhaust && guest == EXHAUSTER;
-                    let op = if exhausting && running {
-                        exhausting_op(&mut rng, &runner, guest, &mut next_cookie)
-                    } else {
-                        random_op(&mut rng, &runner, guest, running, &mut next_cookie)
-                    };
                     let result = runner.run(&op);
                     if result.ok {
                         succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -458,43 +738,82 @@ pub fn run(
                         t.ops += 1;
                         t.succeeded += u64::from(result.ok);
                     }
-                    // The exhauster's refusals only need to be clean: the checker after the
-                    // step and everyone else's answers judge it.
-                    let verdict = if exhausting {
-                        Ok(())
-                    } else {
-                        judge(&runner, running, &op, &result).and_then(|()| verify(&runner, &op))
-                    };
-                    if let Err(what) = verdict {
-                        let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
-                        if v.is_none() {
-                            *v = Some(Violation { step, what });
+                    if strict {
+                        let verdict =
+                            judge(running, &op, &result).and_then(|()| verify(runner, &op));
+                        if let Err(what) = verdict {
+                            flag(step, what);
                         }
                     }
                     log.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push((step, t, op));
-                    // Everyone's step is done: the last to arrive checks, the others wait for
-                    // it, and all see `stop` alike.
-                    let checked = (step + 1) % check_every == 0 || step + 1 == steps;
+                };
+                // Everyone's step is done: the last to arrive checks (`extra` adds what else
+                // must hold then), the others wait for it, and all see `stop` alike.
+                let step_end = |step: u64, checked: bool, extra: &dyn Fn() -> Vec<String>| {
                     if barrier.wait().is_leader() && checked {
-                        let found = system.check();
-                        let mut v = violation.lock().unwrap_or_else(|e| e.into_inner());
-                        if v.is_none() {
-                            if let Some(first) = found.first() {
-                                *v = Some(Violation {
-                                    step,
-                                    what: first.clone(),
-                                });
-                            }
+                        let mut found = system.check();
+                        found.extend(extra());
+                        if let Some(first) = found.into_iter().next() {
+                            flag(step, first);
                         }
-                        if v.is_some() {
+                        if violation
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_some()
+                        {
                             stop.store(true, std::sync::atomic::Ordering::Release);
                         }
-                        progress(step + 1);
+                        progress((step + 1).min(steps));
                     }
                     barrier.wait();
+                };
+                for step in 0..steps {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    let guest = mine[rng.below(mine.len() as u64) as usize];
+                    let running = system.guest(guest).is_some();
+                    let exhausting = exhaust && guest == EXHAUSTER;
+                    let op = match state.pending.remove(&guest) {
+                        Some(op) if running => op,
+                        _ if exhausting && running => {
+                            exhausting_op(&mut rng, &runner, guest, &mut state)
+                        }
+                        _ => random_op(&mut rng, &runner, guest, running, &mut state),
+                    };
+                    // The exhauster's refusals only need to be clean: the checker after the
+                    // step and everyone else's answers judge it.
+                    run_one(&mut runner, step, guest, op, !exhausting);
+                    let checked = (step + 1) % check_every == 0 || step + 1 == steps;
+                    step_end(step, checked, &|| Vec::new());
                 }
+                // The end of a run that found nothing: every user TA session is closed (each
+                // close must succeed, the exhauster's too), then all of TA RAM must be free.
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                for &guest in &mine {
+                    for s in runner.opened_sessions(guest) {
+                        let op = Op::CloseSession {
+                            guest,
+                            session: s.handle,
+                        };
+                        run_one(&mut runner, steps, guest, op, true);
+                    }
+                }
+                step_end(steps, true, &|| {
+                    let ram = system.ta_ram();
+                    if ram.all_free() && ram.instances == 0 {
+                        Vec::new()
+                    } else {
+                        vec![format!(
+                            "every user TA session is closed, but only {} of {} pages of TA RAM are free",
+                            ram.free_pages, ram.total_pages
+                        )]
+                    }
+                });
             });
         }
     });
@@ -509,7 +828,9 @@ pub fn run(
         .collect();
     StressOutcome {
         per_guest: per_guest.into_inner().unwrap_or_else(|e| e.into_inner()),
-        steps: violation.as_ref().map_or(steps, |v| v.step + 1),
+        steps: violation
+            .as_ref()
+            .map_or(steps, |v| (v.step + 1).min(steps)),
         ops: log.len() as u64,
         succeeded: succeeded.into_inner(),
         violation,

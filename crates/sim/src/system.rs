@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use teeshm_abi::GuestId;
 use teeshm_abi::smc::{SmcConduit, SmcRegs};
+use teeshm_core::io::{IO_OWNER, IoMapping};
 use teeshm_core::{CoreConfig, Tee};
 use teeshm_hyp::{HypConfig, HypLimits, MachineMemory, Mediator, Stage2};
+use teeshm_mm::{PhysAddr, PhysRange};
 use teeshm_nw::client::Context;
 use teeshm_nw::{Driver, GuestRam, RamError};
-use teeshm_testkit::{CoreConduit, SimPlatform};
+use teeshm_testkit::{CoreConduit, DEVICES, SimPlatform, TA_RAM, sim_ta_images, write_pl011_id};
 
 /// How a system is built.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +23,8 @@ pub struct SystemConfig {
     /// Pages of the hypervisor's shadow pool set aside for each guest slot: its share, which
     /// no other guest can take (the pool has `guests` times as many).
     pub hyp_pages_per_guest: u64,
-    /// The core.
+    /// The core. Every simulated system runs the user TAs: their instances take pages of the
+    /// machine's TA RAM ([`TA_RAM`]), each charged to its guest's secure-heap quota.
     pub core: CoreConfig,
     /// The mediator's per-guest limits (its budgets; `max_shadow_pages` must fit the share).
     pub limits: HypLimits,
@@ -30,7 +33,7 @@ pub struct SystemConfig {
 impl Default for SystemConfig {
     /// 4 guests of 64 MiB, 4 MiB of hypervisor pages each (the default shadow budget), a
     /// virtualized default core that keeps 4 arg pages a guest (the mediators pass args on
-    /// their shadow pages), default limits.
+    /// their shadow pages), default limits; TA instances take the machine's [`TA_RAM`].
     fn default() -> Self {
         Self {
             guests: 4,
@@ -40,7 +43,6 @@ impl Default for SystemConfig {
                 normal_world: teeshm_core::NormalWorld::Virtualized,
                 // Each mediator passes a guest's args on its shadow pages.
                 kept_arg_pages: 4,
-                ta_ram: None,
                 ..CoreConfig::default()
             },
             limits: HypLimits::default(),
@@ -66,6 +68,9 @@ pub enum SystemError {
     /// The guest's driver failed.
     #[error("driver: {0}")]
     Driver(String),
+    /// A scenario named what does not exist (a session handle, a TA) or already does.
+    #[error("{0}")]
+    Scenario(String),
 }
 
 /// The hypervisor's view of machine memory, for one guest's mediator: the machine, and that
@@ -298,28 +303,64 @@ pub struct System {
     pub machine: Machine,
     /// The TEE core.
     pub tee: Arc<Tee<SimPlatform>>,
+    /// The UART the core mapped at boot with `ioremap` and keeps, as a real core keeps its
+    /// console: a PL011 at the base of the devices ([`DEVICES`]).
+    pub console: IoMapping,
     guests: Mutex<BTreeMap<u16, Arc<Guest>>>,
 }
 
+/// Bytes of the console's registers the core maps at boot (one page: a PL011's).
+pub const CONSOLE_BYTES: u64 = 0x1000;
+
+/// A PL011's PeriphID0 and CellID0 (at 0xfe0 and 0xff0 of its registers): what the core reads
+/// through its `ioremap` at boot to know its console is there.
+const PL011_IDS: [(u64, u32); 2] = [(0xfe0, 0x11), (0xff0, 0x0d)];
+
 impl System {
-    /// Boots the core; no guest runs yet.
+    /// Boots the core as `teeshm_testkit::sim_tee_with_tas` does: TA RAM (the machine's
+    /// [`TA_RAM`], where TA instances take their pages) and the simulator's user TAs
+    /// registered; then the core maps its console (a PL011 whose identification registers the
+    /// machine holds) with `ioremap`, checks the PL011's IDs through the mapping and keeps it.
+    /// No guest runs yet.
     ///
     /// # Errors
-    /// The core refused its configuration.
+    /// The core refused its configuration, a TA, or the console's mapping.
     pub fn new(config: SystemConfig) -> Result<Self, SystemError> {
+        let boot = |e: teeshm_core::TeeError| SystemError::Boot(e.to_string());
         let layout = Layout::new(
             u64::from(config.guests),
             config.guest_ram / PAGE,
             u64::from(config.guests) * config.hyp_pages_per_guest,
         );
         let machine = Machine::new(layout);
+        write_pl011_id(&machine.memory);
+        let ta_ram = PhysRange::new(PhysAddr(TA_RAM.0), TA_RAM.1)
+            .map_err(|e| SystemError::Boot(format!("TA RAM: {e:?}")))?;
         let (platform, tlb) = SimPlatform::with_tlb(machine.memory.clone());
-        let tee = Tee::new(config.core, layout.memory_map(), platform, tlb)
-            .map_err(|e| SystemError::Boot(e.to_string()))?;
+        let tee = Tee::new(
+            config.core,
+            layout.memory_map(),
+            platform.with_ta_ram(ta_ram),
+            tlb,
+        )
+        .map_err(|e| SystemError::Boot(e.to_string()))?;
+        for image in sim_ta_images() {
+            tee.register_ta(image).map_err(boot)?;
+        }
+        let console = tee.ioremap(DEVICES.0, CONSOLE_BYTES).map_err(boot)?;
+        for (offset, id) in PL011_IDS {
+            let got = tee.io_read32(&console, offset).map_err(boot)?;
+            if got != id {
+                return Err(SystemError::Boot(format!(
+                    "console: register {offset:#x} reads {got:#x}, a PL011 has {id:#x}"
+                )));
+            }
+        }
         Ok(Self {
             config,
             machine,
             tee: Arc::new(tee),
+            console,
             guests: Mutex::new(BTreeMap::new()),
         })
     }
@@ -467,8 +508,25 @@ impl System {
                 "the hypervisor holds {in_use} pages but its mediators account for {shadows}"
             ));
         }
+        found.extend(self.check_ta_ram());
+        let io = self.tee.io_mappings();
+        if !io.contains(&self.console) {
+            found.push(format!(
+                "the console's mapping {:?} is no longer listed",
+                self.console
+            ));
+        }
         let window = self.tee.window();
         for m in window.shm().mappings() {
+            if m.owner == IO_OWNER {
+                if !io.iter().any(|i| i.va.page_base() == m.range.start()) {
+                    found.push(format!(
+                        "window maps {:?} for devices, which no ioremap lists",
+                        m.range
+                    ));
+                }
+                continue;
+            }
             if !running.contains(&m.owner.raw()) && !m.owner.is_hypervisor() {
                 found.push(format!(
                     "window maps {:?} for guest {}, which does not run",
@@ -478,6 +536,66 @@ impl System {
             }
         }
         found
+    }
+
+    /// TA RAM now: pages in all and free, and the TA instances alive (of every guest).
+    pub fn ta_ram(&self) -> TaRam {
+        let (free_pages, total_pages) = self.tee.platform().ta_ram_pages();
+        TaRam {
+            total_pages,
+            free_pages,
+            instances: u64::from(self.tee.tas().resources().asids_in_use()),
+        }
+    }
+
+    /// TA RAM agrees with the guests (call it while no call runs): no page is free twice, an
+    /// instance holds pages, and with no guest in the core no instance lives and every page is
+    /// free. (Each instance's charge to its guest is the core's checker's.)
+    fn check_ta_ram(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let ram = self.ta_ram();
+        if ram.free_pages > ram.total_pages {
+            found.push(format!(
+                "TA RAM has {} pages free of {} in all",
+                ram.free_pages, ram.total_pages
+            ));
+        }
+        if (ram.instances == 0) != ram.all_free() {
+            found.push(format!(
+                "{} TA instances live and {} of {} pages of TA RAM are free",
+                ram.instances, ram.free_pages, ram.total_pages
+            ));
+        }
+        if self.tee.guests().is_empty() && ram.instances != 0 {
+            found.push(format!(
+                "no guest is left but {} TA instances live",
+                ram.instances
+            ));
+        }
+        found
+    }
+}
+
+/// TA RAM, the secure RAM user TA instances take their pages from, and the instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaRam {
+    /// Pages in all.
+    pub total_pages: u64,
+    /// Pages free now.
+    pub free_pages: u64,
+    /// TA instances alive (their ASIDs), of every guest.
+    pub instances: u64,
+}
+
+impl TaRam {
+    /// Whether every page is free.
+    pub fn all_free(&self) -> bool {
+        self.free_pages == self.total_pages
+    }
+
+    /// Pages TA instances hold.
+    pub fn used_pages(&self) -> u64 {
+        self.total_pages.saturating_sub(self.free_pages)
     }
 }
 

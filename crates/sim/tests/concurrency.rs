@@ -7,10 +7,12 @@
 //! building their args and page lists in the guest's own RAM (each CPU in its own pages). A
 //! fifth CPU drives the guest's real driver through the mediator at the same time. They
 //! register buffers, FILL and TOUCH them (each other's too), unregister buffers another CPU is
-//! using (TEE_ERROR_BUSY or success), and take an RPC and answer it; meanwhile a sixth CPU
-//! destroys the guest. Afterwards no mapping, VA range, table page, thread, pin, shadow page or
-//! counter of the guest is left, the system's checker finds nothing, and a new guest with the
-//! same id finds nothing of the old one.
+//! using (TEE_ERROR_BUSY or success), take an RPC and answer it, and invoke a user TA of their
+//! own (FILL and CHECK of the shared buffers in the TA's address space, TA-to-TA CALL_PEER; a TA
+//! that dies of a buffer revoked under it is closed and opened again); meanwhile a sixth CPU
+//! destroys the guest. Afterwards no mapping, VA range, table page, thread, pin, shadow page,
+//! page of TA RAM or counter of the guest is left, the system's checker finds nothing, and a
+//! new guest with the same id finds nothing of the old one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use teeshm_core::thread::ThreadState;
 use teeshm_sim::scenario::{Dir, Op, ParamSpec, Runner};
 use teeshm_sim::stress::Rng;
 use teeshm_sim::{System, SystemConfig};
+use teeshm_ta::memtest::{UUID as USER_TA, cmd as ta_cmd};
 use teeshm_testkit::msg::{
     arg_bytes, header, invoke_header, open_session_params, parse_arg, rmem, value,
 };
@@ -45,6 +48,8 @@ struct RawCpu {
     next: u64,
     free: Vec<u64>,
     session: u32,
+    /// Its session of the user TA (0: none open).
+    ta_session: u32,
 }
 
 impl RawCpu {
@@ -56,6 +61,7 @@ impl RawCpu {
             next: 0,
             free: Vec::new(),
             session: 0,
+            ta_session: 0,
         }
     }
 
@@ -116,6 +122,42 @@ impl RawCpu {
         a0 == OPTEE_SMC_RETURN_OK && ret == TEE_SUCCESS
     }
 
+    /// Opens a session of the user TA (an instance in TA RAM).
+    fn open_user_ta(&mut self) -> (u32, u32) {
+        let h = header(OPTEE_MSG_CMD_OPEN_SESSION);
+        let (a0, ret, session) = self.call_session(h, &open_session_params(USER_TA));
+        self.ta_session = if (a0, ret) == (OPTEE_SMC_RETURN_OK, TEE_SUCCESS) {
+            session
+        } else {
+            0
+        };
+        (a0, ret)
+    }
+
+    /// Closes the user TA's session.
+    fn close_user_ta(&mut self) -> (u32, u32) {
+        let mut h = header(OPTEE_MSG_CMD_CLOSE_SESSION);
+        h.session.set(self.ta_session);
+        self.ta_session = 0;
+        self.call(h, &[])
+    }
+
+    /// Invokes the user TA (opening a session first if it has none; a TA that died is closed
+    /// and opened again).
+    fn invoke_user_ta(&mut self, func: u32, params: &[MsgParam]) -> (u32, u32) {
+        if self.ta_session == 0 {
+            let r = self.open_user_ta();
+            if self.ta_session == 0 {
+                return r;
+            }
+        }
+        let r = self.call(invoke_header(self.ta_session, func), params);
+        if r == (OPTEE_SMC_RETURN_OK, TEE_ERROR_TARGET_DEAD) {
+            self.close_user_ta();
+        }
+        r
+    }
+
     /// Registers a fresh buffer of `pages` pages as `cookie`.
     fn register(&mut self, cookie: u64, pages: u64) -> (u32, u32) {
         let data: Vec<u64> = (0..pages).map(|_| self.page()).collect();
@@ -152,6 +194,7 @@ struct Seen {
     busy_unregisters: AtomicU64,
     ok_ops: AtomicU64,
     refused_after_destroy: AtomicU64,
+    user_ta_ok: AtomicU64,
 }
 
 /// One raw CPU's work: register, FILL/TOUCH its own and others' buffers, unregister buffers
@@ -179,7 +222,7 @@ fn raw_cpu(
             let l = live.lock().unwrap();
             (!l.is_empty()).then(|| l[rng.below(l.len() as u64) as usize])
         };
-        let (a0, ret) = match rng.below(10) {
+        let (a0, ret) = match rng.below(13) {
             0..=2 => {
                 next_cookie += 1;
                 let pages = 1 + rng.below(8);
@@ -227,13 +270,50 @@ fn raw_cpu(
                 ),
                 None => continue,
             },
-            _ => raw.invoke(
+            8 | 9 => raw.invoke(
                 cmd::RPC_BUFFER,
                 &[
                     value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 5000, 1, 3),
                     value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
                 ],
             ),
+            // The user TA: FILL or CHECK a shared buffer in its own address space (another
+            // CPU may fill or revoke it meanwhile), or call its peer.
+            10 | 11 => match pick(&mut rng) {
+                Some((cookie, pages)) => {
+                    let (func, dir) = if rng.below(2) == 0 {
+                        (ta_cmd::FILL, OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT)
+                    } else {
+                        (ta_cmd::CHECK, OPTEE_MSG_ATTR_TYPE_RMEM_INPUT)
+                    };
+                    let r = raw.invoke_user_ta(
+                        func,
+                        &[
+                            rmem(dir, cookie, 0, pages * PAGE),
+                            value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, rng.below(1 << 32), 0, 0),
+                            value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+                        ][..if func == ta_cmd::FILL { 2 } else { 3 }],
+                    );
+                    if r == (OPTEE_SMC_RETURN_OK, TEE_SUCCESS) {
+                        seen.user_ta_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                }
+                None => continue,
+            },
+            _ => {
+                let r = raw.invoke_user_ta(
+                    ta_cmd::CALL_PEER,
+                    &[
+                        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 7, 1 + rng.below(20_000), 0),
+                        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
+                    ],
+                );
+                if r == (OPTEE_SMC_RETURN_OK, TEE_SUCCESS) {
+                    seen.user_ta_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
         };
         // Every answer is one a correct core may give: a thread limit, the guest gone, or a
         // message result (a buffer unregistered by another CPU gives BAD_PARAMETERS; the RPC
@@ -258,6 +338,19 @@ fn raw_cpu(
             other => panic!("cpu {cpu}: unexpected a0 {other:#x}"),
         }
     }
+}
+
+/// Table pages and mappings of a system with no guest: the root, and the console the core
+/// mapped at boot (its tables and its one mapping). Measured on a fresh system of the same
+/// configuration.
+fn baseline(system: &System) -> (usize, usize) {
+    let fresh = System::new(system.config).unwrap();
+    let mut window = fresh.tee.window();
+    window.shm_mut().compact_tables();
+    (
+        window.shm().table_stats().live,
+        window.shm().mappings().count(),
+    )
 }
 
 /// One round: guest 1 starts, four raw CPUs and the driver hammer it, a sixth CPU destroys it
@@ -294,6 +387,7 @@ fn round(system: &Arc<System>, seed: u64, destroy_after_ops: u64) -> (u64, u64) 
                 });
                 runner.run(&Op::Invoke {
                     guest: GUEST,
+                    session: None,
                     cmd: cmd::COPY,
                     params: vec![
                         ParamSpec::Temp {
@@ -342,17 +436,25 @@ fn round(system: &Arc<System>, seed: u64, destroy_after_ops: u64) -> (u64, u64) 
         system.tee.thread_states()
     );
     {
+        // What the core keeps of its own: the console's ioremap (its mapping, VA range and
+        // tables) and nothing else.
+        let (baseline_tables, io) = baseline(system);
         let mut window = system.tee.window();
         assert_eq!(window.mapped_objects(), 0, "no mapping");
-        assert_eq!(window.shm().mappings().count(), 0);
-        assert_eq!(window.shm().va_window().live_count(), 0, "no VA range");
+        assert_eq!(window.shm().mappings().count(), io, "the console's only");
+        assert_eq!(window.shm().va_window().live_count(), io, "no VA range");
         window.shm_mut().compact_tables();
         assert_eq!(
             window.shm().table_stats().live,
-            1,
-            "no table page beyond the root"
+            baseline_tables,
+            "no table page beyond the root and the console's"
         );
     }
+    let ta = system.ta_ram();
+    assert!(
+        ta.all_free() && ta.instances == 0,
+        "every TA instance of the guest is gone: {ta:?}"
+    );
     let c = partition.counters();
     assert_eq!(
         (
@@ -368,8 +470,9 @@ fn round(system: &Arc<System>, seed: u64, destroy_after_ops: u64) -> (u64, u64) 
     );
     assert_eq!(system.machine.hyp_pages_in_use(), 0, "no shadow page");
     eprintln!(
-        "round: {} successful messages, {} BUSY unregisters, {} calls refused after the destroy",
+        "round: {} successful messages ({} of the user TA), {} BUSY unregisters, {} calls refused after the destroy",
         seen.ok_ops.load(Ordering::Relaxed),
+        seen.user_ta_ok.load(Ordering::Relaxed),
         seen.busy_unregisters.load(Ordering::Relaxed),
         seen.refused_after_destroy.load(Ordering::Relaxed)
     );

@@ -13,7 +13,27 @@ fn the_demo_passes_every_check() {
         assert!(line.cache_hit, "guest {}", line.guest);
         assert_eq!(line.rpc_bytes, 100_000);
         assert_eq!(line.invokes, 7);
+        // FILL, two CHECKs, CALL_PEER (and after the destruction one more CALL_PEER for the
+        // survivors); guest 2 also a CHECK after its second instance died.
+        let survivor = u64::from(line.guest != 3);
+        let killer = u64::from(line.guest == 2);
+        assert_eq!(
+            line.ta_invokes,
+            4 + survivor + killer,
+            "guest {}",
+            line.guest
+        );
+        assert_eq!(line.ta_deaths, killer, "guest {}", line.guest);
     }
+    assert!(
+        !outcome.system.ta_ram().all_free(),
+        "the survivors' instances stay open"
+    );
+    assert_eq!(
+        outcome.system.ta_ram().instances,
+        3,
+        "one instance of each guest left"
+    );
     let svg = demo::picture(&outcome.system);
     assert!(svg.starts_with("<svg") && svg.contains("<title>guest 1 "));
     assert!(
@@ -40,9 +60,34 @@ fn stress_on_three_cpus_finds_no_violation() {
         &|_| {},
     );
     assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
-    assert_eq!(outcome.ops, 3000);
+    // 3000 random operations, then the closes of the user TA sessions left open.
+    let closes = outcome
+        .log
+        .iter()
+        .skip(3000)
+        .filter(|op| matches!(op, scenario::Op::CloseSession { .. }))
+        .count() as u64;
+    assert_eq!(outcome.ops, 3000 + closes);
     assert!(outcome.succeeded > 2500);
+    let user_ta =
+        |want: fn(&scenario::Op) -> bool| outcome.log.iter().filter(|op| want(op)).count();
+    assert!(
+        user_ta(|op| matches!(
+            op,
+            scenario::Op::Invoke {
+                session: Some(_),
+                ..
+            }
+        )) > 100,
+        "the guests invoked the user TA"
+    );
+    assert!(user_ta(|op| matches!(op, scenario::Op::OpenSession { .. })) > 10);
     assert!(system.check().is_empty());
+    let ta = system.ta_ram();
+    assert!(
+        ta.all_free() && ta.instances == 0,
+        "all of TA RAM is back: {ta:?}"
+    );
 }
 
 #[test]
@@ -88,6 +133,68 @@ fn the_example_scenario_runs_clean() {
         assert!(r.ok, "line {line}: {r:?}");
     }
     assert!(system.check().is_empty());
+}
+
+#[test]
+fn the_user_ta_example_replays_with_its_answers() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/user-ta.jsonl"
+    ))
+    .unwrap();
+    let system = Arc::new(System::new(SystemConfig::default()).unwrap());
+    let mut runner = Runner::new(system.clone());
+    let results: Vec<_> = scenario::parse(&text)
+        .unwrap()
+        .into_iter()
+        .map(|(line, op)| (line, runner.run(&op)))
+        .collect();
+    let value = |r: &scenario::OpResult, i: usize| r.params[i]["value"].clone();
+    for (line, r) in &results {
+        match r.op.as_str() {
+            // WRITE_INPUT: the TA dies.
+            _ if r.ret == Some(teeshm_abi::gp::TEE_ERROR_TARGET_DEAD) => assert!(!r.ok),
+            _ => assert!(r.ok, "line {line}: {r:?}"),
+        }
+    }
+    let by_line = |l: usize| &results.iter().find(|(line, _)| *line == l).unwrap().1;
+    assert_eq!(
+        value(by_line(9), 2),
+        serde_json::json!([20000, 0xffff_ffffu64, 0])
+    );
+    assert_eq!(
+        value(by_line(11), 1),
+        serde_json::json!([5000, teeshm_abi::gp::TEE_ERROR_TARGET_DEAD, 0])
+    );
+    assert_eq!(by_line(14).ret, Some(teeshm_abi::gp::TEE_ERROR_TARGET_DEAD));
+    assert!(by_line(6).session.is_some());
+    // The guest's buffer holds what the TA wrote.
+    let buf = runner.buffer(1, 7).unwrap().clone();
+    let g = system.guest(1).unwrap();
+    let bytes = scenario::read_buffer(g.context().driver().ram(), &buf, 0, 20000).unwrap();
+    assert!(
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == teeshm_ta::pattern_byte(42, i as u64))
+    );
+    let ta = system.ta_ram();
+    assert!(
+        ta.all_free() && ta.instances == 0,
+        "every instance is gone: {ta:?}"
+    );
+    assert!(system.check().is_empty());
+    // An unknown name is refused when it runs, a malformed one when the file is read.
+    let r = runner.run(&scenario::Op::OpenSession {
+        guest: 1,
+        ta: "teeshm.ta-nothing".into(),
+        session: 5,
+        params: Vec::new(),
+    });
+    assert!(!r.ok && r.detail.unwrap().contains("no TA"));
+    let e = scenario::parse("{\"op\":\"open_session\",\"guest\":1,\"ta\":\"a b\",\"session\":1}\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("neither a UUID"), "{e}");
 }
 
 #[test]
