@@ -5,9 +5,12 @@ use teeshm_mm::{MemoryMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind};
 
 /// Secure RAM of the simulated machine (as on QEMU `virt`): 16 MiB at 0x0e00_0000.
 pub const SECURE_RAM: (u64, u64) = (0x0e00_0000, 16 << 20);
-/// Where a simulated core loads its TAs ([`crate::SimPlatform::with_ta_ram`]): the upper 8
-/// MiB of [`SECURE_RAM`].
-pub const TA_RAM: (u64, u64) = (SECURE_RAM.0 + (8 << 20), 8 << 20);
+/// Where a simulated core takes its TAs' pages ([`crate::SimPlatform::with_ta_ram`]): 128 MiB
+/// of secure memory at 8 GiB, above everything else. The firmware takes them from its heap,
+/// whose budget the guests' secure-heap quotas fit; here the region holds every guest's whole
+/// quota at once (16 guests of 4 MiB, the default, need 64 MiB), so a guest within its quota
+/// never finds it empty.
+pub const TA_RAM: (u64, u64) = (0x2_0000_0000, 128 << 20);
 /// Device registers (the UART page and around): 16 MiB at 0x0900_0000.
 pub const DEVICES: (u64, u64) = (0x0900_0000, 16 << 20);
 /// Normal-world RAM: 4 GiB at 0x4000_0000 (address 0 means NULL on the OP-TEE ABI, so no
@@ -19,19 +22,21 @@ pub const STATIC_POOL: (u64, u64) = (0x1_4000_0000, 4 << 20);
 /// Pages of [`NS_RAM`].
 pub const NS_PAGES: u64 = NS_RAM.1 / PAGE_SIZE;
 
-/// The memory map of the simulated machine: secure RAM, devices, NS RAM and the static pool
-/// region.
+/// The memory map of the simulated machine: secure RAM, TA RAM, devices, NS RAM and the static
+/// pool region.
 pub fn sim_memory_map() -> MemoryMap {
     machine_memory_map(NS_RAM, Some(STATIC_POOL))
 }
 
-/// A simulated machine's memory map: [`SECURE_RAM`], [`DEVICES`], normal-world RAM at
+/// A simulated machine's memory map: [`SECURE_RAM`], [`TA_RAM`] (secure), [`DEVICES`],
+/// normal-world RAM at
 /// `ns_ram` (start, length) and, if given, a static pool region. A region that is not a valid
 /// range (empty, unaligned) is left out, and regions that do not make a map (overlaps) give the
 /// empty map: the simulator builds its map from command-line sizes, so this never panics.
 pub fn machine_memory_map(ns_ram: (u64, u64), pool: Option<(u64, u64)>) -> MemoryMap {
     let regions: Vec<Region> = [
         (SECURE_RAM, RegionKind::SecureRam),
+        (TA_RAM, RegionKind::SecureRam),
         (DEVICES, RegionKind::Device),
         (ns_ram, RegionKind::NonSecureRam),
     ]
