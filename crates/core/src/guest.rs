@@ -303,6 +303,14 @@ impl GuestPartition {
             id: self.id,
             registered_buffers: state.registered.len() as u64,
             sessions: state.sessions.len() as u64,
+            ta_instances: state
+                .sessions
+                .values()
+                .map(|s| match s {
+                    Session::User(instance) => instance.instances(),
+                    Session::Pta => 0,
+                })
+                .sum(),
             shm_cache_enabled: state.shm_cache_enabled,
             cached_rpc_args: state.cached_rpc_args.len() as u64,
             kept_arg_pages: state.kept_arg_pages.len() as u64,
@@ -398,6 +406,9 @@ pub struct GuestSnapshot {
     pub registered_buffers: u64,
     /// Open sessions.
     pub sessions: u64,
+    /// Live user-TA instances: its sessions' and those their TAs opened to other TAs (each
+    /// charged to its `secure_bytes`).
+    pub ta_instances: u64,
     /// Whether its SHM cache is enabled.
     pub shm_cache_enabled: bool,
     /// RPC argument buffers in its SHM cache.

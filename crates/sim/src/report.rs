@@ -23,7 +23,9 @@ pub struct GuestReport {
     pub threads: u64,
     /// Open sessions.
     pub sessions: u64,
-    /// Secure heap bytes its objects keep.
+    /// Live user-TA instances (its sessions' and those their TAs opened).
+    pub ta_instances: u64,
+    /// Secure heap bytes its objects and TA instances keep.
     pub secure_bytes: u64,
     /// Pages the hypervisor pins for it.
     pub pinned_pages: u64,
@@ -161,6 +163,7 @@ impl SystemReport {
                 mapped_pages: s.mapped_pages,
                 threads: s.threads,
                 sessions: s.sessions,
+                ta_instances: s.ta_instances,
                 secure_bytes: s.secure_bytes,
                 pinned_pages: pinned,
             });
@@ -231,7 +234,7 @@ impl SystemReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>11} {:>7}",
+            "{:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>7}",
             "guest",
             "buffers",
             "reg.pages",
@@ -239,13 +242,14 @@ impl SystemReport {
             "mapped",
             "threads",
             "sessions",
+            "TA inst.",
             "secure B",
             "pinned"
         );
         for g in &self.guests {
             let _ = writeln!(
                 out,
-                "{:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>11} {:>7}",
+                "{:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>7}",
                 g.guest,
                 g.registered_buffers,
                 g.registered_pages,
@@ -253,6 +257,7 @@ impl SystemReport {
                 g.mapped_pages,
                 g.threads,
                 g.sessions,
+                g.ta_instances,
                 g.secure_bytes,
                 g.pinned_pages
             );

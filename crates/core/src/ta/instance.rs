@@ -303,6 +303,15 @@ impl TaInstance {
             .fold(own, |sum, s| sum.saturating_add(s.charged_bytes()))
     }
 
+    /// This instance and those of the sessions it opened, and theirs.
+    pub fn instances(&self) -> u64 {
+        let sessions: alloc::vec::Vec<Arc<TaInstance>> =
+            self.space.lock().sessions.values().cloned().collect();
+        sessions
+            .iter()
+            .fold(1, |n, s| n.saturating_add(s.instances()))
+    }
+
     /// How it died, if it did.
     pub fn death(&self) -> Option<Death> {
         *self.death.lock()
