@@ -15,13 +15,52 @@
 //! never in Rust statics: in the simulator every instance runs in the same host process.
 
 use crate::env::{Stop, UserEnv};
+use teeshm_abi::gp::{TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS};
 use teeshm_abi::utee::{
     TEE_SCN_CHECK_ACCESS_RIGHTS, TEE_SCN_CLOSE_TA_SESSION, TEE_SCN_INVOKE_TA_COMMAND, TEE_SCN_LOG,
-    TEE_SCN_OPEN_TA_SESSION, TEE_SCN_PANIC, TEE_SCN_RETURN, UTEE_PARAMS_SIZE, UteeParams, layout,
+    TEE_SCN_OPEN_TA_SESSION, TEE_SCN_PANIC, TEE_SCN_RETURN, UTEE_ENTRY_FUNC_CLOSE_SESSION,
+    UTEE_ENTRY_FUNC_INVOKE_COMMAND, UTEE_ENTRY_FUNC_OPEN_SESSION, UTEE_PARAMS_SIZE, UteeParams,
+    layout,
 };
 
 /// `TEE_TIMEOUT_INFINITE`: the cancellation timeout of every call a TA makes here.
 pub const TEE_TIMEOUT_INFINITE: u64 = 0xFFFF_FFFF;
+
+/// A TA's invoke handler: command, its `utee_params` (outputs written in place) → result.
+pub type InvokeFn = fn(&mut dyn UserEnv, u32, &mut UteeParams) -> Result<u32, Stop>;
+
+/// What `__utee_entry` does for every TA here: an open session logs `opened` and succeeds, a
+/// close succeeds, an invoke reads the `utee_params` at `params_va`, runs `invoke` and writes
+/// the outputs back whatever the result (as libutee does: `SHORT_BUFFER` carries its size);
+/// any other entry function, or a command that does not fit 32 bits, is
+/// `TEE_ERROR_BAD_PARAMETERS`.
+///
+/// # Errors
+/// [`Stop`] if the core ended the TA.
+pub fn dispatch(
+    env: &mut dyn UserEnv,
+    opened: &str,
+    (func, params_va, cmd): (u64, u64, u64),
+    invoke: InvokeFn,
+) -> Result<u32, Stop> {
+    match func {
+        UTEE_ENTRY_FUNC_OPEN_SESSION => {
+            log(env, opened)?;
+            Ok(TEE_SUCCESS)
+        }
+        UTEE_ENTRY_FUNC_CLOSE_SESSION => Ok(TEE_SUCCESS),
+        UTEE_ENTRY_FUNC_INVOKE_COMMAND => {
+            let mut p = read_params(env, params_va)?;
+            let result = match u32::try_from(cmd) {
+                Ok(cmd) => invoke(env, cmd, &mut p)?,
+                Err(_) => TEE_ERROR_BAD_PARAMETERS,
+            };
+            write_params(env, params_va, &p)?;
+            Ok(result)
+        }
+        _ => Ok(TEE_ERROR_BAD_PARAMETERS),
+    }
+}
 
 /// Most bytes of one log message (longer ones are cut).
 pub const LOG_MAX: usize = 256;

@@ -51,9 +51,8 @@ use teeshm_abi::utee::{
     TEE_MEMORY_ACCESS_ANY_OWNER, TEE_MEMORY_ACCESS_READ, TEE_MEMORY_ACCESS_WRITE,
     TEE_PARAM_TYPE_MEMREF_INOUT, TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_VALUE_INOUT, TEE_PARAM_TYPE_VALUE_INPUT,
-    TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_UUID_SIZE, UTEE_ENTRY_FUNC_CLOSE_SESSION,
-    UTEE_ENTRY_FUNC_INVOKE_COMMAND, UTEE_ENTRY_FUNC_OPEN_SESSION, UTEE_PARAMS_SIZE, UteeParams,
-    layout, param_types, tee_uuid_from_octets,
+    TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_UUID_SIZE, UTEE_PARAMS_SIZE, UteeParams, layout, param_types,
+    tee_uuid_from_octets,
 };
 
 /// The TA's UUID as 16 octets (`7465 6573 686d 4d54 8d6d 656d 7465 7374`).
@@ -124,24 +123,7 @@ pub fn entry(
     params_va: u64,
     cmd: u64,
 ) -> Result<u32, Stop> {
-    match func {
-        UTEE_ENTRY_FUNC_OPEN_SESSION => {
-            libutee::log(env, "ta-memtest: open")?;
-            Ok(TEE_SUCCESS)
-        }
-        UTEE_ENTRY_FUNC_CLOSE_SESSION => Ok(TEE_SUCCESS),
-        UTEE_ENTRY_FUNC_INVOKE_COMMAND => {
-            let mut p = read_params(env, params_va)?;
-            let result = match u32::try_from(cmd) {
-                Ok(cmd) => invoke(env, cmd, &mut p)?,
-                Err(_) => TEE_ERROR_BAD_PARAMETERS,
-            };
-            // libutee writes the outputs back whatever the result (SHORT_BUFFER's size).
-            write_params(env, params_va, &p)?;
-            Ok(result)
-        }
-        _ => Ok(TEE_ERROR_BAD_PARAMETERS),
-    }
+    libutee::dispatch(env, "ta-memtest: open", (func, params_va, cmd), invoke)
 }
 
 fn invoke(env: &mut dyn UserEnv, cmd: u32, p: &mut UteeParams) -> Result<u32, Stop> {

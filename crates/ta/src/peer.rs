@@ -17,14 +17,13 @@
 
 use crate::Program;
 use crate::env::{Stop, UserEnv};
-use crate::libutee::{self, read_params, types_are, write_params};
+use crate::libutee::{self, types_are};
 use crate::pattern;
 use teeshm_abi::gp::{TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS};
 use teeshm_abi::utee::{
     TEE_PARAM_TYPE_MEMREF_INOUT, TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_VALUE_INOUT, TEE_PARAM_TYPE_VALUE_INPUT,
-    TEE_PARAM_TYPE_VALUE_OUTPUT, UTEE_ENTRY_FUNC_CLOSE_SESSION, UTEE_ENTRY_FUNC_INVOKE_COMMAND,
-    UTEE_ENTRY_FUNC_OPEN_SESSION, UteeParams,
+    TEE_PARAM_TYPE_VALUE_OUTPUT, UteeParams,
 };
 
 /// The TA's UUID as 16 octets (`7465 6573 686d 4d50 8d54 412d 7065 6572`).
@@ -68,23 +67,7 @@ pub fn entry(
     params_va: u64,
     cmd: u64,
 ) -> Result<u32, Stop> {
-    match func {
-        UTEE_ENTRY_FUNC_OPEN_SESSION => {
-            libutee::log(env, "ta-peer: open")?;
-            Ok(TEE_SUCCESS)
-        }
-        UTEE_ENTRY_FUNC_CLOSE_SESSION => Ok(TEE_SUCCESS),
-        UTEE_ENTRY_FUNC_INVOKE_COMMAND => {
-            let mut p = read_params(env, params_va)?;
-            let result = match u32::try_from(cmd) {
-                Ok(cmd) => invoke(env, cmd, &mut p)?,
-                Err(_) => TEE_ERROR_BAD_PARAMETERS,
-            };
-            write_params(env, params_va, &p)?;
-            Ok(result)
-        }
-        _ => Ok(TEE_ERROR_BAD_PARAMETERS),
-    }
+    libutee::dispatch(env, "ta-peer: open", (func, params_va, cmd), invoke)
 }
 
 fn invoke(env: &mut dyn UserEnv, cmd: u32, p: &mut UteeParams) -> Result<u32, Stop> {

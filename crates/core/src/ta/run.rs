@@ -250,35 +250,32 @@ impl<P: Platform> Handler<'_, P> {
         TrapAction::Resume
     }
 
-    /// Reads `len` bytes of the TA's memory at `va`, after checking every page is its own
-    /// (the copy goes through the TA's mapping, which the check just proved).
-    fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), u32> {
-        if !self
-            .instance
-            .check_access(va, buf.len() as u64, false, false)
-        {
+    /// Makes `va..va + len` reachable for a copy: every page the TA's own (writable, for
+    /// `write`), parameter pages mapped on the way, and the TA's space current on this CPU.
+    fn reach(&self, va: u64, len: usize, write: bool) -> Result<(), u32> {
+        if !self.instance.check_access(va, len as u64, write, false) {
             return Err(gp::TEE_ERROR_ACCESS_DENIED);
         }
         self.tee.platform.activate_user(Some(self.instance.root()));
-        self.tee
-            .platform
-            .read(&**self.instance, VirtAddr(va), buf)
-            .map_err(|_| gp::TEE_ERROR_ACCESS_DENIED)
+        Ok(())
     }
 
-    /// Writes into the TA's memory at `va`, after checking it may write there.
+    /// Reads the TA's memory at `va` (the copy goes through the TA's mapping, which
+    /// [`reach`](Self::reach) just proved).
+    fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), u32> {
+        self.reach(va, buf.len(), false)?;
+        let read = self.tee.platform.read(&**self.instance, VirtAddr(va), buf);
+        read.map_err(|_| gp::TEE_ERROR_ACCESS_DENIED)
+    }
+
+    /// Writes into the TA's memory at `va`.
     fn write_user(&self, va: u64, data: &[u8]) -> Result<(), u32> {
-        if !self
-            .instance
-            .check_access(va, data.len() as u64, true, false)
-        {
-            return Err(gp::TEE_ERROR_ACCESS_DENIED);
-        }
-        self.tee.platform.activate_user(Some(self.instance.root()));
-        self.tee
+        self.reach(va, data.len(), true)?;
+        let written = self
+            .tee
             .platform
-            .write(&**self.instance, VirtAddr(va), data)
-            .map_err(|_| gp::TEE_ERROR_ACCESS_DENIED)
+            .write(&**self.instance, VirtAddr(va), data);
+        written.map_err(|_| gp::TEE_ERROR_ACCESS_DENIED)
     }
 
     fn log(&self, va: u64, len: u64) -> Answer {
