@@ -128,6 +128,16 @@ impl TlbMaintenance for RecordingTlb {
     }
 }
 
+impl<T: TlbMaintenance + ?Sized> TlbMaintenance for alloc::boxed::Box<T> {
+    fn invalidate_pages(&mut self, va: u64, pages: u64) {
+        (**self).invalidate_pages(va, pages);
+    }
+
+    fn invalidate_all(&mut self) {
+        (**self).invalidate_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,15 +162,5 @@ mod tests {
         quiet.invalidate_all();
         assert!(quiet.requests().is_empty());
         assert_eq!(quiet.count(), 1);
-    }
-}
-
-impl<T: TlbMaintenance + ?Sized> TlbMaintenance for alloc::boxed::Box<T> {
-    fn invalidate_pages(&mut self, va: u64, pages: u64) {
-        (**self).invalidate_pages(va, pages);
-    }
-
-    fn invalidate_all(&mut self) {
-        (**self).invalidate_all();
     }
 }
