@@ -200,6 +200,46 @@ mod tests {
         assert_eq!((a.secure_bytes(), pool.left(), r.asids_in_use()), (0, 8, 0));
     }
 
+    proptest::proptest! {
+        /// Any order of takes and give-backs: no ASID or page is held twice, the charge is
+        /// exactly what is held, and everything comes back.
+        #[test]
+        fn takes_and_give_backs_keep_every_asid_page_and_byte_once(
+            ops in proptest::collection::vec((0u64..4, proptest::bool::ANY), 1..200),
+        ) {
+            let pool = Pool::new(64);
+            let r = TaResources::new(pool.clone());
+            let c = GuestCounters::default();
+            let mut held: Vec<Held> = Vec::new();
+            for (pages, give) in ops {
+                if give && !held.is_empty() {
+                    let mut h = held.remove(pages as usize % held.len());
+                    r.give_back(&c, &mut h);
+                } else if let Ok(h) = r.take(&c, 40 * instance_charge(1).unwrap(), pages) {
+                    held.push(h);
+                }
+                let mut asids: Vec<u16> = held.iter().map(|h| h.asid).collect();
+                let mut pages: Vec<u64> =
+                    held.iter().flat_map(|h| h.pages.iter().map(|p| p.get())).collect();
+                let (n_asids, n_pages) = (asids.len(), pages.len());
+                asids.sort_unstable();
+                asids.dedup();
+                pages.sort_unstable();
+                pages.dedup();
+                proptest::prop_assert_eq!((asids.len(), pages.len()), (n_asids, n_pages));
+                proptest::prop_assert!(asids.iter().all(|&a| (1..=MAX_ASID).contains(&a)));
+                proptest::prop_assert_eq!(r.asids_in_use() as usize, n_asids);
+                proptest::prop_assert_eq!(pool.left() + n_pages, 64);
+                let charged: u64 = held.iter().map(|h| h.charged).sum();
+                proptest::prop_assert_eq!(c.secure_bytes(), charged);
+            }
+            for mut h in held {
+                r.give_back(&c, &mut h);
+            }
+            proptest::prop_assert_eq!((pool.left(), r.asids_in_use(), c.secure_bytes()), (64, 0, 0));
+        }
+    }
+
     #[test]
     fn asids_run_out_cleanly_and_are_used_again() {
         let r = TaResources::new(Pool::new(0));
