@@ -116,6 +116,10 @@ pub enum TeeError {
     /// The session's TA instance is running another call (one call at a time per instance).
     #[error("the trusted application is busy")]
     TaBusy,
+    /// The calling guest is being destroyed: what the call would have made for it is not
+    /// kept (`TEE_ERROR_BAD_STATE`; a destroyed guest reads no answer).
+    #[error("the guest is being destroyed")]
+    GuestGone,
     /// The trusted application answered with this result (origin `TEE_ORIGIN_TRUSTED_APP`).
     #[error("the trusted application returned {0:#x}")]
     TaResult(u32),
@@ -148,6 +152,7 @@ impl TeeError {
             Self::Rpc(_) => gp::TEE_ERROR_COMMUNICATION,
             Self::TargetDead => gp::TEE_ERROR_TARGET_DEAD,
             Self::TaBusy => gp::TEE_ERROR_BUSY,
+            Self::GuestGone => gp::TEE_ERROR_BAD_STATE,
             Self::TaResult(code) => *code,
         }
     }

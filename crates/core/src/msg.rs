@@ -536,6 +536,15 @@ impl<P: Platform> Tee<P> {
             }
         };
         let mut state = call.guest.state.lock();
+        if call.guest.is_dying() {
+            // Destroyed while this call ran: its sweep has taken its sessions (it marks the
+            // guest dying before it takes this lock), so a session kept now would outlive the
+            // guest with its TA instance and charge. It goes here instead.
+            drop(state);
+            call.guest.counters().refund_session();
+            drop(session);
+            return Err(TeeError::GuestGone);
+        }
         let mut id = id;
         while id == 0 || state.sessions.contains_key(&id) {
             id = id.wrapping_add(1);

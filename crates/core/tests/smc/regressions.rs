@@ -1289,3 +1289,97 @@ fn regression_idle_mapping_of_busy_unregistered_buffer() {
     assert_eq!(w.tee.window().mapped_objects(), 0);
     assert_eq!(w.tee.guest(g).unwrap().snapshot().registered_pages, 0);
 }
+
+/// Found by the host stress test of several CPUs per guest (crates/sim/tests/concurrency.rs,
+/// about one run of six) once user TAs came: an `OPEN_SESSION` of a guest destroyed while the
+/// call ran kept its new session after the sweep had taken the guest's sessions, so its TA
+/// instance (ASID, pages, charge) lived on with whatever still held the guest. Now the session
+/// of a dying guest is not kept: its instance goes at once.
+#[test]
+fn regression_session_opened_while_its_guest_is_destroyed_is_not_kept() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mem = std::sync::Arc::new(teeshm_testkit::PhysMemory::new());
+    let ta_ram = teeshm_mm::PhysRange::new(
+        teeshm_mm::PhysAddr(teeshm_testkit::TA_RAM.0),
+        teeshm_testkit::TA_RAM.1,
+    )
+    .unwrap();
+    let platform = GatedPlatform {
+        inner: teeshm_testkit::SimPlatform::new(mem.clone()).with_ta_ram(ta_ram),
+        gate_page: 0.into(),
+        reached: false.into(),
+        open: false.into(),
+    };
+    let tee = teeshm_core::Tee::new(
+        CoreConfig {
+            normal_world: NormalWorld::Virtualized,
+            ..CoreConfig::default()
+        },
+        teeshm_testkit::sim_memory_map(),
+        platform,
+        teeshm_platform::RecordingTlb::counting(),
+    )
+    .unwrap();
+    for image in teeshm_testkit::sim_ta_images() {
+        tee.register_ta(image).unwrap();
+    }
+    let g1 = GuestId(1);
+    let hyp = |func: u32, id: u64| tee.handle_smc(SmcRegs::call(func, &[id]).from_client(G0));
+    assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
+    let partition = tee.guest(g1).unwrap();
+    let page = |i: u64| 0x4000_0000 + i * PAGE;
+    // OPEN_SESSION of the user TA with a temporary page list (list at page 3 naming page 4):
+    // the call reads the list as it resolves its parameters, before it makes the instance, and
+    // stops at the gate there.
+    mem.write(page(3), &page(4).to_le_bytes());
+    let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
+    let uuid = teeshm_ta::memtest::UUID;
+    let open = arg_bytes(
+        header(OPTEE_MSG_CMD_OPEN_SESSION),
+        &[
+            value(
+                meta,
+                u64::from_le_bytes(uuid[..8].try_into().unwrap()),
+                u64::from_le_bytes(uuid[8..].try_into().unwrap()),
+                0,
+            ),
+            value(meta, 0, 0, 0),
+            MsgParam::from_tmem(
+                OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                Tmem::new(page(3), 100, 0),
+            ),
+        ],
+    );
+    let mut open = open;
+    open[28..32].copy_from_slice(&3u32.to_le_bytes());
+    mem.write(page(2), &open);
+    tee.platform().gate_page.store(page(3), SeqCst);
+    let out = std::thread::scope(|s| {
+        let running = s.spawn(|| {
+            let (hi, lo) = split_pair(page(2));
+            tee.handle_smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(g1))
+        });
+        while !tee.platform().reached.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        assert_eq!(hyp(OPTEE_SMC_VM_DESTROYED, 1).a0(), OPTEE_SMC_RETURN_OK);
+        tee.platform().open.store(true, SeqCst);
+        running.join().unwrap()
+    });
+    assert_eq!(out.a0(), OPTEE_SMC_RETURN_OK);
+    assert_eq!(
+        partition.snapshot().sessions,
+        0,
+        "a session kept after the sweep"
+    );
+    assert_eq!(
+        tee.tas().resources().asids_in_use(),
+        0,
+        "the instance outlived its guest"
+    );
+    assert_eq!(partition.counters().secure_bytes(), 0);
+    assert_eq!(partition.counters().sessions(), 0);
+    let (free, total) = tee.platform().inner.ta_ram_pages();
+    assert_eq!(free, total);
+    assert!(tee.check_agreement().is_empty());
+}
