@@ -105,6 +105,24 @@ impl UteeParams {
         (a, b)
     }
 
+    /// Takes the outputs of `out` (what a TA wrote back into the copy it got of these params):
+    /// output and inout values whole, and output and inout memrefs' sizes (their addresses stay
+    /// the caller's).
+    pub fn take_outputs(&mut self, out: &UteeParams) {
+        for i in 0..4 {
+            match self.param_type(i) {
+                TEE_PARAM_TYPE_VALUE_OUTPUT | TEE_PARAM_TYPE_VALUE_INOUT => {
+                    let (a, b) = out.pair(i);
+                    self.set_pair(i, a, b);
+                }
+                TEE_PARAM_TYPE_MEMREF_OUTPUT | TEE_PARAM_TYPE_MEMREF_INOUT => {
+                    self.set_pair(i, self.pair(i).0, out.pair(i).1);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Sets `vals[2i]`, `vals[2i + 1]` (nothing for `i` ≥ 4).
     pub fn set_pair(&mut self, i: usize, a: u64, b: u64) {
         if let Some(v) = self.vals.get_mut(2 * i) {
@@ -186,6 +204,29 @@ mod tests {
         assert_eq!(&t[..8], &[0x00, 0xf2, 0xaa, 0x8a, 0x50, 0x24, 0xe4, 0x11]);
         assert_eq!(&t[8..], &octets[8..]);
         assert_eq!(tee_uuid_to_octets(t), octets);
+    }
+
+    #[test]
+    fn outputs_are_taken_and_inputs_and_addresses_kept() {
+        let mut mine = UteeParams::default();
+        mine.types.set(u64::from(param_types([
+            TEE_PARAM_TYPE_VALUE_INPUT,
+            TEE_PARAM_TYPE_VALUE_INOUT,
+            TEE_PARAM_TYPE_MEMREF_OUTPUT,
+            TEE_PARAM_TYPE_MEMREF_INPUT,
+        ])));
+        for i in 0..4 {
+            mine.set_pair(i, 10 + i as u64, 20 + i as u64);
+        }
+        let mut out = UteeParams::default();
+        for i in 0..4 {
+            out.set_pair(i, 100 + i as u64, 200 + i as u64);
+        }
+        mine.take_outputs(&out);
+        assert_eq!(mine.pair(0), (10, 20));
+        assert_eq!(mine.pair(1), (101, 201));
+        assert_eq!(mine.pair(2), (12, 202));
+        assert_eq!(mine.pair(3), (13, 23));
     }
 
     #[test]

@@ -16,11 +16,11 @@ use teeshm_abi::gp::{
 use teeshm_abi::utee::{
     TEE_MEMORY_ACCESS_ANY_OWNER, TEE_MEMORY_ACCESS_WRITE, TEE_PARAM_TYPE_MEMREF_INOUT,
     TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_PARAM_TYPE_NONE,
-    TEE_PARAM_TYPE_VALUE_INOUT, TEE_PARAM_TYPE_VALUE_INPUT, TEE_PARAM_TYPE_VALUE_OUTPUT,
-    TEE_SCN_CHECK_ACCESS_RIGHTS, TEE_SCN_CLOSE_TA_SESSION, TEE_SCN_INVOKE_TA_COMMAND, TEE_SCN_LOG,
-    TEE_SCN_OPEN_TA_SESSION, TEE_SCN_PANIC, TEE_SCN_RETURN, UTEE_ENTRY_FUNC_CLOSE_SESSION,
-    UTEE_ENTRY_FUNC_INVOKE_COMMAND, UTEE_ENTRY_FUNC_OPEN_SESSION, UTEE_PARAMS_SIZE, UteeParams,
-    layout, param_types, tee_uuid_to_octets,
+    TEE_PARAM_TYPE_VALUE_INPUT, TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_SCN_CHECK_ACCESS_RIGHTS,
+    TEE_SCN_CLOSE_TA_SESSION, TEE_SCN_INVOKE_TA_COMMAND, TEE_SCN_LOG, TEE_SCN_OPEN_TA_SESSION,
+    TEE_SCN_PANIC, TEE_SCN_RETURN, UTEE_ENTRY_FUNC_CLOSE_SESSION, UTEE_ENTRY_FUNC_INVOKE_COMMAND,
+    UTEE_ENTRY_FUNC_OPEN_SESSION, UTEE_PARAMS_SIZE, UteeParams, layout, param_types,
+    tee_uuid_to_octets,
 };
 
 const PAGE: u64 = 4096;
@@ -493,18 +493,7 @@ impl FakeEnv<'_> {
             return TEE_ERROR_TARGET_DEAD;
         };
         // The outputs go back into the caller's params; a memref keeps the caller's address.
-        for i in 0..4 {
-            match p.param_type(i) {
-                TEE_PARAM_TYPE_VALUE_OUTPUT | TEE_PARAM_TYPE_VALUE_INOUT => {
-                    let (a, b) = out.pair(i);
-                    p.set_pair(i, a, b);
-                }
-                TEE_PARAM_TYPE_MEMREF_OUTPUT | TEE_PARAM_TYPE_MEMREF_INOUT => {
-                    p.set_pair(i, p.pair(i).0, out.pair(i).1);
-                }
-                _ => {}
-            }
-        }
+        p.take_outputs(&out);
         assert!(self.core_write(params_va, &params_to_bytes(&p)));
         result
     }

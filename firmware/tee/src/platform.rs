@@ -338,6 +338,24 @@ fn copy_out(dst: usize, data: &[u8]) {
     }
 }
 
+/// `TLBI VAE1IS` of `pages` pages from `va` tagged `asid`, between the barriers it needs:
+/// the descriptor writes before, the invalidations complete after (the caller counts them).
+pub(crate) fn invalidate_by_va(asid: u16, va: u64, pages: u64) {
+    // SAFETY: the barrier orders the descriptor writes before the invalidations.
+    unsafe { core::arch::asm!("dsb ishst", options(nostack, preserves_flags)) };
+    for i in 0..pages {
+        // TLBI VAE1IS: ASID in bits [63:48], VA[55:12] in bits [43:0].
+        let operand = (u64::from(asid) << 48) | ((va >> 12).wrapping_add(i) & ((1 << 44) - 1));
+        // SAFETY: invalidating TLB entries only makes the MMU walk the tables again; it cannot
+        // make any access succeed that the tables do not allow.
+        unsafe {
+            core::arch::asm!("tlbi vae1is, {}", in(reg) operand, options(nostack, preserves_flags));
+        }
+    }
+    // SAFETY: barriers only: the invalidations complete before anything that follows.
+    unsafe { core::arch::asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
+}
+
 /// TLB maintenance of the secure EL1&0 regime, broadcast to the inner-shareable domain.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FwTlb;
@@ -348,19 +366,8 @@ impl TlbMaintenance for FwTlb {
             self.invalidate_all();
             return;
         }
-        // SAFETY: the barrier orders the descriptor writes before the invalidations.
-        unsafe { core::arch::asm!("dsb ishst", options(nostack, preserves_flags)) };
-        for i in 0..pages {
-            // TLBI VAE1IS takes VA[55:12] in bits [43:0]; ASID 0 (teeshm's mappings are global).
-            let operand = ((va >> 12).wrapping_add(i)) & ((1 << 44) - 1);
-            // SAFETY: invalidating TLB entries only makes the MMU walk the tables again; it
-            // cannot make any access succeed that the tables do not allow.
-            unsafe {
-                core::arch::asm!("tlbi vae1is, {}", in(reg) operand, options(nostack, preserves_flags));
-            }
-        }
-        // SAFETY: barriers only: the invalidations complete before anything that follows.
-        unsafe { core::arch::asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
+        // ASID 0: the core's mappings are global, which a TLBI by VA drops whatever its ASID.
+        invalidate_by_va(0, va, pages);
         TLBI_BY_VA.fetch_add(pages, Ordering::Relaxed);
     }
 

@@ -662,19 +662,7 @@ impl TlbMaintenance for FwUserTlb {
             self.invalidate_all();
             return;
         }
-        // SAFETY: the barrier orders the descriptor writes before the invalidations.
-        unsafe { core::arch::asm!("dsb ishst", options(nostack, preserves_flags)) };
-        for i in 0..pages {
-            // TLBI VAE1IS: ASID in bits [63:48], VA[55:12] in bits [43:0].
-            let operand = self.asid_operand() | ((va >> 12).wrapping_add(i) & ((1 << 44) - 1));
-            // SAFETY: invalidating TLB entries only makes the MMU walk the tables again; it
-            // cannot make any access succeed that the tables do not allow.
-            unsafe {
-                core::arch::asm!("tlbi vae1is, {}", in(reg) operand, options(nostack, preserves_flags));
-            }
-        }
-        // SAFETY: barriers only: the invalidations complete before anything that follows.
-        unsafe { core::arch::asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
+        crate::platform::invalidate_by_va(self.asid, va, pages);
         TLBI_BY_VA.fetch_add(pages, Ordering::Relaxed);
     }
 

@@ -1032,6 +1032,26 @@ impl teeshm_core::Platform for GatedPlatform {
     }
 }
 
+/// A core under a hypervisor on `inner` wrapped in a [`GatedPlatform`] (no page gated yet).
+fn gated_tee(inner: teeshm_testkit::SimPlatform) -> teeshm_core::Tee<GatedPlatform> {
+    let platform = GatedPlatform {
+        inner,
+        gate_page: 0.into(),
+        reached: false.into(),
+        open: false.into(),
+    };
+    teeshm_core::Tee::new(
+        CoreConfig {
+            normal_world: NormalWorld::Virtualized,
+            ..CoreConfig::default()
+        },
+        teeshm_testkit::sim_memory_map(),
+        platform,
+        teeshm_platform::RecordingTlb::counting(),
+    )
+    .unwrap()
+}
+
 /// User mode as the simulated platform has it.
 impl teeshm_core::platform::UserMode for GatedPlatform {
     type UserTlb = teeshm_platform::RecordingTlb;
@@ -1078,22 +1098,7 @@ impl teeshm_core::platform::UserMode for GatedPlatform {
 fn regression_call_of_a_destroyed_guest_never_suspends() {
     use std::sync::atomic::Ordering::SeqCst;
     let mem = std::sync::Arc::new(teeshm_testkit::PhysMemory::new());
-    let platform = GatedPlatform {
-        inner: teeshm_testkit::SimPlatform::new(mem.clone()),
-        gate_page: 0.into(),
-        reached: false.into(),
-        open: false.into(),
-    };
-    let tee = teeshm_core::Tee::new(
-        CoreConfig {
-            normal_world: NormalWorld::Virtualized,
-            ..CoreConfig::default()
-        },
-        teeshm_testkit::sim_memory_map(),
-        platform,
-        teeshm_platform::RecordingTlb::counting(),
-    )
-    .unwrap();
+    let tee = gated_tee(teeshm_testkit::SimPlatform::new(mem.clone()));
     let g1 = GuestId(1);
     let hyp = |func: u32, id: u64| tee.handle_smc(SmcRegs::call(func, &[id]).from_client(G0));
     assert_eq!(hyp(OPTEE_SMC_VM_CREATED, 1).a0(), OPTEE_SMC_RETURN_OK);
@@ -1304,22 +1309,7 @@ fn regression_session_opened_while_its_guest_is_destroyed_is_not_kept() {
         teeshm_testkit::TA_RAM.1,
     )
     .unwrap();
-    let platform = GatedPlatform {
-        inner: teeshm_testkit::SimPlatform::new(mem.clone()).with_ta_ram(ta_ram),
-        gate_page: 0.into(),
-        reached: false.into(),
-        open: false.into(),
-    };
-    let tee = teeshm_core::Tee::new(
-        CoreConfig {
-            normal_world: NormalWorld::Virtualized,
-            ..CoreConfig::default()
-        },
-        teeshm_testkit::sim_memory_map(),
-        platform,
-        teeshm_platform::RecordingTlb::counting(),
-    )
-    .unwrap();
+    let tee = gated_tee(teeshm_testkit::SimPlatform::new(mem.clone()).with_ta_ram(ta_ram));
     for image in teeshm_testkit::sim_ta_images() {
         tee.register_ta(image).unwrap();
     }
