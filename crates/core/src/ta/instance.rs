@@ -229,8 +229,12 @@ impl TaInstance {
                 let from = usize::try_from(i * PAGE_SIZE).map_err(|_| TeeError::OutOfMemory)?;
                 let chunk = bytes.get(from..).unwrap_or(&[]);
                 let chunk = chunk.get(..PAGE_SIZE as usize).unwrap_or(chunk);
-                write(pa, &zero)?;
+                // The image's bytes, then zeroes to the end of the page (once each).
                 write(pa, chunk)?;
+                let rest = zero.get(chunk.len()..).unwrap_or(&[]);
+                if !rest.is_empty() {
+                    write(PhysAddr(pa.get() + chunk.len() as u64), rest)?;
+                }
                 frames.push(pa);
             }
             let range = VirtPages::new(VirtAddr(va), count)
