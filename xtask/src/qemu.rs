@@ -36,7 +36,8 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -489,7 +490,10 @@ fn run_qemu(
             &smp.to_string(),
             "-m",
             "1024",
-            "-nographic",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
             "-nic",
             "none",
             "-semihosting",
@@ -501,17 +505,26 @@ fn run_qemu(
         .arg(format!(
             "loader,file={},addr={CLIENT_ADDR:#x},force-raw=on",
             images.client.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    eprintln!("xtask: running {command:?}");
+        ));
+    let secure_console = workspace_root()
+        .join("target")
+        .join(format!("qemu-{}-secure-uart.log", variant.name()));
+    eprintln!(
+        "xtask: running {command:?} (secure UART: {})",
+        secure_console.display()
+    );
     let mut seen = Seen::default();
     let started = Instant::now();
-    let run = run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
-        println!("{line}");
-        seen.note(t, line);
-    })
+    let run = run_streaming(
+        &mut command,
+        &secure_console,
+        timeout,
+        LAST_LINES,
+        |t, line| {
+            println!("{line}");
+            seen.note(t, line);
+        },
+    )
     .map_err(|e| (1, e))?;
     let (status, timed_out, last) = (run.status, run.timed_out, run.last);
     let total = started.elapsed().as_secs_f64();
@@ -621,16 +634,35 @@ pub struct StreamedRun {
     pub last: VecDeque<String>,
 }
 
-/// Spawns `command` (stdout and stderr piped), hands every line it prints to
-/// `on_line(seconds since start, line)` as it comes (stderr lines prefixed `qemu: `), and kills
-/// it at `timeout`. Shared by `cargo xtask qemu` and `cargo xtask linux`.
+/// Spawns `command` with the machine's two UARTs added (serial0, the normal world's, on
+/// stdout; serial1, the secure UART the firmware writes to, in the file `secure_console`),
+/// hands every line of both to `on_line(seconds since start, line)` as it comes (stderr lines
+/// prefixed `qemu: `), and kills it at `timeout`. Lines of the two UARTs are each whole: the
+/// worlds no longer write into each other's lines. Shared by `cargo xtask qemu`, `linux` and
+/// `xen`.
 pub fn run_streaming(
     command: &mut Command,
+    secure_console: &Path,
     timeout: Duration,
     keep_last: usize,
     mut on_line: impl FnMut(f64, &str),
 ) -> Result<StreamedRun, String> {
     let started = Instant::now();
+    let secure = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(secure_console)
+        .map_err(|e| format!("cannot create {}: {e}", secure_console.display()))?;
+    let mut serial1 = std::ffi::OsString::from("file:");
+    serial1.push(secure_console);
+    command
+        .args(["-serial", "stdio", "-serial"])
+        .arg(serial1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
@@ -644,6 +676,21 @@ pub fn run_streaming(
     if let Some(stderr) = child.stderr.take() {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || forward(stderr, &tx, "qemu: ")));
+    }
+    let qemu_ended = Arc::new(AtomicBool::new(false));
+    {
+        let tx = tx.clone();
+        let ended = Arc::clone(&qemu_ended);
+        readers.push(std::thread::spawn(move || {
+            forward(
+                FollowedFile {
+                    file: secure,
+                    ended,
+                },
+                &tx,
+                "",
+            )
+        }));
     }
     drop(tx);
     let mut last: VecDeque<String> = VecDeque::with_capacity(keep_last);
@@ -675,6 +722,10 @@ pub fn run_streaming(
             let _ = child.kill();
             status = child.wait().ok();
         }
+        if status.is_some() {
+            // The secure console's reader takes what QEMU wrote last, then ends.
+            qemu_ended.store(true, Ordering::Release);
+        }
     }
     for reader in readers {
         let _ = reader.join();
@@ -684,6 +735,27 @@ pub fn run_streaming(
         timed_out,
         last,
     })
+}
+
+/// A file another process appends to, read as a stream: at its end, waits for more until
+/// `ended` is set, then reads what is left and reports its end.
+struct FollowedFile {
+    file: fs::File,
+    ended: Arc<AtomicBool>,
+}
+
+impl std::io::Read for FollowedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Read `ended` first: what QEMU wrote before it ended is in the file then.
+            let ended = self.ended.load(Ordering::Acquire);
+            let n = self.file.read(buf)?;
+            if n > 0 || ended {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Sends each line of `stream` to `tx` (UART lines end in `\r\n`; stray `\r`s are dropped).

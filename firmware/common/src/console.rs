@@ -1,7 +1,12 @@
-//! The PL011 UART at 0x0900_0000, reachable from both worlds (QEMU `virt` serial0).
+//! A PL011 console: the normal world's UART at 0x0900_0000 (QEMU `virt` serial0) for the
+//! client, the secure UART at 0x0904_0000 (serial1, on the secure side of the bus only) for
+//! EL3 and the S-EL1 core ([`use_uart_at`] at their entry).
 //!
-//! Each world reaches it at VA == PA: EL3 and the normal-world client run with their MMU off,
-//! the S-EL1 core maps the page as device memory. QEMU's PL011 needs no set-up to transmit.
+//! Two UARTs keep the worlds' lines whole: on one UART shared with Linux or Xen, bytes written
+//! by the firmware on one CPU land in the middle of the normal world's lines from another, as
+//! OP-TEE's QEMU set-up avoids the same way. Each world reaches its UART at VA == PA: EL3 and
+//! the normal-world client run with their MMU off, the S-EL1 core maps the page as device
+//! memory. QEMU's PL011 needs no set-up to transmit.
 //! The client as a Xen domU writes to Xen's emulated SBSA UART instead ([`use_uart_at`]),
 //! which has the same two registers.
 
@@ -10,6 +15,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Physical (and, in every world, virtual) address of the PL011 data register.
 pub const UART_BASE: usize = 0x0900_0000;
+/// Physical address of the secure PL011's data register (`VIRT_SECURE_UART`, QEMU's serial1).
+pub const SECURE_UART_BASE: usize = 0x0904_0000;
 
 /// The UART this image writes to.
 static BASE: AtomicUsize = AtomicUsize::new(UART_BASE);

@@ -28,10 +28,10 @@ use crate::context::{Context, El1Regs};
 use core::cell::UnsafeCell;
 use teeshm_abi::smc::OPTEE_SMC_RETURN_RPC_FOREIGN_INTR;
 use teeshm_fw_common::fid::{self, arch, psci};
-use teeshm_fw_common::{cpu, println, semihosting, time};
+use teeshm_fw_common::{console, cpu, println, semihosting, time};
 
 /// SCTLR_EL3: RES1 bits, SA (stack alignment check) and I (instruction cache); MMU, data
-/// cache and alignment checks off. The monitor touches only secure RAM and the UART.
+/// cache and alignment checks off. The monitor touches only secure RAM and the secure UART.
 pub const SCTLR_EL3_VALUE: u64 = 0x30c5_0830 | (1 << 3) | (1 << 12);
 
 /// SCR_EL3 for the secure world: RW (EL1 is AArch64), SIF (no secure instruction fetch from
@@ -448,6 +448,9 @@ fn invalidate_secure_el1_tlb() {
 /// core's boot.
 #[unsafe(no_mangle)]
 extern "C" fn monitor_main() -> ! {
+    // The secure world's lines go to the secure UART (QEMU's serial1) from the first one on,
+    // EL3's and the S-EL1 core's alike (one console, set before any other CPU runs).
+    console::use_uart_at(console::SECURE_UART_BASE);
     let shared = shared();
     let me = cpu_state(0);
     println!();

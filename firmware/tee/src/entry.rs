@@ -234,12 +234,12 @@ fn map_identity(
 fn boot(ns_el: u64) -> Result<(), BootError> {
     let started = time::micros();
     // SAFETY: the boot CPU, MMU off; the image, its stacks and heap lie in secure RAM after
-    // EL3's part (written by EL3 and this entry with the MMU off, never cached), the UART in
-    // its 2 MiB block.
+    // EL3's part (written by EL3 and this entry with the MMU off, never cached), the secure
+    // UART in its 2 MiB block.
     unsafe {
         crate::mmu::enable_boot(
             layout::code().start..layout::SECURE_RAM.0 + layout::SECURE_RAM.1,
-            layout::UART.0..layout::UART.0 + layout::UART.1,
+            layout::SECURE_UART.0..layout::SECURE_UART.0 + layout::SECURE_UART.1,
         )
     };
     crate::heap::init(layout::heap());
@@ -261,13 +261,13 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         }
         map_identity(
             shm,
-            "uart",
-            layout::UART.0..layout::UART.0 + layout::UART.1,
+            "secure uart",
+            layout::SECURE_UART.0..layout::SECURE_UART.0 + layout::SECURE_UART.1,
             MemKind::Device,
         )?;
         println!(
             "tee: static map: code+rodata {code} pages RX, data {data} pages RW, \
-             stacks+heap {rest} pages RW, UART 1 page device; \
+             stacks+heap {rest} pages RW, secure UART 1 page device; \
              unmapped: EL3 {:#x}..{:#x}, a stack guard page below each CPU's stack ({:#x}, \
              ...)",
             layout::el3().start,
@@ -276,8 +276,8 @@ fn boot(ns_el: u64) -> Result<(), BootError> {
         );
         (shm.tables().root_address().get(), shm.table_stats().live)
     };
-    // SAFETY: the tables identity-map the code, data, stacks and heap in use and the UART
-    // (just above) with the boot tables' attributes, and nothing of them moves: the tables
+    // SAFETY: the tables identity-map the code, data, stacks and heap in use and the secure
+    // UART (just above) with the boot tables' attributes, and nothing of them moves: the tables
     // live on the heap, reached by the `Tee` that goes into the static below.
     unsafe { crate::mmu::switch_to(root) };
     let copied = crate::user::init(root).map_err(BootError::User)?;

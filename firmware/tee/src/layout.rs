@@ -24,12 +24,12 @@ macro_rules! addr {
 pub const SECURE_RAM: (u64, u64) = (0x0e00_0000, 16 << 20);
 /// Normal-world RAM as QEMU is started (`-m 1024`): 1 GiB at 0x4000_0000.
 pub const NS_RAM: (u64, u64) = (0x4000_0000, 1 << 30);
-/// The PL011 UART page.
+/// The normal world's PL011 UART page (a device region of the core's memory map).
 pub const UART: (u64, u64) = (0x0900_0000, 0x1000);
 /// The secure PL011 of QEMU `virt` with `secure=on` (`VIRT_SECURE_UART`, only on the secure
-/// side of the bus): a device region of the core's memory map, never mapped statically (the
-/// core's `ioremap` maps it when it probes it).
-pub const SECURE_UART: (u64, u64) = (0x0904_0000, 0x1000);
+/// side of the bus): the firmware's console, mapped statically at VA == PA; the core's
+/// `ioremap` maps it once more in the window when the pseudo-TA probes it.
+pub const SECURE_UART: (u64, u64) = (teeshm_fw_common::console::SECURE_UART_BASE as u64, 0x1000);
 
 /// Code and read-only data (mapped read-only, executable).
 pub fn code() -> Range<u64> {

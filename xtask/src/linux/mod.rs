@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -420,7 +420,7 @@ fn device_tree(
 }
 
 /// The QEMU command that boots `firmware` on `machine` with `loads` (file, address) put in
-/// RAM by `-device loader`, the UART on stdout, semihosting on, no reboot.
+/// RAM by `-device loader`, semihosting on, no reboot (`run_streaming` adds the UARTs).
 fn qemu_command(machine: &Machine, firmware: &Path, loads: &[(&Path, u64)]) -> Command {
     let mut command = Command::new("qemu-system-aarch64");
     command.args(machine.args()).args([
@@ -428,8 +428,6 @@ fn qemu_command(machine: &Machine, firmware: &Path, loads: &[(&Path, u64)]) -> C
         "none",
         "-monitor",
         "none",
-        "-serial",
-        "stdio",
         "-semihosting",
         "-no-reboot",
     ]);
@@ -440,10 +438,6 @@ fn qemu_command(machine: &Machine, firmware: &Path, loads: &[(&Path, u64)]) -> C
             &format!("loader,file={},addr={addr:#x},force-raw=on", file.display()),
         ]);
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     command
 }
 
@@ -563,11 +557,17 @@ fn boot(
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let mut seen = Milestones::default();
     let started = Instant::now();
-    let run = crate::qemu::run_streaming(&mut command, timeout, LAST_LINES, |t, line| {
-        println!("[{t:7.3}] {line}");
-        let _ = writeln!(log, "[{t:7.3}] {line}");
-        note_milestone(&mut seen, t, line);
-    })?;
+    let run = crate::qemu::run_streaming(
+        &mut command,
+        &out.join("secure-uart.log"),
+        timeout,
+        LAST_LINES,
+        |t, line| {
+            println!("[{t:7.3}] {line}");
+            let _ = writeln!(log, "[{t:7.3}] {line}");
+            note_milestone(&mut seen, t, line);
+        },
+    )?;
     let (status, timed_out, last) = (run.status, run.timed_out, run.last);
     let total = started.elapsed().as_secs_f64();
     let _ = log.flush();
