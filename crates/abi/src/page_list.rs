@@ -33,12 +33,33 @@ pub const DATA_PAGE_SIZE: u64 = OPTEE_MSG_NONCONTIG_PAGE_SIZE;
 const PAGE_MASK: u64 = DATA_PAGE_SIZE - 1;
 const ENTRIES_U64: u64 = ENTRIES_PER_LIST_PAGE as u64;
 
-/// One list page as it lies in memory.
+/// One list page as it lies in memory; as a value, the secure copy a decode reads a list page
+/// into ([`decode_chunks_in`]). Only the bytes read for the page at hand are ever used, so a
+/// buffer may be reused from one decode to the next without being cleared.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
-struct ListPage {
+pub struct ListPage {
     entries: [U64; ENTRIES_PER_LIST_PAGE],
     next: U64,
+}
+
+impl ListPage {
+    /// A zeroed buffer.
+    pub fn new() -> Self {
+        Self::new_zeroed()
+    }
+}
+
+impl Default for ListPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for ListPage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ListPage { .. }")
+    }
 }
 
 const _: () = assert!(size_of::<ListPage>() == LIST_PAGE_SIZE);
@@ -319,6 +340,29 @@ pub fn decode_chunks<M: NsMemory>(
     offset: u64,
     size: u64,
     max_pages: u64,
+    visit: impl FnMut(u64, &[U64]) -> Result<(), usize>,
+) -> Result<ListShape, PageListError<M::Error>> {
+    decode_chunks_in(
+        mem,
+        &mut ListPage::new(),
+        first_list_page,
+        offset,
+        size,
+        max_pages,
+        visit,
+    )
+}
+
+/// [`decode_chunks`] with `page` as the secure copy of each list page: a buffer the caller
+/// keeps, so that a decode does not clear 4 KiB first (whatever `page` held before is never
+/// used: each list page's bytes are read into it before any of them is looked at).
+pub fn decode_chunks_in<M: NsMemory>(
+    mem: &mut M,
+    page: &mut ListPage,
+    first_list_page: u64,
+    offset: u64,
+    size: u64,
+    max_pages: u64,
     mut visit: impl FnMut(u64, &[U64]) -> Result<(), usize>,
 ) -> Result<ListShape, PageListError<M::Error>> {
     // Everything that can be checked without touching NS memory comes first.
@@ -336,8 +380,8 @@ pub fn decode_chunks<M: NsMemory>(
     }
     let offset16 = u16::try_from(offset).map_err(|_| PageListError::OffsetTooLarge { offset })?;
 
-    // Secure copy of the current list page; each list page is read into it exactly once.
-    let mut page = ListPage::new_zeroed();
+    // `page`: the secure copy of the current list page; each list page is read into it
+    // exactly once.
     let mut list_pa = first_list_page;
     let mut list_index: u64 = 0;
     let mut index: u64 = 0;

@@ -262,6 +262,10 @@ pub struct GuestPartition {
     counters: Arc<GuestCounters>,
     pub(crate) state: crate::sync::Mutex<GuestState>,
     dying: AtomicBool,
+    /// The secure copy its page lists are decoded into, kept (4 KiB, taken from the heap at
+    /// its first registration) so that a registration does not clear a fresh one; a decode
+    /// that finds it in use by another CPU of the guest clears one of its own.
+    pub(crate) list_page: crate::sync::Mutex<Vec<teeshm_abi::page_list::ListPage>>,
 }
 
 impl GuestPartition {
@@ -274,6 +278,7 @@ impl GuestPartition {
                 ..GuestState::default()
             }),
             dying: AtomicBool::new(false),
+            list_page: crate::sync::Mutex::new(Vec::new()),
         }
     }
 

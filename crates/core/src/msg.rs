@@ -11,6 +11,7 @@ use crate::pta::{self, PtaWait};
 use crate::ta::instance::PageSource;
 use crate::ta::run::{Entry, TaParam, run_entry};
 use crate::ta::{Session, TaInstance};
+use alloc::collections::btree_map;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use teeshm_abi::GuestId;
@@ -459,13 +460,16 @@ impl<P: Platform> Tee<P> {
             Some(cookie),
         )?;
         let mut state = call.guest.state.lock();
-        if call.guest.is_dying() || state.registered.contains_key(&cookie) {
-            drop(state);
-            self.discard(&mobj);
-            return Err(TeeError::DuplicateCookie(cookie));
+        // One lookup: the cookie is checked and taken under the same lock.
+        if let btree_map::Entry::Vacant(vacant) = state.registered.entry(cookie)
+            && !call.guest.is_dying()
+        {
+            vacant.insert(mobj);
+            return Ok(());
         }
-        state.registered.insert(cookie, mobj);
-        Ok(())
+        drop(state);
+        self.discard(&mobj);
+        Err(TeeError::DuplicateCookie(cookie))
     }
 
     fn unregister_shm(&self, call: &mut Call) -> Result<(), TeeError> {

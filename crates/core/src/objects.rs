@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use teeshm_abi::GuestId;
-use teeshm_abi::page_list::{self, NsMemory, PageListError};
+use teeshm_abi::page_list::{self, ListPage, NsMemory, PageListError};
 use teeshm_mm::{PAGE_SIZE, PhysAddr, PhysRange};
 
 /// Reads page-list pages for the decoder through transient one-page mappings of the window
@@ -106,8 +106,26 @@ impl<P: Platform> Tee<P> {
         let mut frames = FramesBuilder::with_capacity(count)?;
         let mut region: Option<PhysRange> = None;
         let mut refusal = None;
-        let decoded = page_list::decode_chunks(
+        // The guest's list-page buffer if no other CPU of it holds it (taken from the heap
+        // once), else one cleared on the stack.
+        let mut kept = guest.list_page.try_lock();
+        let kept_page = kept.as_mut().and_then(|pages| {
+            if pages.is_empty() && pages.try_reserve_exact(1).is_ok() {
+                pages.push(ListPage::new());
+            }
+            pages.first_mut()
+        });
+        let mut fresh;
+        let page = match kept_page {
+            Some(page) => page,
+            None => {
+                fresh = ListPage::new();
+                &mut fresh
+            }
+        };
+        let decoded = page_list::decode_chunks_in(
             &mut reader,
+            page,
             buf_ptr - offset,
             offset,
             size,
@@ -137,6 +155,7 @@ impl<P: Platform> Tee<P> {
                 Ok(())
             },
         );
+        drop(kept);
         let shape = match decoded {
             Ok(shape) => shape,
             Err(PageListError::Refused { .. }) => {

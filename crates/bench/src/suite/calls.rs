@@ -30,10 +30,12 @@ fn arg_with(command: u32, p: MsgParam) -> Vec<u8> {
     bytes
 }
 
-/// The result code the core wrote into the arg at `offset` of `buf`.
+/// The result code written into the arg at `offset` of `buf` (one read of simulated memory,
+/// no allocation: the check both sides of P2 make after each pair).
 fn ret_in(w: &World, buf: &Buf, offset: u64) -> u32 {
-    let ret = w.read_buf(buf, offset + 20, 4);
-    u32::from_le_bytes([ret[0], ret[1], ret[2], ret[3]])
+    let mut ret = [0u8; 4];
+    w.mem.read(w.buf_pa(buf, offset + 20), &mut ret);
+    u32::from_le_bytes(ret)
 }
 
 /// The cookie of the one-page buffer both sides keep their args in (Linux's arg cache).
@@ -109,6 +111,8 @@ pub(super) fn p2(budget: Budget, out: &mut Vec<Figure>) {
                     entry.call_regd(&w.mem, ARG_COOKIE, UNREGISTER_AT),
                     Some(TEE_SUCCESS)
                 );
+                // The same check of the result in memory as teeshm's side makes.
+                assert_eq!(ret_in(&w, &args, UNREGISTER_AT), TEE_SUCCESS, "{n} pages");
             }
         };
         let mut lower_cookie = 2_000_000u64;
