@@ -122,7 +122,9 @@ impl Params {
 
 impl ArgCopy {
     /// Reads the arg at `at` once: the header, then `num_params` params; `reserve` more bytes
-    /// (an appended RPC arg) must also fit the buffer.
+    /// (an appended RPC arg) must also fit the buffer. Inlined into its one caller so that the
+    /// copy is built where the call keeps it rather than moved there through each return.
+    #[inline(always)]
     pub(crate) fn read<P: Platform>(
         at: &NsRef,
         window: &WindowLock<P::Tlb>,

@@ -58,6 +58,10 @@ pub const MAPPED_PAGE_BYTES: u64 = 96;
 /// arg it builds, and its list of owned objects.
 pub const CALL_BYTES: u64 = 16 << 10;
 
+/// The secure heap each guest keeps for decoding its page lists: one list page's secure copy
+/// (`GuestPartition::list_page`), taken at its first registration and kept until it goes.
+pub const LIST_PAGE_BYTES: u64 = teeshm_abi::page_list::LIST_PAGE_SIZE as u64;
+
 /// An upper bound of the secure heap one open session costs (its entry in the guest's
 /// session table, with its share of the B-tree's nodes).
 pub const SESSION_BYTES: u64 = 64;
@@ -283,6 +287,7 @@ impl CoreConfig {
             .checked_mul(MAPPED_PAGE_BYTES)
             .and_then(|b| b.checked_add(q.max_sessions.checked_mul(SESSION_BYTES)?))
             .and_then(|b| b.checked_add(q.max_secure_bytes))
+            .and_then(|b| b.checked_add(LIST_PAGE_BYTES))
             .and_then(|b| b.checked_mul(guests))
             .and_then(|b| b.checked_add(threads.checked_mul(per_call)?)))?;
         if heap_promised > self.heap_budget {

@@ -524,7 +524,9 @@ impl<P: Platform> Tee<P> {
         guest.counters().refund_thread();
     }
 
-    /// Finds the arg of a new call and copies it (see [`crate::arg`]).
+    /// Finds the arg of a new call and copies it (see [`crate::arg`]); inlined, as
+    /// `ArgCopy::read`, so that the copy is not moved through each return.
+    #[inline(always)]
     fn locate_arg(
         &self,
         guest: &Arc<GuestPartition>,
@@ -573,10 +575,7 @@ impl<P: Platform> Tee<P> {
         let rpc_at = if reserve == 0 {
             RpcArgAt::Missing
         } else {
-            RpcArgAt::Appended(NsRef {
-                used: at.used.clone(),
-                offset: at.offset + arg.size() as u64,
-            })
+            RpcArgAt::Appended(at.offset + arg.size() as u64)
         };
         Ok((at, arg, rpc_at))
     }

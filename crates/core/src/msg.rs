@@ -67,8 +67,12 @@ pub enum CallParam {
 pub(crate) enum RpcArgAt {
     /// None yet: the first RPC needs `RPC_FUNC_ALLOC`.
     Missing,
-    /// After the call's own arg (`CALL_WITH_RPC_ARG`, `CALL_WITH_REGD_ARG`).
-    Appended(NsRef),
+    /// At this offset of the call's own arg buffer, after its arg (`CALL_WITH_RPC_ARG`,
+    /// `CALL_WITH_REGD_ARG`); the call's use of that buffer covers it until an RPC needs it
+    /// (most calls make none, so they take no second use of the buffer).
+    Appended(u64),
+    /// The same, once an RPC needed it: a use of the buffer of its own.
+    AppendedInUse(NsRef),
     /// A buffer the normal world allocated; `cookie` names it in `RPC_FUNC_FREE`.
     Allocated {
         /// The normal world's cookie.
@@ -152,8 +156,8 @@ impl Call {
     /// Every object the call holds a use of.
     pub(crate) fn objects(&self) -> impl Iterator<Item = &Arc<Mobj>> {
         let rpc = match &self.rpc_at {
-            RpcArgAt::Missing => None,
-            RpcArgAt::Appended(at) | RpcArgAt::Allocated { at, .. } => Some(at.used.mobj()),
+            RpcArgAt::Missing | RpcArgAt::Appended(_) => None,
+            RpcArgAt::AppendedInUse(at) | RpcArgAt::Allocated { at, .. } => Some(at.used.mobj()),
         };
         let params = self.params.iter().filter_map(|p| match p {
             CallParam::Memref { buf: Some(b), .. } => Some(b.used.mobj()),
@@ -425,9 +429,15 @@ impl<P: Platform> Tee<P> {
                 }
             }
         }
+        if let RpcArgAt::Appended(offset) = call.rpc_at {
+            call.rpc_at = RpcArgAt::AppendedInUse(NsRef {
+                used: call.arg_at.used.clone(),
+                offset,
+            });
+        }
         match &call.rpc_at {
-            RpcArgAt::Missing => None,
-            RpcArgAt::Appended(at) => Some((at, 0)),
+            RpcArgAt::Missing | RpcArgAt::Appended(_) => None,
+            RpcArgAt::AppendedInUse(at) => Some((at, 0)),
             RpcArgAt::Allocated { cookie, at } => Some((at, *cookie)),
         }
     }
