@@ -202,13 +202,13 @@ impl SimPlatform {
         };
         let generation = tlb.generation(page.get());
         let index = tlb_index(tlb.id, page.get());
-        let cached = CPU_TLB.with(|t| {
-            t.borrow()
-                .get(index)
-                .copied()
-                .flatten()
-                .filter(|e| e.tlb == tlb.id && e.page == page.get() && e.generation == generation)
-                .map(|e| e.translation)
+        let cached = CPU_TLB.with(|t| match t.borrow().get(index) {
+            Some(Some(e))
+                if e.tlb == tlb.id && e.page == page.get() && e.generation == generation =>
+            {
+                Some(e.translation)
+            }
+            _ => None,
         });
         if cached.is_some() {
             return cached;
