@@ -441,6 +441,37 @@ fn qemu_command(machine: &Machine, firmware: &Path, loads: &[(&Path, u64)]) -> C
     command
 }
 
+/// Runs `command` (see [`crate::qemu::run_streaming`]; the secure UART in
+/// `out/secure-uart.log`), prints every UART line with its time and keeps it in `out/uart.log`,
+/// notes the milestones, and hands each line to `on_line` too; returns the run, its milestones
+/// and the log's path.
+fn run_logged(
+    command: &mut Command,
+    out: &Path,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<(crate::qemu::StreamedRun, Milestones, PathBuf), String> {
+    eprintln!("xtask: running {command:?}");
+    let log_path = out.join("uart.log");
+    let mut log = fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut seen = Milestones::default();
+    let run = crate::qemu::run_streaming(
+        command,
+        &out.join("secure-uart.log"),
+        timeout,
+        LAST_LINES,
+        |t, line| {
+            println!("[{t:7.3}] {line}");
+            let _ = writeln!(log, "[{t:7.3}] {line}");
+            note_milestone(&mut seen, t, line);
+            on_line(line);
+        },
+    )?;
+    let _ = log.flush();
+    Ok((run, seen, log_path))
+}
+
 /// The nodes added to QEMU's tree (a second root block, which dtc merges into the first).
 fn dts_additions(initrd_len: u64, smp: usize) -> String {
     let cells = |v: u64| format!("<{:#x} {:#x}>", v >> 32, v & 0xffff_ffff);
@@ -551,26 +582,10 @@ fn boot(
             (initramfs, INITRD_ADDR),
         ],
     );
-    eprintln!("xtask: running {command:?}");
-    let log_path = out.join("uart.log");
-    let mut log = fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let mut seen = Milestones::default();
     let started = Instant::now();
-    let run = crate::qemu::run_streaming(
-        &mut command,
-        &out.join("secure-uart.log"),
-        timeout,
-        LAST_LINES,
-        |t, line| {
-            println!("[{t:7.3}] {line}");
-            let _ = writeln!(log, "[{t:7.3}] {line}");
-            note_milestone(&mut seen, t, line);
-        },
-    )?;
+    let (run, seen, log_path) = run_logged(&mut command, out, timeout, |_| {})?;
     let (status, timed_out, last) = (run.status, run.timed_out, run.last);
     let total = started.elapsed().as_secs_f64();
-    let _ = log.flush();
 
     let fmt_t = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2} s"));
     eprintln!(

@@ -34,16 +34,14 @@
 //!    `xen: N passed, M failed` (test cases over all domains).
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::debian::{Kernel, arm64_deb, debian_packages, ensure_arm64_architecture, unpack};
 use super::{
-    DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, LAST_LINES,
-    Machine, Milestones, build_test, initramfs_entries, is_summary, user_ta_line, user_ta_summary,
-    write_cpio,
+    DEFAULT_KERNEL_META, DEFAULT_SMP, DTB_ADDR, Entry, HOST_PACKAGES, KERNEL_ADDR, Machine,
+    build_test, initramfs_entries, is_summary, user_ta_line, user_ta_summary, write_cpio,
 };
 use crate::counters::fields;
 use crate::{ensure_debian_packages, run, workspace_root};
@@ -973,25 +971,9 @@ fn boot(
     mode: Mode,
 ) -> Result<XenRun, String> {
     let mut command = super::qemu_command(machine, firmware, loads);
-    eprintln!("xtask: running {command:?}");
-    let log_path = out.join("uart.log");
-    let mut log = fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let mut seen = Milestones::default();
     let mut system = XenRun::default();
-    let run = crate::qemu::run_streaming(
-        &mut command,
-        &out.join("secure-uart.log"),
-        timeout,
-        LAST_LINES,
-        |t, line| {
-            println!("[{t:7.3}] {line}");
-            let _ = writeln!(log, "[{t:7.3}] {line}");
-            system.note(line);
-            super::note_milestone(&mut seen, t, line);
-        },
-    )?;
-    let _ = log.flush();
+    let (run, seen, log_path) =
+        super::run_logged(&mut command, out, timeout, |line| system.note(line))?;
     let disagreements = seen.disagreements();
     let report = out.join(match mode {
         Mode::Domains => "report.json",
