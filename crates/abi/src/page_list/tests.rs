@@ -680,4 +680,40 @@ proptest! {
         prop_assert_eq!(&chunks, &model);
         prop_assert_eq!(&each, &model);
     }
+
+    /// A kept buffer (`decode_chunks_in`) decodes as a fresh one does, whatever it held: here
+    /// the garbage `fill` and then a longer list decoded just before, whose entries and next
+    /// pointer lie past what the shorter one reads.
+    #[test]
+    fn a_kept_buffer_decodes_as_a_fresh_one(first in 1usize..1100, second in 1usize..1100, fill in any::<u8>()) {
+        let mut mem = MockMem::default();
+        let lists = |mem: &mut MockMem, base: usize, n: usize| {
+            let pages: Vec<u64> = (0..n).map(|i| data_pa(base + i)).collect();
+            for (j, chunk) in pages.chunks(ENTRIES_PER_LIST_PAGE).enumerate() {
+                mem.store_list(list_pa(base + j), chunk, list_pa(base + j + 1));
+            }
+        };
+        lists(&mut mem, 0, first);
+        lists(&mut mem, 3000, second);
+        let mut kept = ListPage::new();
+        kept.as_mut_bytes().fill(fill);
+        let decode = |mem: &mut MockMem, page: Option<&mut ListPage>, base: usize, n: usize| {
+            let mut got = Vec::new();
+            let visit = |first: u64, entries: &[U64]| {
+                got.extend(entries.iter().enumerate().map(|(k, e)| (first + k as u64, e.get())));
+                Ok(())
+            };
+            let size = size_for(n as u64, 0);
+            let shape = match page {
+                Some(page) => decode_chunks_in(mem, page, list_pa(base), 0, size, 2000, visit),
+                None => decode_chunks(mem, list_pa(base), 0, size, 2000, visit),
+            };
+            (shape, got)
+        };
+        let kept_first = decode(&mut mem, Some(&mut kept), 0, first);
+        prop_assert_eq!(&kept_first, &decode(&mut mem, None, 0, first));
+        let kept_second = decode(&mut mem, Some(&mut kept), 3000, second);
+        prop_assert_eq!(&kept_second, &decode(&mut mem, None, 3000, second));
+        prop_assert_eq!(kept_second.1.len(), second);
+    }
 }
