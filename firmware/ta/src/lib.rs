@@ -23,6 +23,7 @@
 use core::fmt::Write;
 use teeshm_abi::gp::TEE_ERROR_GENERIC;
 use teeshm_abi::utee::TEE_SCN_RETURN;
+use teeshm_fw_common::volatile;
 use teeshm_ta::{Program, Stop, UserEnv};
 
 /// The global allocator of a TA: none (see the crate's documentation).
@@ -47,52 +48,17 @@ pub struct FwEnv;
 
 impl UserEnv for FwEnv {
     fn read(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Stop> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = va.wrapping_add(done as u64);
-            let left = buf.len() - done;
-            if at % 8 == 0 && left >= 8 {
-                // SAFETY: a load at an address of the TA's own space: if the TA's translation
-                // does not allow it, the access traps to the core, which kills the TA (or maps
-                // the page and retries it); no Rust object lives at a TA address the program
-                // names (they are its heap, its parameters and the memrefs mapped for it,
-                // which the normal world or another TA may change meanwhile, hence volatile).
-                let word = unsafe { (at as *const u64).read_volatile() };
-                if let Some(dst) = buf.get_mut(done..done + 8) {
-                    dst.copy_from_slice(&word.to_ne_bytes());
-                }
-                done += 8;
-            } else {
-                // SAFETY: as above, for one byte.
-                let byte = unsafe { (at as *const u8).read_volatile() };
-                if let Some(dst) = buf.get_mut(done) {
-                    *dst = byte;
-                }
-                done += 1;
-            }
-        }
+        // SAFETY: an access of the TA's own space: if the TA's translation does not allow it,
+        // it traps to the core, which kills the TA (or maps the page and retries it); no Rust
+        // object lives at a TA address the program names (its heap, its parameters and the
+        // memrefs mapped for it, which the normal world or another TA may change meanwhile).
+        unsafe { volatile::read_bytes(buf, va as usize) };
         Ok(())
     }
 
     fn write(&mut self, va: u64, data: &[u8]) -> Result<(), Stop> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = va.wrapping_add(done as u64);
-            let word = data
-                .get(done..done + 8)
-                .filter(|_| at % 8 == 0)
-                .and_then(|w| <[u8; 8]>::try_from(w).ok());
-            if let Some(word) = word {
-                // SAFETY: as for `read`: a store the TA's translation allows or that traps.
-                unsafe { (at as *mut u64).write_volatile(u64::from_ne_bytes(word)) };
-                done += 8;
-            } else {
-                let byte = data.get(done).copied().unwrap_or(0);
-                // SAFETY: as above, for one byte.
-                unsafe { (at as *mut u8).write_volatile(byte) };
-                done += 1;
-            }
-        }
+        // SAFETY: as for `read`: a store the TA's translation allows or that traps.
+        unsafe { volatile::write_bytes(va as usize, data) };
         Ok(())
     }
 

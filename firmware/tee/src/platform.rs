@@ -20,7 +20,7 @@ use crate::user::{self, FwUserTlb};
 use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_core::platform::{UserMode, UserRegs, UserRoot, UserTrapHandler};
 use teeshm_core::{AccessFault, Platform, Translate};
-use teeshm_fw_common::println;
+use teeshm_fw_common::{println, volatile};
 use teeshm_mm::{PAGE_SIZE, PhysAddr, VirtAddr};
 use teeshm_platform::TlbMaintenance;
 
@@ -138,13 +138,18 @@ impl Platform for FwPlatform {
             // heap, mapped the same there), never the window's.
             return user::with_user_space(|| {
                 check_user(va, buf.len(), false)?;
-                copy_in(buf, va.get() as usize);
+                // SAFETY: `check_user` found every page of the range mapped readable for the
+                // TA now installed; TA memory holds no Rust object.
+                unsafe { volatile::read_bytes(buf, va.get() as usize) };
                 Ok(())
             })
             .unwrap_or(Err(AccessFault::NotMapped(va.get())));
         }
         self.check(va, buf.len(), false)?;
-        copy_in(buf, va.get() as usize);
+        // SAFETY: `check` found every page of the range mapped readable (normal memory, NS=1)
+        // right now; nothing of Rust's lives in the window. Normal-world memory can change
+        // under the copy, hence the volatile copy, each byte read once.
+        unsafe { volatile::read_bytes(buf, va.get() as usize) };
         Ok(())
     }
 
@@ -152,13 +157,17 @@ impl Platform for FwPlatform {
         if is_user(va) {
             return user::with_user_space(|| {
                 check_user(va, data.len(), true)?;
-                copy_out(va.get() as usize, data);
+                // SAFETY: `check_user` found every page of the range mapped writable for the
+                // TA now installed; TA memory holds no Rust object.
+                unsafe { volatile::write_bytes(va.get() as usize, data) };
                 Ok(())
             })
             .unwrap_or(Err(AccessFault::NotMapped(va.get())));
         }
         self.check(va, data.len(), true)?;
-        copy_out(va.get() as usize, data);
+        // SAFETY: `check` found every page of the range mapped writable (normal memory, NS=1)
+        // right now; nothing of Rust's lives in the window.
+        unsafe { volatile::write_bytes(va.get() as usize, data) };
         Ok(())
     }
 
@@ -284,58 +293,6 @@ fn translate(page: u64, write: bool) -> u64 {
         }
     }
     par
-}
-
-/// Copies `buf.len()` bytes from window address `src` (checked mapped and readable).
-///
-/// Normal-world memory can change under the copy (the normal world is not trusted), so it is
-/// read with volatile loads, 8 bytes at a time where aligned; each byte is read exactly once.
-fn copy_in(buf: &mut [u8], src: usize) {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let at = src + done;
-        let left = buf.len() - done;
-        if at % 8 == 0 && left >= 8 {
-            // SAFETY: `check` made sure that every page of [src, src + len) is mapped readable
-            // (normal memory, NS=1) right now, with nothing of Rust's behind it: a volatile load
-            // of an aligned word there is a plain memory read.
-            let word = unsafe { (at as *const u64).read_volatile() };
-            if let Some(dst) = buf.get_mut(done..done + 8) {
-                dst.copy_from_slice(&word.to_ne_bytes());
-            }
-            done += 8;
-        } else {
-            // SAFETY: as above, for one byte.
-            let byte = unsafe { (at as *const u8).read_volatile() };
-            if let Some(dst) = buf.get_mut(done) {
-                *dst = byte;
-            }
-            done += 1;
-        }
-    }
-}
-
-/// Copies `data` to window address `dst` (checked mapped and writable).
-fn copy_out(dst: usize, data: &[u8]) {
-    let mut done = 0usize;
-    while done < data.len() {
-        let at = dst + done;
-        let word = data
-            .get(done..done + 8)
-            .filter(|_| at % 8 == 0)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok());
-        if let Some(word) = word {
-            // SAFETY: `check` made sure that every page of [dst, dst + len) is mapped writable
-            // (normal memory, NS=1) right now; nothing of Rust's lives there.
-            unsafe { (at as *mut u64).write_volatile(u64::from_ne_bytes(word)) };
-            done += 8;
-        } else {
-            let byte = data.get(done).copied().unwrap_or(0);
-            // SAFETY: as above, for one byte.
-            unsafe { (at as *mut u8).write_volatile(byte) };
-            done += 1;
-        }
-    }
 }
 
 /// `TLBI VAE1IS` of `pages` pages from `va` tagged `asid`, between the barriers it needs:
