@@ -1108,19 +1108,9 @@ fn regression_call_of_a_destroyed_guest_never_suspends() {
         tee.handle_smc(SmcRegs::call(OPTEE_SMC_CALL_WITH_ARG, &[hi, lo]).from_client(g1))
     };
     // A session of guest 1.
-    let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-    let uuid = teeshm_core::pta::MEMTEST_UUID;
     let open = arg_bytes(
         header(OPTEE_MSG_CMD_OPEN_SESSION),
-        &[
-            value(
-                meta,
-                u64::from_le_bytes(uuid[..8].try_into().unwrap()),
-                u64::from_le_bytes(uuid[8..].try_into().unwrap()),
-                0,
-            ),
-            value(meta, 0, 0, 0),
-        ],
+        &open_session_params(teeshm_core::pta::MEMTEST_UUID),
     );
     let mut open = open;
     open[28..32].copy_from_slice(&2u32.to_le_bytes());
@@ -1322,18 +1312,12 @@ fn regression_session_opened_while_its_guest_is_destroyed_is_not_kept() {
     // the call reads the list as it resolves its parameters, before it makes the instance, and
     // stops at the gate there.
     mem.write(page(3), &page(4).to_le_bytes());
-    let meta = OPTEE_MSG_ATTR_TYPE_VALUE_INPUT | OPTEE_MSG_ATTR_META;
-    let uuid = teeshm_ta::memtest::UUID;
+    let [uuid, client] = open_session_params(teeshm_ta::memtest::UUID);
     let open = arg_bytes(
         header(OPTEE_MSG_CMD_OPEN_SESSION),
         &[
-            value(
-                meta,
-                u64::from_le_bytes(uuid[..8].try_into().unwrap()),
-                u64::from_le_bytes(uuid[8..].try_into().unwrap()),
-                0,
-            ),
-            value(meta, 0, 0, 0),
+            uuid,
+            client,
             MsgParam::from_tmem(
                 OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG,
                 Tmem::new(page(3), 100, 0),
