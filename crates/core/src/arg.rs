@@ -79,65 +79,100 @@ const INLINE_PARAMS: usize = 4;
 
 /// An arg's params: up to [`INLINE_PARAMS`] inline (no heap allocation for a call), more on
 /// the heap.
+///
+/// A struct, not an enum, and 8-byte aligned: as an enum of wire structs (alignment 1), the
+/// copy was moved in pieces at odd offsets beside a tag byte, and the next read of its length
+/// spanned two of those stores, which the CPU cannot forward: a stall on every call.
 #[derive(Debug, Clone)]
-enum Params {
-    Inline {
-        params: [MsgParam; INLINE_PARAMS],
-        len: usize,
-    },
-    Heap(Vec<MsgParam>),
+#[repr(C, align(8))]
+struct Params {
+    inline: [MsgParam; INLINE_PARAMS],
+    /// How many of `inline` are used; 0 when the params are on the heap.
+    inline_len: usize,
+    /// The params when more than [`INLINE_PARAMS`] (empty, not allocated, otherwise).
+    heap: Vec<MsgParam>,
 }
 
 impl Params {
-    /// `count` zeroed params.
-    fn zeroed(count: usize) -> Result<Self, ArgReadError> {
-        if count <= INLINE_PARAMS {
-            return Ok(Self::Inline {
-                params: [MsgParam::new_zeroed(); INLINE_PARAMS],
-                len: count,
-            });
+    /// No params.
+    fn empty() -> Self {
+        Self {
+            inline: [MsgParam::new_zeroed(); INLINE_PARAMS],
+            inline_len: 0,
+            heap: Vec::new(),
         }
-        let mut params = Vec::new();
-        params
+    }
+
+    /// Makes these `count` zeroed params.
+    fn reset(&mut self, count: usize) -> Result<(), ArgReadError> {
+        self.heap.clear();
+        if count <= INLINE_PARAMS {
+            self.inline = [MsgParam::new_zeroed(); INLINE_PARAMS];
+            self.inline_len = count;
+            return Ok(());
+        }
+        self.inline_len = 0;
+        self.heap
             .try_reserve_exact(count)
             .map_err(|_| ArgReadError::OutOfMemory)?;
-        params.resize(count, MsgParam::new_zeroed());
-        Ok(Self::Heap(params))
+        self.heap.resize(count, MsgParam::new_zeroed());
+        Ok(())
+    }
+
+    /// Exactly `params`, on the heap.
+    fn from_vec(params: Vec<MsgParam>) -> Self {
+        Self {
+            heap: params,
+            ..Self::empty()
+        }
     }
 
     fn as_slice(&self) -> &[MsgParam] {
-        match self {
-            Self::Inline { params, len } => params.get(..*len).unwrap_or(&[]),
-            Self::Heap(params) => params,
+        if self.heap.is_empty() {
+            self.inline.get(..self.inline_len).unwrap_or(&[])
+        } else {
+            &self.heap
         }
     }
 
     fn as_mut_slice(&mut self) -> &mut [MsgParam] {
-        match self {
-            Self::Inline { params, len } => params.get_mut(..*len).unwrap_or(&mut []),
-            Self::Heap(params) => params,
+        if self.heap.is_empty() {
+            self.inline.get_mut(..self.inline_len).unwrap_or(&mut [])
+        } else {
+            &mut self.heap
         }
     }
 }
 
 impl ArgCopy {
-    /// Reads the arg at `at` once: the header, then `num_params` params; `reserve` more bytes
-    /// (an appended RPC arg) must also fit the buffer. Inlined into its one caller so that the
-    /// copy is built where the call keeps it rather than moved there through each return.
+    /// A copy with no params, for [`Self::read_into`] to fill.
+    pub(crate) fn empty() -> Self {
+        Self {
+            header: MsgArgHeader::new_zeroed(),
+            params: Params::empty(),
+        }
+    }
+
+    /// Reads the arg at `at` once into this copy: the header, then `num_params` params;
+    /// `reserve` more bytes (an appended RPC arg) must also fit the buffer. The copy is filled
+    /// where the call keeps it (returned by value, it was moved through each return, and each
+    /// move stalled the next read of it).
     #[inline(always)]
-    pub(crate) fn read<P: Platform>(
+    pub(crate) fn read_into<P: Platform>(
+        &mut self,
         at: &NsRef,
         window: &WindowLock<P::Tlb>,
         platform: &P,
         reserve: u64,
-    ) -> Result<Self, ArgReadError> {
+    ) -> Result<(), ArgReadError> {
         let available = at.available();
         if available < MSG_ARG_HEADER_SIZE as u64 {
             return Err(ArgReadError::BadAddress);
         }
-        let guard = at
-            .map(window, platform)
-            .map_err(|e| ArgReadError::of_map(&e))?;
+        let guard = match at.map(window, platform) {
+            Ok(guard) => guard,
+            Err(e) => return Err(ArgReadError::of_map(&e)),
+        };
         // One access takes the header with up to four params (what nearly every call has);
         // params beyond those are read by a second access after them. No byte is read twice.
         let mut first = [0u8; RPC_ARG_SIZE];
@@ -155,8 +190,8 @@ impl ArgCopy {
         if needed > available {
             return Err(ArgReadError::BadAddress);
         }
-        let mut params = Params::zeroed(count)?;
-        let bytes = params.as_mut_slice().as_mut_bytes();
+        self.params.reset(count)?;
+        let bytes = self.params.as_mut_slice().as_mut_bytes();
         let have = in_prefix.len().min(bytes.len());
         let (copied, rest) = bytes.split_at_mut(have);
         copied.copy_from_slice(in_prefix.get(..have).ok_or(ArgReadError::BadAddress)?);
@@ -166,7 +201,8 @@ impl ArgCopy {
                 .read(rest_at, rest)
                 .map_err(|_| ArgReadError::BadAddress)?;
         }
-        Ok(Self { header, params })
+        self.header = header;
+        Ok(())
     }
 
     /// A fresh arg (an RPC request): command `cmd` with exactly `params`.
@@ -185,7 +221,7 @@ impl ArgCopy {
         header.num_params.set(num_params);
         Ok(Self {
             header,
-            params: Params::Heap(params),
+            params: Params::from_vec(params),
         })
     }
 
@@ -261,7 +297,9 @@ impl ArgCopy {
             ArgError::TooManyParams { .. } => TeeError::Rpc("bad num_params"),
             ArgError::Truncated { .. } => TeeError::Rpc("RPC arg too big"),
         })?;
-        let mut copy = Params::zeroed(params.len()).map_err(|_| TeeError::OutOfMemory)?;
+        let mut copy = Params::empty();
+        copy.reset(params.len())
+            .map_err(|_| TeeError::OutOfMemory)?;
         copy.as_mut_slice().copy_from_slice(params);
         Ok(Self {
             header,

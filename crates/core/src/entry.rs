@@ -422,29 +422,28 @@ impl<P: Platform> Tee<P> {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
         };
         let mut owned = Vec::new();
-        let located = self.locate_arg(&guest, func, regs, &mut owned);
-        let (arg_at, arg, rpc_at) = match located {
-            Ok(found) => found,
-            Err(e) => {
-                for mobj in &owned {
-                    self.discard(mobj);
-                }
-                self.end_thread(thread, &guest);
-                return SmcRegs::ret(e.smc_code());
-            }
+        let arg_at = match self.locate_arg(&guest, func, regs, &mut owned) {
+            Ok(at) => at,
+            Err(e) => return self.refuse_call(thread, &guest, &owned, e),
         };
         // On the stack: boxed only if it suspends in an RPC (most calls never do).
         let mut call = Call {
             guest,
             thread,
             arg_at,
-            arg,
-            rpc_at,
+            arg: ArgCopy::empty(),
+            rpc_at: RpcArgAt::Missing,
             params: Vec::new(),
             params_base: 0,
             waiting: None,
             owned,
         };
+        if let Err(e) = self.read_arg(&mut call, func) {
+            let owned = core::mem::take(&mut call.owned);
+            let (thread, guest) = (call.thread, call.guest.clone());
+            drop(call);
+            return self.refuse_call(thread, &guest, &owned, e);
+        }
         let step = self.run_message(&mut call);
         self.continue_call(call, step)
     }
@@ -524,23 +523,37 @@ impl<P: Platform> Tee<P> {
         guest.counters().refund_thread();
     }
 
-    /// Finds the arg of a new call and copies it (see [`crate::arg`]); inlined, as
-    /// `ArgCopy::read`, so that the copy is not moved through each return.
-    #[inline(always)]
+    /// Ends a call refused before its message ran: the temporaries it made go, its thread is
+    /// freed, and the SMC answers `e`.
+    fn refuse_call(
+        &self,
+        thread: usize,
+        guest: &GuestPartition,
+        owned: &[Arc<Mobj>],
+        e: CallError,
+    ) -> SmcRegs {
+        for mobj in owned {
+            self.discard(mobj);
+        }
+        self.end_thread(thread, guest);
+        SmcRegs::ret(e.smc_code())
+    }
+
+    /// Finds the arg of a new call.
     fn locate_arg(
         &self,
         guest: &Arc<GuestPartition>,
         func: u32,
         regs: &SmcRegs,
         owned: &mut Vec<Arc<Mobj>>,
-    ) -> Result<(NsRef, ArgCopy, RpcArgAt), CallError> {
-        let at = if func == OPTEE_SMC_CALL_WITH_REGD_ARG {
+    ) -> Result<NsRef, CallError> {
+        if func == OPTEE_SMC_CALL_WITH_REGD_ARG {
             let cookie = reg_pair(regs.a[1], regs.a[2]);
             let offset = regs.a[3] & 0xffff_ffff;
             let state = guest.state.lock();
             let mobj = state.registered.get(&cookie).ok_or(CallError::BadAddress)?;
             let used = MobjUse::try_new(mobj).ok_or(CallError::BadAddress)?;
-            NsRef { used, offset }
+            Ok(NsRef { used, offset })
         } else {
             let pa = reg_pair(regs.a[1], regs.a[2]);
             if pa == 0 {
@@ -559,24 +572,29 @@ impl<P: Platform> Tee<P> {
             at.map_err(|e| match e {
                 TeeError::Quota { .. } | TeeError::OutOfMemory => CallError::OutOfMemory,
                 _ => CallError::BadAddress,
-            })?
-        };
+            })
+        }
+    }
+
+    /// Copies the arg of a new call into it (see [`crate::arg`]), with the place of its RPC
+    /// arg when the arg's buffer holds one after it.
+    #[inline(always)]
+    fn read_arg(&self, call: &mut Call, func: u32) -> Result<(), CallError> {
         let reserve = if func == OPTEE_SMC_CALL_WITH_ARG {
             0
         } else {
             APPENDED_RPC_ARG
         };
-        let arg =
-            ArgCopy::read(&at, &self.window, &self.platform, reserve).map_err(|e| match e {
+        call.arg
+            .read_into(&call.arg_at, &self.window, &self.platform, reserve)
+            .map_err(|e| match e {
                 ArgReadError::BadAddress => CallError::BadAddress,
                 ArgReadError::BadCommand => CallError::BadCommand,
                 ArgReadError::OutOfMemory => CallError::OutOfMemory,
             })?;
-        let rpc_at = if reserve == 0 {
-            RpcArgAt::Missing
-        } else {
-            RpcArgAt::Appended(at.offset + arg.size() as u64)
-        };
-        Ok((at, arg, rpc_at))
+        if reserve != 0 {
+            call.rpc_at = RpcArgAt::Appended(call.arg_at.offset + call.arg.size() as u64);
+        }
+        Ok(())
     }
 }

@@ -529,6 +529,9 @@ pub struct MapGuard<'a, P: Platform> {
 }
 
 impl<'a, P: Platform> MapGuard<'a, P> {
+    // Inlined: its result is then not moved through memory (a `TeeError`'s odd-offset fields
+    // made the move a pair of stores that the next load could not be forwarded from).
+    #[inline]
     pub(crate) fn new(
         window: &'a WindowLock<P::Tlb>,
         platform: &'a P,
