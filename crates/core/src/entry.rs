@@ -6,7 +6,7 @@ use crate::config::{CoreConfig, NormalWorld};
 use crate::error::{CallError, TeeError};
 use crate::guest::{GuestPartition, GuestSnapshot};
 use crate::mobj::{Backing, Mobj, MobjKind, MobjSpec, MobjUse, ReleaseQueue};
-use crate::msg::{Call, RpcArgAt, RpcRequest, Step};
+use crate::msg::{Call, RpcArgAt, RpcRequest, Step, Waiting};
 use crate::platform::Platform;
 use crate::thread::{ThreadState, ThreadTable};
 use crate::window::SharedWindow;
@@ -426,26 +426,35 @@ impl<P: Platform> Tee<P> {
             Ok(at) => at,
             Err(e) => return self.refuse_call(thread, &guest, &owned, e),
         };
-        // On the stack: boxed only if it suspends in an RPC (most calls never do).
-        let mut call = Call {
-            guest,
-            thread,
-            arg_at,
-            arg: ArgCopy::empty(),
-            rpc_at: RpcArgAt::Missing,
-            params: Vec::new(),
-            params_base: 0,
-            waiting: None,
-            owned,
+        // On the stack, and dropped where it lies once done: boxed only if it suspends in an
+        // RPC (most calls never do). Moved out of here, it was copied whole twice a call.
+        let (thread, guest) = {
+            let mut call = Call {
+                guest,
+                thread,
+                arg_at,
+                arg: ArgCopy::empty(),
+                rpc_at: RpcArgAt::Missing,
+                params: Vec::new(),
+                params_base: 0,
+                waiting: None,
+                owned,
+            };
+            if let Err(e) = self.read_arg(&mut call, func) {
+                let owned = core::mem::take(&mut call.owned);
+                let (thread, guest) = (call.thread, call.guest.clone());
+                drop(call);
+                return self.refuse_call(thread, &guest, &owned, e);
+            }
+            match self.run_message(&mut call) {
+                Step::Rpc(request, waiting) => {
+                    return self.suspend_call(Box::new(call), request, waiting);
+                }
+                Step::Done => self.finish_call(&call),
+            }
         };
-        if let Err(e) = self.read_arg(&mut call, func) {
-            let owned = core::mem::take(&mut call.owned);
-            let (thread, guest) = (call.thread, call.guest.clone());
-            drop(call);
-            return self.refuse_call(thread, &guest, &owned, e);
-        }
-        let step = self.run_message(&mut call);
-        self.continue_call(call, step)
+        self.end_thread(thread, &guest);
+        SmcRegs::ret(OPTEE_SMC_RETURN_OK)
     }
 
     fn return_from_rpc(&self, regs: &SmcRegs) -> SmcRegs {
@@ -455,67 +464,66 @@ impl<P: Platform> Tee<P> {
         let Ok(thread) = usize::try_from(regs.a[3]) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ERESUME);
         };
-        let Some(call) = self.threads.lock().resume(thread, guest) else {
-            return SmcRegs::ret(CallError::NotSuspended.smc_code());
-        };
-        let mut call = *call;
         let answer = [regs.a[1], regs.a[2], regs.a[3], regs.a[4], regs.a[5]];
-        let step = self.resume_message(&mut call, answer);
-        self.continue_call(call, step)
+        let (thread, guest) = {
+            let Some(mut call) = self.threads.lock().resume(thread, guest) else {
+                return SmcRegs::ret(CallError::NotSuspended.smc_code());
+            };
+            match self.resume_message(&mut call, answer) {
+                Step::Rpc(request, waiting) => return self.suspend_call(call, request, waiting),
+                Step::Done => self.finish_call(&call),
+            }
+        };
+        self.end_thread(thread, &guest);
+        SmcRegs::ret(OPTEE_SMC_RETURN_OK)
     }
 
-    fn continue_call(&self, mut call: Call, step: Step) -> SmcRegs {
-        match step {
-            Step::Rpc(request, waiting) => {
-                call.waiting = Some(waiting);
-                let thread = call.thread as u64;
-                let regs = match request {
-                    RpcRequest::Alloc(size) => {
-                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[size, 0, thread])
-                    }
-                    RpcRequest::Free(cookie) => {
-                        let (hi, lo) = split_pair(cookie);
-                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_FREE, &[hi, lo, thread])
-                    }
-                    RpcRequest::Cmd(cookie) => {
-                        let (hi, lo) = split_pair(cookie);
-                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_CMD, &[hi, lo, thread])
-                    }
-                    RpcRequest::ForeignInterrupt => {
-                        SmcRegs::call(OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, &[0, 0, thread])
-                    }
-                };
-                let id = call.thread;
-                // Boxed before the lock: its slot holds it until the normal world answers.
-                let call = Box::new(call);
-                let mut threads = self.threads.lock();
-                if call.guest.is_dying() {
-                    // Its guest was destroyed while it ran: nobody will answer, so the call
-                    // ends here instead of waiting in its thread for ever.
-                    drop(threads);
-                    let guest = call.guest.clone();
-                    drop(call);
-                    self.end_thread(id, &guest);
-                    return SmcRegs::ret(CallError::UnknownGuest.smc_code());
-                }
-                threads.suspend(id, call);
-                regs
-            }
-            Step::Done => {
-                // A write-back that faults leaves the normal world without results; the call
-                // itself has run, so its SMC still succeeds, as in OP-TEE. A destroyed guest's
-                // memory is not written.
-                if !call.guest.is_dying() {
-                    let _ = call
-                        .arg
-                        .write_back(&call.arg_at, &self.window, &self.platform);
-                }
-                let (thread, guest) = (call.thread, call.guest.clone());
-                drop(call);
-                self.end_thread(thread, &guest);
-                SmcRegs::ret(OPTEE_SMC_RETURN_OK)
-            }
+    /// Writes the results of a call that is done back to its arg (a write-back that faults
+    /// leaves the normal world without results; the call itself has run, so its SMC still
+    /// succeeds, as in OP-TEE; a destroyed guest's memory is not written). Returns its thread
+    /// and guest, to end the thread once the call is dropped.
+    fn finish_call(&self, call: &Call) -> (usize, Arc<GuestPartition>) {
+        if !call.guest.is_dying() {
+            let _ = call
+                .arg
+                .write_back(&call.arg_at, &self.window, &self.platform);
         }
+        (call.thread, call.guest.clone())
+    }
+
+    /// Suspends `call` in its thread until the normal world answers `request`.
+    fn suspend_call(&self, mut call: Box<Call>, request: RpcRequest, waiting: Waiting) -> SmcRegs {
+        call.waiting = Some(waiting);
+        let id = call.thread;
+        let thread = id as u64;
+        let regs = match request {
+            RpcRequest::Alloc(size) => {
+                SmcRegs::call(OPTEE_SMC_RETURN_RPC_ALLOC, &[size, 0, thread])
+            }
+            RpcRequest::Free(cookie) => {
+                let (hi, lo) = split_pair(cookie);
+                SmcRegs::call(OPTEE_SMC_RETURN_RPC_FREE, &[hi, lo, thread])
+            }
+            RpcRequest::Cmd(cookie) => {
+                let (hi, lo) = split_pair(cookie);
+                SmcRegs::call(OPTEE_SMC_RETURN_RPC_CMD, &[hi, lo, thread])
+            }
+            RpcRequest::ForeignInterrupt => {
+                SmcRegs::call(OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, &[0, 0, thread])
+            }
+        };
+        let mut threads = self.threads.lock();
+        if call.guest.is_dying() {
+            // Its guest was destroyed while it ran: nobody will answer, so the call ends here
+            // instead of waiting in its thread for ever.
+            drop(threads);
+            let guest = call.guest.clone();
+            drop(call);
+            self.end_thread(id, &guest);
+            return SmcRegs::ret(CallError::UnknownGuest.smc_code());
+        }
+        threads.suspend(id, call);
+        regs
     }
 
     fn end_thread(&self, thread: usize, guest: &GuestPartition) {
