@@ -114,6 +114,13 @@ pub enum CoreDisagreement {
         /// The object.
         mobj: MobjId,
     },
+    /// A guest's parked thread is not a thread the table counts running for it.
+    BadParkedThread {
+        /// The guest.
+        guest: GuestId,
+        /// The thread.
+        thread: usize,
+    },
     /// Threads or suspended calls are held for a guest the core does not know.
     UnknownGuest {
         /// The guest named by the thread or call.
@@ -197,12 +204,28 @@ impl<P: Platform> Tee<P> {
         }
         {
             let threads = self.threads.lock();
-            for state in threads.states() {
-                let g = match state {
+            let states = threads.states();
+            for state in &states {
+                let g = match *state {
                     ThreadState::Free => continue,
                     ThreadState::Running(g) | ThreadState::Suspended(g) => g,
                 };
                 recount.entry(g).or_default().threads += 1;
+            }
+            // A parked thread is held in the table, but by no call: the counters count calls.
+            for guest in &guests {
+                let Some(thread) = guest.life.parked() else {
+                    continue;
+                };
+                if states.get(thread) == Some(&ThreadState::Running(guest.id())) {
+                    let r = recount.entry(guest.id()).or_default();
+                    r.threads = r.threads.saturating_sub(1);
+                } else {
+                    found.push(CoreDisagreement::BadParkedThread {
+                        guest: guest.id(),
+                        thread,
+                    });
+                }
             }
             for call in threads.suspended() {
                 let r = recount.entry(call.guest_id()).or_default();

@@ -228,7 +228,7 @@ impl<P: Platform> Tee<P> {
         let Ok(guest) = self.calling_guest(a7) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
         };
-        if self.threads.lock().any_of(guest.id()) {
+        if self.has_calls(&guest) {
             return SmcRegs::ret(OPTEE_SMC_RETURN_EBUSY);
         }
         guest.state.lock().shm_cache_enabled = true;
@@ -239,7 +239,7 @@ impl<P: Platform> Tee<P> {
         let Ok(guest) = self.calling_guest(a7) else {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ENOTAVAIL);
         };
-        if self.threads.lock().any_of(guest.id()) {
+        if self.has_calls(&guest) {
             return SmcRegs::ret(OPTEE_SMC_RETURN_EBUSY);
         }
         let cached = {
@@ -303,10 +303,14 @@ impl<P: Platform> Tee<P> {
         };
         // Dying before the suspended calls are ended: a call still running on another CPU
         // checks this under the thread lock before it would suspend, so it is either ended
-        // here or ends itself (`continue_call`); none is parked for a guest that is gone.
-        guest.mark_dying();
+        // here or ends itself (`suspend_call`); none waits in an RPC for a guest that is gone.
+        // The thread its last call parked is freed with them.
+        let parked = guest.life.die();
         let ended = {
             let mut threads = self.threads.lock();
+            if let Some(parked) = parked {
+                threads.free(parked);
+            }
             threads.dismiss(id);
             threads.end_suspended_of(id)
         };
@@ -375,7 +379,14 @@ impl<P: Platform> Tee<P> {
 
     /// What each thread is doing.
     pub fn thread_states(&self) -> Vec<ThreadState> {
-        self.threads.lock().states()
+        let mut states = self.threads.lock().states();
+        // A thread parked for a guest's next call runs no call: it is free for that guest.
+        for guest in self.guests() {
+            if let Some(state) = guest.life.parked().and_then(|t| states.get_mut(t)) {
+                *state = ThreadState::Free;
+            }
+        }
+        states
     }
 
     /// The configuration.
@@ -417,9 +428,16 @@ impl<P: Platform> Tee<P> {
         {
             return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
         }
-        let Some(thread) = self.threads.lock().claim(guest.id()) else {
-            guest.counters().refund_thread();
-            return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
+        // The thread its last call parked, else one from the table.
+        let thread = match guest.life.take_parked() {
+            Some(thread) => thread,
+            None => {
+                let Some(thread) = self.threads.lock().claim(guest.id()) else {
+                    guest.counters().refund_thread();
+                    return SmcRegs::ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT);
+                };
+                thread
+            }
         };
         let mut owned = Vec::new();
         let arg_at = match self.locate_arg(&guest, func, regs, &mut owned) {
@@ -526,9 +544,28 @@ impl<P: Platform> Tee<P> {
         regs
     }
 
+    /// Ends a call's hold of `thread`: parked for the guest's next call when no other call of
+    /// it runs (see [`GuestLife`](crate::lifecycle::GuestLife)), else freed.
     fn end_thread(&self, thread: usize, guest: &GuestPartition) {
-        self.threads.lock().free(thread);
         guest.counters().refund_thread();
+        let to_free = if guest.counters().threads() == 0 {
+            guest.life.park(thread)
+        } else {
+            Some(thread)
+        };
+        if let Some(thread) = to_free {
+            self.threads.lock().free(thread);
+        }
+    }
+
+    /// Whether a call of `guest` holds a thread; the thread parked for it, which no call holds,
+    /// is freed first.
+    fn has_calls(&self, guest: &GuestPartition) -> bool {
+        let mut threads = self.threads.lock();
+        if let Some(parked) = guest.life.take_parked() {
+            threads.free(parked);
+        }
+        threads.any_of(guest.id())
     }
 
     /// Ends a call refused before its message ran: the temporaries it made go, its thread is

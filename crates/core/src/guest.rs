@@ -6,12 +6,13 @@
 
 use crate::config::GuestQuotas;
 use crate::error::{QuotaKind, TeeError};
+use crate::lifecycle::GuestLife;
 use crate::mobj::Mobj;
 use crate::ta::Session;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use teeshm_abi::GuestId;
 
 /// One of a guest's counters: updated by several CPUs at once, never below zero, and each
@@ -261,7 +262,8 @@ pub struct GuestPartition {
     id: GuestId,
     counters: Arc<GuestCounters>,
     pub(crate) state: crate::sync::Mutex<GuestState>,
-    dying: AtomicBool,
+    /// Whether its sweep has begun, and the thread its last call parked.
+    pub(crate) life: GuestLife,
     /// The secure copy its page lists are decoded into, kept (4 KiB, taken from the heap at
     /// its first registration) so that a registration does not clear a fresh one; a decode
     /// that finds it in use by another CPU of the guest clears one of its own.
@@ -277,7 +279,7 @@ impl GuestPartition {
                 next_session: 1,
                 ..GuestState::default()
             }),
-            dying: AtomicBool::new(false),
+            life: GuestLife::default(),
             list_page: crate::sync::Mutex::new(Vec::new()),
         }
     }
@@ -294,11 +296,7 @@ impl GuestPartition {
 
     /// Whether `VM_DESTROYED` has begun its sweep.
     pub fn is_dying(&self) -> bool {
-        self.dying.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn mark_dying(&self) {
-        self.dying.store(true, Ordering::Release);
+        self.life.is_dying()
     }
 
     /// A consistent picture of the guest for reports.

@@ -8,11 +8,11 @@
 //! (06ea466f9, 83a3d56a2, 7c04952c7).
 
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 // Under `--cfg loom` (`cargo xtask loom`) the words are loom's, so the models at the end of
 // this file explore every interleaving of the real code.
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 const RETIRED: u32 = 1 << 31;
 const USERS: u32 = RETIRED - 1;
@@ -286,9 +286,12 @@ impl MappingPins {
             .map(|_| self.start.load(Ordering::Relaxed))
     }
 
-    /// Drops a pin, first moving the LRU stamp forward to `now`.
+    /// Drops a pin, first moving the LRU stamp forward to `now` (written only when it moves:
+    /// most uses fall in the stamp of the one before).
     pub fn unpin(&self, now: u64) -> Unpinned {
-        self.last_used.fetch_max(now, Ordering::Relaxed);
+        if now > self.last_used.load(Ordering::Relaxed) {
+            self.last_used.fetch_max(now, Ordering::Relaxed);
+        }
         match self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -493,6 +496,79 @@ mod tests {
     }
 }
 
+/// No thread parked.
+const NO_THREAD: usize = usize::MAX;
+
+/// A guest's life, and the thread its last call left parked for its next one: the two words
+/// on which the end of a call and the guest's sweep race (the loom model at the end of this
+/// file explores it).
+///
+/// A guest's call that ends while no other call of it runs parks its thread instead of freeing
+/// it: the thread table still counts it held by the guest, which is what a guest's first
+/// thread is (set aside for it; no other guest may use it), so no other guest's share
+/// changes; and the guest's next call takes it back without the table's lock, which every
+/// call took twice, on every CPU, before. The sweep of a dying guest frees it.
+#[derive(Debug)]
+pub struct GuestLife {
+    dying: AtomicBool,
+    parked: AtomicUsize,
+}
+
+impl Default for GuestLife {
+    fn default() -> Self {
+        Self {
+            dying: AtomicBool::new(false),
+            parked: AtomicUsize::new(NO_THREAD),
+        }
+    }
+}
+
+impl GuestLife {
+    /// Whether the guest's sweep has begun.
+    pub fn is_dying(&self) -> bool {
+        self.dying.load(Ordering::SeqCst)
+    }
+
+    /// Begins the sweep: from now on nothing is parked, and the thread parked so far, if any,
+    /// is returned for the sweep to free.
+    pub fn die(&self) -> Option<usize> {
+        self.dying.store(true, Ordering::SeqCst);
+        self.take_parked()
+    }
+
+    /// Parks `thread`. Returns the thread the caller must free instead: none when it is parked
+    /// (or was taken back by a sweep, which frees it), `thread` itself when the guest is dying
+    /// or a thread is parked already.
+    pub fn park(&self, thread: usize) -> Option<usize> {
+        if self.is_dying()
+            || self
+                .parked
+                .compare_exchange(NO_THREAD, thread, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            return Some(thread);
+        }
+        // A sweep that began between the check and the parking may have missed it (both sides
+        // are sequentially consistent: it saw the parking, or this sees it): taken back here.
+        if self.is_dying() {
+            return self.take_parked();
+        }
+        None
+    }
+
+    /// Takes the parked thread, if any.
+    pub fn take_parked(&self) -> Option<usize> {
+        let thread = self.parked.swap(NO_THREAD, Ordering::SeqCst);
+        (thread != NO_THREAD).then_some(thread)
+    }
+
+    /// The parked thread, if any.
+    pub fn parked(&self) -> Option<usize> {
+        let thread = self.parked.load(Ordering::SeqCst);
+        (thread != NO_THREAD).then_some(thread)
+    }
+}
+
 /// loom models (`cargo xtask loom`: `RUSTFLAGS="--cfg loom" cargo test -p teeshm-core --release
 /// --lib loom --target-dir target/loom`). Each explores every interleaving of the real
 /// [`UseCount`] (its atomics are loom's under `cfg(loom)`); the cache model adds the window's
@@ -512,6 +588,30 @@ mod loom_models {
         assert_eq!(c.users(), 0);
         assert!(c.is_retired());
         assert!(!c.try_acquire(), "a released object cannot be used again");
+    }
+
+    /// A call ends (parking its thread) while its guest's sweep begins: the thread is freed
+    /// exactly once, by one of them, and nothing stays parked for the dead guest.
+    #[test]
+    fn loom_thread_parked_as_the_guest_dies() {
+        loom::model(|| {
+            let life = Arc::new(GuestLife::default());
+            let frees = Arc::new(AtomicUsize::new(0));
+            let (l2, f2) = (life.clone(), frees.clone());
+            let call = thread::spawn(move || {
+                if let Some(thread) = l2.park(7) {
+                    assert_eq!(thread, 7);
+                    f2.fetch_add(1, SEQ);
+                }
+            });
+            if let Some(thread) = life.die() {
+                assert_eq!(thread, 7);
+                frees.fetch_add(1, SEQ);
+            }
+            call.join().unwrap();
+            assert_eq!(frees.load(SEQ), 1, "freed exactly once");
+            assert_eq!(life.parked(), None, "nothing parked for a dead guest");
+        });
     }
 
     /// The owner retires while the last user drops: whoever makes "retired and unused" true

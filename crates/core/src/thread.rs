@@ -8,6 +8,10 @@
 //! holds every thread it may — even suspended in RPCs it never answers — can keep no other
 //! guest from its first thread: neither one that lives now nor one created later. OP-TEE lets
 //! one guest take them all.
+//!
+//! A guest's call that ends while no other call of it runs leaves its thread parked for the
+//! guest's next call instead of freeing it (`GuestLife`, in `lifecycle`): still counted here
+//! as the guest's, so no other guest's share changes, and taken back without this table's lock.
 
 use crate::msg::Call;
 use alloc::boxed::Box;

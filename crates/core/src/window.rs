@@ -436,7 +436,7 @@ impl<T: TlbMaintenance> SharedWindow<T> {
 /// it, and a guard on a mapping that exists does not take it ([`MapGuard`]).
 pub(crate) struct WindowLock<T: TlbMaintenance> {
     window: crate::sync::RwLock<SharedWindow<T>>,
-    /// The LRU clock: moved on by each drop of a mapping's last guard.
+    /// The LRU clock: the number of changes of the window (each taking of its write lock).
     clock: AtomicU64,
 }
 
@@ -448,9 +448,11 @@ impl<T: TlbMaintenance> WindowLock<T> {
         }
     }
 
-    /// The window, for changing it.
+    /// The window, for changing it; each change moves the LRU clock on.
     pub(crate) fn write(&self) -> crate::sync::RwLockWriteGuard<'_, SharedWindow<T>> {
-        self.window.write()
+        let window = self.window.write();
+        self.clock.fetch_add(1, Ordering::Relaxed);
+        window
     }
 
     /// The window, for reading it (a table walk, a report).
@@ -458,9 +460,13 @@ impl<T: TlbMaintenance> WindowLock<T> {
         self.window.read()
     }
 
-    /// A new LRU stamp.
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    /// The LRU stamp of a use now: the count of the window's changes so far. Uses between
+    /// two changes share a stamp, and no eviction needs their order: one runs only in a change
+    /// (under the write lock, which moves the clock on), and sees every use before it as older
+    /// than what that change maps. Read, not written, by a use: a word every CPU wrote on
+    /// every guard's drop was a cache line passed from CPU to CPU on every call.
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
     }
 
     /// Drops a guard of `mobj` (a [`MapGuard`]'s drop). The lock is taken only when the last
@@ -468,13 +474,12 @@ impl<T: TlbMaintenance> WindowLock<T> {
     /// eviction index, or the unmap of a retired object's mapping.
     pub(crate) fn release_guard(&self, mobj: &Mobj) {
         // A temporary's mapping is never in the LRU order (it goes with its call); a kept arg
-        // page's is, with no use stamped (the clock is a word every CPU writes, and an arg
-        // page is the cheapest mapping to make again): it is the first evicted when the
-        // window is short.
+        // page's is, with no use stamped (an arg page is the cheapest mapping to make again):
+        // it is the first evicted when the window is short.
         let now = if matches!(mobj.kind(), MobjKind::Temporary | MobjKind::ArgPage) {
             0
         } else {
-            self.tick()
+            self.now()
         };
         match mobj.pins().unpin(now) {
             Unpinned::Others
