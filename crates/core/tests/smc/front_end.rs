@@ -7,7 +7,6 @@ use teeshm_abi::msg::*;
 use teeshm_abi::smc::*;
 use teeshm_abi::uid;
 use teeshm_core::pta::{cmd, pattern_byte};
-use teeshm_core::thread::ThreadState;
 use teeshm_core::{CoreConfig, NormalWorld};
 use teeshm_testkit::msg::*;
 use teeshm_testkit::world::*;
@@ -438,83 +437,6 @@ fn static_pool_when_configured() {
     w.mem.write(arg_at, h.as_bytes());
     let r = w.smc(G0, OPTEE_SMC_CALL_WITH_ARG, &[0, arg_at]);
     assert_eq!(r.a[0], 0);
-    w.check();
-}
-
-/// Starts an RPC_BUFFER invoke of `guest` that suspends in RPC_ALLOC; returns its registers.
-fn suspended_call(w: &World, guest: GuestId, session: u32) -> teeshm_core::SmcRegs {
-    use zerocopy::IntoBytes;
-    let mut h = header(OPTEE_MSG_CMD_INVOKE_COMMAND);
-    h.session.set(session);
-    h.func.set(cmd::RPC_BUFFER);
-    h.num_params.set(2);
-    let page = w.alloc_page();
-    w.mem.write(page, h.as_bytes());
-    let params = [
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, 100, 1, 0),
-        value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT, 0, 0, 0),
-    ];
-    for (i, p) in params.iter().enumerate() {
-        w.mem.write(page + 32 + 32 * i as u64, p.as_bytes());
-    }
-    let out = w.smc(guest, OPTEE_SMC_CALL_WITH_ARG, &[0, page]);
-    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_ALLOC);
-    out
-}
-
-#[test]
-fn a_thread_parked_between_calls_costs_no_other_guest_and_goes_with_its_guest() {
-    // Two threads, both set aside (one for each of two guests), none shared.
-    let mut config = CoreConfig {
-        normal_world: NormalWorld::Virtualized,
-        threads: 2,
-        max_guests: 2,
-        ..Default::default()
-    };
-    config.quotas.max_threads = 2;
-    let w = World::new(config);
-    let (g1, g2, g3) = (GuestId(1), GuestId(2), GuestId(3));
-    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
-    assert_eq!(w.create_guest(2), OPTEE_SMC_RETURN_OK);
-    // Guest 1's calls end with its thread parked: no call holds a thread.
-    let s1 = w.open_session(g1);
-    w.open_session(g2);
-    assert!(
-        w.tee
-            .thread_states()
-            .iter()
-            .all(|t| *t == ThreadState::Free)
-    );
-    w.check();
-    // Its next call takes the parked thread; a second one at once finds none (nothing is
-    // shared), while guest 2 still has its own.
-    let out = suspended_call(&w, g1, s1);
-    let r = w.smc(g1, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
-    assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_ETHREAD_LIMIT);
-    let r = w.smc(g2, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
-    assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_OK);
-    w.check();
-    // The cache cannot be toggled while guest 1's call waits, and can once it ended.
-    assert_eq!(
-        w.smc(g1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
-        OPTEE_SMC_RETURN_EBUSY
-    );
-    let mut out = out;
-    while is_rpc_return(out.a[0] as u32) {
-        let answer = w.answer_rpc(&out, None);
-        out = w.tee.handle_smc(answer.from_client(g1));
-    }
-    assert_eq!(out.a[0], 0);
-    assert_eq!(w.smc(g1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0], 0);
-    w.check();
-    // Guest 1 goes: its parked thread with it, so a guest created in its place runs calls.
-    let r = w.smc(g1, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]);
-    assert_eq!(r.a[0] as u32, OPTEE_SMC_RETURN_OK);
-    assert_eq!(w.destroy_guest(1), OPTEE_SMC_RETURN_OK);
-    assert_eq!(w.create_guest(3), OPTEE_SMC_RETURN_OK);
-    let s3 = w.open_session(g3);
-    let out = suspended_call(&w, g3, s3);
-    assert_eq!(out.a[0] as u32, OPTEE_SMC_RETURN_RPC_ALLOC);
     w.check();
 }
 

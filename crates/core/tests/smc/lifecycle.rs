@@ -483,3 +483,56 @@ fn an_arg_that_cannot_be_mapped_for_want_of_room_is_enomem() {
     assert_eq!(finish(&w, G0, out).a[0], 0);
     w.check();
 }
+
+#[test]
+fn a_thread_parked_between_calls_costs_no_other_guest_and_goes_with_its_guest() {
+    // Two threads, both set aside (one for each of two guests), none shared.
+    let mut config = CoreConfig {
+        normal_world: teeshm_core::NormalWorld::Virtualized,
+        threads: 2,
+        max_guests: 2,
+        ..Default::default()
+    };
+    config.quotas.max_threads = 2;
+    let w = World::new(config);
+    let (g1, g2, g3) = (GuestId(1), GuestId(2), GuestId(3));
+    assert_eq!(w.create_guest(1), OPTEE_SMC_RETURN_OK);
+    assert_eq!(w.create_guest(2), OPTEE_SMC_RETURN_OK);
+    // Each guest's calls end with its thread parked: no call holds a thread.
+    let s1 = w.open_session(g1);
+    let c1 = w.cookie();
+    assert_eq!(w.register(g1, c1, &w.buffer(PAGE, 0)), TEE_SUCCESS);
+    w.open_session(g2);
+    assert!(
+        w.tee
+            .thread_states()
+            .iter()
+            .all(|t| *t == teeshm_core::thread::ThreadState::Free)
+    );
+    w.check();
+    // Guest 1's next call takes its parked thread; a second one at once finds none (nothing
+    // is shared), while guest 2 still has its own.
+    let (out, _) = start_suspended(&w, g1, s1, c1);
+    let empty_arg = |g| w.smc(g, OPTEE_SMC_CALL_WITH_ARG, &[0, w.alloc_page()]).a[0] as u32;
+    assert_eq!(empty_arg(g1), OPTEE_SMC_RETURN_ETHREAD_LIMIT);
+    assert_eq!(empty_arg(g2), OPTEE_SMC_RETURN_OK);
+    w.check();
+    // The cache cannot be toggled while guest 1's call waits, and can once it ended.
+    assert_eq!(
+        w.smc(g1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0] as u32,
+        OPTEE_SMC_RETURN_EBUSY
+    );
+    assert_eq!(finish(&w, g1, out).a[0], 0);
+    assert_eq!(w.smc(g1, OPTEE_SMC_ENABLE_SHM_CACHE, &[]).a[0], 0);
+    w.check();
+    // Guest 1 goes, its parked thread with it, so a guest created in its place runs calls.
+    assert_eq!(empty_arg(g1), OPTEE_SMC_RETURN_OK);
+    assert_eq!(w.destroy_guest(1), OPTEE_SMC_RETURN_OK);
+    assert_eq!(w.create_guest(3), OPTEE_SMC_RETURN_OK);
+    let s3 = w.open_session(g3);
+    let c3 = w.cookie();
+    assert_eq!(w.register(g3, c3, &w.buffer(PAGE, 0)), TEE_SUCCESS);
+    let (out, _) = start_suspended(&w, g3, s3, c3);
+    assert_eq!(finish(&w, g3, out).a[0], 0);
+    w.check();
+}
