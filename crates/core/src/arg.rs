@@ -103,11 +103,11 @@ impl Params {
         }
     }
 
-    /// Makes these `count` zeroed params.
+    /// Makes these `count` params, for the caller to fill (inline, they keep the bytes they
+    /// held: zeros in a fresh set, and every caller overwrites all `count` of them).
     fn reset(&mut self, count: usize) -> Result<(), ArgReadError> {
         self.heap.clear();
         if count <= INLINE_PARAMS {
-            self.inline = [MsgParam::new_zeroed(); INLINE_PARAMS];
             self.inline_len = count;
             return Ok(());
         }

@@ -362,11 +362,11 @@ pub(super) fn p8(budget: Budget, out: &mut Vec<Figure>) {
             speedups[i].push(median / medians[0]);
         }
     }
-    let one = Stats::of(rates[0].clone());
-    for (i, &threads) in THREADS.iter().enumerate() {
-        let v = Stats::of(rates[i].clone());
+    let stats = rates.map(Stats::of);
+    let one = stats[0];
+    for ((threads, v), speedups) in THREADS.into_iter().zip(stats).zip(speedups) {
         let ideal = f64::from(threads).min(cpus);
-        let speedup = Stats::of(speedups[i].clone()).median;
+        let speedup = Stats::of(speedups).median;
         let (goal, met) = match threads {
             1 => ("", None),
             // Issue 15: two threads on two CPUs at least 1.7 times one.
